@@ -1,0 +1,68 @@
+"""Stage 1: pre-train a Llama-style preset from scratch, or continue pre-training (CPT) a checkpoint.
+
+    python scripts/01_pretrain.py --config config/pretrain/tiny.json --tokenizer_path checkpoints/tokenizer/spm8k_demo
+    python scripts/01_pretrain.py --config config/pretrain/cpt_lora.json --model_path checkpoints/pretrain/tiny/final ...
+
+Writes <output_dir>/final (HF format: safetensors, tokenizer, resolved config), checkpoints,
+metrics.jsonl, TensorBoard events and a loss/lr plot.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from utils.config import load_config, to_dict  # noqa: E402
+from utils.errors import run_cli  # noqa: E402
+from utils.modeling import LoraSettings, ModelArchitecture  # noqa: E402
+from utils.pretrain_data import PretrainData  # noqa: E402
+from utils.stage_pretrain import run_pretraining  # noqa: E402
+from utils.train_config import TrainingParams  # noqa: E402
+
+
+@dataclass
+class PretrainConfig:
+    name: str
+    data: PretrainData
+    training_params: TrainingParams
+    model: ModelArchitecture = field(default_factory=ModelArchitecture)
+    lora_config: LoraSettings | None = None
+    description: str = ""
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="pre-training config, e.g. config/pretrain/tiny.json")
+    parser.add_argument("--tokenizer_path", required=True, help="HF tokenizer dir (or its .model)")
+    parser.add_argument("--output_dir", help="default: checkpoints/pretrain/<config name>")
+    parser.add_argument("--model_path", help="continue pre-training this HF checkpoint (CPT) instead of a new preset")
+    parser.add_argument("--resume_from_checkpoint", help="a checkpoint-N dir, or 'auto' for the newest complete one")
+    parser.add_argument("--max_steps", type=int, help="override training_params.max_steps")
+    parser.add_argument("--seed", type=int, help="override training_params.seed")
+    parser.add_argument("--trust_remote_code", action="store_true", help="allow model code from the checkpoint")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    cfg = load_config(args.config, "pretrain", PretrainConfig)
+    overrides = {}
+    if args.max_steps is not None:
+        cfg.training_params.max_steps = args.max_steps
+        overrides["max_steps"] = "--max_steps"
+    if args.seed is not None:
+        cfg.training_params.seed = args.seed
+        overrides["seed"] = "--seed"
+    output_dir = Path(args.output_dir or f"checkpoints/pretrain/{cfg.name}")
+    summary = run_pretraining(cfg, to_dict(cfg), args, output_dir, overrides)
+    if summary:
+        print(summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,49 @@
+"""Shared fixtures: a toy tokenizer trained by the pipeline's own code, paths to shared data."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def _toy_text() -> str:
+    import pydoc_data.topics
+
+    topics = pydoc_data.topics.topics
+    text = "\n".join(topics[k] for k in sorted(topics)[:40])
+    chat = "\n".join(f"What is {a} plus {b}? The answer is {a + b}. Reverse the list [x, y, z]."
+                     for a in range(30) for b in range(0, 30, 7))
+    return text + "\n" + chat
+
+
+@pytest.fixture(scope="session")
+def toy_tokenizer_dir(tmp_path_factory) -> Path:
+    """An HF tokenizer directory (vocab 1000) made by utils.tokenizer, shared by the whole session."""
+    from utils.tokenizer import export_hf_tokenizer, train_sentencepiece
+
+    out = tmp_path_factory.mktemp("toy_tokenizer")
+    corpus = out / "corpus.txt"
+    corpus.write_text(_toy_text(), encoding="utf-8")
+    train_sentencepiece(corpus, out / "toy", vocab_size=1000, model_type="bpe",
+                        character_coverage=1.0, seed=0, max_sentence_length=16384, num_threads=1)
+    export_hf_tokenizer(out / "toy.model", out / "toy")
+    return out / "toy"
+
+
+@pytest.fixture(scope="session")
+def toy_tokenizer(toy_tokenizer_dir):
+    from utils.tokenizer import load_tokenizer
+
+    return load_tokenizer(toy_tokenizer_dir)
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is not present")
+    return SHARED_DATA

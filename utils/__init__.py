@@ -1,0 +1,1 @@
+"""Parts of the SFT pipeline; the numbered scripts in scripts/ wire them together."""
