@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -18,20 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from utils.config import load_config, to_dict  # noqa: E402
 from utils.errors import run_cli  # noqa: E402
-from utils.modeling import LoraSettings, ModelArchitecture  # noqa: E402
-from utils.pretrain_data import PretrainData  # noqa: E402
-from utils.stage_pretrain import run_pretraining  # noqa: E402
-from utils.train_config import TrainingParams  # noqa: E402
-
-
-@dataclass
-class PretrainConfig:
-    name: str
-    data: PretrainData
-    training_params: TrainingParams
-    model: ModelArchitecture = field(default_factory=ModelArchitecture)
-    lora_config: LoraSettings | None = None
-    description: str = ""
+from utils.stage_pretrain import PretrainConfig, run_pretraining  # noqa: E402
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -23,9 +23,10 @@ class SupervisedLoss(torch.nn.Module):
         self.model = model
         self.num_sources = num_sources
 
-    def forward(self, input_ids, position_ids, targets, source_ids):
+    def forward(self, input_ids, position_ids, targets, source_ids, cu_seq_lens=None):
         body, head = decoder_and_head(self.model)
-        hidden = body(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
+        hidden = body(input_ids=input_ids, position_ids=position_ids, use_cache=False,
+                      cu_seq_lens_q=cu_seq_lens, cu_seq_lens_k=cu_seq_lens).last_hidden_state
         keep = targets != IGNORE
         hidden, targets, sources = hidden[keep], targets[keep], source_ids[keep]
         per_token = []

@@ -23,13 +23,15 @@ class PackedBatch:
     position_ids: torch.Tensor   # [1, N] long
     targets: torch.Tensor        # [1, N] long: the next token where supervised, else -100
     source_ids: torch.Tensor     # [1, N] long: which data source each position belongs to
+    cu_seq_lens: torch.Tensor    # [num_examples + 1] int32 on the host: example bounds
     num_tokens: int
     num_supervised: int
 
     def to(self, device) -> "PackedBatch":
         move = {k: getattr(self, k).to(device, non_blocking=True)
                 for k in ("input_ids", "position_ids", "targets", "source_ids")}
-        return PackedBatch(**move, num_tokens=self.num_tokens, num_supervised=self.num_supervised)
+        return PackedBatch(**move, cu_seq_lens=self.cu_seq_lens, num_tokens=self.num_tokens,
+                           num_supervised=self.num_supervised)
 
 
 def shifted_targets(labels: np.ndarray) -> np.ndarray:
@@ -45,8 +47,9 @@ def pack(examples: list[tuple[np.ndarray, np.ndarray, int]]) -> PackedBatch:
     pos = np.concatenate([np.arange(len(e[0]), dtype=np.int64) for e in examples])
     tgt = np.concatenate([shifted_targets(e[1]) for e in examples])
     src = np.concatenate([np.full(len(e[0]), e[2], dtype=np.int64) for e in examples])
+    bounds = np.cumsum([0] + [len(e[0]) for e in examples]).astype(np.int32)
     as_row = lambda a: torch.from_numpy(a).unsqueeze(0)  # noqa: E731
-    return PackedBatch(as_row(ids), as_row(pos), as_row(tgt), as_row(src),
+    return PackedBatch(as_row(ids), as_row(pos), as_row(tgt), as_row(src), torch.from_numpy(bounds),
                        num_tokens=len(ids), num_supervised=int((tgt != IGNORE).sum()))
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from utils.attention import use_packed_attention
 from utils.checkpoint import load_checkpoint, load_training_state
 from utils.errors import UserError
 from utils.example_store import ExampleStore
@@ -78,6 +79,7 @@ def build_run(accelerator, model, stores, val_stores, weights, params: TrainingP
               output_dir: Path, run_info: dict, resume: Path | None, plan: RunPlan,
               max_example_tokens: int) -> tuple[TrainRun, TrainState]:
     """Prepare model, optimizer, schedule and planner; restore a checkpoint when resuming."""
+    use_packed_attention(model)
     if params.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if hasattr(model, "enable_input_require_grads"):

@@ -1,6 +1,7 @@
 """Pre-training / CPT wiring: text → token windows → the shared training loop → final/."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from accelerate.utils import set_seed
@@ -10,12 +11,26 @@ from utils.checkpoint import resolve_resume
 from utils.errors import UserError
 from utils.final_model import save_final
 from utils.fingerprint import tokenizer_fingerprint
-from utils.modeling import apply_lora, build_model, check_vocab_fits, load_model
+from utils.modeling import (LoraSettings, ModelArchitecture, apply_lora, build_model, check_vocab_fits,
+                            load_model)
 from utils.plots import plot_training
-from utils.pretrain_data import build_streams, pretrain_stores
+from utils.pretrain_data import PretrainData, build_streams, pretrain_stores
 from utils.run_setup import RunPlan, build_run, make_accelerator
 from utils.tokenizer import hf_dir_for, load_tokenizer
+from utils.train_config import TrainingParams
 from utils.train_loop import evaluate, fit
+
+
+@dataclass
+class PretrainConfig:
+    """config/pretrain/*.json (schema: config/schemas/pretrain.schema.json)."""
+
+    name: str
+    data: PretrainData
+    training_params: TrainingParams
+    model: ModelArchitecture = field(default_factory=ModelArchitecture)
+    lora_config: LoraSettings | None = None
+    description: str = ""
 
 
 def run_pretraining(cfg, resolved: dict, args, output_dir: Path, overrides: dict) -> str | None:

@@ -29,15 +29,17 @@ class TrainingParams:
     save_total_limit: int | None = 2
     eval_max_batches: int | None = None
     seed: int = 1234
-    bf16: bool = False
+    bf16: bool | str = "auto"
     fp16: bool = False
     gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         if (self.per_device_train_batch_size is None) == (self.micro_batch_tokens is None):
             raise ValueError("set exactly one of per_device_train_batch_size and micro_batch_tokens")
-        if self.bf16 and self.fp16:
+        if self.bf16 is True and self.fp16:
             raise ValueError("bf16 and fp16 are exclusive")
+        if self.bf16 == "auto":
+            self.bf16 = not self.fp16 and fast_bf16_available()
 
     def micro_batches_per_step(self, world_size: int) -> int:
         """Micro-batches in one optimizer step, over all ranks."""
@@ -45,6 +47,18 @@ class TrainingParams:
 
     def autocast_dtype(self) -> torch.dtype | None:
         return torch.bfloat16 if self.bf16 else torch.float16 if self.fp16 else None
+
+
+def fast_bf16_available() -> bool:
+    """bf16 autocast pays off on GPUs that support it and CPUs with bf16 matmul instructions."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            flags = handle.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def lr_lambda(params: TrainingParams, total_steps: int):

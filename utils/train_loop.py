@@ -73,7 +73,8 @@ def train_step(run: TrainRun, plan) -> torch.Tensor:
         last = i == len(my_bins) - 1
         sync = contextlib.nullcontext() if last else acc.no_sync(run.loss_module)
         with sync, acc.autocast():
-            loss_sum, _ = run.loss_module(batch.input_ids, batch.position_ids, batch.targets, batch.source_ids)
+            loss_sum, _ = run.loss_module(batch.input_ids, batch.position_ids, batch.targets, batch.source_ids,
+                                             batch.cu_seq_lens)
         acc.backward(loss_sum * scale)
         local += loss_sum.detach()
     return local
@@ -103,7 +104,8 @@ def evaluate(run: TrainRun) -> dict:
             continue
         batch = collate(run.val_stores, items).to(acc.device)
         with acc.autocast():
-            _, by_source = run.loss_module(batch.input_ids, batch.position_ids, batch.targets, batch.source_ids)
+            _, by_source = run.loss_module(batch.input_ids, batch.position_ids, batch.targets, batch.source_ids,
+                                             batch.cu_seq_lens)
         sums += by_source
         counts += torch.bincount(batch.source_ids[batch.targets != -100], minlength=len(sums)).float()
     run.loss_module.train()

@@ -1,0 +1,68 @@
+"""Small synthetic training runs for loop tests: a 2-layer Llama and random token stores."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from utils.example_store import ExampleStore
+from utils.packing import IGNORE
+
+VOCAB = 97
+
+
+def tiny_llama(seed: int = 0, layers: int = 2):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         tie_word_embeddings=True, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config)
+
+
+def random_store(name: str, count: int, seed: int, min_len: int = 6, max_len: int = 40,
+                 learnable: bool = False) -> ExampleStore:
+    """Examples whose first half (the 'prompt') is unsupervised; ``learnable`` ones count up by 1."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(min_len, max_len, count)
+    tokens = rng.integers(3, VOCAB, int(lengths.sum())).astype(np.int32)
+    if learnable:
+        tokens = (3 + (np.arange(len(tokens)) + rng.integers(0, VOCAB)) % (VOCAB - 3)).astype(np.int32)
+    labels = tokens.copy()
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    for lo, hi in zip(offsets[:-1], offsets[1:]):
+        labels[lo: lo + (hi - lo) // 2] = IGNORE
+    return ExampleStore(name, tokens, labels, offsets)
+
+
+def run_training(out_dir: Path, *, batch: int | None = None, tokens: int | None = None, accum: int = 1,
+                 steps: int = 4, save_steps: int = 0, resume: Path | None = None, lora: bool = False,
+                 seed: int = 0, weights=(0.7, 0.3), learnable: bool = False, lr: float = 1e-2):
+    """Train the tiny model on two weighted sources; returns (state, model state_dict)."""
+    from accelerate.utils import set_seed
+
+    from utils.modeling import LoraSettings, apply_lora
+    from utils.run_setup import RunPlan, build_run, make_accelerator
+    from utils.train_config import TrainingParams
+    from utils.train_loop import fit
+
+    params = TrainingParams(learning_rate=lr, max_steps=steps, per_device_train_batch_size=batch,
+                            micro_batch_tokens=tokens, gradient_accumulation_steps=accum, warmup_steps=1,
+                            save_steps=save_steps, logging_steps=1, eval_steps=0, save_total_limit=None,
+                            seed=seed, bf16=False, max_grad_norm=1.0)
+    set_seed(seed)
+    model = tiny_llama(seed)
+    if lora:
+        model = apply_lora(model, LoraSettings(r=4, lora_alpha=8, lora_dropout=0.1,
+                                               target_modules=["q_proj", "v_proj", "gate_proj"]))
+    stores = [random_store("a", 60, 1, learnable=learnable), random_store("b", 30, 2, learnable=learnable)]
+    val = [random_store("a", 6, 3), random_store("b", 6, 4)]
+    accelerator = make_accelerator(params)
+    run, state = build_run(accelerator, model, stores, val, list(weights), params, out_dir,
+                           {"data_hashes": "synthetic", "tokenizer_sha256": "none"}, resume, RunPlan(), 40)
+    state = fit(run, state)
+    run.logger.close()
+    lm = run.accelerator.unwrap_model(run.loss_module).model
+    return state, {k: v.detach().clone() for k, v in lm.state_dict().items()}

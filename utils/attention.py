@@ -1,0 +1,66 @@
+"""Varlen attention for padding-free packed rows, registered with transformers as ``packed_sdpa``.
+
+A packed row holds several examples; attention must stay inside each. Building an
+[N x N] block-diagonal mask costs O(N^2) memory and compute for mostly-masked scores,
+so instead each example's slice runs through SDPA with ``is_causal=True``. Example
+bounds come from ``cu_seq_lens_q`` (computed on the host by the packer, so no device
+sync); without them (generation, padded batches) this is plain SDPA with the usual mask.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+NAME = "packed_sdpa"
+_registered = False
+
+
+def packed_sdpa_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """query [1, H, N, D], key/value [1, Hkv, N, D] → ([1, N, H, D], None)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    bounds = kwargs.get("cu_seq_lens_q")
+    if bounds is None or attention_mask is not None or query.shape[0] != 1:
+        return sdpa_attention_forward(module, query, key, value, attention_mask,
+                                      scaling=scaling, dropout=dropout, **kwargs)
+    bounds = bounds.tolist() if torch.is_tensor(bounds) else list(bounds)
+    gqa = query.shape[1] != key.shape[1]
+    drop = dropout if module.training else 0.0
+    outs = [
+        F.scaled_dot_product_attention(query[:, :, a:b], key[:, :, a:b], value[:, :, a:b],
+                                       is_causal=True, scale=scaling, dropout_p=drop, enable_gqa=gqa)
+        for a, b in zip(bounds[:-1], bounds[1:]) if b > a
+    ]
+    return torch.cat(outs, dim=2).transpose(1, 2).contiguous(), None
+
+
+def _packed_mask(*args, **kwargs):
+    """No mask for packed rows (attention uses the bounds); the SDPA mask for padded batches."""
+    from transformers.masking_utils import sdpa_mask
+
+    if kwargs.get("attention_mask") is None:
+        return None
+    return sdpa_mask(*args, **kwargs)
+
+
+def register() -> str:
+    """Register ``packed_sdpa`` with transformers once; returns its name."""
+    global _registered
+    if not _registered:
+        from transformers import AttentionInterface
+        from transformers.masking_utils import AttentionMaskInterface
+
+        AttentionInterface.register(NAME, packed_sdpa_attention)
+        AttentionMaskInterface.register(NAME, _packed_mask)
+        _registered = True
+    return NAME
+
+
+def use_packed_attention(model) -> None:
+    """Switch a loaded model to ``packed_sdpa`` (only models whose attention takes kwargs)."""
+    name = register()
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        base.set_attn_implementation(name)
+    except (ValueError, AttributeError, NotImplementedError):
+        pass  # transformers then builds a block-diagonal mask from the restarting position_ids
