@@ -48,3 +48,11 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is not present")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def pipeline_work(tmp_path_factory) -> Path:
+    """Demo data, a tokenizer and a pre-trained tiny model made by the real scripts (00, 01)."""
+    from e2e_helpers import build_pipeline_work
+
+    return build_pipeline_work(tmp_path_factory.mktemp("e2e"))

@@ -29,6 +29,12 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def publish_dir(tmp_dir: Path, final_dir: Path) -> None:
     """Replace ``final_dir`` by the complete ``tmp_dir`` (same filesystem)."""
     final_dir = Path(final_dir)
@@ -56,6 +62,7 @@ def atomic_dir(final_dir: str | Path, force: bool = True) -> Iterator[Path]:
     try:
         final_dir.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.tmp-", dir=final_dir.parent))
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; the published dir gets normal permissions
     except OSError as err:
         raise UserError(f"{final_dir}: cannot write here ({err.strerror})") from None
     try:

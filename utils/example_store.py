@@ -28,6 +28,8 @@ class ExampleStore:
     tokens: np.ndarray      # int32
     labels: np.ndarray      # int32, -100 where unsupervised (not shifted)
     offsets: np.ndarray     # int64, len = num_examples + 1
+    source_ids: np.ndarray | None = None   # int32 per example: index into source_names
+    source_names: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -46,6 +48,21 @@ class ExampleStore:
     def get(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         lo, hi = self.offsets[i], self.offsets[i + 1]
         return self.tokens[lo:hi], self.labels[lo:hi]
+
+    def subset(self, indices: np.ndarray, name: str) -> "ExampleStore":
+        """A copy holding only ``indices`` (used for small splits such as validation)."""
+        parts = [self.get(int(i)) for i in indices]
+        lengths = [len(p[0]) for p in parts]
+        cat = lambda arrays: np.concatenate(arrays) if arrays else np.zeros(0, np.int32)  # noqa: E731
+        return ExampleStore(name, cat([p[0] for p in parts]), cat([p[1] for p in parts]),
+                            np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
+
+    def by_source(self) -> list["ExampleStore"]:
+        """One store per dataset source named in the shards (``<dir>/<source>``)."""
+        if self.source_ids is None or len(self.source_names) <= 1:
+            return [self]
+        return [self.subset(np.flatnonzero(np.asarray(self.source_ids) == k), f"{self.name}/{name}")
+                for k, name in enumerate(self.source_names)]
 
 
 def _cache_dir(data_dir: Path) -> Path:
@@ -67,19 +84,22 @@ def load_sft_store(data_dir: Path, split: str, manifest: dict) -> ExampleStore:
     shards = manifest["splits"].get(split, {}).get("shards", [])
     key = hashlib.sha256("".join(s["sha256"] for s in shards).encode()).hexdigest()[:16]
     cache = _cache_dir(data_dir)
-    paths = {n: cache / f"{split}-{key}-{n}.npy" for n in ("tokens", "labels", "offsets")}
-    if not all(p.exists() for p in paths.values()):
-        arrays = _parse_shards(data_dir, shards)
+    paths = {n: cache / f"{split}-{key}-{n}.npy" for n in ("tokens", "labels", "offsets", "sources")}
+    names_path = cache / f"{split}-{key}-source_names.json"
+    if not all(p.exists() for p in paths.values()) or not names_path.exists():
+        arrays, names = _parse_shards(data_dir, shards)
         for name, arr in arrays.items():
             tmp = paths[name].with_name(paths[name].name + f".tmp{os.getpid()}.npy")
             np.save(tmp, arr)
             os.replace(tmp, paths[name])
+        names_path.write_text(json.dumps(names))
     loaded = {n: np.load(p, mmap_mode="r") for n, p in paths.items()}
-    return ExampleStore(data_dir.name, loaded["tokens"], loaded["labels"], loaded["offsets"])
+    return ExampleStore(data_dir.name, loaded["tokens"], loaded["labels"], loaded["offsets"],
+                        loaded["sources"], tuple(json.loads(names_path.read_text())))
 
 
-def _parse_shards(data_dir: Path, shards: list[dict]) -> dict[str, np.ndarray]:
-    tokens, labels, offsets = [], [], [0]
+def _parse_shards(data_dir: Path, shards: list[dict]) -> tuple[dict[str, np.ndarray], list[str]]:
+    tokens, labels, offsets, sources, names = [], [], [0], [], {}
     for shard in shards:
         path = data_dir / shard["file"]
         with open(path, encoding="utf-8") as handle:
@@ -88,6 +108,7 @@ def _parse_shards(data_dir: Path, shards: list[dict]) -> dict[str, np.ndarray]:
                     row = json.loads(line)
                     ids = np.asarray(row["input_ids"], dtype=np.int32)
                     lab = np.asarray(row["labels"], dtype=np.int32)
+                    source = names.setdefault(str(row.get("source", "")), len(names))
                 except (ValueError, KeyError, TypeError) as err:
                     raise UserError(f"{path}:{lineno}: malformed shard line ({err}); "
                                     "re-run the prepare stage") from None
@@ -97,10 +118,13 @@ def _parse_shards(data_dir: Path, shards: list[dict]) -> dict[str, np.ndarray]:
                 tokens.append(ids)
                 labels.append(lab)
                 offsets.append(offsets[-1] + len(ids))
+                sources.append(source)
     empty = np.zeros(0, np.int32)
-    return {"tokens": np.concatenate(tokens) if tokens else empty,
-            "labels": np.concatenate(labels) if labels else empty,
-            "offsets": np.asarray(offsets, dtype=np.int64)}
+    arrays = {"tokens": np.concatenate(tokens) if tokens else empty,
+              "labels": np.concatenate(labels) if labels else empty,
+              "offsets": np.asarray(offsets, dtype=np.int64),
+              "sources": np.asarray(sources, dtype=np.int32)}
+    return arrays, list(names)
 
 
 def window_store(name: str, stream: np.ndarray, window: int) -> ExampleStore:

@@ -72,6 +72,8 @@ def load_model(path: str, trust_remote_code: bool = False, dtype: torch.dtype = 
     elif not local.exists() and (local.is_absolute() or path.startswith((".", "checkpoints", "data"))):
         raise UserError(f"{path}: model not found; train one first (e.g. `make pretrain-tiny`) "
                         "or pass an HF model directory")
+    if local.exists():
+        local = local.resolve()  # adapters record this path: absolute, so they load from any directory
     try:
         return AutoModelForCausalLM.from_pretrained(str(local), dtype=dtype,
                                                     trust_remote_code=trust_remote_code)

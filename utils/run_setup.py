@@ -26,7 +26,8 @@ def make_accelerator(params: TrainingParams):
     precision = "bf16" if params.bf16 else "fp16" if params.fp16 else "no"
     if params.fp16 and not torch.cuda.is_available():
         raise UserError("training_params.fp16: float16 training needs a GPU; use bf16 on CPU")
-    return Accelerator(mixed_precision=precision)
+    # cpu=True also makes accelerate set up gloo when torchrun starts several CPU processes
+    return Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
 
 
 def make_planner(stores: list[ExampleStore], weights: list[float], params: TrainingParams,

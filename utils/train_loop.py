@@ -106,7 +106,7 @@ def evaluate(run: TrainRun) -> dict:
         with acc.autocast():
             _, by_source = run.loss_module(batch.input_ids, batch.position_ids, batch.targets, batch.source_ids,
                                              batch.cu_seq_lens)
-        sums += by_source
+        sums += by_source[: len(sums)]
         counts += torch.bincount(batch.source_ids[batch.targets != -100], minlength=len(sums)).float()
     run.loss_module.train()
     sums, counts = acc.reduce(sums, "sum"), acc.reduce(counts, "sum")

@@ -1,0 +1,117 @@
+# The pipeline, one target per stage, in order. `make help` lists them.
+# Every target installs what it needs first (.venv from requirements.txt).
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+.DELETE_ON_ERROR:
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+TORCH_VERSION ?= 2.13.0
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt | cksum | cut -d' ' -f1)
+NPROC ?= $(shell nproc 2>/dev/null || echo 1)
+
+TOKENIZER_CONFIG ?= config/tokenizer/demo.json
+TOKENIZER ?= checkpoints/tokenizer/spm8k_demo
+PRETRAIN_SIZE ?= tiny
+
+SFT_DATASET_CONFIG ?= config/sft_datasets/demo.json
+SFT_TOKENIZER ?= $(TOKENIZER)
+SFT_DATA_OUT ?= data/sft_processed/$(basename $(notdir $(SFT_DATASET_CONFIG)))
+SFT_TRAINING_CONFIG ?= config/sft_training/lora_tiny.json
+SFT_MODEL_PATH ?= checkpoints/pretrain/tiny/final
+SFT_DATA_DIRS ?= $(SFT_DATA_OUT)
+SFT_DATA_WEIGHTS ?=
+SFT_OUTPUT_DIR ?= checkpoints/sft_industrial/$(basename $(notdir $(SFT_TRAINING_CONFIG)))
+SFT_RESUME ?=
+
+DEMO := data/demo/manifest.json
+TOKENIZER_STAMP := $(TOKENIZER)/tokenizer.json
+
+.PHONY: help install demo-data tokenizer-train-mix pretrain-tiny pretrain-small pretrain-base \
+	prepare-sft-corpus sft-train-tiny sft-train-small sft-train-base sft-custom \
+	sft-pipeline-complete test clean
+
+help: ## list the targets, in pipeline order
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_.-]+:.*## / {printf "  \033[1m%-24s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+install: $(STAMP) ## make .venv: torch (CPU wheel without a GPU, CUDA build with one), then requirements.txt
+
+$(STAMP): requirements.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	@if $(PY) -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$(TORCH_VERSION)')" 2>/dev/null; then \
+		echo "torch $(TORCH_VERSION) already installed"; \
+	elif command -v nvidia-smi >/dev/null 2>&1; then \
+		$(PIP) install "torch==$(TORCH_VERSION)"; \
+	elif curl -s -m 10 -o /dev/null https://download.pytorch.org/whl/cpu/; then \
+		$(PIP) install "torch==$(TORCH_VERSION)" --extra-index-url https://download.pytorch.org/whl/cpu; \
+	else \
+		echo "download.pytorch.org unreachable: installing torch==$(TORCH_VERSION) from the configured index"; \
+		$(PIP) install "torch==$(TORCH_VERSION)"; \
+	fi
+	$(PIP) install -r requirements.txt
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+demo-data: $(DEMO) ## generate the embedded demo data (stdlib docs corpus, verifiable tasks, transcripts); no downloads
+
+$(DEMO): $(STAMP) scripts/generate_demo_data.py utils/demo_data.py
+	$(PY) scripts/generate_demo_data.py --output_dir data/demo --force
+
+tokenizer-train-mix: $(TOKENIZER_STAMP) ## train the SentencePiece tokenizer on a weighted text mix; export it for transformers
+
+$(TOKENIZER_STAMP): $(DEMO) $(TOKENIZER_CONFIG)
+	$(PY) scripts/00_train_tokenizer.py --config $(TOKENIZER_CONFIG)
+
+pretrain-tiny: ## pre-train the tiny (~6M) preset on the demo corpus (a few minutes on CPU)
+	$(MAKE) --no-print-directory checkpoints/pretrain/tiny/final/config.json PRETRAIN_SIZE=tiny
+pretrain-small: $(TOKENIZER_STAMP) ## pre-train the small (~42M with a 32k vocab) preset
+	$(PY) scripts/01_pretrain.py --config config/pretrain/small.json --tokenizer_path $(TOKENIZER)
+pretrain-base: $(TOKENIZER_STAMP) ## pre-train the base (~124M with a 32k vocab) preset (GPU advised)
+	$(PY) scripts/01_pretrain.py --config config/pretrain/base.json --tokenizer_path $(TOKENIZER)
+
+checkpoints/pretrain/tiny/final/config.json: $(TOKENIZER_STAMP) config/pretrain/tiny.json
+	$(PY) scripts/01_pretrain.py --config config/pretrain/tiny.json --tokenizer_path $(TOKENIZER) \
+		--output_dir checkpoints/pretrain/tiny
+
+prepare-sft-corpus: $(STAMP) ## clean, template, mask and shard SFT data (SFT_DATASET_CONFIG, SFT_TOKENIZER, SFT_DATA_OUT)
+	$(PY) scripts/02_prepare_sft_corpus.py --config $(SFT_DATASET_CONFIG) --tokenizer_path $(SFT_TOKENIZER) \
+		--output_dir $(SFT_DATA_OUT) --num_proc $(NPROC) --force
+
+data/sft_processed/demo/manifest.json: $(TOKENIZER_STAMP) config/sft_datasets/demo.json
+	$(PY) scripts/02_prepare_sft_corpus.py --config config/sft_datasets/demo.json --tokenizer_path $(TOKENIZER) \
+		--output_dir data/sft_processed/demo --num_proc $(NPROC) --force
+
+SFT_ARGS = --tokenizer_path $(SFT_TOKENIZER) --data_dirs $(SFT_DATA_DIRS) \
+	$(if $(SFT_DATA_WEIGHTS),--data_weights $(SFT_DATA_WEIGHTS)) \
+	$(if $(SFT_RESUME),--resume_from_checkpoint $(SFT_RESUME))
+
+sft-train-tiny: ## LoRA SFT of the tiny pre-trained model on the demo corpus
+	$(MAKE) --no-print-directory checkpoints/sft_industrial/tiny/final/adapter_config.json
+checkpoints/sft_industrial/tiny/final/adapter_config.json: checkpoints/pretrain/tiny/final/config.json \
+		data/sft_processed/demo/manifest.json config/sft_training/lora_tiny.json
+	$(PY) scripts/03_sft_industrial.py --config config/sft_training/lora_tiny.json \
+		--model_path checkpoints/pretrain/tiny/final --data_dirs data/sft_processed/demo \
+		--tokenizer_path $(TOKENIZER) --output_dir checkpoints/sft_industrial/tiny
+
+sft-train-small: $(STAMP) ## LoRA SFT of the small preset (SFT_MODEL_PATH, SFT_DATA_DIRS)
+	$(PY) scripts/03_sft_industrial.py --config config/sft_training/lora_small.json \
+		--model_path $(SFT_MODEL_PATH) $(SFT_ARGS) --output_dir checkpoints/sft_industrial/small
+sft-train-base: $(STAMP) ## LoRA SFT of the base preset (SFT_MODEL_PATH, SFT_DATA_DIRS)
+	$(PY) scripts/03_sft_industrial.py --config config/sft_training/lora_base.json \
+		--model_path $(SFT_MODEL_PATH) $(SFT_ARGS) --output_dir checkpoints/sft_industrial/base
+
+sft-custom: $(STAMP) ## prepare SFT_DATASET_CONFIG, then train SFT_TRAINING_CONFIG on SFT_MODEL_PATH
+	$(MAKE) --no-print-directory prepare-sft-corpus
+	$(PY) scripts/03_sft_industrial.py --config $(SFT_TRAINING_CONFIG) --model_path $(SFT_MODEL_PATH) \
+		$(SFT_ARGS) --output_dir $(SFT_OUTPUT_DIR)
+
+sft-pipeline-complete: ## the whole demo: data -> tokenizer -> pre-train tiny -> prepare -> SFT (LoRA)
+	$(MAKE) --no-print-directory sft-train-tiny
+
+test: $(STAMP) ## run the test suite (CPU, tiny models; reads ../shared/data when present)
+	$(PY) -m pytest -q tests
+
+clean: ## remove generated data and checkpoints (keeps .venv)
+	rm -rf data/demo data/sft_processed checkpoints/tokenizer checkpoints/pretrain checkpoints/sft_industrial

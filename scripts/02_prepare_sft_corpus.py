@@ -1,0 +1,49 @@
+"""Stage 1 (SFT data): read, clean, mix and tokenize conversation datasets into a sharded corpus.
+
+    python scripts/02_prepare_sft_corpus.py --config config/sft_datasets/demo.json \\
+        --output_dir data/sft_processed/demo --tokenizer_path checkpoints/tokenizer/spm8k_demo
+
+Writes train_*.jsonl / val_*.jsonl shards, manifest.json, DATA_CARD.md and training_state.json
+(see utils/shards.py for the contract the trainer relies on).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from utils.errors import UserError, run_cli  # noqa: E402
+from utils.prepare import default_num_proc, load_dataset_config, prepare_corpus  # noqa: E402
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="SFT dataset config, e.g. config/sft_datasets/demo.json")
+    parser.add_argument("--output_dir", required=True, help="where the prepared corpus goes")
+    parser.add_argument("--tokenizer_path", required=True,
+                        help="HF tokenizer directory, or a .model with its HF directory beside it")
+    parser.add_argument("--force", action="store_true", help="replace an existing output_dir")
+    parser.add_argument("--num_proc", type=int, default=default_num_proc(),
+                        help="tokenizer worker processes (default: all cores)")
+    parser.add_argument("--strict", action="store_true", help="stop at the first malformed row")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.num_proc < 1:
+        raise UserError(f"--num_proc: {args.num_proc} is not a positive number of processes")
+    config = load_dataset_config(args.config)
+    manifest = prepare_corpus(config, args.tokenizer_path, args.output_dir, force=args.force,
+                              num_proc=args.num_proc, strict=args.strict, config_path=args.config)
+    train = manifest["splits"]["train"]
+    print(f"wrote {args.output_dir}: {train['conversations']} train examples in {train['num_shards']} "
+          f"shard(s); see {Path(args.output_dir) / 'DATA_CARD.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

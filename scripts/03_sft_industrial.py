@@ -1,0 +1,53 @@
+"""Stage 3: supervised fine-tuning (LoRA or full) on prepared corpora, under accelerate or plain python.
+
+    accelerate launch scripts/03_sft_industrial.py --config config/sft_training/lora_tiny.json \\
+        --model_path checkpoints/pretrain/tiny/final --data_dirs data/sft_processed/demo \\
+        --tokenizer_path checkpoints/tokenizer/spm8k_demo --output_dir checkpoints/sft_industrial/tiny
+
+Writes checkpoint-N/ (full state, exact resume), metrics.jsonl, TensorBoard events, samples.jsonl,
+loss.png and final/ (adapter or model + tokenizer) that loads with plain transformers/peft.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from utils.config import load_config, to_dict  # noqa: E402
+from utils.errors import run_cli  # noqa: E402
+from utils.stage_sft import SFTTrainingConfig, run_sft  # noqa: E402
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="training config, e.g. config/sft_training/lora_tiny.json")
+    parser.add_argument("--model_path", required=True, help="HF model dir, pre-training output, or .gguf file")
+    parser.add_argument("--data_dirs", nargs="+", required=True, help="prepared corpora (02_prepare_sft_corpus.py)")
+    parser.add_argument("--data_weights", nargs="+", type=float, help="sampling weight per data dir")
+    parser.add_argument("--tokenizer_path", required=True, help="HF tokenizer dir (or its .model)")
+    parser.add_argument("--output_dir", required=True, help="where checkpoints and final/ go")
+    parser.add_argument("--resume_from_checkpoint", help="a checkpoint-N dir, or 'auto' for the newest complete one")
+    parser.add_argument("--max_steps", type=int, help="override training_params.max_steps")
+    parser.add_argument("--seed", type=int, help="override training_params.seed")
+    parser.add_argument("--trust_remote_code", action="store_true", help="allow model code from the checkpoint")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    cfg = load_config(args.config, "sft_training", SFTTrainingConfig)
+    if args.max_steps is not None:
+        cfg.training_params.max_steps = args.max_steps
+    if args.seed is not None:
+        cfg.training_params.seed = args.seed
+    summary = run_sft(cfg, to_dict(cfg), args, Path(args.output_dir))
+    if summary:
+        print(summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
