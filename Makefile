@@ -31,7 +31,7 @@ TOKENIZER_STAMP := $(TOKENIZER)/tokenizer.json
 
 .PHONY: help install demo-data tokenizer-train-mix pretrain-tiny pretrain-small pretrain-base \
 	prepare-sft-corpus sft-train-tiny sft-train-small sft-train-base sft-custom \
-	sft-pipeline-complete test clean
+	sft-pipeline-complete docs-config test clean
 
 help: ## list the targets, in pipeline order
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_.-]+:.*## / {printf "  \033[1m%-24s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -109,6 +109,9 @@ sft-custom: $(STAMP) ## prepare SFT_DATASET_CONFIG, then train SFT_TRAINING_CONF
 
 sft-pipeline-complete: ## the whole demo: data -> tokenizer -> pre-train tiny -> prepare -> SFT (LoRA)
 	$(MAKE) --no-print-directory sft-train-tiny
+
+docs-config: $(STAMP) ## regenerate docs/CONFIG.md from the JSON Schemas and config defaults
+	$(PY) -m utils.config_docs > docs/CONFIG.md.tmp && mv docs/CONFIG.md.tmp docs/CONFIG.md
 
 test: $(STAMP) ## run the test suite (CPU, tiny models; reads ../shared/data when present)
 	$(PY) -m pytest -q tests

@@ -99,3 +99,18 @@ def test_cli_bad_config_exits_2_without_traceback(tmp_path):
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [
         f"error: {path}: training_params.learning_rate: -1 is less than the minimum of 0"]
+
+
+def test_config_docs_are_current():
+    from utils.config_docs import render
+
+    assert (ROOT / "docs" / "CONFIG.md").read_text(encoding="utf-8") == render(), \
+        "docs/CONFIG.md is stale: run `make docs-config`"
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "config" / "accelerate").glob("*.yaml")), ids=lambda p: p.name)
+def test_accelerate_configs_load(path):
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    config = ClusterConfig.from_yaml_file(str(path))
+    assert config.num_processes >= 1
