@@ -16,6 +16,7 @@ from typing import Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from utils.cli import add_run_args, apply_overrides  # noqa: E402
 from utils.config import load_config, to_dict  # noqa: E402
 from utils.errors import run_cli  # noqa: E402
 from utils.stage_sft import SFTTrainingConfig, run_sft  # noqa: E402
@@ -29,20 +30,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--data_weights", nargs="+", type=float, help="sampling weight per data dir")
     parser.add_argument("--tokenizer_path", required=True, help="HF tokenizer dir (or its .model)")
     parser.add_argument("--output_dir", required=True, help="where checkpoints and final/ go")
-    parser.add_argument("--resume_from_checkpoint", help="a checkpoint-N dir, or 'auto' for the newest complete one")
-    parser.add_argument("--max_steps", type=int, help="override training_params.max_steps")
-    parser.add_argument("--seed", type=int, help="override training_params.seed")
-    parser.add_argument("--trust_remote_code", action="store_true", help="allow model code from the checkpoint")
+    add_run_args(parser)
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     cfg = load_config(args.config, "sft_training", SFTTrainingConfig)
-    if args.max_steps is not None:
-        cfg.training_params.max_steps = args.max_steps
-    if args.seed is not None:
-        cfg.training_params.seed = args.seed
+    apply_overrides(cfg.training_params, args)
     summary = run_sft(cfg, to_dict(cfg), args, Path(args.output_dir))
     if summary:
         print(summary)
