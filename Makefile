@@ -31,7 +31,7 @@ TOKENIZER_STAMP := $(TOKENIZER)/tokenizer.json
 
 .PHONY: help install demo-data tokenizer-train-mix pretrain-tiny pretrain-small pretrain-base \
 	prepare-sft-corpus sft-train-tiny sft-train-small sft-train-base sft-custom \
-	sft-pipeline-complete docs-config test clean
+	sft-eval sft-pipeline-complete docs-config test clean
 
 help: ## list the targets, in pipeline order
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_.-]+:.*## / {printf "  \033[1m%-24s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -106,6 +106,19 @@ sft-custom: $(STAMP) ## prepare SFT_DATASET_CONFIG, then train SFT_TRAINING_CONF
 	$(MAKE) --no-print-directory prepare-sft-corpus
 	$(PY) scripts/03_sft_industrial.py --config $(SFT_TRAINING_CONFIG) --model_path $(SFT_MODEL_PATH) \
 		$(SFT_ARGS) --output_dir $(SFT_OUTPUT_DIR)
+
+SFT_EVAL_MODEL ?= checkpoints/sft_industrial/tiny/final
+SFT_EVAL_BASE ?= checkpoints/pretrain/tiny/final
+SFT_EVAL_SET ?= data/demo/instruct/test.jsonl
+SFT_EVAL_RETENTION ?= data/demo/corpus
+SFT_EVAL_MAX_EXAMPLES ?=
+SFT_EVAL_OUT ?= checkpoints/sft_industrial/tiny/eval
+
+sft-eval: $(STAMP) ## evaluate an SFT model beside its base: val loss/ppl, exact match per task, format, retention (SFT_EVAL_MODEL, SFT_EVAL_BASE)
+	$(PY) scripts/04_evaluate_sft.py --model_path $(SFT_EVAL_MODEL) \
+		$(if $(SFT_EVAL_BASE),--base_model_path $(SFT_EVAL_BASE)) --data_dirs $(SFT_DATA_DIRS) \
+		--eval_set $(SFT_EVAL_SET) --retention_corpus $(SFT_EVAL_RETENTION) \
+		$(if $(SFT_EVAL_MAX_EXAMPLES),--max_eval_examples $(SFT_EVAL_MAX_EXAMPLES)) --output_dir $(SFT_EVAL_OUT)
 
 sft-pipeline-complete: ## the whole demo: data -> tokenizer -> pre-train tiny -> prepare -> SFT (LoRA)
 	$(MAKE) --no-print-directory sft-train-tiny

@@ -88,6 +88,9 @@ def _load_adapter(path: Path, trust_remote_code: bool):
 def _tokenizer(args, plan: RunPlan):
     if args.tokenizer_path:
         path, origin = args.tokenizer_path, "--tokenizer_path"
+    elif not Path(args.model_path).exists():
+        raise UserError(f"{args.model_path}: model not found; train one first (e.g. `make sft-train-tiny`) "
+                        "or pass the final/ directory of an SFT run to --model_path")
     elif _has_tokenizer(Path(args.model_path)):
         path, origin = args.model_path, "the model directory"
     else:
@@ -96,6 +99,17 @@ def _tokenizer(args, plan: RunPlan):
     fingerprint = tokenizer_fingerprint(hf_dir_for(path))
     plan.add("tokenizer", f"{path} (sha256 {fingerprint[:12]})", origin)
     return tokenizer, fingerprint, str(path)
+
+
+def _check_base(path: str | None, fingerprint: str, tokenizer_path: str) -> None:
+    """Fail before minutes of work on the tuned model, not after."""
+    if path is None:
+        return
+    if Path(path).exists():
+        check_model_tokenizer(path, fingerprint, tokenizer_path)
+    elif path.startswith(("/", ".", "checkpoints", "data")):
+        raise UserError(f"--base_model_path {path}: not found; pre-train one first (e.g. `make pretrain-tiny`) "
+                        "or pass the base model's directory")
 
 
 def _val_stores(dirs: list[str], fingerprint: str, plan: RunPlan) -> tuple[list[ExampleStore], list[dict]]:
@@ -155,6 +169,7 @@ def _retention_window(args, summary: dict) -> tuple[int, str]:
 
 def _retention(args, tokenizer, summary: dict, plan: RunPlan) -> ExampleStore | None:
     if not args.retention_corpus:
+        plan.add("retention corpus", "(none: no retention perplexity)", "--retention_corpus")
         return None
     paths = list(args.retention_corpus)
     kind = "jsonl" if all(p.endswith(JSONL_SUFFIXES) for p in paths) else "text_files"
@@ -173,6 +188,7 @@ def resolve_inputs(args) -> tuple[EvalInputs, RunPlan]:
     plan.add("model", args.model_path, "--model_path")
     plan.add("base model", args.base_model_path or "(none: no side by side)", "--base_model_path")
     tokenizer, fingerprint, tokenizer_path = _tokenizer(args, plan)
+    _check_base(args.base_model_path, fingerprint, tokenizer_path)
     dirs, dirs_from = (args.data_dirs, "--data_dirs") if args.data_dirs else (summary.get("data_dirs") or [], SUMMARY)
     if not args.data_dirs and not all(Path(d).is_dir() for d in dirs):
         dirs = []
