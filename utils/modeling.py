@@ -6,12 +6,16 @@ off unless asked for.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
 from utils.errors import UserError
+
+# peft reads a property transformers 5 deprecated; the warning says nothing a user can act on.
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
 @dataclass
