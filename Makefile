@@ -31,7 +31,7 @@ TOKENIZER_STAMP := $(TOKENIZER)/tokenizer.json
 
 .PHONY: help install demo-data tokenizer-train-mix pretrain-tiny pretrain-small pretrain-base \
 	prepare-sft-corpus sft-train-tiny sft-train-small sft-train-base sft-custom \
-	sft-eval sft-pipeline-complete docs-config test clean
+	sft-eval sft-pipeline-complete cpt-ift-pipeline docs-config test clean
 
 help: ## list the targets, in pipeline order
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_.-]+:.*## / {printf "  \033[1m%-24s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -120,8 +120,52 @@ sft-eval: $(STAMP) ## evaluate an SFT model beside its base: val loss/ppl, exact
 		--eval_set $(SFT_EVAL_SET) --retention_corpus $(SFT_EVAL_RETENTION) \
 		$(if $(SFT_EVAL_MAX_EXAMPLES),--max_eval_examples $(SFT_EVAL_MAX_EXAMPLES)) --output_dir $(SFT_EVAL_OUT)
 
-sft-pipeline-complete: ## the whole demo: data -> tokenizer -> pre-train tiny -> prepare -> SFT (LoRA)
-	$(MAKE) --no-print-directory sft-train-tiny
+DEMO_SFT := checkpoints/sft_industrial/tiny
+DEMO_EVAL := $(DEMO_SFT)/eval/eval_report.json
+
+$(DEMO_EVAL): $(DEMO_SFT)/final/adapter_config.json
+	$(PY) scripts/04_evaluate_sft.py --model_path $(DEMO_SFT)/final --base_model_path checkpoints/pretrain/tiny/final \
+		--data_dirs data/sft_processed/demo --eval_set data/demo/instruct/test.jsonl \
+		--retention_corpus data/demo/corpus/docstrings --output_dir $(DEMO_SFT)/eval
+
+sft-pipeline-complete: $(DEMO_EVAL) ## the whole demo: data -> tokenizer -> pre-train -> prepare -> LoRA SFT -> eval -> summary
+	$(PY) scripts/pipeline_summary.py --output $(DEMO_SFT)/SUMMARY.md \
+		--column "pretrained=$(DEMO_EVAL):base" --column "SFT (LoRA)=$(DEMO_EVAL):tuned" \
+		--artefact "demo data=data/demo" --artefact "tokenizer=$(TOKENIZER)" \
+		--artefact "pre-trained model=checkpoints/pretrain/tiny/final" \
+		--artefact "SFT corpus=data/sft_processed/demo" --artefact "data card=data/sft_processed/demo/DATA_CARD.md" \
+		--artefact "SFT adapter=$(DEMO_SFT)/final" --artefact "training curves=$(DEMO_SFT)/loss.png" \
+		--artefact "evaluation=$(DEMO_SFT)/eval/eval_report.md" --artefact "summary=$(DEMO_SFT)/SUMMARY.md"
+
+CPT_DIR := checkpoints/cpt/tiny
+IFT_DIR := checkpoints/sft_industrial/cpt_ift
+
+$(CPT_DIR)/final/config.json: checkpoints/pretrain/tiny/final/config.json config/pretrain/cpt_lora_tiny.json
+	$(PY) scripts/01_pretrain.py --config config/pretrain/cpt_lora_tiny.json --tokenizer_path $(TOKENIZER) \
+		--model_path checkpoints/pretrain/tiny/final --output_dir $(CPT_DIR)
+data/sft_processed/demo_hybrid/manifest.json: $(TOKENIZER_STAMP) config/sft_datasets/demo_hybrid.json
+	$(PY) scripts/02_prepare_sft_corpus.py --config config/sft_datasets/demo_hybrid.json --tokenizer_path $(TOKENIZER) \
+		--output_dir data/sft_processed/demo_hybrid --num_proc $(NPROC) --force
+$(IFT_DIR)/final/adapter_config.json: $(CPT_DIR)/final/config.json data/sft_processed/demo_hybrid/manifest.json \
+		config/sft_training/lora_post_cpt.json
+	$(PY) scripts/03_sft_industrial.py --config config/sft_training/lora_post_cpt.json --model_path $(CPT_DIR)/final \
+		--data_dirs data/sft_processed/demo_hybrid --tokenizer_path $(TOKENIZER) --output_dir $(IFT_DIR)
+$(CPT_DIR)/eval/eval_report.json: $(CPT_DIR)/final/config.json data/sft_processed/demo_hybrid/manifest.json
+	$(PY) scripts/04_evaluate_sft.py --model_path $(CPT_DIR)/final --base_model_path checkpoints/pretrain/tiny/final \
+		--data_dirs data/sft_processed/demo_hybrid --eval_set data/demo/instruct/test.jsonl \
+		--retention_corpus data/demo/corpus/pydoc --output_dir $(CPT_DIR)/eval
+$(IFT_DIR)/eval/eval_report.json: $(IFT_DIR)/final/adapter_config.json
+	$(PY) scripts/04_evaluate_sft.py --model_path $(IFT_DIR)/final --base_model_path $(CPT_DIR)/final \
+		--data_dirs data/sft_processed/demo_hybrid --eval_set data/demo/instruct/test.jsonl \
+		--retention_corpus data/demo/corpus/pydoc --output_dir $(IFT_DIR)/eval
+
+cpt-ift-pipeline: $(CPT_DIR)/eval/eval_report.json $(IFT_DIR)/eval/eval_report.json ## domain adaptation: CPT (LoRA) on the language reference, then conservative IFT on a 90/10 hybrid mix
+	$(PY) scripts/pipeline_summary.py --output $(IFT_DIR)/SUMMARY.md \
+		--column "before CPT=$(CPT_DIR)/eval/eval_report.json:base" \
+		--column "after CPT=$(CPT_DIR)/eval/eval_report.json:tuned" \
+		--column "after IFT=$(IFT_DIR)/eval/eval_report.json:tuned" \
+		--artefact "CPT model=$(CPT_DIR)/final" --artefact "hybrid corpus=data/sft_processed/demo_hybrid" \
+		--artefact "IFT adapter=$(IFT_DIR)/final" --artefact "summary=$(IFT_DIR)/SUMMARY.md"
 
 docs-config: $(STAMP) ## regenerate docs/CONFIG.md from the JSON Schemas and config defaults
 	$(PY) -m utils.config_docs > docs/CONFIG.md.tmp && mv docs/CONFIG.md.tmp docs/CONFIG.md
