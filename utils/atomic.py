@@ -21,6 +21,16 @@ def fsync_tree(path: Path) -> None:
         _fsync_dir(Path(root))
 
 
+def share_tree(path: Path) -> None:
+    """Give files the permissions the umask allows: some writers (safetensors) create 0600 files."""
+    mask = _umask()
+    for root, dirs, files in os.walk(path):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), 0o777 & ~mask)
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o666 & ~mask)
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -67,14 +77,35 @@ def atomic_dir(final_dir: str | Path, force: bool = True) -> Iterator[Path]:
         raise UserError(f"{final_dir}: cannot write here ({err.strerror})") from None
     try:
         yield tmp
+        share_tree(tmp)
         fsync_tree(tmp)
         publish_dir(tmp, final_dir)
-    except OSError as err:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise UserError(f"{final_dir}: write failed ({err.strerror}); nothing was replaced") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        reason = write_failure(err)
+        if reason is None:
+            raise
+        raise UserError(f"{final_dir}: write failed ({reason}); nothing was replaced — "
+                        "free disk space or fix permissions and run again") from err
+
+
+def write_failure(err: BaseException) -> str | None:
+    """Why a write failed (disk full, quota, read-only target), or None when ``err`` is something else.
+
+    Besides OSError, the two serialisers the project writes with report a failed write their own way:
+    safetensors as SafetensorError ("I/O error: No space left on device"), torch.save as a RuntimeError
+    from its zip writer ("[enforce fail at inline_container.cc] ... unexpected pos").
+    """
+    if isinstance(err, UserError):
+        return None
+    if isinstance(err, OSError):
+        return err.strerror or " ".join(str(err).split())
+    text = " ".join(str(err).split())
+    if type(err).__name__ == "SafetensorError" and ("I/O error" in text or "os error" in text):
+        return text[:300]
+    if isinstance(err, RuntimeError) and ("inline_container" in text or "PytorchStreamWriter" in text):
+        return f"torch.save: {text[:300]}"
+    return None
 
 
 def write_json_atomic(path: str | Path, data: Any) -> None:

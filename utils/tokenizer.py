@@ -86,6 +86,10 @@ def export_hf_tokenizer(model_file: Path, out_dir: Path) -> None:
 def hf_dir_for(path: str | Path) -> Path:
     """The HF tokenizer directory for a tokenizer path (a directory, or a .model beside one)."""
     path = Path(path)
+    if path.suffix == ".gguf":
+        from utils.gguf import hf_dir_for_gguf
+
+        return hf_dir_for_gguf(path)
     if path.is_dir():
         return path
     if path.suffix == ".model" and path.is_file():
