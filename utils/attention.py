@@ -24,12 +24,14 @@ def packed_sdpa_attention(module, query, key, value, attention_mask, scaling=Non
         return sdpa_attention_forward(module, query, key, value, attention_mask,
                                       scaling=scaling, dropout=dropout, **kwargs)
     bounds = bounds.tolist() if torch.is_tensor(bounds) else list(bounds)
+    lengths = [b - a for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
     gqa = query.shape[1] != key.shape[1]
     drop = dropout if module.training else 0.0
+    # split (not slicing): its backward is one concatenation, where each slice's backward would
+    # zero-fill and add a full-size gradient per example (quadratic in examples per row)
     outs = [
-        F.scaled_dot_product_attention(query[:, :, a:b], key[:, :, a:b], value[:, :, a:b],
-                                       is_causal=True, scale=scaling, dropout_p=drop, enable_gqa=gqa)
-        for a, b in zip(bounds[:-1], bounds[1:]) if b > a
+        F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling, dropout_p=drop, enable_gqa=gqa)
+        for q, k, v in zip(query.split(lengths, 2), key.split(lengths, 2), value.split(lengths, 2))
     ]
     return torch.cat(outs, dim=2).transpose(1, 2).contiguous(), None
 

@@ -8,11 +8,14 @@ Layout of ``<output_dir>/checkpoint-<step>/``::
     training_state.json                                (step, tokens, loss history, sampler, config, hashes)
     COMPLETE                                           (written last: only complete checkpoints resume)
 
-It is written in ``.checkpoint-<step>.tmp-*`` beside the final name, synced, then renamed.
+It is written in ``.checkpoint-<step>.tmp`` beside the final name, synced, then renamed; rotation renames
+an old checkpoint to ``.checkpoint-<step>.deleting`` before deleting it. So ``checkpoint-<step>`` is always
+whole: a crash (SIGKILL, power loss) at any moment leaves the newest complete one for ``auto`` to find.
 """
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import shutil
@@ -21,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from utils.atomic import fsync_tree, publish_dir
-from utils.errors import UserError
+from utils.atomic import fsync_tree, publish_dir, write_failure
+from utils.errors import UserError, one_line
 
 COMPLETE = "COMPLETE"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
@@ -78,27 +81,65 @@ def resolve_resume(spec: str | None, output_dir: Path) -> Path | None:
 
 def save_checkpoint(accelerator, output_dir: Path, step: int, model, optimizer, scheduler,
                     state: dict, save_total_limit: int | None) -> Path:
-    """Write checkpoint-<step> atomically on the main process (RNG from every rank)."""
+    """Write checkpoint-<step> atomically on the main process (RNG from every rank).
+
+    A failed write (disk full, read-only target) removes the temp dir on every rank and raises the same
+    UserError everywhere, so no rank waits forever for the others; the previous checkpoint is untouched.
+    """
     final = Path(output_dir) / f"checkpoint-{step}"
     tmp = Path(output_dir) / f".checkpoint-{step}.tmp"
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    try:
-        torch.save(rng_state(), tmp / f"rng_state_{accelerator.process_index}.pt")
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
+    main = accelerator.is_main_process
+    failure = _attempt(lambda: _fresh_dir(tmp)) if main else None
+    failure = _agree(accelerator, failure)
+    if failure is None:
+        failure = _agree(accelerator, _attempt(
+            lambda: torch.save(rng_state(), tmp / f"rng_state_{accelerator.process_index}.pt")))
+    if failure is None and main:
+        def write_and_publish() -> None:
             _write_main_files(accelerator, tmp, model, optimizer, scheduler, state)
             fsync_tree(tmp)
             publish_dir(tmp, final)
-            _rotate(Path(output_dir), save_total_limit)
-    except OSError as err:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise UserError(f"{final}: checkpoint write failed ({err.strerror}); the previous "
-                        "checkpoint is intact — free disk space or fix permissions and resume") from None
+
+        failure = _attempt(write_and_publish)
+    failure = _agree(accelerator, failure)
+    if failure is not None:
+        if main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        newest = list_checkpoints(Path(output_dir))
+        kept = f"the previous checkpoint {newest[-1]} is intact" if newest else "no earlier checkpoint exists"
+        raise UserError(f"{final}: checkpoint write failed ({failure}); {kept} — free disk space or fix "
+                        "permissions, then resume with --resume_from_checkpoint auto") from None
+    if main:
+        _rotate(Path(output_dir), save_total_limit)
     accelerator.wait_for_everyone()
     return final
+
+
+def _fresh_dir(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+
+
+def _attempt(write) -> str | None:
+    """Run ``write``; the reason when it failed writing (other exceptions propagate)."""
+    try:
+        write()
+    except Exception as err:  # noqa: BLE001 - only write failures are kept, the rest is re-raised
+        reason = write_failure(err)
+        if reason is None:
+            raise
+        return reason
+    return None
+
+
+def _agree(accelerator, failure: str | None) -> str | None:
+    """Every rank learns whether any rank failed (one tiny all-reduce; nothing when single-process)."""
+    if accelerator.num_processes == 1:
+        return failure
+    flag = torch.tensor([0.0 if failure is None else 1.0], device=accelerator.device)
+    if accelerator.reduce(flag, "sum").item() and failure is None:
+        return "failed on another process; see its message"
+    return failure
 
 
 def _write_main_files(accelerator, tmp: Path, model, optimizer, scheduler, state: dict) -> None:
@@ -113,29 +154,51 @@ def _write_main_files(accelerator, tmp: Path, model, optimizer, scheduler, state
 
 
 def _rotate(output_dir: Path, limit: int | None) -> None:
-    if limit is None:
-        return
-    for old in list_checkpoints(output_dir)[:-limit]:
-        shutil.rmtree(old, ignore_errors=True)
+    """Delete all but the newest ``limit`` checkpoints, each first renamed out of the listing.
+
+    A crash during the delete then leaves a hidden ``.checkpoint-N.deleting`` (swept at the next save),
+    never a ``checkpoint-N`` that still has its COMPLETE marker but lost its weights.
+    """
+    if limit is not None:
+        for old in list_checkpoints(output_dir)[:-limit]:
+            trash = old.with_name(f".{old.name}.deleting")
+            shutil.rmtree(trash, ignore_errors=True)
+            try:
+                os.replace(old, trash)
+            except OSError:
+                continue  # left in place: deleting it is housekeeping, not worth stopping the run
+    for stale in [*output_dir.glob(".checkpoint-*.deleting"), *output_dir.glob(".checkpoint-*.old-*")]:
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def load_training_state(path: Path) -> dict:
     try:
         return json.loads((path / "training_state.json").read_text())
-    except (OSError, ValueError) as err:
-        raise UserError(f"{path}/training_state.json: unreadable ({err}); pick another checkpoint") from None
+    except (OSError, ValueError, RecursionError) as err:
+        raise UserError(f"{path}/training_state.json: unreadable ({one_line(err)[:200]}); "
+                        "pick another checkpoint") from None
 
 
 def load_checkpoint(accelerator, path: Path, model, optimizer, scheduler) -> dict:
-    """Restore weights, optimizer, scheduler and this rank's RNG; return training_state."""
+    """Restore weights, optimizer, scheduler and this rank's RNG; return training_state.
+
+    A missing or unreadable file, or weights of another shape, is a UserError naming the checkpoint.
+    """
     from utils.modeling import load_weights_into, unwrap_lm
 
     state = load_training_state(path)
-    load_weights_into(unwrap_lm(accelerator, model), path)
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu"))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
     rng_file = path / f"rng_state_{accelerator.process_index}.pt"
     if not rng_file.is_file():  # resumed on more ranks than saved: derive from rank 0's
         rng_file = path / "rng_state_0.pt"
-    set_rng_state(torch.load(rng_file, weights_only=True))
+    try:
+        load_weights_into(unwrap_lm(accelerator, model), path)
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu"))
+        scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+        set_rng_state(torch.load(rng_file, weights_only=True))
+    except UserError:
+        raise
+    except Exception as err:  # noqa: BLE001 - missing/corrupt files and shape mismatches all mean "unusable"
+        raise UserError(f"{path}: cannot resume from this checkpoint ({one_line(err)[:300]}); it is damaged "
+                        "or from another model — resume from an earlier checkpoint-N or start a new "
+                        "--output_dir") from None
     return state

@@ -55,6 +55,9 @@ def read_json(path: str | Path) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as err:
         raise UserError(f"{path}:{err.lineno}:{err.colno}: invalid JSON: {err.msg}") from None
+    except (ValueError, RecursionError) as err:  # a 5000-digit number, lists nested 10^5 deep
+        reason = "nested too deeply" if isinstance(err, RecursionError) else str(err).split(";")[0]
+        raise UserError(f"{path}: cannot parse JSON ({reason})") from None
 
 
 def field_path(error: jsonschema.ValidationError) -> str:

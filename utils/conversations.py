@@ -19,6 +19,7 @@ no_assistant_turn, unknown_format, orphan_message, deleted, no_conversation_foun
 from __future__ import annotations
 
 import contextlib
+import re
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ DEFAULT_ROLE_MAP = {"human": "user", "user": "user", "gpt": "assistant", "chatgp
 TRANSCRIPT_MARKERS = {"user": ["Human:", "User:"], "assistant": ["Assistant:", "AI:"], "system": ["System:"]}
 _TRANSCRIPT_SPEAKERS = compile_speakers(TRANSCRIPT_MARKERS, use_regex=False, case_sensitive=True)
 OASST_ROLES = {"prompter": "user", "assistant": "assistant"}
+_SURROGATE = re.compile("[\ud800-\udfff]")  # JSON "\ud83d" escapes without their pair decode to these
 
 
 @dataclass(frozen=True)
@@ -283,6 +285,9 @@ def normalize(turns: list[dict]) -> tuple[dict, ...]:
     merged: list[dict] = []
     for turn in turns:
         content = turn["content"].strip()
+        if _SURROGATE.search(content):
+            raise RowProblem("invalid_utf8", "text holds an unpaired surrogate (a \\ud800-\\udfff escape); "
+                                             "it is not valid Unicode")
         if not content:
             continue
         if turn["role"] == "system" and any(m["role"] != "system" for m in merged):
@@ -356,10 +361,16 @@ def oasst_message(row: Row) -> OasstMessage:
     for key in ("message_id", "role", "text"):
         if key not in data:
             raise RowProblem("missing_field", f"field '{key}' missing")
-    if data["role"] not in OASST_ROLES:
+    if not isinstance(data["role"], str) or data["role"] not in OASST_ROLES:
         raise RowProblem("unknown_role", f"role is {data['role']!r}; expected prompter or assistant")
+    ids = {key: data.get(key) for key in ("message_id", "parent_id")}
+    bad = {key: _type_name(v) for key, v in ids.items() if not isinstance(v, (str, int, type(None)))
+           or isinstance(v, bool) or (key == "message_id" and v is None)}
+    if bad:
+        raise RowProblem("wrong_type", ", ".join(f"field '{k}' is {t}, expected text" for k, t in bad.items()))
+    parent = None if ids["parent_id"] is None else str(ids["parent_id"])
     rank = data.get("rank")
-    return OasstMessage(str(data["message_id"]), data.get("parent_id"), OASST_ROLES[data["role"]],
+    return OasstMessage(str(data["message_id"]), parent, OASST_ROLES[data["role"]],
                         item_text(data, "text", "row"), rank if isinstance(rank, int) else None,
                         str(data.get("created_date") or ""), bool(data.get("deleted")), row.origin)
 

@@ -92,7 +92,9 @@ def load_sft_store(data_dir: Path, split: str, manifest: dict) -> ExampleStore:
             tmp = paths[name].with_name(paths[name].name + f".tmp{os.getpid()}.npy")
             np.save(tmp, arr)
             os.replace(tmp, paths[name])
-        names_path.write_text(json.dumps(names))
+        tmp = names_path.with_name(names_path.name + f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(names))
+        os.replace(tmp, names_path)  # like the arrays: a crash never leaves a half-written cache file
     loaded = {n: np.load(p, mmap_mode="r") for n, p in paths.items()}
     return ExampleStore(data_dir.name, loaded["tokens"], loaded["labels"], loaded["offsets"],
                         loaded["sources"], tuple(json.loads(names_path.read_text())))

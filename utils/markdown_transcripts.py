@@ -19,9 +19,11 @@ Rules, chosen to match how chat exporters write markdown:
   each message is stripped of surrounding whitespace. Merging consecutive same-speaker blocks is done by
   utils.conversations, as for every layout.
 
-Regex safety: a pattern with a repeated group that itself repeats (``(a+)+``, ``(\\w+\\s?)*``) can take
-exponential time and is refused as a config error, as is a pattern that matches an empty line. Markers
-only ever see the first MAX_SCAN characters of a line, which bounds the cost of the patterns allowed.
+Regex safety: a pattern with a repeated group that itself repeats (``(a+)+``, ``(\\w+\\s?)*``), or a
+repeated alternation whose branches can start alike (``(a|a)*``, ``(ab|a)+``), can take exponential time;
+more than MAX_LONG_REPEATS open-ended repetitions (``.*.*.*.*``) take polynomial time of that degree.
+All are refused as config errors, as is a pattern that matches an empty line. Markers only ever see the
+first MAX_SCAN characters of a line, which bounds the cost of the patterns allowed.
 """
 from __future__ import annotations
 
@@ -38,6 +40,8 @@ except ImportError:  # pragma: no cover - Python < 3.11
 
 MAX_SCAN = 256
 """Characters of a line that marker and ignore_lines patterns see."""
+MAX_LONG_REPEATS = 3
+"""Repetitions that may run over more than 16 characters, per pattern: 4 of ``.*`` cost ~1 s per line."""
 MARKER_ROLES = ("user", "assistant", "system", "ignore")
 _LIST_ITEM = re.compile(r"(?:[-*+]|\d{1,9}[.)])(?:\s|$)")
 _FENCE = re.compile(r"\s*(`{3,}|~{3,})(.*)")
@@ -100,9 +104,16 @@ def _compile(source: str, flags: int, what: str) -> re.Pattern:
     if pattern.match(""):
         raise UserError(f"{what}: matches an empty line, so every line would start a turn; "
                         "make it require some text")
-    if _nested_repeat(_sre_parse.parse(source, flags)):
+    parsed = _sre_parse.parse(source, flags)
+    if _nested_repeat(parsed):
         raise UserError(f"{what}: a repeated group that itself repeats (like (a+)+) can hang on long "
                         "lines; rewrite it without the nested repetition")
+    if _ambiguous_alternation(parsed, bool(flags & re.IGNORECASE)):
+        raise UserError(f"{what}: a repeated alternation whose branches can start alike (like (a|ab)*) "
+                        "can hang on long lines; make the branches start with different characters")
+    if (count := _long_repeats(parsed)) > MAX_LONG_REPEATS:
+        raise UserError(f"{what}: {count} open-ended repetitions (like .*) can take seconds per line; "
+                        f"use at most {MAX_LONG_REPEATS}, or bound them (like .{{0,16}})")
     return pattern
 
 
@@ -121,6 +132,64 @@ def _nested_repeat(parsed, inside_repeat: bool = False) -> bool:
                 if _nested_repeat(sub, inside_repeat):
                     return True
     return False
+
+
+def _ambiguous_alternation(parsed, ignore_case: bool, inside_repeat: bool = False) -> bool:
+    """True when a repetition holds an alternation whose branches can match at the same place."""
+    for op, arg in parsed:
+        if op in _REPEATS:
+            low, high, sub = arg
+            if _ambiguous_alternation(sub, ignore_case, inside_repeat or (high > 1 and high != low)):
+                return True
+        elif op is _sre_parse.BRANCH and inside_repeat and not _distinct_starts(arg[1], ignore_case):
+            return True
+        elif any(_ambiguous_alternation(sub, ignore_case, inside_repeat) for sub in _subpatterns(op, arg)):
+            return True
+    return False
+
+
+def _distinct_starts(alternatives, ignore_case: bool) -> bool:
+    """Every branch starts with a known set of characters (a literal, a small class), disjoint from the others."""
+    seen: set[str] = set()
+    for alt in alternatives:
+        first = _first_chars(alt[0]) if alt else None
+        if first is None:
+            return False
+        first = {c.casefold() for c in first} if ignore_case else first
+        if seen & first:
+            return False
+        seen |= first
+    return True
+
+
+def _first_chars(item) -> set[str] | None:
+    """The characters a LITERAL or a small ``[...]`` of literals and ranges matches; None otherwise."""
+    op, arg = item
+    if op is _sre_parse.LITERAL:
+        return {chr(arg)}
+    if op is not _sre_parse.IN:
+        return None
+    chars: set[str] = set()
+    for kind, value in arg:
+        if kind is _sre_parse.LITERAL:
+            chars.add(chr(value))
+        elif kind is _sre_parse.RANGE and value[1] - value[0] < 256:
+            chars.update(map(chr, range(value[0], value[1] + 1)))
+        else:  # a negated class, \w and other categories: not worth proving disjoint
+            return None
+    return chars
+
+
+def _long_repeats(parsed) -> int:
+    """Repetitions whose count can vary by more than 16 (``*``, ``+``, ``{0,100}``), nested ones included."""
+    count = 0
+    for op, arg in parsed:
+        if op in _REPEATS:
+            low, high, sub = arg
+            count += (min(high, MAX_SCAN) - low > 16) + _long_repeats(sub)
+        else:
+            count += sum(_long_repeats(sub) for sub in _subpatterns(op, arg))
+    return count
 
 
 def _subpatterns(op, arg) -> list:

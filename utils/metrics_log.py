@@ -5,6 +5,8 @@ import json
 import math
 from pathlib import Path
 
+from utils.atomic import write_text_atomic
+
 
 class MetricsLogger:
     """Appends one JSON object per record to metrics.jsonl and mirrors scalars to TensorBoard."""
@@ -24,7 +26,7 @@ class MetricsLogger:
             return
         kept = [line for line in self.path.read_text(encoding="utf-8").splitlines()
                 if line.strip() and _step_of(line) <= step]
-        self.path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        write_text_atomic(self.path, "".join(line + "\n" for line in kept))
 
     def log(self, record: dict) -> None:
         self.handle.write(json.dumps(record, sort_keys=True) + "\n")

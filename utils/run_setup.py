@@ -123,13 +123,23 @@ def _describe(plan: RunPlan, params: TrainingParams, world: int, total_steps: in
     plan.add("precision", "bf16" if params.bf16 else "fp16" if params.fp16 else "fp32", "training_params")
 
 
+def _difference(saved, now) -> str:
+    """What changed between the checkpoint's and this run's tokenizer hash or per-dir data hashes."""
+    if not isinstance(saved, dict) or not isinstance(now, dict):
+        return f"{str(saved)[:16]}... in the checkpoint, {str(now)[:16]}... now"
+    parts = [f"{label}: {', '.join(names)}" for label, names in (
+        ("not in this run", sorted(set(saved) - set(now))), ("new in this run", sorted(set(now) - set(saved))),
+        ("changed", sorted(k for k in set(saved) & set(now) if saved[k] != now[k]))) if names]
+    return "; ".join(parts)
+
+
 def _resume(accelerator, path: Path, loss_module, optimizer, scheduler, planner, run_info) -> TrainState:
     saved = load_training_state(path)
     for key in ("tokenizer_sha256", "data_hashes"):
         if key in run_info and saved.get(key) != run_info[key]:
             raise UserError(
                 f"{path}: checkpoint was trained with other {key.replace('_', ' ')} "
-                f"({str(saved.get(key))[:80]}) than this run ({str(run_info[key])[:80]}); "
+                f"({_difference(saved.get(key), run_info[key])}); "
                 "resume with the same data and tokenizer, or start a new --output_dir")
     load_checkpoint(accelerator, path, loss_module, optimizer, scheduler)
     planner.load_state_dict(saved["planner"])

@@ -93,15 +93,30 @@ def load_manifest(data_dir: str | Path) -> dict:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(f"{path}: not found; {data_dir} is not a prepared SFT corpus ({RERUN})") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UserError(f"{path}: unreadable ({err}); {RERUN}") from None
+    except (OSError, ValueError) as err:  # ValueError: invalid UTF-8 or JSON, numbers too long
+        raise UserError(f"{path}: unreadable ({str(err)[:200]}); {RERUN}") from None
+    except RecursionError:
+        raise UserError(f"{path}: unreadable (nested too deeply); {RERUN}") from None
     if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
         version = manifest.get("format_version") if isinstance(manifest, dict) else None
         raise UserError(f"{path}: format_version {version!r}, expected {FORMAT_VERSION}; {RERUN}")
     for key in ("tokenizer_metadata", "splits", "sequence_length"):
         if key not in manifest:
             raise UserError(f"{path}: field '{key}' missing; {RERUN}")
+    if not isinstance(manifest["tokenizer_metadata"], dict) or not isinstance(manifest["splits"], dict):
+        raise UserError(f"{path}: tokenizer_metadata and splits must be objects; {RERUN}")
+    for split in SPLITS:
+        entry = manifest["splits"].get(split, {})
+        shards = entry.get("shards", []) if isinstance(entry, dict) else None
+        if not isinstance(shards, list) or not all(_is_shard_entry(s) for s in shards):
+            raise UserError(f"{path}: splits.{split}.shards is malformed; {RERUN}")
     return manifest
+
+
+def _is_shard_entry(shard) -> bool:
+    """A shard entry names a file inside the directory and its sha256."""
+    return (isinstance(shard, dict) and isinstance(shard.get("sha256"), str)
+            and isinstance(shard.get("file"), str) and shard["file"] == Path(shard["file"]).name)
 
 
 def verify_data_dir(data_dir: str | Path, expected_tokenizer_sha: str | None = None) -> dict:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
-from utils.errors import UserError
+from utils.errors import UserError, one_line
 
 TYPES = ("huggingface", "json", "jsonl", "parquet", "csv", "markdown_transcripts")
 FORMATS = ("auto", "single_turn", "messages", "sharegpt", "oasst", "transcript")
@@ -227,6 +227,15 @@ def _parse_line(raw: bytes, origin: str) -> Row | BadRow:
         return Row(origin, json.loads(text))
     except json.JSONDecodeError as err:
         return BadRow(origin, "invalid_json", f"{err.msg} at column {err.colno}")
+    except (ValueError, RecursionError) as err:  # a 5000-digit number, lists nested 10^5 deep
+        return BadRow(origin, "invalid_json", json_limit(err))
+
+
+def json_limit(err: Exception) -> str:
+    """What json.loads hit beyond syntax errors, in a few words."""
+    if isinstance(err, RecursionError):
+        return "nested too deeply"
+    return one_line(err)[:200]
 
 
 def read_json_array(path: Path, shown: str) -> Iterator[Row | BadRow]:
@@ -243,6 +252,8 @@ def read_json_array(path: Path, shown: str) -> Iterator[Row | BadRow]:
     except json.JSONDecodeError as err:
         hint = "; it looks like JSON Lines: set type to jsonl" if err.msg == "Extra data" else ""
         raise UserError(f"{shown}:{err.lineno}:{err.colno}: invalid JSON: {err.msg}{hint}") from None
+    except (ValueError, RecursionError) as err:
+        raise UserError(f"{shown}: cannot parse JSON ({json_limit(err)})") from None
     del text
     if not isinstance(data, list):
         raise UserError(f"{shown}: expected a top-level JSON array of rows, got {type(data).__name__}")
@@ -254,7 +265,11 @@ def read_csv(path: Path, shown: str) -> Iterator[Row | BadRow]:
     """CSV with a header row; every cell is a string. Origins are the line a record starts on."""
     csv.field_size_limit(2**31 - 1)  # long responses exceed the 128 KiB default
     # surrogateescape keeps reading past invalid UTF-8 so that only the affected record is skipped.
-    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
+    try:
+        f = open(path, encoding="utf-8-sig", errors="surrogateescape", newline="")
+    except OSError as err:
+        raise UserError(f"{shown}: cannot read ({err.strerror})") from None
+    with f:
         reader = csv.DictReader(f)
         start = 2
         try:
@@ -294,7 +309,11 @@ def read_parquet(path: Path, shown: str) -> Iterator[Row | BadRow]:
 def read_text_file(path: Path, shown: str) -> Iterator[Row | BadRow]:
     """A whole text file as one row ``{"text": ...}`` (markdown transcripts); BOM dropped."""
     try:
-        yield Row(shown, {"text": path.read_bytes().decode("utf-8-sig")})
+        data = path.read_bytes()
+    except OSError as err:
+        raise UserError(f"{shown}: cannot read ({err.strerror})") from None
+    try:
+        yield Row(shown, {"text": data.decode("utf-8-sig")})
     except UnicodeDecodeError as err:
         yield BadRow(shown, "invalid_utf8", f"{err.reason} at byte {err.start}")
 
@@ -321,11 +340,6 @@ def read_hub(spec: DatasetSpec, base_dir: Path) -> Iterator[Row | BadRow]:
             index += 1
     except Exception as err:  # a streaming builder cannot skip a bad record: stop with where it broke
         raise UserError(f"{where}: reading {tag}#{index} failed ({one_line(err)})") from None
-
-
-def one_line(err: BaseException) -> str:
-    """``Type: message`` squeezed onto one line (library messages often span several)."""
-    return f"{type(err).__name__}: {' '.join(str(err).split())}"[:500]
 
 
 def _check_local_files(data_files: Any, where: str) -> None:

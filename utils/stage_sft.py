@@ -10,6 +10,7 @@ import torch
 from accelerate.utils import set_seed
 from tqdm import tqdm
 
+from utils.atomic import write_text_atomic
 from utils.checkpoint import resolve_resume
 from utils.errors import UserError
 from utils.example_store import ExampleStore, load_sft_store
@@ -124,13 +125,13 @@ def run_sft(cfg: SFTTrainingConfig, resolved: dict, args, output_dir: Path) -> s
                            output_dir, run_info, resume, plan, longest)
     run.on_eval = _sampler(run, cfg.evaluation_config, tokenizer, dirs[0].manifest, output_dir)
     if accelerator.is_main_process:
+        _drop_samples_after(output_dir / "samples.jsonl", state.step)
         print(plan.render(), flush=True)
     initial = evaluate(run) if run.val_stores and state.step == 0 else {}
     run.progress = tqdm(total=run.total_steps, initial=state.step, desc="sft",
                         disable=not accelerator.is_main_process)
-    with _oom_hint():
+    with run.progress, _oom_hint():  # closed on errors too, so an error line starts a line of its own
         state = fit(run, state)
-    run.progress.close()
     stop_ids = dirs[0].manifest["template"].get("stop_token_ids")
     final = save_final(accelerator, run.loss_module, output_dir / "final", args.tokenizer_path,
                        {"stage": "sft", **run_info, "initial_eval": initial, "last_eval": state.last_eval,
@@ -180,6 +181,18 @@ def _oom_hint():
         raise UserError("out of memory: lower training_params.micro_batch_tokens (or "
                         "per_device_train_batch_size), turn on gradient_checkpointing, or lower "
                         "lora_config.r") from None
+
+
+def _drop_samples_after(path: Path, step: int) -> None:
+    """On resume, forget the samples an interrupted run wrote after its checkpoint (they are made again)."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        with contextlib.suppress(ValueError, AttributeError):
+            if int(json.loads(line).get("step", 0)) <= step:
+                kept.append(line + "\n")
+    write_text_atomic(path, "".join(kept))
 
 
 def _sampler(run, eval_cfg: EvaluationConfig, tokenizer, manifest: dict, output_dir: Path):

@@ -154,6 +154,20 @@ def _check_finite(losses: list[float], first_step: int, output_dir: Path) -> Non
                 "or use bf16 instead of fp16")
 
 
+def _check_weights_finite(run: TrainRun, step: int) -> None:
+    """Never checkpoint NaN/inf weights: a step's loss is measured before its update, so it can't tell."""
+    acc = run.accelerator
+    bad = torch.zeros((), device=acc.device)
+    for p in run.loss_module.parameters():
+        if p.requires_grad:
+            bad += (~torch.isfinite(p.detach())).sum()
+    if acc.reduce(bad, "sum").item():
+        raise UserError(
+            f"weights became NaN or inf at step {step}: training stopped before writing a checkpoint; the "
+            f"last good checkpoint in {run.output_dir} is kept. Lower learning_rate, keep max_grad_norm > 0, "
+            "or use bf16 instead of fp16")
+
+
 def fit(run: TrainRun, state: TrainState) -> TrainState:
     """Run from ``state.step`` to ``run.total_steps``; returns the final state."""
     acc, params = run.accelerator, run.params
@@ -179,6 +193,7 @@ def fit(run: TrainRun, state: TrainState) -> TrainState:
             state.last_eval = {**evaluate(run), **(run.on_eval(state.step) if run.on_eval else {})}
             run.logger.log({"step": state.step, **state.last_eval})
         if _due(state.step, params.save_steps) or at_end:
+            _check_weights_finite(run, state.step)
             state.planner = run.planner.state_dict()
             save_checkpoint(acc, run.output_dir, state.step, run.loss_module, run.optimizer,
                             run.scheduler, _state_json(run, state), params.save_total_limit)

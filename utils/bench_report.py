@@ -1,0 +1,147 @@
+"""The benchmark's report: a Markdown table between markers in docs/BENCHMARKS.md and a PNG bar chart.
+
+Only the text between ``BEGIN`` and ``END`` is rewritten, so the hand-written parts of the file (the
+levers and what they were measured to give) survive a new run.
+"""
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+BEGIN = "<!-- bench:begin (written by scripts/benchmark_throughput.py) -->"
+END = "<!-- bench:end -->"
+LABELS = {"ours": "this trainer", "trl": "TRL padding-free", "trl_packed": "TRL BFD packing",
+          "trl_bf16": "TRL padding-free bf16", "hf": "HF Trainer (pad longest)"}
+TRL_KINDS = ("trl", "trl_packed", "trl_bf16")
+
+
+def summarize(results: dict) -> list[dict]:
+    """One row per (case, trainer): medians over repeats, MFU, and ratios against TRL's best and HF."""
+    peak = results["matmul_peak_flops"]
+    rows = []
+    for case in dict.fromkeys(r["case"] for r in results["runs"]):
+        runs = [r for r in results["runs"] if r["case"] == case]
+        for trainer in dict.fromkeys(r["trainer"] for r in runs):
+            mine = [r for r in runs if r["trainer"] == trainer]
+            med = lambda key: statistics.median(r["window"][key] for r in mine)  # noqa: E731
+            losses = [r["window"]["mean_loss"] for r in mine if r["window"]["mean_loss"] is not None]
+            rows.append({"case": case, "trainer": trainer, "supervised_per_s": med("supervised_per_s"),
+                         "tokens_per_s": med("tokens_per_s"), "padding": med("padding_fraction"),
+                         "rss_mb": statistics.median(r["peak_rss_mb"] for r in mine),
+                         "gpu_mb": max((r.get("peak_gpu_mb") or 0) for r in mine) or None,
+                         "loss": statistics.median(losses) if losses else None,
+                         "mfu": med("model_flops_per_s") / peak, "repeats": len(mine),
+                         "notes": sorted({n for r in mine for n in r.get("notes", [])})})
+    for row in rows:
+        peers = [r for r in rows if r["case"] == row["case"]]
+        trl = [r for r in peers if r["trainer"] in TRL_KINDS]
+        hf = [r for r in peers if r["trainer"] == "hf"]
+        best_trl = max(trl, key=lambda r: r["supervised_per_s"]) if trl else None
+        row["vs_trl"] = row["supervised_per_s"] / best_trl["supervised_per_s"] if best_trl else None
+        row["vs_hf"] = row["supervised_per_s"] / hf[0]["supervised_per_s"] if hf else None
+        row["loss_vs_trl"] = (row["loss"] / best_trl["loss"] - 1) if best_trl and row["loss"] and best_trl["loss"] \
+            else None
+    return rows
+
+
+def _fmt(value, spec: str, none: str = "-") -> str:
+    return none if value is None else format(value, spec)
+
+
+def table(rows: list[dict]) -> str:
+    head = ("| case | trainer | supervised tok/s | all tok/s | padding | peak RSS MiB | loss (same steps) "
+            "| MFU | vs best TRL | vs HF |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    lines = [head]
+    for r in rows:
+        loss = _fmt(r["loss"], ".4f")
+        if r["loss_vs_trl"] is not None and r["trainer"] not in TRL_KINDS:
+            loss += f" ({r['loss_vs_trl']:+.2%})"
+        lines.append(f"| {r['case']} | {LABELS.get(r['trainer'], r['trainer'])} | {r['supervised_per_s']:,.0f} "
+                     f"| {r['tokens_per_s']:,.0f} | {r['padding']:.1%} | {r['rss_mb']:,.0f} | {loss} "
+                     f"| {r['mfu']:.1%} | {_fmt(r['vs_trl'], '.2f')}x | {_fmt(r['vs_hf'], '.2f')}x |")
+    return "\n".join(lines).replace("| -x |", "| - |")
+
+
+def prep_table(prep: dict | None) -> str:
+    if not prep:
+        return "(data preparation race skipped: --no_prep)"
+    ours, trl = prep["ours"], prep["trl"]
+    return ("| preparation | processes | examples | seconds | examples/s |\n|---|---:|---:|---:|---:|\n"
+            f"| 02_prepare_sft_corpus.py | {ours['num_proc']} | {ours['examples']:,} | {ours['seconds']:.1f} "
+            f"| {ours['examples_per_s']:,.0f} |\n"
+            f"| TRL SFTTrainer tokenization | {trl['num_proc']} | {trl['examples']:,} | {trl['seconds']:.1f} "
+            f"| {trl['examples_per_s']:,.0f} |\n\nspeed-up: {prep['speedup']:.2f}x")
+
+
+def render(results: dict, chart: str) -> str:
+    m = results["machine"]
+    s = results["settings"]
+    versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items())
+    notes = "".join(f"\n- {n}" for n in results["notes"])
+    rows = summarize(results)
+    row_notes = "".join(f"\n- {r['case']} / {LABELS.get(r['trainer'], r['trainer'])}: {n}"
+                        for r in rows for n in r["notes"])
+    return f"""{BEGIN}
+## Latest run
+
+`{results['command']}`
+
+Machine: {m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads){', GPU ' + m['gpu'] if m['gpu'] else ''};
+Python {m['python']}; {versions}.
+fp32 matmul peak measured in this run: {results['matmul_peak_flops'] / 1e9:,.0f} GFLOP/s (the MFU denominator).
+{s['steps']} optimizer steps per run, the first {s['warmup']} not timed; {s['repeats']} run(s) per trainer and case
+(medians shown); tokens/s are per wall-clock second over the timed steps.
+
+{table(rows)}
+
+![supervised tokens per second]({chart})
+
+### Data preparation
+
+{prep_table(results['prep'])}
+{notes}{row_notes}
+{END}"""
+
+
+def write_report(results: dict, report: Path) -> str:
+    """Write the chart and the generated section of ``report``; returns the table for the console."""
+    chart = report.with_name("benchmarks.png")
+    plot(summarize(results), chart, results["machine"]["cpu"])
+    section = render(results, chart.name)
+    text = report.read_text(encoding="utf-8") if report.exists() else "# Benchmarks\n\n" + BEGIN + "\n" + END + "\n"
+    if BEGIN in text and END in text:
+        text = text[:text.index(BEGIN)] + section + text[text.index(END) + len(END):]
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text(text, encoding="utf-8")
+    return table(summarize(results)) + f"\n\nwrote {report} and {chart}"
+
+
+def plot(rows: list[dict], out: Path, machine: str) -> None:
+    """Grouped bars: supervised tokens/s per case, one bar per trainer."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cases = list(dict.fromkeys(r["case"] for r in rows))
+    trainers = list(dict.fromkeys(r["trainer"] for r in rows))
+    width = 0.8 / max(1, len(trainers))
+    fig, ax = plt.subplots(figsize=(max(6, 2.2 * len(cases)), 4))
+    for j, trainer in enumerate(trainers):
+        xs, ys = [], []
+        for i, case in enumerate(cases):
+            hit = [r for r in rows if r["case"] == case and r["trainer"] == trainer]
+            if hit:
+                xs.append(i + (j - (len(trainers) - 1) / 2) * width)
+                ys.append(hit[0]["supervised_per_s"])
+        ax.bar(xs, ys, width, label=LABELS.get(trainer, trainer))
+    ax.set_xticks(range(len(cases)), cases)
+    ax.set_ylabel("supervised tokens / s")
+    ax.set_title(f"SFT throughput, {machine}", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
