@@ -138,7 +138,7 @@ sft-pipeline-complete: $(DEMO_EVAL) ## the whole demo: data -> tokenizer -> pre-
 		--artefact "pre-trained model=checkpoints/pretrain/tiny/final" \
 		--artefact "SFT corpus=data/sft_processed/demo" --artefact "data card=data/sft_processed/demo/DATA_CARD.md" \
 		--artefact "SFT adapter=$(DEMO_SFT)/final" --artefact "training curves=$(DEMO_SFT)/loss.png" \
-		--artefact "evaluation=$(DEMO_SFT)/eval/eval_report.md" --artefact "summary=$(DEMO_SFT)/SUMMARY.md"
+		--artefact "evaluation=$(DEMO_SFT)/eval/eval_report.md"
 
 CPT_DIR := checkpoints/cpt/tiny
 IFT_DIR := checkpoints/sft_industrial/cpt_ift
@@ -168,7 +168,7 @@ cpt-ift-pipeline: $(CPT_DIR)/eval/eval_report.json $(IFT_DIR)/eval/eval_report.j
 		--column "after CPT=$(CPT_DIR)/eval/eval_report.json:tuned" \
 		--column "after IFT=$(IFT_DIR)/eval/eval_report.json:tuned" \
 		--artefact "CPT model=$(CPT_DIR)/final" --artefact "hybrid corpus=data/sft_processed/demo_hybrid" \
-		--artefact "IFT adapter=$(IFT_DIR)/final" --artefact "summary=$(IFT_DIR)/SUMMARY.md"
+		--artefact "IFT adapter=$(IFT_DIR)/final"
 
 SFT_EXPORT_MODEL ?= checkpoints/sft_industrial/tiny/final
 SFT_EXPORT_DIR ?= checkpoints/export/tiny

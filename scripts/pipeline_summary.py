@@ -34,6 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(text, end="")
     if args.output:
         write_text_atomic(args.output, text)
+        print(f"summary written to {args.output}")
     return 0
 
 

@@ -32,14 +32,14 @@ def test_lora_shape_has_few_trainable():
 
     model = apply_lora(tiny_llama(), LoraSettings(r=2, lora_alpha=4, lora_dropout=0.0, target_modules=["q_proj"]))
     shape = model_shape(model)
-    assert shape.trainable_matmul_params == 2 * 2 * (32 * 2 + 2 * 32)  # 2 layers x (A + B)
+    assert shape.trainable_matmul_params == 2 * (2 * 32 + 32 * 2)  # 2 layers x (A: r x 32 + B: 32 x r)
     assert shape.matmul_params > 10 * shape.trainable_matmul_params
 
 
 def _records():
     # step k ends at k seconds, except the warm-up step that took 10 s
-    return [StepRecord(end_s=10.0 + k, tokens=100, supervised=40, slots=125, flops=1e6, loss=float(5 - k))
-            for k in range(5)]
+    return [StepRecord(end_s=10.0 + k, tokens=100, supervised=40, slots=125, flops=1e6, loss=float(5 - k),
+                       cpu_s=0.5 * k) for k in range(5)]
 
 
 def test_window_stats_skip_warmup():
@@ -51,6 +51,7 @@ def test_window_stats_skip_warmup():
     assert stats.model_flops_per_s == pytest.approx(1e6)
     assert stats.mean_loss == pytest.approx(np.mean([4, 3, 2, 1]))
     assert stats.median_step_s == pytest.approx(1.0)
+    assert stats.cpu_seconds == pytest.approx(2.0) and stats.supervised_per_cpu_s == pytest.approx(80.0)
 
 
 def test_window_stats_needs_steps_after_warmup():
@@ -113,9 +114,11 @@ def _results():
     for trainer, speed, loss, rss in [("ours", 300.0, 2.00, 900), ("trl", 150.0, 2.01, 1500),
                                       ("trl_packed", 120.0, 2.2, 1400), ("hf", 100.0, 2.01, 2000)]:
         window = {"steps": 4, "seconds": 4.0, "tokens_per_s": 2 * speed, "supervised_per_s": speed,
+                  "supervised_per_cpu_s": speed, "cpu_seconds": 4.0,
                   "padding_fraction": 0.3 if trainer == "hf" else 0.0, "model_flops_per_s": speed * 1e6,
                   "mean_loss": loss, "median_step_s": 1.0}
-        runs.append({"case": "tiny@512", "trainer": trainer, "window": window, "peak_rss_mb": rss, "notes": []})
+        runs.append({"case": "tiny@512", "trainer": trainer, "window": window, "peak_rss_mb": rss, "notes": [],
+                     "micro_examples": 4})
     return {"runs": runs, "matmul_peak_flops": 1e9, "notes": ["SmolLM2 left out"], "command": "bench",
             "settings": {"steps": 8, "warmup": 2, "repeats": 1},
             "prep": {"ours": {"num_proc": 2, "examples": 100, "seconds": 1.0, "examples_per_s": 100.0},
@@ -142,6 +145,6 @@ def test_report_keeps_hand_written_text(tmp_path):
     write_report(_results(), report)
     text = report.read_text()
     assert "hand-written levers" in text and "more notes" in text and "old numbers" not in text
-    assert "| tiny@512 | this trainer | 300 |" in text and "2.00x" in text
+    assert "| tiny@512 | this trainer | 4 | 300 | 300 |" in text and "2.00x" in text
     assert "SmolLM2 left out" in text and "speed-up: 2.00x" in text
     assert (tmp_path / "benchmarks.png").stat().st_size > 0

@@ -52,6 +52,8 @@ class BenchSettings:
     smollm2_seq: int = 512
     repeats: int = 1
     threads: int | None = None
+    ours_micro: int | None = None       # examples per micro-batch, this trainer (None: the whole step)
+    baseline_micro: int | None = 4      # examples per micro-batch, TRL and HF (their fastest, see BENCHMARKS.md)
     prep: bool = True
     num_proc: int = 2
     work_dir: Path = ROOT / "data" / "bench"
@@ -175,7 +177,7 @@ def run_one(case: Case, trainer: str, repeat: int, settings: BenchSettings) -> d
     spec = RunSpec(trainer, case.model_dir, case.tokenizer_dir, case.data_dir, str(work),
                    example_order(case.data_dir, settings.steps * case.examples_per_step, 1234),
                    case.examples_per_step, settings.steps, case.seq, case.learning_rate, 1234, case.lora,
-                   settings.threads)
+                   settings.threads, settings.ours_micro if trainer == "ours" else settings.baseline_micro)
     (work / "spec.json").write_text(json.dumps(asdict(spec)))
     start = time.perf_counter()
     _check_call([sys.executable, str(SCRIPT), "--child", str(work / "spec.json")], work / "log.txt",
@@ -183,6 +185,7 @@ def run_one(case: Case, trainer: str, repeat: int, settings: BenchSettings) -> d
     result = json.loads((work / "result.json").read_text())
     records = [StepRecord(**r) for r in result["records"]]
     result.update(case=case.name, repeat=repeat, process_s=time.perf_counter() - start,
+                  micro_examples=spec.micro_examples or spec.examples_per_step,
                   window=window_stats(records, settings.warmup).as_dict())
     return result
 

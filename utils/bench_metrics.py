@@ -79,6 +79,7 @@ class StepRecord:
     slots: int              # positions computed, padding included
     flops: float            # model FLOPs (ModelShape.step_flops)
     loss: float | None      # mean loss per supervised token of the step
+    cpu_s: float = float("nan")  # process CPU time at the end of the step (time.process_time)
 
 
 @dataclass
@@ -93,6 +94,8 @@ class WindowStats:
     model_flops_per_s: float
     mean_loss: float | None
     median_step_s: float
+    cpu_seconds: float            # process CPU time over the window (all threads)
+    supervised_per_cpu_s: float   # robust to other jobs on the machine (with one thread: to its load)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -116,13 +119,16 @@ def window_stats(records: list[StepRecord], warmup: int) -> WindowStats:
     ends = np.array([records[warmup - 1].end_s] + [r.end_s for r in window])
     gaps = np.diff(ends[np.isfinite(ends)])
     timed_steps = np.diff(np.flatnonzero(np.isfinite(ends)))
+    cpu = window[-1].cpu_s - records[warmup - 1].cpu_s
+    supervised = sum(r.supervised for r in window)
     return WindowStats(
         steps=len(window), seconds=seconds, tokens_per_s=tokens / seconds,
-        supervised_per_s=sum(r.supervised for r in window) / seconds,
+        supervised_per_s=supervised / seconds,
         padding_fraction=1.0 - tokens / slots if slots else 0.0,
         model_flops_per_s=sum(r.flops for r in window) / seconds,
         mean_loss=float(np.mean(losses)) if losses else None,
-        median_step_s=float(np.median(gaps / timed_steps)))
+        median_step_s=float(np.median(gaps / timed_steps)), cpu_seconds=cpu,
+        supervised_per_cpu_s=supervised / cpu if cpu > 0 else float("nan"))
 
 
 def peak_rss_mb() -> float:

@@ -26,6 +26,8 @@ def summarize(results: dict) -> list[dict]:
             med = lambda key: statistics.median(r["window"][key] for r in mine)  # noqa: E731
             losses = [r["window"]["mean_loss"] for r in mine if r["window"]["mean_loss"] is not None]
             rows.append({"case": case, "trainer": trainer, "supervised_per_s": med("supervised_per_s"),
+                         "supervised_per_cpu_s": med("supervised_per_cpu_s"),
+                         "micro": mine[0].get("micro_examples"),
                          "tokens_per_s": med("tokens_per_s"), "padding": med("padding_fraction"),
                          "rss_mb": statistics.median(r["peak_rss_mb"] for r in mine),
                          "gpu_mb": max((r.get("peak_gpu_mb") or 0) for r in mine) or None,
@@ -38,6 +40,7 @@ def summarize(results: dict) -> list[dict]:
         hf = [r for r in peers if r["trainer"] == "hf"]
         best_trl = max(trl, key=lambda r: r["supervised_per_s"]) if trl else None
         row["vs_trl"] = row["supervised_per_s"] / best_trl["supervised_per_s"] if best_trl else None
+        row["vs_trl_cpu"] = row["supervised_per_cpu_s"] / best_trl["supervised_per_cpu_s"] if best_trl else None
         row["vs_hf"] = row["supervised_per_s"] / hf[0]["supervised_per_s"] if hf else None
         row["loss_vs_trl"] = (row["loss"] / best_trl["loss"] - 1) if best_trl and row["loss"] and best_trl["loss"] \
             else None
@@ -49,16 +52,18 @@ def _fmt(value, spec: str, none: str = "-") -> str:
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| case | trainer | supervised tok/s | all tok/s | padding | peak RSS MiB | loss (same steps) "
-            "| MFU | vs best TRL | vs HF |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    head = ("| case | trainer | micro-batch | supervised tok/s | per CPU-s | all tok/s | padding | peak RSS MiB "
+            "| loss (same steps) | MFU | vs best TRL | (CPU-s) | vs HF |\n"
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     lines = [head]
     for r in rows:
         loss = _fmt(r["loss"], ".4f")
         if r["loss_vs_trl"] is not None and r["trainer"] not in TRL_KINDS:
             loss += f" ({r['loss_vs_trl']:+.2%})"
-        lines.append(f"| {r['case']} | {LABELS.get(r['trainer'], r['trainer'])} | {r['supervised_per_s']:,.0f} "
-                     f"| {r['tokens_per_s']:,.0f} | {r['padding']:.1%} | {r['rss_mb']:,.0f} | {loss} "
-                     f"| {r['mfu']:.1%} | {_fmt(r['vs_trl'], '.2f')}x | {_fmt(r['vs_hf'], '.2f')}x |")
+        lines.append(f"| {r['case']} | {LABELS.get(r['trainer'], r['trainer'])} | {_fmt(r['micro'], 'd')} "
+                     f"| {r['supervised_per_s']:,.0f} | {r['supervised_per_cpu_s']:,.0f} | {r['tokens_per_s']:,.0f} "
+                     f"| {r['padding']:.1%} | {r['rss_mb']:,.0f} | {loss} | {r['mfu']:.1%} "
+                     f"| {_fmt(r['vs_trl'], '.2f')}x | {_fmt(r['vs_trl_cpu'], '.2f')}x | {_fmt(r['vs_hf'], '.2f')}x |")
     return "\n".join(lines).replace("| -x |", "| - |")
 
 
@@ -90,7 +95,9 @@ Machine: {m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads){', 
 Python {m['python']}; {versions}.
 fp32 matmul peak measured in this run: {results['matmul_peak_flops'] / 1e9:,.0f} GFLOP/s (the MFU denominator).
 {s['steps']} optimizer steps per run, the first {s['warmup']} not timed; {s['repeats']} run(s) per trainer and case
-(medians shown); tokens/s are per wall-clock second over the timed steps.
+(medians shown); tokens/s are per wall-clock second over the timed steps; "per CPU-s" divides by the
+process CPU time instead (all its threads), which other jobs on a shared machine disturb far less.
+Micro-batch: examples per forward/backward (gradient accumulation makes up the step).
 
 {table(rows)}
 

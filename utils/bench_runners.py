@@ -39,6 +39,7 @@ class RunSpec:
     seed: int = 1234
     lora: dict | None = None      # LoraSettings fields, or None for full fine-tuning
     threads: int | None = None
+    micro_examples: int | None = None  # examples per micro-batch (accumulation makes up the step)
 
     @classmethod
     def load(cls, path: Path) -> "RunSpec":
@@ -81,9 +82,10 @@ def run_ours(spec: RunSpec) -> RunResult:
     from utils.stage_sft import SFTTrainingConfig, run_sft
 
     work = Path(spec.work_dir)
+    micro = spec.micro_examples or spec.examples_per_step
     config = {"name": f"bench_{spec.trainer}", "training_params": {
         "learning_rate": spec.learning_rate, "max_steps": spec.steps,
-        "per_device_train_batch_size": spec.examples_per_step, "gradient_accumulation_steps": 1,
+        "per_device_train_batch_size": micro, "gradient_accumulation_steps": spec.examples_per_step // micro,
         "warmup_steps": 0, "scheduler": "constant", "weight_decay": 0.0, "adam_beta1": 0.9,
         "adam_beta2": 0.95, "max_grad_norm": 1.0, "logging_steps": 1, "eval_steps": 0,
         "save_steps": 0, "save_total_limit": 1, "eval_max_batches": 1, "bf16": "auto", "seed": spec.seed}}
@@ -103,7 +105,8 @@ def run_ours(spec: RunSpec) -> RunResult:
         step_lengths = _step_lengths(lengths, spec, k)
         records.append(StepRecord(end_s=m["elapsed_s"], tokens=m["tokens"] - tokens,
                                   supervised=m["supervised_tokens"] - sup, slots=m["tokens"] - tokens,
-                                  flops=shape.step_flops(step_lengths), loss=m["loss"]))
+                                  flops=shape.step_flops(step_lengths), loss=m["loss"],
+                                  cpu_s=m.get("process_cpu_s", float("nan"))))
         tokens, sup = m["tokens"], m["supervised_tokens"]
     return RunResult(spec.trainer, records, peak_rss_mb(), shape,
                      notes=_check_same_data(records, lengths, supervised, spec))
@@ -162,13 +165,13 @@ class StepClock:
 
         class _Callback(TrainerCallback):
             def on_step_end(self, args, state, control, **kwargs):
-                clock.ends.append(time.perf_counter())
+                clock.ends.append((time.perf_counter(), time.process_time()))
 
             def on_log(self, args, state, control, logs=None, **kwargs):
                 if logs and "loss" in logs:
                     clock.losses[state.global_step] = float(logs["loss"])
 
-        self.ends: list[float] = []
+        self.ends: list[tuple[float, float]] = []  # (wall, process CPU) at each step end
         self.losses: dict[int, float] = {}
         self.callback = _Callback()
 
@@ -215,8 +218,11 @@ def _load_model(spec: RunSpec, dtype=torch.float32):
 
 
 def _training_kwargs(spec: RunSpec, bf16: bool) -> dict:
+    micro = spec.micro_examples or spec.examples_per_step
+    if spec.examples_per_step % micro:
+        raise ValueError(f"examples per step {spec.examples_per_step} is no multiple of the micro-batch {micro}")
     return dict(output_dir=str(Path(spec.work_dir) / "out"), max_steps=spec.steps,
-                per_device_train_batch_size=spec.examples_per_step, gradient_accumulation_steps=1,
+                per_device_train_batch_size=micro, gradient_accumulation_steps=spec.examples_per_step // micro,
                 learning_rate=spec.learning_rate, lr_scheduler_type="constant", warmup_steps=0,
                 weight_decay=0.0, adam_beta1=0.9, adam_beta2=0.95, adam_epsilon=1e-8, max_grad_norm=1.0,
                 logging_steps=1, save_strategy="no", eval_strategy="no", report_to="none", disable_tqdm=True,
@@ -240,11 +246,12 @@ def run_trl(spec: RunSpec) -> RunResult:
     packed, bf16 = spec.trainer == "trl_packed", spec.trainer == "trl_bf16"
     tokenizer = _tokenizer(spec)
     dataset = _examples_dataset(spec)
-    batch = spec.examples_per_step
-    if packed:  # rows of seq tokens, as many as make the same tokens per step on average
+    kwargs = _training_kwargs(spec, bf16)
+    if packed:  # rows of seq tokens, as many as make the same tokens per step on average, one per micro-batch
         mean_tokens = np.mean([len(x) for x in dataset["input_ids"]]) * spec.examples_per_step
-        batch = max(1, round(mean_tokens / spec.seq))
-    args = SFTConfig(**{**_training_kwargs(spec, bf16), "per_device_train_batch_size": batch},
+        rows = max(1, round(mean_tokens / spec.seq))
+        kwargs.update(per_device_train_batch_size=1, gradient_accumulation_steps=rows)
+    args = SFTConfig(**kwargs,
                      padding_free=not packed, packing=packed, packing_strategy="bfd",
                      max_length=spec.seq if packed else None, completion_only_loss=True,
                      dataset_num_proc=None, shuffle_dataset=False)
@@ -252,7 +259,8 @@ def run_trl(spec: RunSpec) -> RunResult:
     model = _load_model(spec)
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                          peft_config=_lora_config(spec) if spec.lora else None)
-    return _train_and_collect(spec, trainer, [f"{batch} packed rows of {spec.seq} tokens per step"] if packed else [])
+    notes = [f"{kwargs['gradient_accumulation_steps']} packed row(s) of {spec.seq} tokens per step"] if packed else []
+    return _train_and_collect(spec, trainer, notes)
 
 
 def run_hf(spec: RunSpec) -> RunResult:
@@ -289,10 +297,10 @@ def _train_and_collect(spec: RunSpec, trainer, notes: list[str]) -> RunResult:
     trainer.train()
     per_step = len(counting.batches) // max(1, len(clock.ends))
     records = []
-    for k, end in enumerate(clock.ends):
+    for k, (end, cpu) in enumerate(clock.ends):
         group = counting.batches[k * per_step:(k + 1) * per_step]
         lengths = [n for g in group for n in g[3]]
         records.append(StepRecord(end_s=end, tokens=sum(g[0] for g in group), supervised=sum(g[1] for g in group),
                                   slots=sum(g[2] for g in group), flops=shape.step_flops(np.array(lengths)),
-                                  loss=clock.losses.get(k + 1)))
+                                  loss=clock.losses.get(k + 1), cpu_s=cpu))
     return RunResult(spec.trainer, records, peak_rss_mb(), shape, notes=notes)
