@@ -19,7 +19,7 @@ from utils.errors import run_cli
 ROOT = Path(__file__).resolve().parents[1]
 FAULT_SCRIPT = ROOT / "tests" / "fault_inject.py"
 SFT_SCRIPT = "scripts/03_sft_industrial.py"
-TIMING_KEYS = {"tokens_per_s", "elapsed_s"}
+TIMING_KEYS = {"tokens_per_s", "elapsed_s", "process_cpu_s"}
 """Metrics that measure the machine, not the run: left out when two runs are compared."""
 _BUILT: dict[str, Path] = {}
 _SCRIPTS: dict = {}

@@ -214,6 +214,7 @@ def _flush_losses(run: TrainRun, state: TrainState, pending, grad_norm, tokens_p
         "grad_norm": float(grad_norm), "tokens": state.tokens_seen,
         "supervised_tokens": state.supervised_seen, "tokens_per_s": tokens_per_s,
         "elapsed_s": time.perf_counter() - run.run_info.get("_start_time", time.perf_counter()),
+        "process_cpu_s": time.process_time(),  # with elapsed_s: how much of the wall time was ours
     })
     if run.progress is not None:
         run.progress.set_postfix(loss=f"{losses[-1]:.4f}", tok_s=f"{tokens_per_s:,.0f}")
