@@ -38,6 +38,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--smollm2_seq", type=int, default=defaults.smollm2_seq)
     parser.add_argument("--repeats", type=int, default=defaults.repeats, help="runs of every trainer per case")
     parser.add_argument("--threads", type=int, help="torch threads in every run (default: torch's)")
+    parser.add_argument("--ours_micro", type=int, help="examples per micro-batch, this trainer (default: half a step)")
+    parser.add_argument("--baseline_micro", type=int, default=defaults.baseline_micro,
+                        help="examples per micro-batch, TRL and the HF Trainer")
     parser.add_argument("--num_proc", type=int, default=defaults.num_proc, help="processes of the prep race")
     parser.add_argument("--no_prep", action="store_true", help="skip the data preparation race")
     parser.add_argument("--work_dir", type=Path, default=defaults.work_dir, help="data, weights and run logs")
@@ -69,6 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                              warmup=args.warmup, examples_per_step=args.examples_per_step,
                              smollm2_examples_per_step=args.smollm2_examples_per_step,
                              smollm2_seq=args.smollm2_seq, repeats=args.repeats, threads=args.threads,
+                             ours_micro=args.ours_micro, baseline_micro=args.baseline_micro,
                              prep=not args.no_prep, num_proc=args.num_proc, work_dir=args.work_dir)
     results = run_benchmark(settings)
     results["command"] = "python scripts/benchmark_throughput.py " + " ".join(sys.argv[1:] if argv is None else argv)

@@ -42,18 +42,18 @@ SINGLE_TURN_SETS = [  # (name, path under ../shared/data/instruct, response fiel
 class BenchSettings:
     """What ``scripts/benchmark_throughput.py`` was asked to run."""
 
-    sizes: list[str] = field(default_factory=lambda: ["tiny", "small"])
+    sizes: list[str] = field(default_factory=lambda: ["tiny", "small", "smollm2"])
     seqs: list[int] = field(default_factory=lambda: [1024])
     trainers: list[str] = field(default_factory=lambda: ["ours", "trl", "trl_packed", "hf"])
-    steps: int = 16
+    steps: int = 10
     warmup: int = 3
     examples_per_step: int = 16
     smollm2_examples_per_step: int = 8
     smollm2_seq: int = 512
     repeats: int = 1
     threads: int | None = None
-    ours_micro: int | None = None       # examples per micro-batch, this trainer (None: the whole step)
-    baseline_micro: int | None = 4      # examples per micro-batch, TRL and HF (their fastest, see BENCHMARKS.md)
+    ours_micro: int | None = None       # examples per micro-batch, this trainer (None: half the step)
+    baseline_micro: int = 4             # examples per micro-batch, TRL and HF (TRL's fastest, BENCHMARKS.md)
     prep: bool = True
     num_proc: int = 2
     work_dir: Path = ROOT / "data" / "bench"
@@ -177,7 +177,7 @@ def run_one(case: Case, trainer: str, repeat: int, settings: BenchSettings) -> d
     spec = RunSpec(trainer, case.model_dir, case.tokenizer_dir, case.data_dir, str(work),
                    example_order(case.data_dir, settings.steps * case.examples_per_step, 1234),
                    case.examples_per_step, settings.steps, case.seq, case.learning_rate, 1234, case.lora,
-                   settings.threads, settings.ours_micro if trainer == "ours" else settings.baseline_micro)
+                   settings.threads, micro_examples(case, trainer, settings))
     (work / "spec.json").write_text(json.dumps(asdict(spec)))
     start = time.perf_counter()
     _check_call([sys.executable, str(SCRIPT), "--child", str(work / "spec.json")], work / "log.txt",
@@ -188,6 +188,14 @@ def run_one(case: Case, trainer: str, repeat: int, settings: BenchSettings) -> d
                   micro_examples=spec.micro_examples or spec.examples_per_step,
                   window=window_stats(records, settings.warmup).as_dict())
     return result
+
+
+def micro_examples(case: Case, trainer: str, settings: BenchSettings) -> int:
+    """Examples per micro-batch: a divisor of the step's examples (accumulation makes up the rest)."""
+    wanted = (settings.ours_micro or max(1, case.examples_per_step // 2)) if trainer == "ours" \
+        else settings.baseline_micro
+    wanted = max(1, min(wanted, case.examples_per_step))
+    return max(d for d in range(1, wanted + 1) if case.examples_per_step % d == 0)
 
 
 def run_child_process(spec_path: Path) -> int:
