@@ -42,8 +42,9 @@ def summarize(results: dict) -> list[dict]:
         row["vs_trl"] = row["supervised_per_s"] / best_trl["supervised_per_s"] if best_trl else None
         row["vs_trl_cpu"] = row["supervised_per_cpu_s"] / best_trl["supervised_per_cpu_s"] if best_trl else None
         row["vs_hf"] = row["supervised_per_s"] / hf[0]["supervised_per_s"] if hf else None
-        row["loss_vs_trl"] = (row["loss"] / best_trl["loss"] - 1) if best_trl and row["loss"] and best_trl["loss"] \
-            else None
+        # loss against TRL padding-free: it sees the same examples in the same steps (BFD regroups them)
+        same = next((r for r in trl if r["trainer"] == "trl"), best_trl)
+        row["loss_vs_trl"] = (row["loss"] / same["loss"] - 1) if same and row["loss"] and same["loss"] else None
     return rows
 
 
@@ -97,7 +98,10 @@ fp32 matmul peak measured in this run: {results['matmul_peak_flops'] / 1e9:,.0f}
 {s['steps']} optimizer steps per run, the first {s['warmup']} not timed; {s['repeats']} run(s) per trainer and case
 (medians shown); tokens/s are per wall-clock second over the timed steps; "per CPU-s" divides by the
 process CPU time instead (all its threads), which other jobs on a shared machine disturb far less.
-Micro-batch: examples per forward/backward (gradient accumulation makes up the step).
+Micro-batch: examples per forward/backward (gradient accumulation makes up the step). Loss: the mean
+training loss over the timed steps; in brackets its difference from TRL padding-free, which trains on the
+same examples in the same steps (TRL's BFD packing regroups them, so its loss differs a little).
+MFU: model FLOPs per second over the fp32 matmul peak below.
 
 {table(rows)}
 
