@@ -38,7 +38,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--smollm2_seq", type=int, default=defaults.smollm2_seq)
     parser.add_argument("--repeats", type=int, default=defaults.repeats, help="runs of every trainer per case")
     parser.add_argument("--threads", type=int, help="torch threads in every run (default: torch's)")
-    parser.add_argument("--ours_micro", type=int, help="examples per micro-batch, this trainer (default: half a step)")
+    parser.add_argument("--ours_micro", type=int, help="examples per micro-batch, this trainer (default: half a step; a quarter with LoRA)")
     parser.add_argument("--baseline_micro", type=int, default=defaults.baseline_micro,
                         help="examples per micro-batch, TRL and the HF Trainer")
     parser.add_argument("--num_proc", type=int, default=defaults.num_proc, help="processes of the prep race")

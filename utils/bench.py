@@ -52,7 +52,7 @@ class BenchSettings:
     smollm2_seq: int = 512
     repeats: int = 1
     threads: int | None = None
-    ours_micro: int | None = None       # examples per micro-batch, this trainer (None: half the step)
+    ours_micro: int | None = None       # examples per micro-batch, this trainer (None: see micro_examples)
     baseline_micro: int = 4             # examples per micro-batch, TRL and HF (TRL's fastest, BENCHMARKS.md)
     prep: bool = True
     num_proc: int = 2
@@ -191,9 +191,13 @@ def run_one(case: Case, trainer: str, repeat: int, settings: BenchSettings) -> d
 
 
 def micro_examples(case: Case, trainer: str, settings: BenchSettings) -> int:
-    """Examples per micro-batch: a divisor of the step's examples (accumulation makes up the rest)."""
-    wanted = (settings.ours_micro or max(1, case.examples_per_step // 2)) if trainer == "ours" \
-        else settings.baseline_micro
+    """Examples per micro-batch: a divisor of the step's examples (accumulation makes up the rest).
+
+    This trainer's default is half a step, a quarter with LoRA on SmolLM2: as fast there, and under
+    TRL's peak memory (docs/BENCHMARKS.md).
+    """
+    default = case.examples_per_step // (4 if case.lora else 2)
+    wanted = (settings.ours_micro or max(1, default)) if trainer == "ours" else settings.baseline_micro
     wanted = max(1, min(wanted, case.examples_per_step))
     return max(d for d in range(1, wanted + 1) if case.examples_per_step % d == 0)
 
