@@ -21,7 +21,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output_dir", type=Path, default=Path("data/demo"), help="where the data set goes")
     parser.add_argument("--seed", type=int, default=1234, help="seed for the instruction splits")
-    parser.add_argument("--num_train", type=int, default=6000, help="train conversations")
+    parser.add_argument("--num_train", type=int, default=20000, help="train conversations")
     parser.add_argument("--num_test", type=int, default=400, help="held-out test prompts")
     parser.add_argument("--force", action="store_true", help="replace an existing --output_dir")
     return parser.parse_args(argv)

@@ -22,6 +22,20 @@ def _toy_text() -> str:
     return text + "\n" + chat
 
 
+@pytest.fixture(autouse=True)
+def fresh_accelerator_state():
+    """Each test gets its own accelerate state, as each real run is its own process.
+
+    accelerate keeps one process-wide state and refuses a second Accelerator with another mixed
+    precision; tests that train in-process with bf16 on and then off would otherwise collide."""
+    yield
+    if "accelerate" in sys.modules:
+        from accelerate.state import AcceleratorState, GradientState
+
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+
+
 @pytest.fixture(scope="session")
 def toy_tokenizer_dir(tmp_path_factory) -> Path:
     """An HF tokenizer directory (vocab 1000) made by utils.tokenizer, shared by the whole session."""

@@ -137,6 +137,23 @@ def test_summary_ratios():
     assert rows["ours"]["loss_vs_trl"] == pytest.approx(2.00 / 2.01 - 1)
 
 
+def test_bf16_runs_compare_with_trl_in_bf16_and_use_the_bf16_peak():
+    from utils.bench_report import summarize
+
+    results = _results()
+    for run in results["runs"]:
+        run["precision"] = "bf16" if run["trainer"] == "ours" else "fp32"
+    bf16 = {**results["runs"][1], "trainer": "trl_bf16", "precision": "bf16",
+            "window": {**results["runs"][1]["window"], "mean_loss": 2.04, "supervised_per_s": 200.0,
+                       "model_flops_per_s": 200e6}}
+    results.update(runs=results["runs"] + [bf16], matmul_peaks={"fp32": 1e9, "bf16": 4e9})
+    rows = {r["trainer"]: r for r in summarize(results)}
+    assert rows["ours"]["loss_vs_trl"] == pytest.approx(2.00 / 2.04 - 1)  # same precision, not fp32 TRL
+    assert rows["ours"]["vs_trl"] == pytest.approx(1.5)  # TRL bf16 is TRL's fastest here
+    assert rows["ours"]["mfu"] == pytest.approx(300e6 / 4e9)
+    assert rows["trl"]["mfu"] == pytest.approx(150e6 / 1e9)
+
+
 def test_report_keeps_hand_written_text(tmp_path):
     from utils.bench_report import BEGIN, END, write_report
 

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from utils.demo_data import CORPUS_MODULES, TASKS, check_answer, clean_text, generate_demo_data, prompt_key
+from utils.demo_data import CORPUS_MODULES, TASKS, WORDS, check_answer, clean_text, generate_demo_data, prompt_key
 from utils.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "generate_demo_data.py"
-SMALL = {"num_train": 280, "num_test": 140}  # 20 and 10 per family
+SMALL = {"num_train": 240, "num_test": 120}  # 20 and 10 per family
 
 
 @pytest.fixture(scope="module")
@@ -140,56 +140,56 @@ def test_every_family_in_both_splits_and_balanced(demo):
         assert max(per_task.values()) - min(per_task.values()) <= 1
 
 
-def _list(prompt: str) -> list:
-    items = re.search(r"\[(.*?)\]", prompt).group(1).split(", ")
-    return [int(x) for x in items] if all(x.isdigit() for x in items) else items
+def _words(text: str) -> list[str]:
+    """The demo words of ``text`` in order (no template word is a demo word)."""
+    return [w for w in re.findall(r"\b[a-z]+\b", text) if w in WORDS]
 
 
-def _expected(task: str, prompt: str) -> str | None:
+def _expected(task: str, prompt: str) -> str:
     """Re-derive the answer from the prompt text alone, independently of the generators."""
-    show = lambda xs: "[" + ", ".join(map(str, xs)) + "]"  # noqa: E731
-    numbers = [int(x) for x in re.findall(r"\d+", prompt)]
-    if task == "add":
-        return str(sum(numbers))
-    if task == "subtract":
-        a, b = numbers if not prompt.startswith("Subtract") else numbers[::-1]
-        return str(a - b)
-    if task == "reverse_list":
-        return show(_list(prompt)[::-1])
-    if task == "sort_list":
-        return show(sorted(_list(prompt)))
-    if task == "count_items":
-        return str(len(_list(prompt)))
-    if task == "uppercase":
-        return prompt.split(": ", 1)[1].upper()
+    tail = prompt.rsplit(": ", 1)[-1]
+    if task in ("copy_words", "reverse_words", "sort_words", "count_words", "first_word", "last_word"):
+        words = _words(prompt)
+        return {"copy_words": " ".join(words), "reverse_words": " ".join(words[::-1]),
+                "sort_words": " ".join(sorted(words)), "count_words": str(len(words)),
+                "first_word": words[0], "last_word": words[-1]}[task]
+    if task == "next_word":
+        found = (re.search(r"after (\w+) in: (.*)\?$", prompt) or re.search(r"after (\w+): (.*)$", prompt))
+        probe, words = (found.group(1), found.group(2)) if found else \
+            reversed(re.search(r"^In (.*), what follows (\w+)\?$", prompt).groups())
+        words = words.split()
+        return words[words.index(probe) + 1]
     if task == "membership":
-        probe = re.search(r"^Is (\w+)|contain (\w+)\?", prompt)
-        return "yes" if (probe.group(1) or probe.group(2)) in map(str, _list(prompt)) else "no"
-    if task == "kv_to_json":
-        pairs = dict(p.split("=") for p in prompt.split(": ", 1)[1].split(", "))
-        return json.dumps({k: int(v) if v.isdigit() else v for k, v in pairs.items()}, sort_keys=True)
+        found = re.search(r"^Is (\w+) (?:in: (.*)\? Answer|one of these words\? (.*)$)", prompt)
+        probe, words = (found.group(1), found.group(2) or found.group(3)) if found else \
+            reversed(re.search(r"list (.*) contain (\w+)\?$", prompt).groups())
+        return "yes" if probe in words.split() else "no"
+    if task == "uppercase":
+        return tail.upper()
+    if task == "lowercase":
+        return tail.lower()
     if task == "extract_field":
         field = re.search(r"the (\w+)[?.]$", prompt).group(1)
-        return re.search(rf"{field.title()}: (\w+)", prompt).group(1)
-    return None
+        return re.search(rf"{field.title()}: (\w+)\.", prompt).group(1)
+    if task == "make_record":
+        pairs = tail.split()
+        return " ".join(f"{f.title()}: {v}." for f, v in zip(pairs[::2], pairs[1::2]))
+    raise AssertionError(f"no independent check for task {task}")
 
 
 def test_answers_can_be_recomputed_from_the_prompt(demo):
-    checked = 0
-    for row in read_jsonl(demo / "instruct" / "test.jsonl"):
-        expected = _expected(row["task"], row["messages"][-1]["content"])
-        if expected is not None:
-            assert check_answer(row["task"], expected, row["reference"]), row
-            checked += 1
+    test = read_jsonl(demo / "instruct" / "test.jsonl")
+    for row in test:
+        assert check_answer(row["task"], _expected(row["task"], row["messages"][-1]["content"]),
+                            row["reference"]), row
     for row in read_jsonl(demo / "instruct" / "train.jsonl"):
-        expected = _expected(row["task"], row["messages"][-2]["content"])
-        assert expected is None or expected == row["messages"][-1]["content"], row
-    assert checked >= 9 * 10
+        assert _expected(row["task"], row["messages"][-2]["content"]) == row["messages"][-1]["content"], row
+    assert {row["task"] for row in test} == set(TASKS)
 
 
 def test_check_answer_is_exact_after_stripping():
-    assert check_answer("add", " 85\n", "85")
-    assert not check_answer("add", "85.", "85")
+    assert check_answer("count_words", " 5\n", "5")
+    assert not check_answer("count_words", "5.", "5")
     assert not check_answer("uppercase", "Hat", "HAT")
 
 
@@ -211,6 +211,19 @@ def test_corpus_is_pydoc_topics_and_stdlib_docstrings(demo):
     assert clean_text(json.__doc__).strip() in json_doc
     size = sum(p.stat().st_size for p in pydoc + docstrings)
     assert size > 1_000_000
+
+
+def test_stories_cover_the_instruction_vocabulary_without_instructions(demo):
+    from utils.demo_data import CITIES, COLORS, NAMES, TASKS
+
+    text = "\n".join(p.read_text(encoding="utf-8") for p in sorted((demo / "corpus" / "stories").glob("*.txt")))
+    tokens = set(re.findall(r"[A-Za-z]+", text))
+    assert set(WORDS) | set(NAMES) | set(CITIES) | set(COLORS) <= tokens
+    assert {w.upper() for w in WORDS} & tokens  # capitals too, for the upper/lowercase families
+    train = read_jsonl(demo / "instruct" / "train.jsonl")
+    prompts = {m["content"] for r in train for m in r["messages"] if m["role"] == "user"}
+    assert not any(p in text for p in prompts)
+    assert not any(phrase in text for phrase in ("Repeat the words", "Reverse the words", "Sort the words"))
 
 
 # ---------------------------------------------------------------- transcripts

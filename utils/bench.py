@@ -38,13 +38,27 @@ SINGLE_TURN_SETS = [  # (name, path under ../shared/data/instruct, response fiel
 ]
 
 
+def default_trainers() -> list[str]:
+    """Every comparison; TRL in bf16 too where bf16 autocast is fast (this trainer then runs bf16)."""
+    from utils.train_config import fast_bf16_available
+
+    return ["ours", "trl", "trl_packed", *(["trl_bf16"] if fast_bf16_available() else []), "hf"]
+
+
+def run_precision(trainer: str) -> str:
+    """The matmul precision a trainer kind runs in: this trainer follows ``bf16: "auto"``."""
+    from utils.train_config import fast_bf16_available
+
+    return "bf16" if trainer == "trl_bf16" or (trainer == "ours" and fast_bf16_available()) else "fp32"
+
+
 @dataclass
 class BenchSettings:
     """What ``scripts/benchmark_throughput.py`` was asked to run."""
 
     sizes: list[str] = field(default_factory=lambda: ["tiny", "small", "smollm2"])
     seqs: list[int] = field(default_factory=lambda: [1024])
-    trainers: list[str] = field(default_factory=lambda: ["ours", "trl", "trl_packed", "hf"])
+    trainers: list[str] = field(default_factory=lambda: default_trainers())
     steps: int = 10
     warmup: int = 3
     examples_per_step: int = 16
@@ -184,7 +198,7 @@ def run_one(case: Case, trainer: str, repeat: int, settings: BenchSettings) -> d
                 timeout=settings.timeout_s)
     result = json.loads((work / "result.json").read_text())
     records = [StepRecord(**r) for r in result["records"]]
-    result.update(case=case.name, repeat=repeat, process_s=time.perf_counter() - start,
+    result.update(case=case.name, repeat=repeat, process_s=time.perf_counter() - start, precision=run_precision(trainer),
                   micro_examples=spec.micro_examples or spec.examples_per_step,
                   window=window_stats(records, settings.warmup).as_dict())
     return result
@@ -233,7 +247,12 @@ def _check_call(command: list[str], log: Path, timeout: int | None = None) -> No
 
 def run_benchmark(settings: BenchSettings) -> dict:
     """The prep race, then every case x repeat x trainer (interleaved within a repeat), and the matmul peak."""
-    peak_before = matmul_peak_flops()
+    import torch
+
+    from utils.train_config import fast_bf16_available
+
+    dtypes = {"fp32": torch.float32, **({"bf16": torch.bfloat16} if fast_bf16_available() else {})}
+    peaks = {name: matmul_peak_flops(dtype=dtype) for name, dtype in dtypes.items()}
     prep = run_prep_race(settings) if settings.prep else None
     cases, notes = build_cases(settings)
     runs = []
@@ -245,10 +264,10 @@ def run_benchmark(settings: BenchSettings) -> dict:
                 window = runs[-1]["window"]
                 print(f"[bench]   {window['supervised_per_s']:,.0f} supervised tok/s, "
                       f"mean loss {window['mean_loss']:.4f}", flush=True)
-    peak = max(peak_before, matmul_peak_flops())
+    peaks = {name: max(peaks[name], matmul_peak_flops(dtype=dtype)) for name, dtype in dtypes.items()}
     return {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings).items()},
             "cases": [asdict(c) for c in cases], "runs": runs, "prep": prep, "notes": notes,
-            "matmul_peak_flops": peak, "machine": machine_info()}
+            "matmul_peak_flops": peaks["fp32"], "matmul_peaks": peaks, "machine": machine_info()}
 
 
 def run_prep_race(settings: BenchSettings) -> dict:

@@ -17,7 +17,7 @@ TRL_KINDS = ("trl", "trl_packed", "trl_bf16")
 
 def summarize(results: dict) -> list[dict]:
     """One row per (case, trainer): medians over repeats, MFU, and ratios against TRL's best and HF."""
-    peak = results["matmul_peak_flops"]
+    peaks = results.get("matmul_peaks") or {"fp32": results["matmul_peak_flops"]}
     rows = []
     for case in dict.fromkeys(r["case"] for r in results["runs"]):
         runs = [r for r in results["runs"] if r["case"] == case]
@@ -25,14 +25,17 @@ def summarize(results: dict) -> list[dict]:
             mine = [r for r in runs if r["trainer"] == trainer]
             med = lambda key: statistics.median(r["window"][key] for r in mine)  # noqa: E731
             losses = [r["window"]["mean_loss"] for r in mine if r["window"]["mean_loss"] is not None]
+            precision = mine[0].get("precision", "fp32")
             rows.append({"case": case, "trainer": trainer, "supervised_per_s": med("supervised_per_s"),
+                         "precision": precision,
                          "supervised_per_cpu_s": med("supervised_per_cpu_s"),
                          "micro": mine[0].get("micro_examples"),
                          "tokens_per_s": med("tokens_per_s"), "padding": med("padding_fraction"),
                          "rss_mb": statistics.median(r["peak_rss_mb"] for r in mine),
                          "gpu_mb": max((r.get("peak_gpu_mb") or 0) for r in mine) or None,
                          "loss": statistics.median(losses) if losses else None,
-                         "mfu": med("model_flops_per_s") / peak, "repeats": len(mine),
+                         "mfu": med("model_flops_per_s") / peaks.get(precision, peaks["fp32"]),
+                         "repeats": len(mine),
                          "notes": sorted({n for r in mine for n in r.get("notes", [])})})
     for row in rows:
         peers = [r for r in rows if r["case"] == row["case"]]
@@ -42,8 +45,10 @@ def summarize(results: dict) -> list[dict]:
         row["vs_trl"] = row["supervised_per_s"] / best_trl["supervised_per_s"] if best_trl else None
         row["vs_trl_cpu"] = row["supervised_per_cpu_s"] / best_trl["supervised_per_cpu_s"] if best_trl else None
         row["vs_hf"] = row["supervised_per_s"] / hf[0]["supervised_per_s"] if hf else None
-        # loss against TRL padding-free: it sees the same examples in the same steps (BFD regroups them)
-        same = next((r for r in trl if r["trainer"] == "trl"), best_trl)
+        # loss against TRL padding-free in the same precision: it sees the same examples in the same
+        # steps (BFD regroups them)
+        same = next((r for r in trl if r["trainer"] in ("trl", "trl_bf16") and r["precision"] == row["precision"]),
+                    next((r for r in trl if r["trainer"] == "trl"), best_trl))
         row["loss_vs_trl"] = (row["loss"] / same["loss"] - 1) if same and row["loss"] and same["loss"] else None
     return rows
 
@@ -54,8 +59,8 @@ def _fmt(value, spec: str, none: str = "-") -> str:
 
 def table(rows: list[dict]) -> str:
     head = ("| case | trainer | micro-batch | supervised tok/s | per CPU-s | all tok/s | padding | peak RSS MiB "
-            "| loss (same steps) | MFU | vs best TRL | (CPU-s) | vs HF |\n"
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+            "| loss (same steps) | precision | MFU | vs best TRL | (CPU-s) | vs HF |\n"
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|")
     lines = [head]
     for r in rows:
         loss = _fmt(r["loss"], ".4f")
@@ -63,7 +68,7 @@ def table(rows: list[dict]) -> str:
             loss += f" ({r['loss_vs_trl']:+.2%})"
         lines.append(f"| {r['case']} | {LABELS.get(r['trainer'], r['trainer'])} | {_fmt(r['micro'], 'd')} "
                      f"| {r['supervised_per_s']:,.0f} | {r['supervised_per_cpu_s']:,.0f} | {r['tokens_per_s']:,.0f} "
-                     f"| {r['padding']:.1%} | {r['rss_mb']:,.0f} | {loss} | {r['mfu']:.1%} "
+                     f"| {r['padding']:.1%} | {r['rss_mb']:,.0f} | {loss} | {r.get('precision', 'fp32')} | {r['mfu']:.1%} "
                      f"| {_fmt(r['vs_trl'], '.2f')}x | {_fmt(r['vs_trl_cpu'], '.2f')}x | {_fmt(r['vs_hf'], '.2f')}x |")
     return "\n".join(lines).replace("| -x |", "| - |")
 
@@ -85,6 +90,8 @@ def render(results: dict, chart: str) -> str:
     versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items())
     notes = "".join(f"\n- {n}" for n in results["notes"])
     rows = summarize(results)
+    peaks = results.get("matmul_peaks") or {"fp32": results["matmul_peak_flops"]}
+    peaks_text = ", ".join(f"{name} {flops / 1e9:,.0f} GFLOP/s" for name, flops in peaks.items())
     row_notes = "".join(f"\n- {r['case']} / {LABELS.get(r['trainer'], r['trainer'])}: {n}"
                         for r in rows for n in r["notes"])
     return f"""{BEGIN}
@@ -94,14 +101,14 @@ def render(results: dict, chart: str) -> str:
 
 Machine: {m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads){', GPU ' + m['gpu'] if m['gpu'] else ''};
 Python {m['python']}; {versions}.
-fp32 matmul peak measured in this run: {results['matmul_peak_flops'] / 1e9:,.0f} GFLOP/s (the MFU denominator).
+Matmul peak measured in this run (the MFU denominator, in the precision of each run): {peaks_text}.
 {s['steps']} optimizer steps per run, the first {s['warmup']} not timed; {s['repeats']} run(s) per trainer and case
 (medians shown); tokens/s are per wall-clock second over the timed steps; "per CPU-s" divides by the
 process CPU time instead (all its threads), which other jobs on a shared machine disturb far less.
 Micro-batch: examples per forward/backward (gradient accumulation makes up the step). Loss: the mean
-training loss over the timed steps; in brackets its difference from TRL padding-free, which trains on the
-same examples in the same steps (TRL's BFD packing regroups them, so its loss differs a little).
-MFU: model FLOPs per second over the fp32 matmul peak below.
+training loss over the timed steps; in brackets its difference from TRL padding-free in the same precision,
+which trains on the same examples in the same steps (TRL's BFD packing regroups them, so its loss differs a
+little). MFU: model FLOPs per second over the matmul peak of the run's precision.
 
 {table(rows)}
 

@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Callable
 
 from utils.atomic import atomic_dir
+from utils.demo_stories import story_documents
 from utils.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 SYSTEM_RATE = 0.20
 MULTI_TURN_RATE = 0.15
 MAX_DRAWS_PER_TEST_ITEM = 1000
@@ -50,144 +51,126 @@ SYSTEM_PROMPTS = (
 # ---------------------------------------------------------------- task families
 # Each returns (user_prompt, answer). The few paraphrases per family are deliberate: enough variety
 # that the model must read the instruction, few enough that a tiny model sees each one often.
+# Items are whole words written with spaces between them: every item is then one token, the same
+# token in the prompt and in the answer, which is what lets a ~6M-parameter model learn to look
+# items up in its prompt within minutes. (Bracketed, comma-separated lists of multi-digit numbers
+# split items into several tokens around repeated separators; the tiny model stayed under 12% exact
+# match on them after 1,500 steps, against ~70% on the same operations over word lists.)
 
 def _say(rng: random.Random, templates: tuple[str, ...], **fields) -> str:
     return rng.choice(templates).format(**fields)
 
 
-def _random_list(rng: random.Random, lo: int = 3, hi: int = 6) -> list:
-    """Distinct small numbers or short words (distinct, so membership 'no' probes exist)."""
-    k = rng.randint(lo, hi)
-    return rng.sample(range(100), k) if rng.random() < 0.5 else rng.sample(WORDS, k)
+def random_words(rng: random.Random, lo: int = 3, hi: int = 6) -> list[str]:
+    """Distinct words, so that 'which comes after' and membership 'no' probes are well defined."""
+    return rng.sample(WORDS, rng.randint(lo, hi))
 
 
-def format_list(items: list) -> str:
-    return "[" + ", ".join(str(x) for x in items) + "]"
+def gen_copy_words(rng: random.Random, words: list[str] | None = None) -> tuple[str, str]:
+    words = words or random_words(rng)
+    templates = ("Repeat the words: {W}", "Copy exactly: {W}", "Say these words again: {W}")
+    return _say(rng, templates, W=" ".join(words)), " ".join(words)
 
 
-def gen_add(rng: random.Random) -> tuple[str, str]:
-    a, b = rng.randint(10, 99), rng.randint(10, 99)
-    return _say(rng, ("What is {a} + {b}?", "Compute {a} + {b}.", "Add {a} and {b}."), a=a, b=b), str(a + b)
+def gen_reverse_words(rng: random.Random, words: list[str] | None = None) -> tuple[str, str]:
+    words = words or random_words(rng)
+    templates = ("Reverse the words: {W}", "Write these words in reverse order: {W}",
+                 "Say the words backwards: {W}")
+    return _say(rng, templates, W=" ".join(words)), " ".join(words[::-1])
 
 
-def gen_subtract(rng: random.Random) -> tuple[str, str]:
-    a, b = sorted((rng.randint(10, 99), rng.randint(10, 99)), reverse=True)
-    templates = ("What is {a} - {b}?", "Compute {a} - {b}.", "Subtract {b} from {a}.")
-    return _say(rng, templates, a=a, b=b), str(a - b)
+def gen_sort_words(rng: random.Random, words: list[str] | None = None) -> tuple[str, str]:
+    words = words or random_words(rng)
+    templates = ("Sort the words: {W}", "Put these words in alphabetical order: {W}",
+                 "Write the words sorted from A to Z: {W}")
+    return _say(rng, templates, W=" ".join(words)), " ".join(sorted(words))
 
 
-def gen_copy_list(rng: random.Random, items: list | None = None) -> tuple[str, str]:
-    items = items or _random_list(rng)
-    templates = ("Copy the list: {L}", "Repeat exactly: {L}", "Write {L} again.")
-    return _say(rng, templates, L=format_list(items)), format_list(items)
+def gen_count_words(rng: random.Random, words: list[str] | None = None) -> tuple[str, str]:
+    words = words or random_words(rng, 1, 8)
+    templates = ("How many words are in: {W}?", "Count the words: {W}", "How many words do you see? {W}")
+    return _say(rng, templates, W=" ".join(words)), str(len(words))
 
 
-def gen_reverse_list(rng: random.Random, items: list | None = None) -> tuple[str, str]:
-    items = items or _random_list(rng)
-    templates = ("Reverse the list: {L}", "Write {L} in reverse order.", "What is {L} reversed?")
-    return _say(rng, templates, L=format_list(items)), format_list(items[::-1])
+def gen_first_word(rng: random.Random, words: list[str] | None = None) -> tuple[str, str]:
+    words = words or random_words(rng)
+    templates = ("What is the first word in: {W}?", "Give the first word: {W}", "Which word comes first? {W}")
+    return _say(rng, templates, W=" ".join(words)), words[0]
 
 
-def gen_sort_list(rng: random.Random, items: list | None = None) -> tuple[str, str]:
-    items = items or _random_list(rng)
-    templates = ("Sort the list: {L}", "Sort in ascending order: {L}", "Put {L} in order.")
-    return _say(rng, templates, L=format_list(items)), format_list(sorted(items))
+def gen_last_word(rng: random.Random, words: list[str] | None = None) -> tuple[str, str]:
+    words = words or random_words(rng)
+    templates = ("What is the last word in: {W}?", "Give the last word: {W}", "Which word comes last? {W}")
+    return _say(rng, templates, W=" ".join(words)), words[-1]
 
 
-def gen_count_items(rng: random.Random, items: list | None = None) -> tuple[str, str]:
-    items = items or _random_list(rng, 1, 9)
-    templates = ("How many items are in {L}?", "Count the items in {L}.", "What is the length of {L}?")
-    return _say(rng, templates, L=format_list(items)), str(len(items))
+def gen_next_word(rng: random.Random, words: list[str] | None = None) -> tuple[str, str]:
+    words = words or random_words(rng)
+    i = rng.randrange(len(words) - 1)
+    templates = ("Which word comes after {x} in: {W}?", "In {W}, what follows {x}?",
+                 "Give the word after {x}: {W}")
+    return _say(rng, templates, x=words[i], W=" ".join(words)), words[i + 1]
 
 
-def gen_list_to_csv(rng: random.Random, items: list | None = None) -> tuple[str, str]:
-    items = items or _random_list(rng)
-    templates = ("Write {L} as comma-separated values.", "Convert {L} to CSV.", "Join {L} with commas.")
-    return _say(rng, templates, L=format_list(items)), ",".join(str(x) for x in items)
-
-
-def gen_membership(rng: random.Random, items: list | None = None) -> tuple[str, str]:
-    items = items or _random_list(rng)
+def gen_membership(rng: random.Random, words: list[str] | None = None) -> tuple[str, str]:
+    words = words or random_words(rng)
     present = rng.random() < 0.5
-    pool = items if present else [x for x in (WORDS if isinstance(items[0], str) else range(100))
-                                  if x not in items]
-    templates = ("Is {x} in the list {L}?", "Does {L} contain {x}?", "Is {x} one of {L}? Answer yes or no.")
-    return _say(rng, templates, x=rng.choice(pool), L=format_list(items)), "yes" if present else "no"
+    probe = rng.choice(words if present else [w for w in WORDS if w not in words])
+    templates = ("Is {x} in: {W}? Answer yes or no.", "Does the list {W} contain {x}?",
+                 "Is {x} one of these words? {W}")
+    return _say(rng, templates, x=probe, W=" ".join(words)), "yes" if present else "no"
 
 
-def gen_first_item(rng: random.Random, items: list | None = None) -> tuple[str, str]:
-    items = items or _random_list(rng)
-    templates = ("What is the first item of {L}?", "Give the first element of {L}.",
-                 "Which item comes first in {L}?")
-    return _say(rng, templates, L=format_list(items)), str(items[0])
-
-
-def gen_last_item(rng: random.Random, items: list | None = None) -> tuple[str, str]:
-    items = items or _random_list(rng)
-    templates = ("What is the last item of {L}?", "Give the last element of {L}.",
-                 "Which item comes last in {L}?")
-    return _say(rng, templates, L=format_list(items)), str(items[-1])
-
-
-def _phrase(rng: random.Random) -> str:
-    return " ".join(rng.sample(WORDS, rng.randint(1, 3)))
-
-
-def gen_uppercase(rng: random.Random) -> tuple[str, str]:
-    text = _phrase(rng)
+def gen_uppercase(rng: random.Random, words: list[str] | None = None) -> tuple[str, str]:
+    text = " ".join(words or random_words(rng, 1, 4))
     templates = ("Convert to uppercase: {t}", "Write in capital letters: {t}", "Uppercase this: {t}")
     return _say(rng, templates, t=text), text.upper()
 
 
-def gen_lowercase(rng: random.Random) -> tuple[str, str]:
-    text = _phrase(rng)
-    shown = text.upper() if rng.random() < 0.5 else text.title()
+def gen_lowercase(rng: random.Random, words: list[str] | None = None) -> tuple[str, str]:
+    text = " ".join(words or random_words(rng, 1, 4))
     templates = ("Convert to lowercase: {t}", "Write in small letters: {t}", "Lowercase this: {t}")
-    return _say(rng, templates, t=shown), text
+    return _say(rng, templates, t=text.upper()), text
 
 
-def _field_value(rng: random.Random, field: str) -> str | int:
-    pools = {"name": NAMES, "city": CITIES, "color": COLORS}
-    return rng.choice(pools[field]) if field in pools else rng.randint(1, 99)
-
-
-def gen_kv_to_json(rng: random.Random) -> tuple[str, str]:
-    keys = rng.sample(("age", "city", "color", "count", "name", "size"), rng.randint(2, 3))
-    record = {k: _field_value(rng, k) for k in keys}
-    pairs = ", ".join(f"{k}={v}" for k, v in record.items())
-    templates = ("Convert to JSON: {p}", "Turn these pairs into a JSON object: {p}",
-                 "Write as JSON with sorted keys: {p}")
-    return _say(rng, templates, p=pairs), json.dumps(record, sort_keys=True, ensure_ascii=False)
+FIELD_POOLS = {"name": NAMES, "city": CITIES, "color": COLORS}
 
 
 def gen_extract_field(rng: random.Random) -> tuple[str, str]:
-    fields = rng.sample(("name", "age", "city", "color"), rng.randint(2, 4))
-    record = {f: _field_value(rng, f) for f in fields}
-    text = ", ".join(f"{f.title()}: {v}" for f, v in record.items()) + "."
+    fields = rng.sample(sorted(FIELD_POOLS), rng.randint(2, 3))
+    record = {f: rng.choice(FIELD_POOLS[f]) for f in fields}
+    text = " ".join(f"{f.title()}: {v}." for f, v in record.items())
     asked = rng.choice(fields)
     templates = ("{r} What is the {f}?", "Read this: {r} What is the {f}?", "{r} Give the {f}.")
-    return _say(rng, templates, r=text, f=asked), str(record[asked])
+    return _say(rng, templates, r=text, f=asked), record[asked]
+
+
+def gen_make_record(rng: random.Random) -> tuple[str, str]:
+    fields = rng.sample(sorted(FIELD_POOLS), rng.randint(2, 3))
+    record = {f: rng.choice(FIELD_POOLS[f]) for f in fields}
+    pairs = " ".join(f"{f} {v}" for f, v in record.items())
+    templates = ("Write as a record: {p}", "Format as field: value pairs: {p}", "Make a record from: {p}")
+    answer = " ".join(f"{f.title()}: {v}." for f, v in record.items())
+    return _say(rng, templates, p=pairs), answer
 
 
 TASKS: dict[str, Callable[..., tuple[str, str]]] = {
-    "add": gen_add,
-    "subtract": gen_subtract,
-    "copy_list": gen_copy_list,
-    "reverse_list": gen_reverse_list,
-    "sort_list": gen_sort_list,
-    "count_items": gen_count_items,
+    "copy_words": gen_copy_words,
+    "reverse_words": gen_reverse_words,
+    "sort_words": gen_sort_words,
+    "count_words": gen_count_words,
+    "first_word": gen_first_word,
+    "last_word": gen_last_word,
+    "next_word": gen_next_word,
+    "membership": gen_membership,
     "uppercase": gen_uppercase,
     "lowercase": gen_lowercase,
-    "kv_to_json": gen_kv_to_json,
-    "list_to_csv": gen_list_to_csv,
     "extract_field": gen_extract_field,
-    "membership": gen_membership,
-    "first_item": gen_first_item,
-    "last_item": gen_last_item,
+    "make_record": gen_make_record,
 }
-# Families that take an ``items`` list, so a second turn can ask something else about the same list.
-LIST_TASKS = ("copy_list", "reverse_list", "sort_list", "count_items", "list_to_csv", "membership",
-              "first_item", "last_item")
+# Families that take a ``words`` list, so a second turn can ask something else about the same words.
+LIST_TASKS = ("copy_words", "reverse_words", "sort_words", "count_words", "first_word", "last_word",
+              "next_word", "membership", "uppercase", "lowercase")
 
 
 def check_answer(task: str, prediction: str, reference: str) -> bool:
@@ -210,9 +193,9 @@ def _exchanges(rng: random.Random, task: str) -> list[tuple[str, str]]:
     if rng.random() >= MULTI_TURN_RATE:
         return [TASKS[task](rng)]
     if task in LIST_TASKS and rng.random() < 0.5:
-        items = _random_list(rng)
+        words = random_words(rng)
         first = rng.choice([t for t in LIST_TASKS if t != task])
-        return [TASKS[first](rng, items), TASKS[task](rng, items)]
+        return [TASKS[first](rng, words), TASKS[task](rng, words)]
     return [TASKS[rng.choice(tuple(TASKS))](rng), TASKS[task](rng)]
 
 
@@ -564,7 +547,8 @@ def _split_counts(rows: list[dict]) -> dict:
 
 def _write_corpus(root: Path) -> dict:
     counts = {}
-    for group, docs in corpus_documents().items():
+    groups = {**corpus_documents(), "stories": story_documents(WORDS, NAMES, CITIES, COLORS)}
+    for group, docs in groups.items():
         size = sum(_write(root / "corpus" / group / f"{name}.txt", text) for name, text in docs)
         counts[group] = {"documents": len(docs), "bytes": size}
     return counts
@@ -602,6 +586,9 @@ Everything comes from the Python install itself; nothing was downloaded.
   ({corpus['pydoc']['bytes']} bytes), one document per file.
 - `corpus/docstrings/*.txt`: docstrings of {corpus['docstrings']['documents']} stdlib modules and their public
   classes and functions ({corpus['docstrings']['bytes']} bytes), one module per file.
+- `corpus/stories/*.txt`: {corpus['stories']['documents']} books of generated short stories in plain English
+  ({corpus['stories']['bytes']} bytes) over the words, names, cities and colours of the instructions, so
+  that pre-training sees the vocabulary the instructions use (see utils/demo_stories.py).
 - `instruct/train.jsonl` ({inst['train']['total']} conversations) and `instruct/test.jsonl`
   ({inst['test']['total']} held-out prompts with a `reference` answer) over {len(TASKS)} task families:
   {", ".join(TASKS)}. Answers are bare results, compared by exact match.
@@ -628,7 +615,7 @@ def build_demo_data(root: Path, seed: int, num_train: int, num_test: int) -> dic
     return manifest
 
 
-def generate_demo_data(output_dir: Path, seed: int = 1234, num_train: int = 6000, num_test: int = 400,
+def generate_demo_data(output_dir: Path, seed: int = 1234, num_train: int = 20000, num_test: int = 400,
                        force: bool = False) -> dict:
     """Build the demo data beside ``output_dir`` and rename it into place; returns the manifest.
 
