@@ -193,6 +193,17 @@ def test_check_answer_is_exact_after_stripping():
     assert not check_answer("uppercase", "Hat", "HAT")
 
 
+def test_worked_text_is_the_train_split_and_never_a_test_question(demo):
+    worked = "\n".join(p.read_text(encoding="utf-8") for p in sorted((demo / "instruct" / "worked").glob("*.txt")))
+    blocks = worked.strip().split("\n\n")
+    train = read_jsonl(demo / "instruct" / "train.jsonl")
+    assert len(blocks) == len(train)
+    first = train[0]["messages"]
+    assert blocks[0] == "\n".join(f"{m['role'].title()}: {m['content']}" for m in first)
+    for row in read_jsonl(demo / "instruct" / "test.jsonl"):
+        assert f"User: {row['messages'][-1]['content']}\nAssistant:" not in worked
+
+
 # ---------------------------------------------------------------- corpus
 
 def test_corpus_is_pydoc_topics_and_stdlib_docstrings(demo):

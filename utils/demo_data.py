@@ -563,13 +563,32 @@ def _write_transcripts(root: Path) -> dict:
     return {"files": len(TRANSCRIPTS), "with_conversation": with_conversation}
 
 
+WORKED_PER_FILE = 1000
+
+
+def worked_documents(train: list[dict]) -> list[tuple[str, str]]:
+    """The train conversations as plain text (``User: ...`` / ``Assistant: ...``), for pre-training.
+
+    Real pre-training mixes hold question-answer text; these give the tiny model the task skills
+    (copying, ordering, looking up words in its context) that minutes of stories and docs do not,
+    while the chat template, the end-of-turn token and answering in the assistant turn are left to
+    SFT. Only train conversations appear: the held-out test questions stay unseen.
+    """
+    blocks = ["\n".join(f"{m['role'].title()}: {m['content']}" for m in row["messages"]) for row in train]
+    return [(f"worked_{i // WORKED_PER_FILE:03d}", "\n\n".join(blocks[i:i + WORKED_PER_FILE]) + "\n")
+            for i in range(0, len(blocks), WORKED_PER_FILE)]
+
+
 def _write_instruct(root: Path, seed: int, num_train: int, num_test: int) -> dict:
     # One stream per split: the test items do not move when only --num_train changes (bar dedupe).
     train = build_train(random.Random(f"{seed}/train"), num_train)
     test = build_test(random.Random(f"{seed}/test"), num_test, train)
     _write(root / "instruct" / "train.jsonl", _jsonl(train))
     _write(root / "instruct" / "test.jsonl", _jsonl(test))
-    return {"train": _split_counts(train), "test": _split_counts(test)}
+    worked = worked_documents(train)
+    for name, text in worked:
+        _write(root / "instruct" / "worked" / f"{name}.txt", text)
+    return {"train": _split_counts(train), "test": _split_counts(test), "worked_documents": len(worked)}
 
 
 def _readme(manifest: dict) -> str:
@@ -592,6 +611,8 @@ Everything comes from the Python install itself; nothing was downloaded.
 - `instruct/train.jsonl` ({inst['train']['total']} conversations) and `instruct/test.jsonl`
   ({inst['test']['total']} held-out prompts with a `reference` answer) over {len(TASKS)} task families:
   {", ".join(TASKS)}. Answers are bare results, compared by exact match.
+- `instruct/worked/*.txt`: the same train conversations as plain `User:`/`Assistant:` text in
+  {inst['worked_documents']} files, part of the tiny model's pre-training mix (never the test questions).
 - `transcripts/*.md`: {manifest['transcripts']['files']} Markdown chats for the conversation extractor;
   `PARTICIPANTS.json` gives each file's speaker markers per role and `blocks`, the role of each marker
   in order (same-speaker runs not merged). A marker counts only at the start of a line, outside front

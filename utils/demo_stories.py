@@ -42,7 +42,7 @@ SHADES = {
     "black": "coal", "blue": "the sky", "gold": "a crown", "gray": "a storm cloud", "green": "grass",
     "pink": "a rose", "red": "a cherry", "white": "snow",
 }
-BOOKS = 200
+BOOKS = 60
 STORIES_PER_BOOK = 25
 
 
