@@ -58,7 +58,7 @@ class BenchSettings:
 
     sizes: list[str] = field(default_factory=lambda: ["tiny", "small", "smollm2"])
     seqs: list[int] = field(default_factory=lambda: [1024])
-    trainers: list[str] = field(default_factory=lambda: default_trainers())
+    trainers: list[str] = field(default_factory=default_trainers)
     steps: int = 10
     warmup: int = 3
     examples_per_step: int = 16

@@ -15,9 +15,14 @@ LABELS = {"ours": "this trainer", "trl": "TRL padding-free", "trl_packed": "TRL 
 TRL_KINDS = ("trl", "trl_packed", "trl_bf16")
 
 
+def matmul_peaks(results: dict) -> dict[str, float]:
+    """Peak FLOP/s per precision; results written before bf16 peaks were measured hold fp32 only."""
+    return results.get("matmul_peaks") or {"fp32": results["matmul_peak_flops"]}
+
+
 def summarize(results: dict) -> list[dict]:
     """One row per (case, trainer): medians over repeats, MFU, and ratios against TRL's best and HF."""
-    peaks = results.get("matmul_peaks") or {"fp32": results["matmul_peak_flops"]}
+    peaks = matmul_peaks(results)
     rows = []
     for case in dict.fromkeys(r["case"] for r in results["runs"]):
         runs = [r for r in results["runs"] if r["case"] == case]
@@ -90,8 +95,7 @@ def render(results: dict, chart: str) -> str:
     versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items())
     notes = "".join(f"\n- {n}" for n in results["notes"])
     rows = summarize(results)
-    peaks = results.get("matmul_peaks") or {"fp32": results["matmul_peak_flops"]}
-    peaks_text = ", ".join(f"{name} {flops / 1e9:,.0f} GFLOP/s" for name, flops in peaks.items())
+    peaks_text = ", ".join(f"{name} {flops / 1e9:,.0f} GFLOP/s" for name, flops in matmul_peaks(results).items())
     row_notes = "".join(f"\n- {r['case']} / {LABELS.get(r['trainer'], r['trainer'])}: {n}"
                         for r in rows for n in r["notes"])
     return f"""{BEGIN}

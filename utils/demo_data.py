@@ -54,8 +54,8 @@ SYSTEM_PROMPTS = (
 # Items are whole words written with spaces between them: every item is then one token, the same
 # token in the prompt and in the answer, which is what lets a ~6M-parameter model learn to look
 # items up in its prompt within minutes. (Bracketed, comma-separated lists of multi-digit numbers
-# split items into several tokens around repeated separators; the tiny model stayed under 12% exact
-# match on them after 1,500 steps, against ~70% on the same operations over word lists.)
+# split items into several tokens around repeated separators; trained from random weights for 1,500
+# steps, the tiny model stayed under 12% exact match on them, against ~70% on word lists.)
 
 def _say(rng: random.Random, templates: tuple[str, ...], **fields) -> str:
     return rng.choice(templates).format(**fields)
@@ -136,22 +136,28 @@ def gen_lowercase(rng: random.Random, words: list[str] | None = None) -> tuple[s
 FIELD_POOLS = {"name": NAMES, "city": CITIES, "color": COLORS}
 
 
-def gen_extract_field(rng: random.Random) -> tuple[str, str]:
+def _random_record(rng: random.Random) -> dict[str, str]:
+    """Two or three fields, each with a one-token value."""
     fields = rng.sample(sorted(FIELD_POOLS), rng.randint(2, 3))
-    record = {f: rng.choice(FIELD_POOLS[f]) for f in fields}
-    text = " ".join(f"{f.title()}: {v}." for f, v in record.items())
-    asked = rng.choice(fields)
+    return {f: rng.choice(FIELD_POOLS[f]) for f in fields}
+
+
+def _record_text(record: dict[str, str]) -> str:
+    return " ".join(f"{f.title()}: {v}." for f, v in record.items())
+
+
+def gen_extract_field(rng: random.Random) -> tuple[str, str]:
+    record = _random_record(rng)
+    asked = rng.choice(list(record))
     templates = ("{r} What is the {f}?", "Read this: {r} What is the {f}?", "{r} Give the {f}.")
-    return _say(rng, templates, r=text, f=asked), record[asked]
+    return _say(rng, templates, r=_record_text(record), f=asked), record[asked]
 
 
 def gen_make_record(rng: random.Random) -> tuple[str, str]:
-    fields = rng.sample(sorted(FIELD_POOLS), rng.randint(2, 3))
-    record = {f: rng.choice(FIELD_POOLS[f]) for f in fields}
+    record = _random_record(rng)
     pairs = " ".join(f"{f} {v}" for f, v in record.items())
     templates = ("Write as a record: {p}", "Format as field: value pairs: {p}", "Make a record from: {p}")
-    answer = " ".join(f"{f.title()}: {v}." for f, v in record.items())
-    return _say(rng, templates, p=pairs), answer
+    return _say(rng, templates, p=pairs), _record_text(record)
 
 
 TASKS: dict[str, Callable[..., tuple[str, str]]] = {

@@ -3,12 +3,12 @@
 The stdlib docs hardly use the everyday words the demo instructions are about (``apple``, ``owl``,
 ``Rome``, ``red``...). A tied-embedding model pre-trained on the docs alone pushes the embeddings of
 every word it never sees towards one shared direction (measured on the tiny preset: mean cosine 0.88
-between the 28 demo words, 0.003 at initialisation), so after pre-training it can no longer tell
-``owl`` from ``fish`` and SFT cannot teach it to copy a word from the prompt. Real pre-training
-corpora cover the vocabulary of later tasks; these stories do that for the demo: the same words,
-names, cities and colours in simple sentences, some words in capitals, and word sequences that recur
-within a story (text in which looking back and copying pays). They hold no instruction prompt or
-chat turn of the task families: the model meets the words here and the tasks only in SFT.
+between the 28 demo words, 0.003 at initialisation). Real pre-training corpora cover the vocabulary
+of later tasks; these stories do that for the demo: the same words, names, cities and colours in
+simple sentences with a fixed fact per word, some words in capitals, and word runs that recur within
+a story (text in which looking back and copying pays). They hold no instruction prompt of the task
+families. Within the demo's pre-training budget they do not make the tiny model copy from its
+context (docs/TROUBLESHOOTING.md, "Poor generation quality").
 
 Deterministic: a fixed seed, independent of the demo's ``--seed`` (which varies the instructions only).
 """
