@@ -59,7 +59,7 @@ $(STAMP): requirements.txt
 
 demo-data: $(DEMO) ## generate the embedded demo data (stdlib docs corpus, verifiable tasks, transcripts); no downloads
 
-$(DEMO): $(STAMP) scripts/generate_demo_data.py utils/demo_data.py
+$(DEMO): $(STAMP) scripts/generate_demo_data.py $(wildcard utils/demo/*.py)
 	$(PY) scripts/generate_demo_data.py --output_dir data/demo --force
 
 tokenizer-train-mix: $(TOKENIZER_STAMP) ## train the SentencePiece tokenizer on a weighted text mix; export it for transformers
@@ -184,7 +184,7 @@ bench: $(TOKENIZER_STAMP) ## throughput against TRL SFTTrainer and the HF Traine
 	$(PY) scripts/benchmark_throughput.py
 
 docs-config: $(STAMP) ## regenerate docs/CONFIG.md from the JSON Schemas and config defaults
-	$(PY) -m utils.config_docs > docs/CONFIG.md.tmp && mv docs/CONFIG.md.tmp docs/CONFIG.md
+	$(PY) -m utils.train.config_docs > docs/CONFIG.md.tmp && mv docs/CONFIG.md.tmp docs/CONFIG.md
 
 test: $(STAMP) ## run the test suite (CPU, tiny models; reads ../shared/data when present)
 	$(PY) -m pytest -q tests

@@ -10,9 +10,9 @@ from typing import Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.config import load_config  # noqa: E402
-from utils.errors import run_cli  # noqa: E402
-from utils.tokenizer import TokenizerConfig, load_tokenizer, train_tokenizer  # noqa: E402
+from utils.common.config import load_config  # noqa: E402
+from utils.common.errors import run_cli  # noqa: E402
+from utils.data.tokenizer import TokenizerConfig, load_tokenizer, train_tokenizer  # noqa: E402
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

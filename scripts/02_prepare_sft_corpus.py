@@ -4,7 +4,7 @@
         --output_dir data/sft_processed/demo --tokenizer_path checkpoints/tokenizer/spm8k_demo
 
 Writes train_*.jsonl / val_*.jsonl shards, manifest.json, DATA_CARD.md and training_state.json
-(see utils/shards.py for the contract the trainer relies on).
+(see utils/data/shards.py for the contract the trainer relies on).
 """
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from typing import Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.errors import UserError, run_cli  # noqa: E402
-from utils.prepare import default_num_proc, load_dataset_config, prepare_corpus  # noqa: E402
+from utils.common.errors import UserError, run_cli  # noqa: E402
+from utils.data.prepare import default_num_proc, load_dataset_config, prepare_corpus  # noqa: E402
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

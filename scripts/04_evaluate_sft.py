@@ -24,11 +24,11 @@ from typing import Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.atomic import atomic_dir  # noqa: E402
-from utils.errors import run_cli  # noqa: E402
-from utils.eval_report import build_report, render_table, write_report  # noqa: E402
-from utils.eval_setup import load_eval_model, resolve_inputs  # noqa: E402
-from utils.evaluation import evaluate_model  # noqa: E402
+from utils.common.atomic import atomic_dir  # noqa: E402
+from utils.common.errors import run_cli  # noqa: E402
+from utils.eval.report import build_report, render_table, write_report  # noqa: E402
+from utils.eval.setup import load_eval_model, resolve_inputs  # noqa: E402
+from utils.eval.evaluation import evaluate_model  # noqa: E402
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

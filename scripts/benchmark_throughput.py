@@ -6,7 +6,7 @@
 Every trainer trains the same initial weights on the same prepared examples, in the same steps, with
 AdamW, the same constant learning rate, clipping and number of steps, each in a fresh process.
 Reports supervised and real tokens/s, padding, peak memory, the mean loss over the same steps and
-MFU (see utils/bench_metrics.py); writes docs/BENCHMARKS.md, docs/benchmarks.png and a JSON of
+MFU (see utils/bench/metrics.py); writes docs/BENCHMARKS.md, docs/benchmarks.png and a JSON of
 every step. Needs the bench extras: `pip install -r requirements-bench.txt` (trl).
 """
 from __future__ import annotations
@@ -19,9 +19,9 @@ from typing import Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.bench import PRESETS, SMOLLM2, BenchSettings  # noqa: E402
-from utils.bench_runners import TRAINERS  # noqa: E402
-from utils.errors import UserError, run_cli  # noqa: E402
+from utils.bench.benchmark import PRESETS, SMOLLM2, BenchSettings  # noqa: E402
+from utils.bench.runners import TRAINERS  # noqa: E402
+from utils.common.errors import UserError, run_cli  # noqa: E402
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -53,11 +53,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.child:
-        from utils.bench import run_child_process
+        from utils.bench.benchmark import run_child_process
 
         return run_child_process(args.child)
     if args.prep_child:
-        from utils.bench import run_prep_child
+        from utils.bench.benchmark import run_prep_child
 
         config, model, tokenizer, num_proc, result = args.prep_child
         return run_prep_child(Path(config), model, tokenizer, int(num_proc), Path(result))
@@ -65,8 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UserError(f"--steps {args.steps} must be larger than --warmup {args.warmup}")
     if any(t != "ours" for t in args.trainers) or not args.no_prep:
         _require_trl()
-    from utils.bench import run_benchmark
-    from utils.bench_report import write_report
+    from utils.bench.benchmark import run_benchmark
+    from utils.bench.report import write_report
 
     settings = BenchSettings(sizes=args.sizes, seqs=args.seq, trainers=args.trainers, steps=args.steps,
                              warmup=args.warmup, examples_per_step=args.examples_per_step,

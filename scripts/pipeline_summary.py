@@ -13,9 +13,9 @@ from typing import Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.atomic import write_text_atomic  # noqa: E402
-from utils.errors import UserError, run_cli  # noqa: E402
-from utils.pipeline_summary import read_column, render  # noqa: E402
+from utils.common.atomic import write_text_atomic  # noqa: E402
+from utils.common.errors import UserError, run_cli  # noqa: E402
+from utils.monitor.pipeline_summary import read_column, render  # noqa: E402
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -38,8 +38,8 @@ def fresh_accelerator_state():
 
 @pytest.fixture(scope="session")
 def toy_tokenizer_dir(tmp_path_factory) -> Path:
-    """An HF tokenizer directory (vocab 1000) made by utils.tokenizer, shared by the whole session."""
-    from utils.tokenizer import export_hf_tokenizer, train_sentencepiece
+    """An HF tokenizer directory (vocab 1000) made by utils.data.tokenizer, shared by the whole session."""
+    from utils.data.tokenizer import export_hf_tokenizer, train_sentencepiece
 
     out = tmp_path_factory.mktemp("toy_tokenizer")
     corpus = out / "corpus.txt"
@@ -52,7 +52,7 @@ def toy_tokenizer_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def toy_tokenizer(toy_tokenizer_dir):
-    from utils.tokenizer import load_tokenizer
+    from utils.data.tokenizer import load_tokenizer
 
     return load_tokenizer(toy_tokenizer_dir)
 

@@ -33,9 +33,9 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-import utils.checkpoint as checkpoint  # noqa: E402
-import utils.train_loop as train_loop  # noqa: E402
-from utils.errors import run_cli  # noqa: E402
+import utils.checkpoint.checkpoints as checkpoint  # noqa: E402
+import utils.train.loop as train_loop  # noqa: E402
+from utils.common.errors import run_cli  # noqa: E402
 
 FSIZE_LIMIT = 64 * 1024
 _saving: dict = {"step": None}
@@ -56,7 +56,7 @@ def _wrap(patch, module, name: str, make) -> None:
 
 
 class _TorchSaveProxy:
-    """``torch`` as utils.checkpoint sees it; ``save`` of optimizer.pt at the armed step half-writes and dies."""
+    """``torch`` as utils.checkpoint.checkpoints sees it; ``save`` of optimizer.pt at the armed step half-writes and dies."""
 
     def __init__(self, step: int) -> None:
         self.step = step
@@ -73,7 +73,7 @@ class _TorchSaveProxy:
 
 
 class _ShutilProxy:
-    """``shutil`` as utils.checkpoint sees it; once armed, the next rmtree deletes the big files and dies."""
+    """``shutil`` as utils.checkpoint.checkpoints sees it; once armed, the next rmtree deletes the big files and dies."""
 
     armed = False
 
@@ -138,7 +138,7 @@ def _in_eval(step: int, patch) -> None:
             return orig(run)
         return evaluate
     _wrap(patch, train_loop, "evaluate", make)
-    import utils.stage_sft as stage_sft  # the evaluation before training is called from there
+    import utils.train.stage_sft as stage_sft  # the evaluation before training is called from there
 
     patch(stage_sft, "evaluate", train_loop.evaluate)
 

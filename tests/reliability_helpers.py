@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from scripts_loader import load_script
-from utils.errors import run_cli
+from utils.common.errors import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 FAULT_SCRIPT = ROOT / "tests" / "fault_inject.py"
@@ -45,8 +45,8 @@ def sft_work(tmp_path_factory, tokenizer_dir: Path) -> Path:
 
 
 def _build(work: Path, tokenizer_dir: Path) -> Path:
-    from utils.modeling import ModelArchitecture, build_model
-    from utils.tokenizer import load_tokenizer
+    from utils.model.modeling import ModelArchitecture, build_model
+    from utils.data.tokenizer import load_tokenizer
 
     raw = work / "raw"
     raw.mkdir()
@@ -130,14 +130,14 @@ def final_weights(out: Path) -> dict[str, torch.Tensor]:
 
 
 def newest_state(out: Path) -> dict:
-    from utils.checkpoint import list_checkpoints
+    from utils.checkpoint.checkpoints import list_checkpoints
 
     return json.loads((list_checkpoints(out)[-1] / "training_state.json").read_text())
 
 
 def metrics(out: Path) -> list[dict]:
     """metrics.jsonl without the timing fields."""
-    from utils.metrics_log import read_metrics
+    from utils.monitor.metrics_log import read_metrics
 
     return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in read_metrics(out / "metrics.jsonl")]
 
@@ -163,7 +163,7 @@ CHECKPOINT_FILES = ("optimizer.pt", "scheduler.pt", "rng_state_0.pt", "training_
 
 def assert_checkpoints_whole(out: Path) -> list[Path]:
     """Every checkpoint auto-resume could pick has all its files, and they load."""
-    from utils.checkpoint import list_checkpoints
+    from utils.checkpoint.checkpoints import list_checkpoints
 
     found = list_checkpoints(out)
     for path in found:

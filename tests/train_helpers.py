@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from utils.example_store import ExampleStore
-from utils.packing import IGNORE
+from utils.sampling.example_store import ExampleStore
+from utils.sampling.packing import IGNORE
 
 VOCAB = 97
 
@@ -43,10 +43,10 @@ def run_training(out_dir: Path, *, batch: int | None = None, tokens: int | None 
     """Train the tiny model on two weighted sources; returns (state, model state_dict)."""
     from accelerate.utils import set_seed
 
-    from utils.modeling import LoraSettings, apply_lora
-    from utils.run_setup import RunPlan, build_run, make_accelerator
-    from utils.train_config import TrainingParams
-    from utils.train_loop import fit
+    from utils.model.modeling import LoraSettings, apply_lora
+    from utils.train.run_setup import RunPlan, build_run, make_accelerator
+    from utils.train.params import TrainingParams
+    from utils.train.loop import fit
 
     params = TrainingParams(learning_rate=lr, max_steps=steps, per_device_train_batch_size=batch,
                             micro_batch_tokens=tokens, gradient_accumulation_steps=accum, warmup_steps=1,

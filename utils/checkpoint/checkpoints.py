@@ -1,0 +1,204 @@
+"""Full-state checkpoints: weights, optimizer, scheduler, every rank's RNG, sampler position.
+
+Layout of ``<output_dir>/checkpoint-<step>/``::
+
+    adapter_model.safetensors + adapter_config.json   (LoRA)  or  model.safetensors + config.json
+    optimizer.pt, scheduler.pt                         (torch.save of state dicts; loaded weights_only)
+    rng_state_<rank>.pt                                (python, numpy, torch, cuda RNG of each rank)
+    training_state.json                                (step, tokens, loss history, sampler, config, hashes)
+    COMPLETE                                           (written last: only complete checkpoints resume)
+
+It is written in ``.checkpoint-<step>.tmp`` beside the final name, synced, then renamed; rotation renames
+an old checkpoint to ``.checkpoint-<step>.deleting`` before deleting it. So ``checkpoint-<step>`` is always
+whole: a crash (SIGKILL, power loss) at any moment leaves the newest complete one for ``auto`` to find.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from utils.common.atomic import fsync_tree, publish_dir, write_failure
+from utils.common.errors import UserError, one_line
+
+COMPLETE = "COMPLETE"
+_NAME = re.compile(r"^checkpoint-(\d+)$")
+
+
+def rng_state() -> dict:
+    """This process's RNG states in types that ``torch.load(weights_only=True)`` accepts."""
+    version, keys, gauss = random.getstate()
+    np_state = np.random.get_state()
+    state = {
+        "python": [version, list(keys), gauss],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    version, keys, gauss = state["python"]
+    random.setstate((version, tuple(keys), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def list_checkpoints(output_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first; temp dirs and ones without COMPLETE are ignored."""
+    found = []
+    for path in Path(output_dir).glob("checkpoint-*"):
+        match = _NAME.match(path.name)
+        if match and (path / COMPLETE).is_file() and (path / "training_state.json").is_file():
+            found.append((int(match.group(1)), path))
+    return [p for _, p in sorted(found)]
+
+
+def resolve_resume(spec: str | None, output_dir: Path) -> Path | None:
+    """``auto`` → newest complete checkpoint (or None); a path must be a complete checkpoint."""
+    if not spec:
+        return None
+    if spec == "auto":
+        found = list_checkpoints(output_dir)
+        return found[-1] if found else None
+    path = Path(spec)
+    if not (path / COMPLETE).is_file():
+        raise UserError(f"{path}: not a complete checkpoint (missing {COMPLETE}); "
+                        "use --resume_from_checkpoint auto to take the newest complete one")
+    return path
+
+
+def save_checkpoint(accelerator, output_dir: Path, step: int, model, optimizer, scheduler,
+                    state: dict, save_total_limit: int | None) -> Path:
+    """Write checkpoint-<step> atomically on the main process (RNG from every rank).
+
+    A failed write (disk full, read-only target) removes the temp dir on every rank and raises the same
+    UserError everywhere, so no rank waits forever for the others; the previous checkpoint is untouched.
+    """
+    final = Path(output_dir) / f"checkpoint-{step}"
+    tmp = Path(output_dir) / f".checkpoint-{step}.tmp"
+    main = accelerator.is_main_process
+    failure = _attempt(lambda: _fresh_dir(tmp)) if main else None
+    failure = _agree(accelerator, failure)
+    if failure is None:
+        failure = _agree(accelerator, _attempt(
+            lambda: torch.save(rng_state(), tmp / f"rng_state_{accelerator.process_index}.pt")))
+    if failure is None and main:
+        def write_and_publish() -> None:
+            _write_main_files(accelerator, tmp, model, optimizer, scheduler, state)
+            fsync_tree(tmp)
+            publish_dir(tmp, final)
+
+        failure = _attempt(write_and_publish)
+    failure = _agree(accelerator, failure)
+    if failure is not None:
+        if main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        newest = list_checkpoints(Path(output_dir))
+        kept = f"the previous checkpoint {newest[-1]} is intact" if newest else "no earlier checkpoint exists"
+        raise UserError(f"{final}: checkpoint write failed ({failure}); {kept} — free disk space or fix "
+                        "permissions, then resume with --resume_from_checkpoint auto") from None
+    if main:
+        _rotate(Path(output_dir), save_total_limit)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _fresh_dir(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+
+
+def _attempt(write) -> str | None:
+    """Run ``write``; the reason when it failed writing (other exceptions propagate)."""
+    try:
+        write()
+    except Exception as err:  # noqa: BLE001 - only write failures are kept, the rest is re-raised
+        reason = write_failure(err)
+        if reason is None:
+            raise
+        return reason
+    return None
+
+
+def _agree(accelerator, failure: str | None) -> str | None:
+    """Every rank learns whether any rank failed (one tiny all-reduce; nothing when single-process)."""
+    if accelerator.num_processes == 1:
+        return failure
+    flag = torch.tensor([0.0 if failure is None else 1.0], device=accelerator.device)
+    if accelerator.reduce(flag, "sum").item() and failure is None:
+        return "failed on another process; see its message"
+    return failure
+
+
+def _write_main_files(accelerator, tmp: Path, model, optimizer, scheduler, state: dict) -> None:
+    from utils.model.modeling import lm_state_dict, unwrap_lm
+
+    unwrap_lm(accelerator, model).save_pretrained(str(tmp), safe_serialization=True,
+                                                  state_dict=lm_state_dict(accelerator, model))
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    (tmp / "training_state.json").write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
+    (tmp / COMPLETE).write_text("ok\n")
+
+
+def _rotate(output_dir: Path, limit: int | None) -> None:
+    """Delete all but the newest ``limit`` checkpoints, each first renamed out of the listing.
+
+    A crash during the delete then leaves a hidden ``.checkpoint-N.deleting`` (swept at the next save),
+    never a ``checkpoint-N`` that still has its COMPLETE marker but lost its weights.
+    """
+    if limit is not None:
+        for old in list_checkpoints(output_dir)[:-limit]:
+            trash = old.with_name(f".{old.name}.deleting")
+            shutil.rmtree(trash, ignore_errors=True)
+            try:
+                os.replace(old, trash)
+            except OSError:
+                continue  # left in place: deleting it is housekeeping, not worth stopping the run
+    for stale in [*output_dir.glob(".checkpoint-*.deleting"), *output_dir.glob(".checkpoint-*.old-*")]:
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def load_training_state(path: Path) -> dict:
+    try:
+        return json.loads((path / "training_state.json").read_text())
+    except (OSError, ValueError, RecursionError) as err:
+        raise UserError(f"{path}/training_state.json: unreadable ({one_line(err)[:200]}); "
+                        "pick another checkpoint") from None
+
+
+def load_checkpoint(accelerator, path: Path, model, optimizer, scheduler) -> dict:
+    """Restore weights, optimizer, scheduler and this rank's RNG; return training_state.
+
+    A missing or unreadable file, or weights of another shape, is a UserError naming the checkpoint.
+    """
+    from utils.model.modeling import load_weights_into, unwrap_lm
+
+    state = load_training_state(path)
+    rng_file = path / f"rng_state_{accelerator.process_index}.pt"
+    if not rng_file.is_file():  # resumed on more ranks than saved: derive from rank 0's
+        rng_file = path / "rng_state_0.pt"
+    try:
+        load_weights_into(unwrap_lm(accelerator, model), path)
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu"))
+        scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+        set_rng_state(torch.load(rng_file, weights_only=True))
+    except UserError:
+        raise
+    except Exception as err:  # noqa: BLE001 - missing/corrupt files and shape mismatches all mean "unusable"
+        raise UserError(f"{path}: cannot resume from this checkpoint ({one_line(err)[:300]}); it is damaged "
+                        "or from another model — resume from an earlier checkpoint-N or start a new "
+                        "--output_dir") from None
+    return state

@@ -1,0 +1,371 @@
+"""Stage 1 wiring: SFT dataset config -> cleaned, mixed, tokenized, sharded corpus (see utils.data.shards).
+
+Two streaming passes keep memory flat however large the sources are:
+
+* pass 1 (read and encode): each source is read row by row (utils.data.conversations), cleaned and filtered
+  and tokenized in worker processes, in order; the main process removes duplicates, assigns the split
+  from the conversation hash and appends the encoded example to a per-source spill file;
+* pass 2 (mix and write): the per-source multipliers are solved from the pass-1 counts (utils.data.mixture)
+  and the spill files are read back interleaved across sources and written into shards.
+
+Everything lands in a temp directory beside the output that is renamed into place at the end, so an
+interrupted run leaves nothing half written. Same inputs give byte-identical shards.
+"""
+from __future__ import annotations
+
+import heapq
+import math
+import multiprocessing
+import os
+import signal
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from utils.common.config import load_config
+from utils.data.conversations import Conversation, Skip, iter_conversations
+from utils.common.errors import UserError
+from utils.data.filters import (QualityFilters, clean_messages, conversation_hash, Deduper, fit_to_length,
+                           text_drop_reason)
+from utils.data.mixture import MixtureConfig, check_mixture, mixture_warnings, repeats, solve_multipliers, split_of
+from utils.data.shards import ShardWriter, example_line
+from utils.data.sources import DatasetSpec
+from utils.data.templates import TRAIN_ON, get_template, model_type_for
+from utils.data.tokenizer import hf_dir_for, load_tokenizer
+
+CHUNK = 64
+"""Conversations per task sent to a worker: large enough to amortise pickling, small for the window."""
+MAX_LISTED_SKIPS = 1000
+SAMPLES_PER_SOURCE = 20
+"""The first conversations of each source carry their text back, for the data card's example."""
+
+
+@dataclass
+class OutputParams:
+    """``output_params`` of an SFT dataset config (the schema documents each field)."""
+
+    sequence_length: int = 2048
+    shard_size: int = 10000
+    train_ratio: float = 0.95
+    overlong: str = "truncate"
+
+
+@dataclass
+class SFTDatasetConfig:
+    """An SFT dataset config (config/sft_datasets/*.json, schema config/schemas/sft_dataset.schema.json)."""
+
+    name: str
+    datasets: list[DatasetSpec]
+    description: str = ""
+    template: str = "chatml"
+    output_params: OutputParams = field(default_factory=OutputParams)
+    quality_filters: QualityFilters = field(default_factory=QualityFilters)
+    mixture: MixtureConfig = field(default_factory=MixtureConfig)
+    train_on: str = "all_assistant_turns"
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        names = [d.name for d in self.datasets]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise UserError(f"datasets: name {', '.join(repeated)} used more than once; names must be unique")
+        if self.train_on not in TRAIN_ON:
+            raise UserError(f"train_on: unknown value '{self.train_on}'; use one of {', '.join(TRAIN_ON)}")
+        check_mixture(self.mixture, names, {d.name: d.domain for d in self.datasets})
+
+
+def load_dataset_config(path: str | Path) -> SFTDatasetConfig:
+    return load_config(path, "sft_dataset", SFTDatasetConfig)
+
+
+# ---------------------------------------------------------------------- statistics
+@dataclass
+class SourceStats:
+    """What happened to one source's rows; counters are keyed by split or by reason."""
+
+    read: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    dropped: Counter = field(default_factory=Counter)
+    kept: Counter = field(default_factory=Counter)
+    truncated: int = 0
+    written: Counter = field(default_factory=Counter)
+    tokens: Counter = field(default_factory=Counter)
+    supervised: Counter = field(default_factory=Counter)
+
+
+@dataclass
+class RunStats:
+    sources: dict[str, SourceStats]
+    skipped_rows: list[dict] = field(default_factory=list)
+    drop_examples: dict[str, list[str]] = field(default_factory=dict)
+    samples: dict[str, tuple[int, tuple]] = field(default_factory=dict)
+    """source -> (tokens, messages): the shortest of its first SAMPLES_PER_SOURCE kept conversations."""
+    lengths: Counter = field(default_factory=Counter)
+    multipliers: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def skip(self, item: Skip, strict: bool) -> None:
+        if strict:
+            raise UserError(f"{item.origin}: malformed row ({item.reason}: {item.detail}); fix it, or run "
+                            "without --strict to skip and count such rows")
+        self.sources[item.source].skipped[item.reason] += 1
+        if len(self.skipped_rows) < MAX_LISTED_SKIPS:
+            self.skipped_rows.append({"source": item.source, "origin": item.origin,
+                                      "reason": item.reason, "detail": item.detail})
+
+    def drop(self, source: str, reason: str, origin: str) -> None:
+        self.sources[source].dropped[reason] += 1
+        listed = self.drop_examples.setdefault(reason, [])
+        if len(listed) < 5:
+            listed.append(origin)
+
+
+# ---------------------------------------------------------------------- pass 1: workers
+@dataclass(frozen=True)
+class EncodeSettings:
+    """Everything a worker needs; picklable, so it also travels to spawned workers."""
+
+    tokenizer_dir: str
+    template: str
+    model_type: str | None
+    filters: QualityFilters
+    sequence_length: int
+    overlong: str
+    train_on: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One conversation after filters and tokenization: a drop ``reason``, or the example line."""
+
+    origin: str
+    reason: str = ""
+    digest: bytes = b""
+    line: str = ""
+    tokens: int = 0
+    supervised: int = 0
+    truncated: bool = False
+    sample: tuple = ()
+
+
+_WORKER: dict = {}  # per process: set once by init_worker, read by encode_chunk
+
+
+def init_worker(settings: EncodeSettings) -> None:
+    """Load the tokenizer and template once per process."""
+    if multiprocessing.parent_process() is not None:  # Ctrl-C is the main process's to handle
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    tokenizer = load_tokenizer(settings.tokenizer_dir)
+    _WORKER.update(settings=settings, template=get_template(settings.template, tokenizer, settings.model_type))
+
+
+def encode_chunk(chunk: list[tuple]) -> list[Outcome]:
+    return [encode_one(*item) for item in chunk]
+
+
+def encode_one(messages: tuple, source: str, origin: str, want_sample: bool) -> Outcome:
+    """Clean, filter, tokenize and fit one conversation (runs in a worker)."""
+    s, template = _WORKER["settings"], _WORKER["template"]
+    msgs = clean_messages(messages, s.filters)
+    reason = text_drop_reason(msgs, s.filters)
+    if reason:
+        return Outcome(origin, reason)
+    try:
+        encoded = template.encode(msgs, s.train_on)
+        if s.filters.max_tokens is not None and len(encoded.input_ids) > s.filters.max_tokens:
+            return Outcome(origin, "too_many_tokens")
+        encoded, note = fit_to_length(template, msgs, encoded, s.sequence_length, s.overlong, s.train_on)
+    except ValueError:
+        return Outcome(origin, "template_error")
+    if encoded is None:
+        return Outcome(origin, note)
+    if not encoded.num_supervised:
+        return Outcome(origin, "no_supervised_tokens")
+    return Outcome(origin, "", conversation_hash(msgs), example_line(encoded.input_ids, encoded.labels, source),
+                   len(encoded.input_ids), encoded.num_supervised, note == "truncated",
+                   msgs if want_sample else ())
+
+
+class InlineRunner:
+    """``num_proc`` 1: encode in this process (no pickling); same interface as PoolRunner."""
+
+    def __init__(self, settings: EncodeSettings) -> None:
+        init_worker(settings)
+
+    def map(self, chunks: Iterable[list[tuple]]) -> Iterator[Outcome]:
+        for chunk in chunks:
+            yield from encode_chunk(chunk)
+
+    def close(self) -> None:
+        pass
+
+
+class PoolRunner:
+    """Worker processes with results in input order and at most ``2 * num_proc`` chunks in flight.
+
+    ``Pool.imap`` would read its whole input ahead of the workers (no back-pressure), so the window of
+    ``apply_async`` results keeps memory flat instead.
+    """
+
+    def __init__(self, settings: EncodeSettings, num_proc: int) -> None:
+        methods = multiprocessing.get_all_start_methods()
+        ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
+        self.pool = ctx.Pool(num_proc, initializer=init_worker, initargs=(settings,))
+        self.window = 2 * num_proc
+
+    def map(self, chunks: Iterable[list[tuple]]) -> Iterator[Outcome]:
+        pending: deque = deque()
+        for chunk in chunks:
+            pending.append(self.pool.apply_async(encode_chunk, (chunk,)))
+            if len(pending) >= self.window:
+                yield from pending.popleft().get()
+        while pending:
+            yield from pending.popleft().get()
+
+    def close(self) -> None:
+        self.pool.terminate()
+        self.pool.join()
+
+
+def chunked(items: Iterable[Conversation | Skip], stats: RunStats, strict: bool) -> Iterator[list[tuple]]:
+    """Conversations in worker-sized chunks; Skips are counted here and never sent."""
+    chunk: list[tuple] = []
+    for item in items:
+        stats.sources[item.source].read += 1
+        if isinstance(item, Skip):
+            stats.skip(item, strict)
+            continue
+        want = stats.sources[item.source].read <= SAMPLES_PER_SOURCE
+        chunk.append((item.messages, item.source, item.origin, want))
+        if len(chunk) == CHUNK:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def read_and_encode(config: SFTDatasetConfig, runner, spill_dir: Path, stats: RunStats,
+                    strict: bool, progress) -> None:
+    """Pass 1: every source into its spill file ``<index>.tsv`` (split, hash, tokens, supervised, line)."""
+    dedupe = Deduper(config.quality_filters.dedupe)
+    for index, spec in enumerate(config.datasets):
+        source = stats.sources[spec.name]
+        with open(spill_dir / f"{index}.tsv", "w", encoding="utf-8") as spill:
+            items = iter_conversations(spec, Path.cwd())
+            for out in runner.map(chunked(items, stats, strict)):
+                progress.update(1)
+                if out.reason:
+                    stats.drop(spec.name, out.reason, out.origin)
+                    continue
+                if dedupe.is_duplicate(out.digest):
+                    stats.drop(spec.name, "duplicate", out.origin)
+                    continue
+                split = split_of(out.digest, config.output_params.train_ratio)
+                spill.write(f"{split}\t{out.digest.hex()}\t{out.tokens}\t{out.supervised}\t{out.line}\n")
+                source.kept[split] += 1
+                source.truncated += out.truncated
+                best = stats.samples.get(spec.name)
+                if out.sample and (best is None or out.tokens < best[0]):  # the card shows a short one
+                    stats.samples[spec.name] = (out.tokens, out.sample)
+
+
+# ---------------------------------------------------------------------- pass 2: mixture and shards
+def _spill_stream(path: Path, index: int, copies: int, lines: int) -> Iterator[tuple]:
+    """``copies`` passes over one spill file, keyed by progress so sources interleave evenly."""
+    total, pos = copies * lines, 0
+    for copy in range(copies):
+        with open(path, encoding="utf-8") as handle:
+            for raw in handle:
+                pos += 1
+                yield (pos / total, index, copy, raw)
+
+
+def mix_and_write(config: SFTDatasetConfig, spill_dir: Path, out_dir: Path, stats: RunStats) -> dict:
+    """Pass 2: solve multipliers, write every kept example its number of times; returns ``splits``."""
+    names = [d.name for d in config.datasets]
+    kept_train = {n: stats.sources[n].kept["train"] for n in names}
+    weights = {d.name: d.weight for d in config.datasets}
+    domain = {d.name: d.domain for d in config.datasets}
+    stats.multipliers = {n: round(m, 12) for n, m in
+                         solve_multipliers(kept_train, weights, domain, config.mixture).items()}
+    for line in mixture_warnings(config.mixture, stats.multipliers, kept_train, domain):
+        print(line, flush=True)
+    streams = []
+    for index, name in enumerate(names):
+        copies = math.ceil(stats.multipliers[name])
+        lines = sum(stats.sources[name].kept.values())
+        if copies and lines:
+            streams.append(_spill_stream(spill_dir / f"{index}.tsv", index, copies, lines))
+    writers = {split: ShardWriter(out_dir, split, config.output_params.shard_size) for split in ("train", "val")}
+    for _key, index, copy, raw in heapq.merge(*streams):
+        split, digest, tokens, supervised, line = raw.rstrip("\n").split("\t", 4)
+        name = names[index]
+        times = repeats(stats.multipliers[name], bytes.fromhex(digest), config.seed)
+        if copy >= (times if split == "train" else min(times, 1)):
+            continue
+        writers[split].add(line, int(tokens), int(supervised))
+        source = stats.sources[name]
+        source.written[split] += 1
+        source.tokens[split] += int(tokens)
+        source.supervised[split] += int(supervised)
+        stats.lengths[int(tokens)] += 1
+    return {split: writer.close() for split, writer in writers.items()}
+
+
+# ---------------------------------------------------------------------- the stage
+def default_num_proc() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def prepare_corpus(config: SFTDatasetConfig, tokenizer_path: str | Path, output_dir: str | Path,
+                   force: bool = False, num_proc: int | None = None, strict: bool = False,
+                   config_path: str | Path | None = None) -> dict:
+    """Run the whole stage; returns the manifest. Output appears atomically at ``output_dir``."""
+    from utils.common.atomic import atomic_dir
+    from utils.data.data_card import build_manifest, print_summary, write_reports
+
+    hf_dir = hf_dir_for(tokenizer_path)
+    model_type = model_type_for(hf_dir)
+    template = get_template(config.template, load_tokenizer(hf_dir), model_type)  # fail before reading
+    num_proc = max(1, num_proc or default_num_proc())
+    settings = EncodeSettings(str(hf_dir), config.template, model_type, config.quality_filters,
+                              config.output_params.sequence_length, config.output_params.overlong,
+                              config.train_on)
+    stats = RunStats({d.name: SourceStats() for d in config.datasets})
+    print(f"template {template.name} (family {template.family}); " + "; ".join(template.notes or ["no notes"]))
+    print(f"sequence_length {config.output_params.sequence_length}, overlong {config.output_params.overlong}, "
+          f"train_on {config.train_on}, num_proc {num_proc}, output {output_dir}", flush=True)
+    with atomic_dir(output_dir, force) as tmp:
+        splits = build_shards(config, settings, num_proc, tmp, stats, strict)
+        manifest = build_manifest(config, template, hf_dir, splits, stats)
+        write_reports(tmp, config, template, manifest, stats, num_proc, config_path)
+        print_summary(config, manifest, stats)
+        if not splits["train"]["conversations"]:
+            raise UserError(f"{config_path or config.name}: no training example left after filtering; "
+                            "see the drop reasons above and loosen quality_filters or sequence_length")
+    return manifest
+
+
+def build_shards(config: SFTDatasetConfig, settings: EncodeSettings, num_proc: int, out_dir: Path,
+                 stats: RunStats, strict: bool) -> dict:
+    """Both passes, with the spill files in ``out_dir/.spill`` removed afterwards; returns ``splits``."""
+    from tqdm import tqdm
+
+    start = time.perf_counter()
+    spill_dir = out_dir / ".spill"
+    spill_dir.mkdir()
+    runner = InlineRunner(settings) if num_proc == 1 else PoolRunner(settings, num_proc)
+    try:
+        with tqdm(desc="encode", unit=" conv", disable=None, mininterval=1.0) as progress:
+            read_and_encode(config, runner, spill_dir, stats, strict, progress)
+    finally:
+        runner.close()
+    stats.timings["read_encode_s"] = time.perf_counter() - start
+    splits = mix_and_write(config, spill_dir, out_dir, stats)
+    for spill in spill_dir.iterdir():
+        spill.unlink()
+    spill_dir.rmdir()
+    stats.timings["total_s"] = time.perf_counter() - start
+    return splits

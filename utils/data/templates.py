@@ -1,0 +1,401 @@
+"""Chat templates and loss masks: messages -> input_ids + labels, with data text that stays plain text.
+
+Every template takes the same path, so masks never come from diffing the lengths of separately
+tokenized fragments:
+
+1. Render the conversation with each message content replaced by a sentinel character (Unicode
+   private use, one per message). Our own templates (chatml, instruct, chat, alpaca) are small Python
+   functions; ``tokenizer`` renders with the tokenizer's own ``chat_template`` (``tokenize=False``).
+2. Split the rendered text at the tokenizer's special-token strings. Only the template can put them
+   there, so each becomes its id directly.
+3. Put the real contents back in place of the sentinels and tokenize every maximal run of text between
+   two special tokens in one call, with special-token matching off: a ``<|im_start|>`` or ``</s>`` typed
+   in the data stays plain text, and words keep their in-context tokenization.
+4. A token is supervised when its character span overlaps an assistant turn's content or the template
+   text after it up to and including its end-of-turn token. Labels come from positions, never from
+   comparing ids, so an end-of-turn id that equals the pad id is still trained.
+
+For clean text (no special-token strings in the data) the ids equal
+``tokenizer(rendered, add_special_tokens=False)``: runs after a special token are tokenized behind an
+anchor token so that they are "not at the start of the string", exactly as in the full string (a
+Metaspace ``prepend_scheme: first`` tokenizer adds its leading ``▁`` only at offset 0).
+"""
+from __future__ import annotations
+
+import bisect
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from utils.common.errors import UserError
+from utils.data.tokenizer import IM_END, IM_START
+
+TEMPLATES = ("chatml", "instruct", "chat", "alpaca", "tokenizer")
+TRAIN_ON = ("all_assistant_turns", "last_assistant_turn")
+ALPACA_PREAMBLE = ("Below is an instruction that describes a task. "
+                   "Write a response that appropriately completes the request.")
+FIXED_DATE = "26 Jul 2024"
+"""Llama 3.x templates print today's date unless given one; a fixed date keeps shards reproducible."""
+_SENTINEL0 = 0xF0000  # Supplementary Private Use Area-A: never produced by a template
+_SENTINEL_RE = re.compile("[\U000F0000-\U000FFFFC]")
+ANCHOR = "\U0010FFFD"
+"""Added to a private copy of the tokenizer only; data containing it cannot be encoded."""
+FOLD_NOTE = "system prompt folded into the first user turn ({family} template has no system role)"
+
+Message = dict  # {"role": "system" | "user" | "assistant", "content": str}
+
+
+@dataclass(frozen=True)
+class EncodedConversation:
+    """Token ids and labels of one conversation (labels are -100 or the id itself; not shifted)."""
+
+    input_ids: list[int]
+    labels: list[int]
+    turn_ends: tuple[int, ...]
+    """Token index just past each assistant turn's end-of-turn token, in message order."""
+    num_supervised: int
+
+
+@dataclass(frozen=True)
+class _Tokens:
+    """A rendered conversation as tokens with character spans into ``text``."""
+
+    text: str
+    ids: list[int]
+    spans: np.ndarray
+    """(tokens, 2) character start and end of every token."""
+    contents: dict[int, tuple[int, int]]
+    """Message index -> character span of its content in ``text``."""
+    specials: list[tuple[int, int]]
+    """(character start, token index) of every special token, in order."""
+
+
+class ChatTemplate:
+    """Renders and encodes conversations for one tokenizer; build with ``get_template``."""
+
+    def __init__(self, name: str, tokenizer, render: Callable[[list[Message], bool], str],
+                 end_of_turn: Sequence[str], family: str = "", notes: Sequence[str] = (),
+                 fold_system: bool = False, verify: bool = False) -> None:
+        self.name, self.tokenizer, self.family = name, tokenizer, family or name
+        self._verify = verify
+        """Re-render the real text and compare: catches templates that edit contents (trim, escape)."""
+        self.notes = list(notes)
+        self._render, self._fold_system = render, fold_system
+        self._special = special_token_ids(tokenizer)
+        self._split = re.compile("(" + "|".join(
+            re.escape(t) for t in sorted(self._special, key=len, reverse=True)) + ")")
+        self._plain, self._anchor_id = _plain_backend(tokenizer)
+        self.end_of_turn_ids = [self._special[t] for t in end_of_turn]
+        eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+        self.stop_token_ids = list(dict.fromkeys(self.end_of_turn_ids + eos))
+        """End-of-turn ids then eos: generation stops at any of them."""
+
+    # ------------------------------------------------------------------ public API
+    def encode(self, messages: Sequence[Message], train_on: str = "all_assistant_turns") -> EncodedConversation:
+        """Ids and labels; raises ValueError when the template cannot render this conversation."""
+        tokens, supervised, turn_ends = self._encode(messages, train_on)
+        starts, ends = tokens.spans[:, 0], np.maximum(tokens.spans[:, 1], tokens.spans[:, 0] + 1)
+        mask = np.zeros(len(tokens.ids), dtype=bool)
+        for s, e in supervised:
+            mask |= (starts < e) & (ends > s)
+        labels = np.where(mask, np.asarray(tokens.ids, dtype=np.int64), -100).tolist()
+        return EncodedConversation(tokens.ids, labels, turn_ends, int(mask.sum()))
+
+    def encode_prompt(self, messages: Sequence[Message]) -> list[int]:
+        """The conversation without its final assistant turn, plus the assistant header: generation input."""
+        msgs = self._prepare(messages)
+        if msgs and msgs[-1]["role"] == "assistant":
+            msgs = msgs[:-1]
+        return self._tokenize(msgs, add_generation_prompt=True).ids
+
+    def render(self, messages: Sequence[Message]) -> str:
+        """The conversation as the model sees it (text of the tokens ``encode`` returns)."""
+        return self._tokenize(self._prepare(messages), add_generation_prompt=False).text
+
+    def mark_supervised(self, messages: Sequence[Message], train_on: str = "all_assistant_turns",
+                        marks: tuple[str, str] = ("[[", "]]")) -> str:
+        """``render`` with every run of supervised tokens wrapped in ``marks`` (for the data card)."""
+        encoded = self.encode(messages, train_on)
+        tokens = self._tokenize(self._prepare(messages), add_generation_prompt=False)
+        out, pos, k = [], 0, 0
+        while k < len(tokens.ids):
+            if encoded.labels[k] == -100:
+                k += 1
+                continue
+            start = k
+            while k < len(tokens.ids) and encoded.labels[k] != -100:
+                k += 1
+            a, b = tokens.spans[start][0], tokens.spans[k - 1][1]
+            out += [tokens.text[pos:a], marks[0], tokens.text[a:b], marks[1]]
+            pos = b
+        return "".join(out + [tokens.text[pos:]])
+
+    # ------------------------------------------------------------------ internals
+    def _prepare(self, messages: Sequence[Message]) -> list[Message]:
+        msgs = [{"role": m["role"], "content": m["content"]} for m in messages]
+        if self._fold_system and len(msgs) > 1 and msgs[0]["role"] == "system":
+            system = msgs.pop(0)["content"]
+            msgs[0]["content"] = f"{system}\n\n{msgs[0]['content']}"
+        return msgs
+
+    def _encode(self, messages: Sequence[Message], train_on: str):
+        if train_on not in TRAIN_ON:
+            raise UserError(f"train_on: unknown value '{train_on}'; use one of {', '.join(TRAIN_ON)}")
+        msgs = self._prepare(messages)
+        tokens = self._tokenize(msgs, add_generation_prompt=False)
+        eot = set(self.end_of_turn_ids)
+        turns = []  # (content start, end of its end-of-turn token, token index past it)
+        for i, m in enumerate(msgs):
+            if m["role"] != "assistant":
+                continue
+            start, end = tokens.contents[i]
+            k = bisect.bisect_left(tokens.specials, (end, -1))
+            while k < len(tokens.specials) and tokens.ids[tokens.specials[k][1]] not in eot:
+                k += 1
+            if k == len(tokens.specials):
+                raise ValueError(f"no end-of-turn token after assistant message {i}")
+            index = tokens.specials[k][1]
+            turns.append((start, int(tokens.spans[index, 1]), index + 1))
+        trained = turns[-1:] if train_on == "last_assistant_turn" else turns
+        return tokens, [(s, e) for s, e, _ in trained], tuple(t for _, _, t in turns)
+
+    def _tokenize(self, msgs: list[Message], add_generation_prompt: bool) -> _Tokens:
+        if len(msgs) > 0xFFFC:
+            raise ValueError("more messages than sentinel characters")
+        sentinels = [{"role": m["role"], "content": chr(_SENTINEL0 + i)} for i, m in enumerate(msgs)]
+        parts = self._split.split(self._render(sentinels, add_generation_prompt))
+        text, ids, spans, contents, specials = [], [], [], {}, []
+        pos = 0
+        for k, part in enumerate(parts):
+            if k % 2:  # a special-token string, put there by the template
+                specials.append((pos, len(ids)))
+                ids.append(self._special[part])
+                spans.append(np.array([[pos, pos + len(part)]], dtype=np.int64))
+            elif part:
+                part = self._fill(part, msgs, pos, contents)
+                self._encode_run(part, pos, ids, spans)
+            text.append(part)
+            pos += len(part)
+        if len(contents) != len(msgs):
+            raise ValueError("the chat template did not render every message exactly once")
+        rendered = "".join(text)
+        if self._verify and rendered != self._render(msgs, add_generation_prompt):
+            raise ValueError("the chat template changes message text (trims or escapes it)")
+        spans_array = np.concatenate(spans) if spans else np.zeros((0, 2), dtype=np.int64)
+        return _Tokens(rendered, ids, spans_array, contents, specials)
+
+    @staticmethod
+    def _fill(part: str, msgs: list[Message], pos: int, contents: dict) -> str:
+        """Replace sentinels by message contents, recording each content's character span."""
+        out, last = [], 0
+        for match in _SENTINEL_RE.finditer(part):
+            i = ord(match.group()) - _SENTINEL0
+            if i >= len(msgs) or i in contents:
+                raise ValueError("the chat template did not render every message exactly once")
+            out.append(part[last:match.start()])
+            start = pos + sum(map(len, out))
+            out.append(msgs[i]["content"])
+            contents[i] = (start, start + len(msgs[i]["content"]))
+            last = match.end()
+        out.append(part[last:])
+        return "".join(out)
+
+    def _encode_run(self, run: str, pos: int, ids: list[int], spans: list[np.ndarray]) -> None:
+        if ANCHOR in run:
+            raise ValueError("message text contains the reserved character U+10FFFD")
+        lead = ANCHOR if pos else ""
+        enc = self._plain.encode(lead + run, add_special_tokens=False)
+        skip = 1 if lead else 0
+        if skip and (not enc.ids or enc.ids[0] != self._anchor_id):
+            raise ValueError("tokenizer did not keep the anchor token apart")
+        ids.extend(enc.ids[skip:])
+        spans.append(np.asarray(enc.offsets[skip:], dtype=np.int64).reshape(-1, 2) + (pos - len(lead)))
+
+
+def special_token_ids(tokenizer) -> dict[str, int]:
+    """Every special token string of the tokenizer -> its id."""
+    out = {t.content: i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    for token in tokenizer.all_special_tokens:
+        tid = tokenizer.convert_tokens_to_ids(token)
+        if isinstance(tid, int) and tid != tokenizer.unk_token_id or token == tokenizer.unk_token:
+            out.setdefault(token, tid)
+    return out
+
+
+def _plain_backend(tokenizer):
+    """A copy of the fast tokenizer that reads special-token strings as text, plus the anchor token."""
+    from tokenizers import AddedToken, Tokenizer
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise UserError(f"{tokenizer.name_or_path}: needs a fast (tokenizer.json) tokenizer")
+    plain = Tokenizer.from_str(backend.to_str())
+    plain.no_truncation()
+    plain.no_padding()
+    plain.encode_special_tokens = True
+    plain.add_tokens([AddedToken(ANCHOR, special=False, normalized=False)])
+    return plain, plain.token_to_id(ANCHOR)
+
+
+# ---------------------------------------------------------------------- our own templates
+def _split_system(msgs: list[Message]) -> tuple[str, list[Message]]:
+    if msgs and msgs[0]["role"] == "system":
+        return msgs[0]["content"], msgs[1:]
+    return "", msgs
+
+
+def render_chatml(msgs: list[Message], add_generation_prompt: bool) -> str:
+    """Same text as utils.data.tokenizer.CHATML_TEMPLATE."""
+    out = "".join(f"{IM_START}{m['role']}\n{m['content']}{IM_END}\n" for m in msgs)
+    return out + (f"{IM_START}assistant\n" if add_generation_prompt else "")
+
+
+def render_instruct(msgs: list[Message], eos: str, preamble: str = "") -> str:
+    """``### Instruction:`` / ``### Response:`` blocks; a system message (else ``preamble``) comes first."""
+    system, turns = _split_system(msgs)
+    head = system or preamble
+    out = [f"{head}\n\n"] if head else []
+    for prev, m in zip([None] + turns, turns):
+        if m["role"] == "user":
+            sep = "\n\n" if prev is not None and prev["role"] == "assistant" else ""
+            out.append(f"{sep}### Instruction:\n{m['content']}\n\n### Response:\n")
+        else:
+            out.append(f"{m['content']}{eos}")
+    return "".join(out)
+
+
+def render_chat(msgs: list[Message], eos: str) -> str:
+    """``System: ...`` first, then ``User: ...`` / ``Assistant: ...`` lines; eos closes each reply."""
+    system, turns = _split_system(msgs)
+    out = [f"System: {system}\n"] if system else []
+    for prev, m in zip([None] + turns, turns):
+        if m["role"] == "user":
+            sep = "\n" if prev is not None and prev["role"] == "assistant" else ""
+            out.append(f"{sep}User: {m['content']}\nAssistant:")
+        else:
+            out.append(f" {m['content']}{eos}")
+    return "".join(out)
+
+
+def _require_special(tokenizer, tokens: Sequence[str | None], template: str, fix: str) -> None:
+    special = special_token_ids(tokenizer)
+    missing = [str(t) for t in tokens if t is None or t not in special]
+    if missing:
+        raise UserError(f"template '{template}': tokenizer {tokenizer.name_or_path} has no special token "
+                        f"{', '.join(missing)}; {fix}")
+
+
+def get_template(name: str, tokenizer, model_type: str | None = None) -> ChatTemplate:
+    """The chat template ``name`` for ``tokenizer``; UserError when it does not fit the tokenizer."""
+    eos = tokenizer.eos_token
+    fix = "use template 'tokenizer' or a tokenizer made by scripts/00_train_tokenizer.py"
+    if name == "chatml":
+        _require_special(tokenizer, [IM_START, IM_END], name, fix)
+        return ChatTemplate(name, tokenizer, render_chatml, [IM_END])
+    if name in ("instruct", "chat", "alpaca"):
+        _require_special(tokenizer, [eos], name, "set eos_token in tokenizer_config.json")
+        render = {"instruct": lambda m, g: render_instruct(m, eos),
+                  "alpaca": lambda m, g: render_instruct(m, eos, ALPACA_PREAMBLE),
+                  "chat": lambda m, g: render_chat(m, eos)}[name]
+        return ChatTemplate(name, tokenizer, render, [eos], notes=["no bos token is added"])
+    if name == "tokenizer":
+        return tokenizer_template(tokenizer, model_type)
+    raise UserError(f"template: unknown template '{name}'; use one of {', '.join(TEMPLATES)}")
+
+
+def model_type_for(tokenizer_dir: str | Path) -> str | None:
+    """``model_type`` from a config.json beside the tokenizer files, when there is one."""
+    config = Path(tokenizer_dir) / "config.json"
+    try:
+        return json.loads(config.read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+# ---------------------------------------------------------------------- the tokenizer's own template
+FAMILY_NAMES = {"llama2": "Llama 2", "llama3": "Llama 3", "qwen": "Qwen", "chatml": "ChatML",
+                "gemma": "Gemma", "mistral": "Mistral", "phi3": "Phi-3", "generic": "generic"}
+
+
+_FAMILY_MARKERS = (  # checked in this order; the first family with a marker present wins
+    ("llama3", ("<|start_header_id|>", "<|eot_id|>")),
+    ("gemma", ("<start_of_turn>",)),
+    ("phi3", ("<|assistant|>", "<|user|>")),
+    ("chatml", ("<|im_start|>",)),
+    ("llama2", ("<<SYS>>",)),
+    ("mistral", ("[INST]",)),
+)
+
+
+def detect_family(tokenizer, model_type: str | None = None) -> str:
+    """Model family from the chat template text, else the special tokens, else the name and ``model_type``.
+
+    The template text comes first because a tokenizer may carry tokens of several families
+    (ours has ``<|im_start|>`` whatever template it is given).
+    """
+    template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else ""
+    name = f"{tokenizer.name_or_path} {model_type or ''}".lower()
+    for text in (template, " ".join(special_token_ids(tokenizer))):
+        for family, markers in _FAMILY_MARKERS:
+            if any(m in text for m in markers):
+                return "qwen" if family == "chatml" and "qwen" in name else family
+    for family in ("gemma", "mistral", "phi3", "qwen", "llama"):
+        if family in name:
+            return {"llama": "llama2"}.get(family, family)
+    return "generic"
+
+
+def tokenizer_template(tokenizer, model_type: str | None = None) -> ChatTemplate:
+    """The tokenizer's ``chat_template``: family detected, system folded where it has no system role."""
+    where = f"template 'tokenizer': {tokenizer.name_or_path}"
+    if not isinstance(tokenizer.chat_template, str) or not tokenizer.chat_template.strip():
+        raise UserError(f"{where} has no chat_template; use template chatml, instruct, chat or alpaca")
+    family = detect_family(tokenizer, model_type)
+
+    def render(msgs: list[Message], add_generation_prompt: bool) -> str:
+        try:
+            return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=add_generation_prompt,
+                                                 date_string=FIXED_DATE)
+        except Exception as err:  # jinja2 errors, including the template's own raise_exception()
+            raise ValueError(f"chat template error: {err}") from None
+
+    fold = family == "gemma" or not _renders_system(render)
+    notes = [f"model family: {FAMILY_NAMES[family]} (detected from the tokenizer)"]
+    if fold:
+        notes.append(FOLD_NOTE.format(family=FAMILY_NAMES[family]))
+    if "strftime_now" in tokenizer.chat_template or "date_string" in tokenizer.chat_template:
+        notes.append(f"date in the template fixed to {FIXED_DATE} for reproducibility")
+    template = ChatTemplate("tokenizer", tokenizer, render, [], family, notes, fold, verify=True)
+    end = _probe_end_of_turn(template, where)
+    template.end_of_turn_ids = [template._special[end]]
+    template.stop_token_ids = list(dict.fromkeys(template.end_of_turn_ids + template.stop_token_ids))
+    return template
+
+
+def _renders_system(render: Callable[[list[Message], bool], str]) -> bool:
+    probe = [{"role": r, "content": chr(_SENTINEL0 + i)} for i, r in enumerate(("system", "user", "assistant"))]
+    try:
+        return chr(_SENTINEL0) in render(probe, False)
+    except ValueError:
+        return False
+
+
+def _probe_end_of_turn(template: ChatTemplate, where: str) -> str:
+    """The first special token the template writes after an assistant reply: its end-of-turn marker."""
+    probe = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+    try:
+        tokens = template._tokenize(probe, add_generation_prompt=False)
+    except ValueError as err:
+        raise UserError(f"{where}: cannot render a user/assistant exchange ({err}); "
+                        "use template chatml, instruct, chat or alpaca") from None
+    end = tokens.contents[1][1]
+    after = [tokens.text[s:tokens.spans[k][1]] for s, k in tokens.specials if s >= end]
+    if not after:
+        raise UserError(f"{where}: its chat_template writes no special end-of-turn token after an "
+                        "assistant reply, so a model could not learn to stop; use template chatml, "
+                        "instruct, chat or alpaca")
+    return after[0]

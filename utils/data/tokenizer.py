@@ -1,0 +1,197 @@
+"""SentencePiece training, its export as an HF tokenizer directory, and loading.
+
+Layout written by ``train_tokenizer``::
+
+    <output_dir>/<name>.model    SentencePiece model (for sentencepiece users)
+    <output_dir>/<name>.vocab    its vocabulary, one piece and score per line
+    <output_dir>/<name>/         HF tokenizer directory (tokenizer.json, tokenizer_config.json,
+                                 chat_template.jinja): what every stage loads, with plain
+                                 ``transformers.AutoTokenizer.from_pretrained``
+
+The HF directory is the canonical tokenizer: stages encode with it and fingerprint it.
+"""
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from utils.common.errors import UserError
+from utils.data.text_sources import TextSource, iter_documents
+
+PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<s>", "</s>"
+IM_START, IM_END = "<|im_start|>", "<|im_end|>"
+CONTROL_TOKENS = (IM_START, IM_END)
+
+# ChatML. The {% generation %} block marks assistant text for tools that ask the
+# template for assistant masks (transformers' return_assistant_tokens_mask).
+CHATML_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'assistant' -%}"
+    "{{- '<|im_start|>assistant\\n' -}}"
+    "{% generation %}{{- message['content'] + '<|im_end|>' -}}{% endgeneration %}"
+    "{{- '\\n' -}}"
+    "{%- else -%}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
+)
+
+
+def train_sentencepiece(text_file: Path, model_prefix: Path, vocab_size: int, model_type: str,
+                        character_coverage: float, seed: int, max_sentence_length: int,
+                        num_threads: int) -> None:
+    """Train a byte-fallback SentencePiece model that keeps whitespace and newlines as they are."""
+    import sentencepiece as spm
+
+    spm.set_random_generator_seed(seed)
+    try:
+        spm.SentencePieceTrainer.train(
+            input=str(text_file), model_prefix=str(model_prefix), vocab_size=vocab_size,
+            model_type=model_type, character_coverage=character_coverage,
+            pad_id=0, unk_id=1, bos_id=2, eos_id=3,
+            pad_piece=PAD, unk_piece=UNK, bos_piece=BOS, eos_piece=EOS,
+            # Control symbols are never produced from text: dataset strings that look
+            # like "<|im_start|>" stay plain text.
+            control_symbols=list(CONTROL_TOKENS),
+            user_defined_symbols=["\n", "\t"],
+            byte_fallback=True, split_digits=True,
+            normalization_rule_name="identity", remove_extra_whitespaces=False,
+            allow_whitespace_only_pieces=True, max_sentence_length=max_sentence_length,
+            shuffle_input_sentence=True, seed_sentencepiece_size=1_000_000,
+            num_threads=num_threads, minloglevel=2,
+        )
+    except RuntimeError as err:
+        hint = " (lower vocab_size or add more text)" if "vocab_size" in str(err) else ""
+        raise UserError(f"sentencepiece training failed: {err}{hint}") from None
+
+
+def export_hf_tokenizer(model_file: Path, out_dir: Path) -> None:
+    """Write an HF tokenizer directory equivalent to the SentencePiece model."""
+    from transformers import LlamaTokenizer
+    from transformers.tokenization_utils_sentencepiece import SentencePieceExtractor
+
+    vocab, _scores, merges = SentencePieceExtractor(str(model_file)).extract()
+    tok = LlamaTokenizer(
+        vocab=vocab, merges=merges, unk_token=UNK, bos_token=BOS, eos_token=EOS, pad_token=PAD,
+        add_bos_token=False, add_eos_token=False, add_prefix_space=True,
+    )
+    tok.add_special_tokens({"additional_special_tokens": list(CONTROL_TOKENS)})
+    tok.chat_template = CHATML_TEMPLATE
+    tok.model_max_length = 1 << 20
+    tok.save_pretrained(str(out_dir))
+
+
+def hf_dir_for(path: str | Path) -> Path:
+    """The HF tokenizer directory for a tokenizer path (a directory, or a .model beside one)."""
+    path = Path(path)
+    if path.suffix == ".gguf":
+        from utils.model.gguf import hf_dir_for_gguf
+
+        return hf_dir_for_gguf(path)
+    if path.is_dir():
+        return path
+    if path.suffix == ".model" and path.is_file():
+        sibling = path.with_suffix("")
+        if (sibling / "tokenizer_config.json").is_file():
+            return sibling
+        raise UserError(f"{path}: no HF tokenizer directory beside it (expected {sibling}/); "
+                        "re-run `make tokenizer-train-mix` or pass the tokenizer directory")
+    raise UserError(f"{path}: tokenizer not found; pass an HF tokenizer directory or a .model "
+                    "written by scripts/00_train_tokenizer.py (run `make tokenizer-train-mix`)")
+
+
+def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
+    """Load the HF tokenizer at ``path`` (directory or .model beside one) with plain transformers."""
+    from transformers import AutoTokenizer
+
+    hf_dir = hf_dir_for(path)
+    try:
+        tok = AutoTokenizer.from_pretrained(str(hf_dir), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise UserError(f"{hf_dir}: cannot load tokenizer: {str(err).splitlines()[0]}") from None
+    if tok.pad_token_id is None:
+        raise UserError(f"{hf_dir}: tokenizer has no pad token; set pad_token in tokenizer_config.json")
+    return tok
+
+
+def copy_tokenizer_files(src: str | Path, dst: Path) -> None:
+    """Copy tokenizer files byte for byte, so the copy keeps the source's fingerprint."""
+    from utils.data.fingerprint import TOKENIZER_FILES
+
+    src_dir = hf_dir_for(src)
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in TOKENIZER_FILES:
+        if (src_dir / name).is_file():
+            shutil.copyfile(src_dir / name, dst / name)
+
+
+@dataclass
+class TokenizerConfig:
+    name: str
+    vocab_size: int
+    sources: list[TextSource]
+    description: str = ""
+    output_dir: str = "checkpoints/tokenizer"
+    model_type: str = "bpe"
+    character_coverage: float = 1.0
+    max_chars: int = 20_000_000
+    max_sentence_length: int = 16384
+    seed: int = 1234
+
+
+@dataclass
+class TokenizerResult:
+    model_file: Path
+    hf_dir: Path
+    fingerprint: str
+    chars_per_source: dict[str, int]
+
+
+def write_mixed_text(sources: list[TextSource], max_chars: int, out_file: Path,
+                     max_passes: int = 20) -> dict[str, int]:
+    """Write each source's share (by weight) of ``max_chars`` as lines; small sources repeat."""
+    total_weight = sum(s.weight for s in sources) or 1.0
+    written: dict[str, int] = {}
+    with open(out_file, "w", encoding="utf-8") as handle:
+        for src in sources:
+            budget = int(max_chars * src.weight / total_weight)
+            written[src.name] = _write_source(src, budget, handle, max_passes)
+    return written
+
+
+def _write_source(src: TextSource, budget: int, handle, max_passes: int) -> int:
+    written = 0
+    for _ in range(max_passes):
+        before = written
+        for doc in iter_documents(src):
+            for line in doc.splitlines():
+                if line.strip() and written < budget:
+                    handle.write(line + "\n")
+                    written += len(line) + 1
+            if written >= budget:
+                return written
+        if written == before:
+            raise UserError(f"source '{src.name}': no text found")
+    return written
+
+
+def train_tokenizer(cfg: TokenizerConfig, num_threads: int) -> TokenizerResult:
+    """Train SentencePiece on the weighted mix and write .model, .vocab and the HF directory."""
+    from utils.common.atomic import atomic_dir
+    from utils.data.fingerprint import tokenizer_fingerprint
+
+    out_dir = Path(cfg.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_dir(out_dir / cfg.name) as work:
+        text_file = work / "train_text.txt"
+        chars = write_mixed_text(cfg.sources, cfg.max_chars, text_file)
+        train_sentencepiece(text_file, work / cfg.name, cfg.vocab_size, cfg.model_type,
+                            cfg.character_coverage, cfg.seed, cfg.max_sentence_length, num_threads)
+        text_file.unlink()
+        for suffix in (".model", ".vocab"):
+            shutil.move(work / f"{cfg.name}{suffix}", out_dir / f"{cfg.name}{suffix}")
+        export_hf_tokenizer(out_dir / f"{cfg.name}.model", work)
+    hf_dir = out_dir / cfg.name
+    return TokenizerResult(out_dir / f"{cfg.name}.model", hf_dir, tokenizer_fingerprint(hf_dir), chars)

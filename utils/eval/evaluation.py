@@ -1,0 +1,278 @@
+"""Evaluation of a fine-tuned model, and of a base model beside it, on the same inputs.
+
+``resolve_inputs`` reads everything that does not depend on a model once (tokenizer, template,
+validation shards, eval set, eval prompts, retention corpus); ``evaluate_model`` then measures one
+model against those inputs, so the tuned and the base model see exactly the same tokens:
+
+* validation loss / perplexity over the prepared val shards: packed, padding-free, no grad, summed
+  per source and weighted by supervised tokens (the trainer's own loss, ``utils.model.loss``);
+* instruction following on a held-out JSONL of verifiable prompts (exact match, format compliance);
+* generation of the config's ``eval_prompts`` (samples to read);
+* word-level text metrics of every response (``utils.eval.metrics``);
+* response log-likelihood (the coherence measure; see ``response_logprob``);
+* domain retention: perplexity on fixed-length windows of a raw-text corpus.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from utils.demo.build import check_answer
+from utils.common.errors import UserError
+from utils.eval.metrics import loss_record, score_answers, text_metrics
+from utils.sampling.example_store import ExampleStore, window_store
+from utils.model.generation import generate_responses
+from utils.model.loss import SupervisedLoss
+from utils.sampling.packing import IGNORE, pack
+from utils.train.stage_sft import GenerationSettings
+
+Conversation = list[dict]
+
+
+@dataclass
+class EvalItem:
+    """One held-out prompt with a verifiable answer."""
+
+    messages: Conversation
+    reference: str
+    task: str
+
+
+@dataclass
+class EvalInputs:
+    """Everything a model is measured against; built once, shared by the tuned and the base model."""
+
+    tokenizer: object
+    template: object
+    settings: GenerationSettings
+    val_stores: list[ExampleStore] = field(default_factory=list)
+    items: list[EvalItem] = field(default_factory=list)
+    prompts: list[Conversation] = field(default_factory=list)
+    retention: ExampleStore | None = None
+    batch_size: int = 16
+    batch_tokens: int = 4096
+    precision: str = "fp32"
+    device: str = "cpu"
+    show_progress: bool = True
+    tokenizer_path: str = ""
+    fingerprint: str = ""
+    data_dirs: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ModelEval:
+    """One model's metrics (the JSON report's "tuned"/"base") and what the plots and predictions need."""
+
+    metrics: dict
+    predictions: list[dict]
+    lengths: list[int]
+    timing_s: dict
+
+
+# ---------------------------------------------------------------------- inputs
+def read_eval_set(path: str | Path, limit: int | None = None) -> list[EvalItem]:
+    """Rows ``{"messages": [...] | "prompt": "...", "reference": "...", "task": "..."}``, the first ``limit``.
+
+    A trailing assistant turn in ``messages`` is dropped (it would be the answer).
+    """
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as err:
+        raise UserError(f"{path}: cannot read the eval set ({err.strerror}); pass a JSONL file to --eval_set") from None
+    items = []
+    for number, line in enumerate(lines, start=1):
+        if line.strip():
+            items.append(_eval_item(line, f"{path}:{number}"))
+        if limit is not None and len(items) >= limit:
+            break
+    if not items:
+        raise UserError(f"{path}: the eval set has no rows")
+    return items
+
+
+def _eval_item(line: str, where: str) -> EvalItem:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise UserError(f"{where}: invalid JSON ({err.msg})") from None
+    if not isinstance(row, dict) or not isinstance(row.get("reference"), str):
+        raise UserError(f"{where}: needs a string field 'reference' (the expected answer)")
+    messages = row.get("messages")
+    if messages is None and isinstance(row.get("prompt"), str):
+        messages = [{"role": "user", "content": row["prompt"]}]
+    ok = isinstance(messages, list) and all(
+        isinstance(m, dict) and isinstance(m.get("content"), str) and m.get("role") in ("system", "user", "assistant")
+        for m in messages)
+    if ok and messages and messages[-1]["role"] == "assistant":
+        messages = messages[:-1]
+    if not ok or not messages or messages[-1]["role"] != "user":
+        raise UserError(f"{where}: needs 'prompt' (a string) or 'messages' (role/content dicts ending "
+                        "with a user turn)")
+    return EvalItem([{"role": m["role"], "content": m["content"]} for m in messages], row["reference"],
+                    str(row.get("task") or "all"))
+
+
+def prompt_conversations(prompts: list[str], system_prompt: str | None) -> list[Conversation]:
+    """The config's eval prompts as the trainer's sampler builds them."""
+    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    return [system + [{"role": "user", "content": p}] for p in prompts]
+
+
+def retention_store(documents, tokenizer, max_tokens: int, window: int) -> ExampleStore:
+    """Windows of ``window`` tokens over the documents (each followed by eos, as in pre-training)."""
+    stream: list[int] = []
+    for doc in documents:
+        ids = tokenizer(doc, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        stream += ids + [tokenizer.eos_token_id]
+        if len(stream) >= max_tokens:
+            break
+    stream = stream[:max_tokens]
+    if len(stream) < 2:
+        raise UserError("--retention_corpus: no text found in it; pass .txt/.md files, a directory of them, "
+                        "or a JSONL file with a text field")
+    return window_store("retention", np.asarray(stream, dtype=np.int32), min(window, len(stream)))
+
+
+# ---------------------------------------------------------------------- model side
+def precision_context(inputs: EvalInputs):
+    if inputs.precision == "bf16":
+        return torch.autocast(torch.device(inputs.device).type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _bins(lengths: list[int], budget: int):
+    """Indices packed greedily, in order, into rows of at most ``budget`` tokens (a longer example goes alone)."""
+    current, used = [], 0
+    for i, length in enumerate(lengths):
+        if current and used + length > budget:
+            yield current
+            current, used = [], 0
+        current.append(i)
+        used += length
+    if current:
+        yield current
+
+
+@torch.no_grad()
+def loss_sums(model, examples: list[tuple[np.ndarray, np.ndarray, int]], num_sources: int,
+              inputs: EvalInputs, desc: str) -> tuple[list[float], list[float]]:
+    """Summed next-token loss and supervised-target count per source over (ids, labels, source) examples."""
+    loss_module = SupervisedLoss(model, num_sources)
+    sums = torch.zeros(num_sources, dtype=torch.float64)
+    counts = torch.zeros(num_sources, dtype=torch.float64)
+    bins = list(_bins([len(e[0]) for e in examples], inputs.batch_tokens))
+    for group in tqdm(bins, desc=desc, disable=not inputs.show_progress):
+        batch = pack([examples[i] for i in group]).to(inputs.device)
+        with precision_context(inputs):
+            _, by_source = loss_module(batch.input_ids, batch.position_ids, batch.targets, batch.source_ids,
+                                       batch.cu_seq_lens)
+        sums += by_source.double().cpu()
+        kept = batch.source_ids[batch.targets != IGNORE]
+        counts += torch.bincount(kept, minlength=num_sources).double().cpu()
+    return sums.tolist(), counts.tolist()
+
+
+def _store_examples(stores: list[ExampleStore]) -> list[tuple[np.ndarray, np.ndarray, int]]:
+    return [(*store.get(i), s) for s, store in enumerate(stores) for i in range(len(store))]
+
+
+def val_metrics(model, inputs: EvalInputs) -> dict:
+    """Token-weighted validation loss/perplexity over the val shards, overall and per source."""
+    stores = inputs.val_stores
+    sums, counts = loss_sums(model, _store_examples(stores), len(stores), inputs, "validation loss")
+    return loss_record([s.name for s in stores], sums, counts)
+
+
+def retention_metrics(model, inputs: EvalInputs) -> dict:
+    sums, counts = loss_sums(model, _store_examples([inputs.retention]), 1, inputs, "retention")
+    return loss_record(["retention"], sums, counts)
+
+
+def response_logprob(model, inputs: EvalInputs, conversations: list[Conversation], results) -> float | None:
+    """The coherence measure: mean log-likelihood per token of the model's own finished responses.
+
+    Each finished, non-empty response is put back as the final assistant turn and encoded with the
+    training template (``train_on=last_assistant_turn``), so exactly the response text and its
+    end-of-turn token are scored, conditioned on the prompt, by the same loss as validation. Higher
+    (closer to 0) means the model finds its answer fluent and consistent with the prompt. Limits: it
+    measures the model's confidence, not truth; greedy decoding favours high values; loops can score
+    well (see repetition_3); the text is re-tokenized, which may differ slightly from the sampled ids;
+    values compare across models only when they share a tokenizer.
+    """
+    examples = []
+    for conv, res in zip(conversations, results):
+        if res.finished and res.text.strip():
+            try:
+                enc = inputs.template.encode(conv + [{"role": "assistant", "content": res.text}],
+                                             train_on="last_assistant_turn")
+            except ValueError:
+                continue
+            examples.append((np.asarray(enc.input_ids), np.asarray(enc.labels), 0))
+    if not examples:
+        return None
+    sums, counts = loss_sums(model, examples, 1, inputs, "response log-likelihood")
+    return -sums[0] / counts[0] if counts[0] else None
+
+
+def generation_metrics(model, inputs: EvalInputs) -> tuple[dict, list[dict], list[int]]:
+    """Generate for the eval set and the eval prompts in one batched pass; score and describe the answers."""
+    conversations = [item.messages for item in inputs.items] + inputs.prompts
+    if not conversations:
+        return {}, [], []
+    with precision_context(inputs):
+        results = generate_responses(model, inputs.tokenizer, inputs.template, conversations, inputs.settings,
+                                     batch_size=inputs.batch_size, show_progress=inputs.show_progress)
+    answers, samples = results[:len(inputs.items)], results[len(inputs.items):]
+    metrics = {}
+    if inputs.items:
+        scores = score_answers([i.task for i in inputs.items], [i.reference for i in inputs.items],
+                               answers, check_answer)
+        metrics["eval_examples"] = scores.pop("n")
+        metrics.update(scores)
+    lengths = [r.num_tokens - int(r.finished) for r in results]
+    last_user = [next(m["content"] for m in reversed(c) if m["role"] == "user") for c in conversations]
+    metrics.update(text_metrics(last_user, [r.text for r in results], lengths))
+    metrics["response_logprob"] = response_logprob(model, inputs, conversations, results)
+    metrics["samples"] = [{"prompt": c[-1]["content"], "response": r.text, "finished": r.finished}
+                          for c, r in zip(inputs.prompts, samples)]
+    predictions = [{"task": i.task, "prompt": i.messages[-1]["content"], "reference": i.reference,
+                    "response": r.text, "finished": r.finished, "num_tokens": r.num_tokens,
+                    "correct": bool(r.finished) and check_answer(i.task, r.text, i.reference)}
+                   for i, r in zip(inputs.items, answers)]
+    return metrics, predictions, lengths
+
+
+SCALARS = ("val_loss", "val_ppl", "exact_match", "format_compliance", "success_rate", "retention_loss",
+           "retention_ppl", "distinct_1", "distinct_2", "repetition_3", "prompt_overlap", "response_logprob")
+"""The flat per-model keys every report has (None where the input for it was not given)."""
+
+
+def evaluate_model(model, inputs: EvalInputs) -> ModelEval:
+    """Every metric of one model (put in eval mode, no grad) on ``inputs``."""
+    model.eval()
+    metrics: dict = dict.fromkeys(SCALARS + ("eval_examples",))
+    timing = {}
+    start = time.perf_counter()
+    if inputs.val_stores:
+        val = val_metrics(model, inputs)
+        metrics.update(val_loss=val["loss"], val_ppl=val["ppl"], val_tokens=val["tokens"],
+                       val_per_source=val["per_source"])
+        timing["validation"] = time.perf_counter() - start
+    start = time.perf_counter()
+    generated, predictions, lengths = generation_metrics(model, inputs)
+    metrics.update(generated)
+    timing["generation"] = time.perf_counter() - start
+    if inputs.retention is not None:
+        start = time.perf_counter()
+        kept = retention_metrics(model, inputs)
+        metrics.update(retention_loss=kept["loss"], retention_ppl=kept["ppl"], retention_tokens=kept["tokens"])
+        timing["retention"] = time.perf_counter() - start
+    return ModelEval(metrics, predictions, lengths, timing)

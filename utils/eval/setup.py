@@ -1,0 +1,219 @@
+"""Wiring of the evaluation stage: which tokenizer, template, data and settings, and loading the models.
+
+Every value is resolved once, with where it came from (a flag, the data manifest, the model's
+``training_summary.json``, or a default), printed at start-up and saved in the report.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+
+from utils.model.attention import use_packed_attention
+from utils.common.config import from_dict, load_config, read_json
+from utils.common.errors import UserError
+from utils.eval.evaluation import EvalInputs, prompt_conversations, read_eval_set, retention_store
+from utils.sampling.example_store import ExampleStore, load_sft_store
+from utils.data.fingerprint import TOKENIZER_FILES, tokenizer_fingerprint
+from utils.model.modeling import check_vocab_fits, load_model
+from utils.train.run_setup import RunPlan
+from utils.data.shards import verify_data_dir
+from utils.train.stage_sft import EvaluationConfig, SFTTrainingConfig
+from utils.data.templates import get_template, model_type_for
+from utils.data.text_sources import JSONL_SUFFIXES, TextSource, iter_documents
+from utils.data.tokenizer import hf_dir_for, load_tokenizer
+from utils.train.params import fast_bf16_available
+
+SUMMARY = "training_summary.json"
+
+
+def read_summary(model_dir: str | Path | None) -> dict:
+    """A training stage's ``training_summary.json`` beside the weights, or {} when there is none."""
+    path = Path(model_dir or "") / SUMMARY
+    if not model_dir or not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _has_tokenizer(path: Path) -> bool:
+    return path.is_dir() and any((path / name).is_file() for name in TOKENIZER_FILES)
+
+
+def check_model_tokenizer(model_dir: str | Path, fingerprint: str, tokenizer_path: str) -> None:
+    """A model directory that carries tokenizer files must carry the evaluation tokenizer."""
+    path = Path(model_dir)
+    if _has_tokenizer(path) and tokenizer_fingerprint(path) != fingerprint:
+        raise UserError(f"{path}: its tokenizer differs from the evaluation tokenizer {tokenizer_path} "
+                        f"(sha256 {tokenizer_fingerprint(path)[:12]} vs {fingerprint[:12]}); compare only "
+                        "models that share the tokenizer the data was prepared with")
+
+
+def load_eval_model(path: str, tokenizer, fingerprint: str, tokenizer_path: str, device: str,
+                    trust_remote_code: bool = False):
+    """A LoRA adapter directory (its own base + the adapter, merged) or a full model, in eval mode."""
+    check_model_tokenizer(path, fingerprint, tokenizer_path)
+    if (Path(path) / "adapter_config.json").is_file():
+        model = _load_adapter(Path(path), trust_remote_code)
+    else:
+        model = load_model(str(path), trust_remote_code=trust_remote_code)
+    check_vocab_fits(model, tokenizer, str(path), tokenizer_path)
+    use_packed_attention(model)
+    return model.to(device).eval()
+
+
+def _load_adapter(path: Path, trust_remote_code: bool):
+    config_file = path / "adapter_config.json"
+    base = read_json(config_file).get("base_model_name_or_path")
+    if not base or (base.startswith(("/", ".", "checkpoints")) and not Path(base).exists()):
+        raise UserError(f"{config_file}: base_model_name_or_path {base!r} not found; run from the directory "
+                        "training ran in, or set that field to the base model's directory")
+    model = load_model(base, trust_remote_code=trust_remote_code)
+    from peft import PeftModel
+
+    try:
+        adapted = PeftModel.from_pretrained(model, str(path))
+    except (OSError, ValueError, RuntimeError) as err:
+        raise UserError(f"{path}: cannot load the LoRA adapter onto {base}: {str(err).splitlines()[0]}") from None
+    # merged once, so every forward runs at plain-model speed; equal to base + adapter up to fp32 rounding
+    return adapted.merge_and_unload()
+
+
+# ---------------------------------------------------------------------- resolution
+def _tokenizer(args, plan: RunPlan):
+    if args.tokenizer_path:
+        path, origin = args.tokenizer_path, "--tokenizer_path"
+    elif not Path(args.model_path).exists():
+        raise UserError(f"{args.model_path}: model not found; train one first (e.g. `make sft-train-tiny`) "
+                        "or pass the final/ directory of an SFT run to --model_path")
+    elif _has_tokenizer(Path(args.model_path)):
+        path, origin = args.model_path, "the model directory"
+    else:
+        raise UserError(f"{args.model_path}: holds no tokenizer files; pass --tokenizer_path")
+    tokenizer = load_tokenizer(path)
+    fingerprint = tokenizer_fingerprint(hf_dir_for(path))
+    plan.add("tokenizer", f"{path} (sha256 {fingerprint[:12]})", origin)
+    return tokenizer, fingerprint, str(path)
+
+
+def _check_base(path: str | None, fingerprint: str, tokenizer_path: str) -> None:
+    """Fail before minutes of work on the tuned model, not after."""
+    if path is None:
+        return
+    if Path(path).exists():
+        check_model_tokenizer(path, fingerprint, tokenizer_path)
+    elif path.startswith(("/", ".", "checkpoints", "data")):
+        raise UserError(f"--base_model_path {path}: not found; pre-train one first (e.g. `make pretrain-tiny`) "
+                        "or pass the base model's directory")
+
+
+def _val_stores(dirs: list[str], fingerprint: str, plan: RunPlan) -> tuple[list[ExampleStore], list[dict]]:
+    stores, manifests = [], []
+    for raw in dirs:
+        manifest = verify_data_dir(raw, fingerprint)
+        val = load_sft_store(Path(raw), "val", manifest)
+        manifests.append(manifest)
+        stores += [s for s in val.by_source() if len(s)]
+        plan.add(f"validation {Path(raw).name}", f"{len(val):,} examples", f"{raw}/manifest.json")
+    names = [s.name for s in stores]
+    if len(set(names)) != len(names):
+        raise UserError(f"--data_dirs: two directories share a name ({names}); names identify sources")
+    return stores, manifests
+
+
+def _template_name(args, manifests: list[dict], summary: dict) -> tuple[str, str]:
+    names = {m["template"]["name"] for m in manifests if isinstance(m.get("template"), dict)}
+    if len(names) > 1:
+        raise UserError(f"--data_dirs use different chat templates ({', '.join(sorted(names))}); "
+                        "evaluate corpora prepared with the same template")
+    if names:
+        return names.pop(), "data manifest"
+    if args.template:
+        return args.template, "--template"
+    trained = summary.get("template")
+    if isinstance(trained, dict) and trained.get("name"):
+        return trained["name"], f"{SUMMARY} of the model"
+    return "chatml", "default"
+
+
+def _eval_config(args, summary: dict) -> tuple[EvaluationConfig, str]:
+    if args.config:
+        return load_config(args.config, "sft_training", SFTTrainingConfig).evaluation_config, "--config"
+    saved = summary.get("config", {}).get("evaluation_config") if isinstance(summary.get("config"), dict) else None
+    if isinstance(saved, dict):
+        return from_dict(EvaluationConfig, saved, "evaluation_config."), f"{SUMMARY} of the model"
+    return EvaluationConfig(), "defaults"
+
+
+def _retention_window(args, summary: dict) -> tuple[int, str]:
+    """The pre-training sequence length of the models (both see the same windows), else the model's context."""
+    if args.retention_window:
+        return args.retention_window, "--retention_window"
+    candidates = [d for d in (args.base_model_path, summary.get("model_path"), args.model_path) if d]
+    for d in candidates:
+        length = read_summary(d).get("config", {}).get("data", {}).get("sequence_length")
+        if isinstance(length, int) and length > 0:
+            return length, f"{d}/{SUMMARY}"
+    for d in candidates:
+        config = Path(d) / "config.json"
+        if config.is_file():
+            positions = read_json(config).get("max_position_embeddings") or 1024
+            return min(int(positions), 1024), f"{config} (max_position_embeddings, at most 1024)"
+    return 512, "default"
+
+
+def _retention(args, tokenizer, summary: dict, plan: RunPlan) -> ExampleStore | None:
+    if not args.retention_corpus:
+        plan.add("retention corpus", "(none: no retention perplexity)", "--retention_corpus")
+        return None
+    paths = list(args.retention_corpus)
+    kind = "jsonl" if all(p.endswith(JSONL_SUFFIXES) for p in paths) else "text_files"
+    source = TextSource(type=kind, name="--retention_corpus", paths=paths, fields=[args.retention_field])
+    window, origin = _retention_window(args, summary)
+    store = retention_store(iter_documents(source), tokenizer, args.retention_max_tokens, window)
+    plan.add("retention corpus", f"{', '.join(paths)}: {len(store)} windows of {int(store.lengths[0])} tokens",
+             f"--retention_max_tokens {args.retention_max_tokens}; window from {origin}")
+    return store
+
+
+def resolve_inputs(args) -> tuple[EvalInputs, RunPlan]:
+    """Tokenizer, template, validation shards, eval set, prompts and retention windows, with their origins."""
+    plan = RunPlan()
+    summary = read_summary(args.model_path)
+    plan.add("model", args.model_path, "--model_path")
+    plan.add("base model", args.base_model_path or "(none: no side by side)", "--base_model_path")
+    tokenizer, fingerprint, tokenizer_path = _tokenizer(args, plan)
+    _check_base(args.base_model_path, fingerprint, tokenizer_path)
+    dirs, dirs_from = (args.data_dirs, "--data_dirs") if args.data_dirs else (summary.get("data_dirs") or [], SUMMARY)
+    if not args.data_dirs and not all(Path(d).is_dir() for d in dirs):
+        dirs = []
+    stores, manifests = _val_stores(dirs, fingerprint, plan) if dirs else ([], [])
+    plan.add("data dirs", ", ".join(dirs) or "(none: no validation loss)", dirs_from if dirs else "--data_dirs")
+    name, name_from = _template_name(args, manifests, summary)
+    template = get_template(name, tokenizer, model_type_for(hf_dir_for(tokenizer_path)))
+    plan.add("template", f"{name} (stop ids {template.stop_token_ids})", name_from)
+    eval_cfg, cfg_from = _eval_config(args, summary)
+    settings = eval_cfg.generation_config
+    if args.max_new_tokens:
+        settings = dataclasses.replace(settings, max_new_tokens=args.max_new_tokens)
+    plan.add("generation", f"max_new_tokens {settings.max_new_tokens}, temperature {settings.temperature}, "
+             f"seed {settings.seed}", cfg_from + (" and --max_new_tokens" if args.max_new_tokens else ""))
+    items = read_eval_set(args.eval_set, args.max_eval_examples) if args.eval_set else []
+    plan.add("eval set", f"{args.eval_set}: {len(items)} prompts, {len({i.task for i in items})} families"
+             if items else "(none: no exact match)", "--eval_set, --max_eval_examples")
+    prompts = prompt_conversations(eval_cfg.eval_prompts, eval_cfg.system_prompt)
+    plan.add("eval prompts", len(prompts), cfg_from)
+    retention = _retention(args, tokenizer, summary, plan)
+    precision = args.precision if args.precision != "auto" else ("bf16" if fast_bf16_available() else "fp32")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    plan.add("precision", f"{precision} on {device}", "--precision")
+    inputs = EvalInputs(tokenizer, template, settings, stores, items, prompts, retention,
+                        batch_size=args.batch_size, batch_tokens=args.eval_batch_tokens, precision=precision,
+                        device=device, show_progress=not args.no_progress, tokenizer_path=tokenizer_path,
+                        fingerprint=fingerprint, data_dirs=list(dirs))
+    return inputs, plan

@@ -1,0 +1,160 @@
+"""Models: Llama-style presets built from a config, loading HF checkpoints, LoRA, saving.
+
+Nothing here downloads: a preset is built from its config, and ``load_model`` reads a
+local directory (or a hub name, for users with internet) with ``trust_remote_code``
+off unless asked for.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from utils.common.errors import UserError
+
+# peft reads a property transformers 5 deprecated; the warning says nothing a user can act on.
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+
+
+@dataclass
+class ModelArchitecture:
+    """A Llama-style decoder; the vocabulary size is taken from the tokenizer."""
+
+    hidden_size: int = 256
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 4
+    intermediate_size: int = 704
+    max_position_embeddings: int = 2048
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-5
+    tie_word_embeddings: bool = True
+    initializer_range: float = 0.02
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError("num_attention_heads must divide hidden_size")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError("num_key_value_heads must divide num_attention_heads")
+
+
+@dataclass
+class LoraSettings:
+    r: int = 16
+    lora_alpha: float = 32.0
+    lora_dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: [
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    bias: str = "none"
+    modules_to_save: list[str] | None = None
+
+
+def build_model(arch: ModelArchitecture, tokenizer, seed: int) -> torch.nn.Module:
+    """A freshly initialised Llama model sized to the tokenizer (deterministic from ``seed``)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        head_dim=arch.hidden_size // arch.num_attention_heads, **asdict(arch),
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config)
+
+
+def load_model(path: str, trust_remote_code: bool = False, dtype: torch.dtype = torch.float32):
+    """An HF causal LM from a local directory (or hub name); errors name the path and the fix."""
+    from transformers import AutoModelForCausalLM
+
+    local = Path(path)
+    if local.suffix == ".gguf":
+        from utils.model.gguf import hf_dir_for_gguf
+
+        local = hf_dir_for_gguf(local)
+    elif not local.exists() and (local.is_absolute() or path.startswith((".", "checkpoints", "data"))):
+        raise UserError(f"{path}: model not found; train one first (e.g. `make pretrain-tiny`) "
+                        "or pass an HF model directory")
+    if local.exists():
+        local = local.resolve()  # adapters record this path: absolute, so they load from any directory
+    try:
+        return AutoModelForCausalLM.from_pretrained(str(local), dtype=dtype,
+                                                    trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path}: cannot load model: {str(err).splitlines()[0]}") from None
+
+
+def check_vocab_fits(model, tokenizer, model_path: str, tokenizer_path: str) -> None:
+    """The embedding must hold every tokenizer id, or training reads out of bounds."""
+    rows = model.get_input_embeddings().weight.shape[0]
+    if rows < len(tokenizer):
+        raise UserError(
+            f"{model_path}: the model's embedding has {rows} rows but the tokenizer {tokenizer_path} "
+            f"has {len(tokenizer)} tokens; use the tokenizer the model was trained with")
+
+
+def apply_lora(model, lora: LoraSettings):
+    """Wrap ``model`` with a peft LoRA adapter; only the adapter (and modules_to_save) train."""
+    from peft import LoraConfig, get_peft_model
+
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = [m for m in lora.target_modules if m not in names]
+    if missing:
+        raise UserError(f"lora_config.target_modules: {missing} not found in the model "
+                        f"(it has e.g. {sorted(n for n in names if n.endswith('proj'))[:8]})")
+    config = LoraConfig(r=lora.r, lora_alpha=lora.lora_alpha, lora_dropout=lora.lora_dropout,
+                        target_modules=list(lora.target_modules), bias=lora.bias,
+                        modules_to_save=lora.modules_to_save, task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def count_parameters(model) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, total
+
+
+def decoder_and_head(model):
+    """The transformer body and the output head under any peft wrapping."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.model, base.lm_head
+
+
+def load_weights_into(model, path: Path) -> None:
+    """Load checkpoint weights (adapter or full, safetensors only) into ``model`` in place."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if hasattr(model, "peft_config"):
+        from peft import set_peft_model_state_dict
+
+        result = set_peft_model_state_dict(model, load_file(str(path / "adapter_model.safetensors")))
+        unexpected = getattr(result, "unexpected_keys", [])
+        if unexpected:
+            raise UserError(f"{path}: adapter does not match the model (unexpected {unexpected[:3]})")
+        return
+    files = sorted(path.glob("model*.safetensors"))
+    if not files:
+        raise UserError(f"{path}: no model*.safetensors weights in this checkpoint")
+    state = {}
+    for file in files:
+        state.update(load_file(str(file)))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
+    if set(missing) - tied or unexpected:
+        raise UserError(f"{path}: weights do not match the model (missing {sorted(set(missing) - tied)[:3]}, "
+                        f"unexpected {unexpected[:3]})")
+    if tied:
+        model.tie_weights()
+
+
+def unwrap_lm(accelerator, wrapped) -> torch.nn.Module:
+    """The causal LM (peft or plain) inside the prepared SupervisedLoss wrapper."""
+    return accelerator.unwrap_model(wrapped).model
+
+
+def lm_state_dict(accelerator, wrapped) -> dict:
+    """Full (gathered under FSDP/ZeRO-3) state dict of the LM, keys as the LM names them."""
+    return {k.removeprefix("model."): v for k, v in accelerator.get_state_dict(wrapped).items()}

@@ -1,0 +1,137 @@
+"""Token arrays the trainer reads examples from: shards parsed once into numpy, then memory-mapped.
+
+Each store holds flat ``tokens`` and ``labels`` arrays and per-example ``offsets``; a
+training step only slices them. SFT stores come from the prepared JSONL shards (cached
+as .npy beside them, keyed by the shards' SHA256); pre-training stores cut a token
+stream into fixed-length windows.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from utils.common.errors import UserError
+from utils.sampling.packing import IGNORE
+
+
+@dataclass
+class ExampleStore:
+    """Examples of one source: example i is tokens[offsets[i]:offsets[i+1]]."""
+
+    name: str
+    tokens: np.ndarray      # int32
+    labels: np.ndarray      # int32, -100 where unsupervised (not shifted)
+    offsets: np.ndarray     # int64, len = num_examples + 1
+    source_ids: np.ndarray | None = None   # int32 per example: index into source_names
+    source_names: tuple[str, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    @property
+    def supervised_targets(self) -> np.ndarray:
+        """Per example, the positions trained after the shift (labels[1:] != -100)."""
+        sup = (self.labels != IGNORE).astype(np.int64)
+        sup[self.offsets[:-1]] = 0  # an example's first label is never a target
+        return np.add.reduceat(sup, self.offsets[:-1]) if len(self) else np.zeros(0, np.int64)
+
+    def get(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        lo, hi = self.offsets[i], self.offsets[i + 1]
+        return self.tokens[lo:hi], self.labels[lo:hi]
+
+    def subset(self, indices: np.ndarray, name: str) -> "ExampleStore":
+        """A copy holding only ``indices`` (used for small splits such as validation)."""
+        parts = [self.get(int(i)) for i in indices]
+        lengths = [len(p[0]) for p in parts]
+        cat = lambda arrays: np.concatenate(arrays) if arrays else np.zeros(0, np.int32)  # noqa: E731
+        return ExampleStore(name, cat([p[0] for p in parts]), cat([p[1] for p in parts]),
+                            np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
+
+    def by_source(self) -> list["ExampleStore"]:
+        """One store per dataset source named in the shards (``<dir>/<source>``)."""
+        if self.source_ids is None or len(self.source_names) <= 1:
+            return [self]
+        return [self.subset(np.flatnonzero(np.asarray(self.source_ids) == k), f"{self.name}/{name}")
+                for k, name in enumerate(self.source_names)]
+
+
+def _cache_dir(data_dir: Path) -> Path:
+    cache = data_dir / ".cache"
+    try:
+        cache.mkdir(exist_ok=True)
+        if os.access(cache, os.W_OK):
+            return cache
+    except OSError:
+        pass
+    key = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:16]
+    fallback = Path(tempfile.gettempdir()) / f"sft-store-{key}"
+    fallback.mkdir(exist_ok=True)
+    return fallback
+
+
+def load_sft_store(data_dir: Path, split: str, manifest: dict) -> ExampleStore:
+    """The examples of one split of a prepared data dir (shards must be verified first)."""
+    shards = manifest["splits"].get(split, {}).get("shards", [])
+    key = hashlib.sha256("".join(s["sha256"] for s in shards).encode()).hexdigest()[:16]
+    cache = _cache_dir(data_dir)
+    paths = {n: cache / f"{split}-{key}-{n}.npy" for n in ("tokens", "labels", "offsets", "sources")}
+    names_path = cache / f"{split}-{key}-source_names.json"
+    if not all(p.exists() for p in paths.values()) or not names_path.exists():
+        arrays, names = _parse_shards(data_dir, shards)
+        for name, arr in arrays.items():
+            tmp = paths[name].with_name(paths[name].name + f".tmp{os.getpid()}.npy")
+            np.save(tmp, arr)
+            os.replace(tmp, paths[name])
+        tmp = names_path.with_name(names_path.name + f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(names))
+        os.replace(tmp, names_path)  # like the arrays: a crash never leaves a half-written cache file
+    loaded = {n: np.load(p, mmap_mode="r") for n, p in paths.items()}
+    return ExampleStore(data_dir.name, loaded["tokens"], loaded["labels"], loaded["offsets"],
+                        loaded["sources"], tuple(json.loads(names_path.read_text())))
+
+
+def _parse_shards(data_dir: Path, shards: list[dict]) -> tuple[dict[str, np.ndarray], list[str]]:
+    tokens, labels, offsets, sources, names = [], [], [0], [], {}
+    for shard in shards:
+        path = data_dir / shard["file"]
+        with open(path, encoding="utf-8") as handle:
+            for lineno, line in enumerate(handle, 1):
+                try:
+                    row = json.loads(line)
+                    ids = np.asarray(row["input_ids"], dtype=np.int32)
+                    lab = np.asarray(row["labels"], dtype=np.int32)
+                    source = names.setdefault(str(row.get("source", "")), len(names))
+                except (ValueError, KeyError, TypeError) as err:
+                    raise UserError(f"{path}:{lineno}: malformed shard line ({err}); "
+                                    "re-run the prepare stage") from None
+                if ids.shape != lab.shape or ids.ndim != 1 or not len(ids):
+                    raise UserError(f"{path}:{lineno}: input_ids and labels differ in length; "
+                                    "re-run the prepare stage")
+                tokens.append(ids)
+                labels.append(lab)
+                offsets.append(offsets[-1] + len(ids))
+                sources.append(source)
+    empty = np.zeros(0, np.int32)
+    arrays = {"tokens": np.concatenate(tokens) if tokens else empty,
+              "labels": np.concatenate(labels) if labels else empty,
+              "offsets": np.asarray(offsets, dtype=np.int64),
+              "sources": np.asarray(sources, dtype=np.int32)}
+    return arrays, list(names)
+
+
+def window_store(name: str, stream: np.ndarray, window: int) -> ExampleStore:
+    """Fixed-length windows over a token stream (pre-training): every token is a label."""
+    count = len(stream) // window
+    tokens = np.asarray(stream[: count * window], dtype=np.int32)
+    offsets = np.arange(count + 1, dtype=np.int64) * window
+    return ExampleStore(name, tokens, tokens, offsets)

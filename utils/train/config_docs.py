@@ -1,0 +1,132 @@
+"""docs/CONFIG.md, generated from the JSON Schemas (what is allowed) and the dataclasses (defaults).
+
+Regenerate with ``make docs-config``; a test fails when the committed file is stale.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from typing import Any
+
+from utils.common.config import load_schema
+
+HEADER = """# Configuration reference
+
+Generated from `config/schemas/*.schema.json` (types, ranges, descriptions) and the config
+dataclasses in `utils/` (defaults) by `make docs-config`; do not edit by hand.
+A value outside what is listed stops the stage with one line naming the file and the field.
+"""
+
+
+def _config_classes() -> list[tuple[str, str, type, str]]:
+    from utils.data.prepare import SFTDatasetConfig
+    from utils.train.stage_pretrain import PretrainConfig
+    from utils.train.stage_sft import SFTTrainingConfig
+    from utils.data.tokenizer import TokenizerConfig
+
+    return [
+        ("tokenizer", "Tokenizer training", TokenizerConfig, "config/tokenizer/*.json → scripts/00_train_tokenizer.py"),
+        ("pretrain", "Pre-training and CPT", PretrainConfig, "config/pretrain/*.json → scripts/01_pretrain.py"),
+        ("sft_dataset", "SFT dataset preparation", SFTDatasetConfig,
+         "config/sft_datasets/*.json → scripts/02_prepare_sft_corpus.py"),
+        ("sft_training", "SFT training", SFTTrainingConfig, "config/sft_training/*.json → scripts/03_sft_industrial.py"),
+    ]
+
+
+def _resolve(node: dict) -> dict:
+    ref = node.get("$ref")
+    if not ref:
+        return node
+    file, _, pointer = ref.partition("#")
+    target = load_schema(file.removesuffix(".schema.json"))
+    for part in [p for p in pointer.split("/") if p]:
+        target = target[part]
+    return {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+
+
+def _local_ref(node: dict, root: dict) -> dict:
+    ref = node.get("$ref", "")
+    if ref.startswith("#/"):
+        target = root
+        for part in ref[2:].split("/"):
+            target = target[part]
+        return target
+    return _resolve(node)
+
+
+def _type_text(node: dict) -> str:
+    if "enum" in node:
+        return " \\| ".join(f"`{v}`" if not isinstance(v, bool) else f"`{str(v).lower()}`" for v in node["enum"])
+    kind = node.get("type", "object" if "properties" in node else "any")
+    kinds = kind if isinstance(kind, list) else [kind]
+    bounds = []
+    for key, sign in (("minimum", "≥"), ("exclusiveMinimum", ">"), ("maximum", "≤"), ("exclusiveMaximum", "<")):
+        if key in node:
+            bounds.append(f"{sign} {node[key]}")
+    return " \\| ".join(kinds) + (f" ({', '.join(bounds)})" if bounds else "")
+
+
+def _default_text(cls: type | None, name: str) -> str:
+    if cls is None or not dataclasses.is_dataclass(cls):
+        return ""
+    field = {f.name: f for f in dataclasses.fields(cls)}.get(name)
+    if field is None:
+        return ""
+    if field.default is not dataclasses.MISSING:
+        value = field.default
+    elif field.default_factory is not dataclasses.MISSING:
+        value = field.default_factory()
+    else:
+        return "**required**"
+    if dataclasses.is_dataclass(value):
+        return "(object)"
+    return f"`{json.dumps(value, default=str)}`"
+
+
+def _child_class(cls: type | None, name: str) -> type | None:
+    if cls is None or not dataclasses.is_dataclass(cls):
+        return None
+    hint = typing.get_type_hints(cls).get(name)
+    for candidate in (hint, *typing.get_args(hint)):
+        for inner in (candidate, *typing.get_args(candidate)):
+            if dataclasses.is_dataclass(inner):
+                return inner
+    return None
+
+
+def _rows(node: dict, root: dict, cls: type | None, prefix: str, out: list[str]) -> None:
+    node = _local_ref(node, root)
+    for name, sub in node.get("properties", {}).items():
+        sub = _local_ref(sub, root)
+        path = f"{prefix}{name}"
+        description = " ".join(sub.get("description", "").split())
+        items = _local_ref(sub.get("items", {}), root) if isinstance(sub.get("items"), dict) else {}
+        type_text = _type_text(sub) + (f" of {_type_text(items)}" if items and "array" in str(sub.get("type")) else "")
+        out.append(f"| `{path}` | {type_text} | {_default_text(cls, name)} | {description} |")
+        child = _child_class(cls, name)
+        if "properties" in sub:
+            _rows(sub, root, child, f"{path}.", out)
+        elif items.get("properties"):
+            _rows(items, root, child, f"{path}[].", out)
+
+
+def render() -> str:
+    """The whole CONFIG.md text."""
+    parts = [HEADER]
+    for schema_name, title, cls, where in _config_classes():
+        schema = load_schema(schema_name)
+        rows = ["| field | type | default | description |", "|---|---|---|---|"]
+        _rows(schema, schema, cls, "", rows)
+        required = ", ".join(f"`{r}`" for r in schema.get("required", []))
+        parts.append(f"## {title}\n\n{where} — schema `config/schemas/{schema_name}.schema.json`"
+                     f"{'; required: ' + required if required else ''}.\n\n" + "\n".join(rows) + "\n")
+    return "\n".join(parts)
+
+
+def main() -> Any:
+    print(render(), end="")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+"""Wiring shared by the training stages: accelerator, step planner, optimizer, resume, plan print-out."""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from utils.model.attention import use_packed_attention
+from utils.checkpoint.checkpoints import load_checkpoint, load_training_state
+from utils.common.errors import UserError
+from utils.sampling.example_store import ExampleStore
+from utils.model.loss import SupervisedLoss
+from utils.monitor.metrics_log import MetricsLogger, NullLogger
+from utils.model.modeling import count_parameters
+from utils.sampling.planner import MixtureSampler, StepPlanner
+from utils.train.params import TrainingParams, build_optimizer, lr_lambda
+from utils.train.loop import TrainRun, TrainState
+
+
+def make_accelerator(params: TrainingParams):
+    from accelerate import Accelerator
+
+    precision = "bf16" if params.bf16 else "fp16" if params.fp16 else "no"
+    if params.fp16 and not torch.cuda.is_available():
+        raise UserError("training_params.fp16: float16 training needs a GPU; use bf16 on CPU")
+    # cpu=True also makes accelerate set up gloo when torchrun starts several CPU processes
+    return Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
+
+
+def make_planner(stores: list[ExampleStore], weights: list[float], params: TrainingParams,
+                 world_size: int, max_example_tokens: int) -> StepPlanner:
+    """The global step plan; a token budget must hold the longest example."""
+    if params.micro_batch_tokens is not None and params.micro_batch_tokens < max_example_tokens:
+        raise UserError(f"training_params.micro_batch_tokens: {params.micro_batch_tokens} is smaller than "
+                        f"the longest example ({max_example_tokens} tokens); raise it to at least that")
+    sampler = MixtureSampler([len(s) for s in stores], weights, params.seed)
+    return StepPlanner(sampler, [s.lengths for s in stores], [s.supervised_targets for s in stores],
+                       num_bins=params.micro_batches_per_step(world_size),
+                       examples_per_bin=params.per_device_train_batch_size,
+                       bin_tokens=params.micro_batch_tokens)
+
+
+def count_steps(planner: StepPlanner, params: TrainingParams, num_examples: int) -> tuple[int, str]:
+    """Total optimizer steps and where the number came from."""
+    if params.max_steps:
+        return params.max_steps, "training_params.max_steps"
+    epochs = params.num_train_epochs or 1.0
+    target = epochs * num_examples
+    dry = copy.deepcopy(planner)
+    steps = 0
+    while sum(dry.sampler.drawn) - len(dry.carry) < target:
+        dry.next_step()
+        steps += 1
+    return max(1, steps), f"{epochs:g} epoch(s) over {num_examples:,} weighted examples"
+
+
+@dataclass
+class RunPlan:
+    """The resolved plan printed at start-up and saved with every checkpoint."""
+
+    lines: list[tuple[str, str, str]] = field(default_factory=list)
+
+    def add(self, name: str, value, origin: str) -> None:
+        self.lines.append((name, f"{value:,}" if isinstance(value, int) else str(value), origin))
+
+    def render(self) -> str:
+        width = max(len(n) for n, _, _ in self.lines)
+        vwidth = max(len(v) for _, v, _ in self.lines)
+        rows = [f"  {n:<{width}}  {v:>{vwidth}}   ({o})" for n, v, o in self.lines]
+        return "resolved plan:\n" + "\n".join(rows)
+
+    def as_dict(self) -> dict:
+        return {n: {"value": v, "from": o} for n, v, o in self.lines}
+
+
+def build_run(accelerator, model, stores, val_stores, weights, params: TrainingParams,
+              output_dir: Path, run_info: dict, resume: Path | None, plan: RunPlan,
+              max_example_tokens: int) -> tuple[TrainRun, TrainState]:
+    """Prepare model, optimizer, schedule and planner; restore a checkpoint when resuming."""
+    use_packed_attention(model)
+    if params.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "enable_input_require_grads"):
+            model.enable_input_require_grads()
+    world = accelerator.num_processes
+    planner = make_planner(stores, weights, params, world, max_example_tokens)
+    total_steps, steps_from = count_steps(planner, params, sum(len(s) for s in stores))
+    loss_module = SupervisedLoss(model, num_sources=max(len(stores), len(val_stores)))
+    optimizer = build_optimizer(loss_module, params)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(params, total_steps))
+    loss_module, optimizer = accelerator.prepare(loss_module, optimizer)
+    _describe(plan, params, world, total_steps, steps_from, model)
+    state = TrainState()
+    if resume is not None:
+        state = _resume(accelerator, resume, loss_module, optimizer, scheduler, planner, run_info)
+    logger = MetricsLogger(output_dir, state.step) if accelerator.is_main_process else NullLogger()
+    run = TrainRun(accelerator, loss_module, optimizer, scheduler, planner, stores, val_stores, params,
+                   total_steps, output_dir, logger, {**run_info, "plan": plan.as_dict(),
+                                                     "_start_time": time.perf_counter()})
+    return run, state
+
+
+def _describe(plan: RunPlan, params: TrainingParams, world: int, total_steps: int, steps_from: str, model) -> None:
+    accum = params.gradient_accumulation_steps
+    plan.add("world size", world, "accelerate")
+    if params.micro_batch_tokens:
+        plan.add("micro-batch tokens", params.micro_batch_tokens, "training_params.micro_batch_tokens")
+        plan.add("tokens per optimizer step (max)", params.micro_batch_tokens * accum * world,
+                 "micro-batch tokens x accumulation x world size")
+    else:
+        plan.add("examples per micro-batch", params.per_device_train_batch_size,
+                 "training_params.per_device_train_batch_size")
+        plan.add("examples per optimizer step", params.per_device_train_batch_size * accum * world,
+                 "batch x accumulation x world size")
+    plan.add("gradient accumulation", accum, "training_params.gradient_accumulation_steps")
+    plan.add("total optimizer steps", total_steps, steps_from)
+    trainable, total = count_parameters(model)
+    plan.add("trainable parameters", trainable, "LoRA adapter" if hasattr(model, "peft_config") else "full model")
+    plan.add("total parameters", total, "model")
+    plan.add("precision", "bf16" if params.bf16 else "fp16" if params.fp16 else "fp32", "training_params")
+
+
+def _difference(saved, now) -> str:
+    """What changed between the checkpoint's and this run's tokenizer hash or per-dir data hashes."""
+    if not isinstance(saved, dict) or not isinstance(now, dict):
+        return f"{str(saved)[:16]}... in the checkpoint, {str(now)[:16]}... now"
+    parts = [f"{label}: {', '.join(names)}" for label, names in (
+        ("not in this run", sorted(set(saved) - set(now))), ("new in this run", sorted(set(now) - set(saved))),
+        ("changed", sorted(k for k in set(saved) & set(now) if saved[k] != now[k]))) if names]
+    return "; ".join(parts)
+
+
+def _resume(accelerator, path: Path, loss_module, optimizer, scheduler, planner, run_info) -> TrainState:
+    saved = load_training_state(path)
+    for key in ("tokenizer_sha256", "data_hashes"):
+        if key in run_info and saved.get(key) != run_info[key]:
+            raise UserError(
+                f"{path}: checkpoint was trained with other {key.replace('_', ' ')} "
+                f"({_difference(saved.get(key), run_info[key])}); "
+                "resume with the same data and tokenizer, or start a new --output_dir")
+    load_checkpoint(accelerator, path, loss_module, optimizer, scheduler)
+    planner.load_state_dict(saved["planner"])
+    return TrainState(step=saved["step"], tokens_seen=saved["tokens_seen"],
+                      supervised_seen=saved["supervised_seen"], loss_history=saved["loss_history"],
+                      planner=saved["planner"], last_eval=saved.get("last_eval", {}))

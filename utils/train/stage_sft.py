@@ -1,0 +1,221 @@
+"""SFT wiring: verified data dirs → weighted packed steps → the shared training loop → final/."""
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate.utils import set_seed
+from tqdm import tqdm
+
+from utils.common.atomic import write_text_atomic
+from utils.checkpoint.checkpoints import resolve_resume
+from utils.common.errors import UserError
+from utils.sampling.example_store import ExampleStore, load_sft_store
+from utils.checkpoint.final_model import save_final
+from utils.data.fingerprint import tokenizer_fingerprint
+from utils.model.modeling import LoraSettings, apply_lora, check_vocab_fits, load_model, unwrap_lm
+from utils.monitor.plots import plot_training
+from utils.train.run_setup import RunPlan, build_run, make_accelerator
+from utils.data.shards import verify_data_dir
+from utils.data.tokenizer import hf_dir_for, load_tokenizer
+from utils.train.params import TrainingParams
+from utils.train.loop import evaluate, fit
+
+
+@dataclass
+class GenerationSettings:
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 1234
+
+
+@dataclass
+class EvaluationConfig:
+    eval_prompts: list[str] = field(default_factory=list)
+    system_prompt: str | None = None
+    generation_config: GenerationSettings = field(default_factory=GenerationSettings)
+
+
+@dataclass
+class SFTTrainingConfig:
+    """config/sft_training/*.json (schema: config/schemas/sft_training.schema.json)."""
+
+    name: str
+    training_params: TrainingParams
+    lora_config: LoraSettings | None = None
+    data_weights: dict = field(default_factory=dict)
+    evaluation_config: EvaluationConfig = field(default_factory=EvaluationConfig)
+    description: str = ""
+
+
+@dataclass
+class DataDir:
+    path: Path
+    manifest: dict
+    train: ExampleStore
+    val: ExampleStore
+
+
+def load_data_dirs(paths: list[str], tokenizer_sha: str) -> list[DataDir]:
+    """Verify every manifest and shard, check the tokenizer, and load the token arrays."""
+    dirs = []
+    for raw in paths:
+        path = Path(raw)
+        manifest = verify_data_dir(path, tokenizer_sha)
+        dirs.append(DataDir(path, manifest, load_sft_store(path, "train", manifest),
+                            load_sft_store(path, "val", manifest)))
+        if len(dirs[-1].train) == 0:
+            raise UserError(f"{path}: the train split is empty; re-run the prepare stage with more data")
+    templates = {d.manifest["template"]["name"] for d in dirs}
+    if len(templates) > 1:
+        raise UserError(f"--data_dirs use different chat templates ({', '.join(sorted(templates))}); "
+                        "prepare every corpus with the same template")
+    names = [d.path.name for d in dirs]
+    if len(set(names)) != len(names):
+        raise UserError(f"--data_dirs: two directories share a name ({names}); names identify sources")
+    return dirs
+
+
+def resolve_weights(dirs: list[DataDir], cli: list[float] | None, configured: dict) -> tuple[list[float], str]:
+    """Per-dir sampling weights and where they came from."""
+    if cli:
+        if len(cli) != len(dirs):
+            raise UserError(f"--data_weights: {len(cli)} weights for {len(dirs)} --data_dirs; give one per dir")
+        return list(cli), "--data_weights"
+    unknown = set(configured) - {d.path.name for d in dirs}
+    if unknown:
+        raise UserError(f"data_weights: {sorted(unknown)} name no --data_dirs entry "
+                        f"(names: {[d.path.name for d in dirs]})")
+    if configured:
+        return [float(configured.get(d.path.name, 1.0)) for d in dirs], "config data_weights"
+    return [float(len(d.train)) for d in dirs], "proportional to size"
+
+
+def data_hashes(dirs: list[DataDir]) -> dict:
+    """What a checkpoint remembers of its data: every train shard's sha256 per dir."""
+    return {d.path.name: [s["sha256"] for s in d.manifest["splits"]["train"]["shards"]] for d in dirs}
+
+
+def run_sft(cfg: SFTTrainingConfig, resolved: dict, args, output_dir: Path) -> str | None:
+    """Train; write checkpoints, metrics, samples, final/ and a plot; return the summary."""
+    params = cfg.training_params
+    accelerator = make_accelerator(params)
+    set_seed(params.seed)
+    tokenizer = load_tokenizer(args.tokenizer_path)
+    fingerprint = tokenizer_fingerprint(hf_dir_for(args.tokenizer_path))
+    with accelerator.main_process_first():
+        dirs = load_data_dirs(args.data_dirs, fingerprint)
+    weights, weights_from = resolve_weights(dirs, args.data_weights, cfg.data_weights)
+    model = load_model(args.model_path, trust_remote_code=args.trust_remote_code)
+    check_vocab_fits(model, tokenizer, args.model_path, args.tokenizer_path)
+    if cfg.lora_config:
+        model = apply_lora(model, cfg.lora_config)
+    plan = _plan(dirs, weights, weights_from, args)
+    val_stores = [s for d in dirs for s in d.val.by_source() if len(s)]
+    longest = max(int(d.train.lengths.max()) for d in dirs)
+    run_info = {"config": resolved, "tokenizer_sha256": fingerprint, "data_hashes": data_hashes(dirs),
+                "model_path": str(args.model_path), "data_dirs": [str(d.path) for d in dirs],
+                "data_weights": weights, "template": dirs[0].manifest["template"]}
+    resume = resolve_resume(args.resume_from_checkpoint, output_dir)
+    run, state = build_run(accelerator, model, [d.train for d in dirs], val_stores, weights, params,
+                           output_dir, run_info, resume, plan, longest)
+    run.on_eval = _sampler(run, cfg.evaluation_config, tokenizer, dirs[0].manifest, output_dir)
+    if accelerator.is_main_process:
+        _drop_samples_after(output_dir / "samples.jsonl", state.step)
+        print(plan.render(), flush=True)
+    initial = evaluate(run) if run.val_stores and state.step == 0 else {}
+    run.progress = tqdm(total=run.total_steps, initial=state.step, desc="sft",
+                        disable=not accelerator.is_main_process)
+    with run.progress, _oom_hint():  # closed on errors too, so an error line starts a line of its own
+        state = fit(run, state)
+    stop_ids = dirs[0].manifest["template"].get("stop_token_ids")
+    final = save_final(accelerator, run.loss_module, output_dir / "final", args.tokenizer_path,
+                       {"stage": "sft", **run_info, "initial_eval": initial, "last_eval": state.last_eval,
+                        "steps": state.step, "tokens_seen": state.tokens_seen},
+                       merge_adapter=False, stop_token_ids=stop_ids)
+    run.logger.close()
+    if not accelerator.is_main_process:
+        return None
+    plot_training(output_dir / "metrics.jsonl", output_dir / "loss.png", f"SFT {cfg.name}")
+    return _summary(initial, state, final)
+
+
+def _plan(dirs: list[DataDir], weights: list[float], weights_from: str, args) -> RunPlan:
+    plan = RunPlan()
+    plan.add("model", str(args.model_path), "--model_path")
+    total = sum(weights)
+    for d, w in zip(dirs, weights):
+        plan.add(f"data {d.path.name}", f"{len(d.train):,} train / {len(d.val):,} val, "
+                 f"weight {w / total:.2f}", weights_from)
+    plan.add("template", dirs[0].manifest["template"]["name"], "data manifest")
+    return plan
+
+
+def _summary(initial: dict, state, final: Path) -> str:
+    before = initial.get("eval/loss")
+    after = state.last_eval.get("eval/loss")
+    lines = [f"trained {state.step} steps, {state.tokens_seen:,} tokens "
+             f"({state.supervised_seen:,} supervised)"]
+    if before is not None and after is not None:
+        lines.append(f"validation loss: {before:.4f} -> {after:.4f} "
+                     f"(perplexity {initial['eval/ppl']:.2f} -> {state.last_eval['eval/ppl']:.2f})")
+    lines.append(f"final: {final}")
+    return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def _oom_hint():
+    try:
+        yield
+    except torch.OutOfMemoryError:
+        raise UserError("out of memory: lower training_params.micro_batch_tokens (or "
+                        "per_device_train_batch_size), turn on gradient_checkpointing, or lower "
+                        "lora_config.r") from None
+    except RuntimeError as err:
+        if "can't allocate memory" not in str(err) and "out of memory" not in str(err):
+            raise
+        raise UserError("out of memory: lower training_params.micro_batch_tokens (or "
+                        "per_device_train_batch_size), turn on gradient_checkpointing, or lower "
+                        "lora_config.r") from None
+
+
+def _drop_samples_after(path: Path, step: int) -> None:
+    """On resume, forget the samples an interrupted run wrote after its checkpoint (they are made again)."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        with contextlib.suppress(ValueError, AttributeError):
+            if int(json.loads(line).get("step", 0)) <= step:
+                kept.append(line + "\n")
+    write_text_atomic(path, "".join(kept))
+
+
+def _sampler(run, eval_cfg: EvaluationConfig, tokenizer, manifest: dict, output_dir: Path):
+    """Generation samples of the eval prompts, written to samples.jsonl on the main process."""
+    if not eval_cfg.eval_prompts:
+        return None
+    from utils.model.generation import generate_responses
+    from utils.data.templates import get_template
+
+    template = get_template(manifest["template"]["name"], tokenizer)
+
+    def sample(step: int) -> dict:
+        if not run.accelerator.is_main_process:
+            return {}
+        model = unwrap_lm(run.accelerator, run.loss_module)
+        conversations = [([{"role": "system", "content": eval_cfg.system_prompt}] if eval_cfg.system_prompt
+                          else []) + [{"role": "user", "content": p}] for p in eval_cfg.eval_prompts]
+        with torch.random.fork_rng(devices=[]):  # sampling must not move the training RNG
+            results = generate_responses(model, tokenizer, template, conversations, eval_cfg.generation_config)
+        with open(output_dir / "samples.jsonl", "a", encoding="utf-8") as handle:
+            for prompt, result in zip(eval_cfg.eval_prompts, results):
+                handle.write(json.dumps({"step": step, "prompt": prompt, "response": result.text,
+                                         "finished": result.finished}, ensure_ascii=False) + "\n")
+        return {"samples/finished_rate": sum(r.finished for r in results) / len(results)}
+
+    return sample
