@@ -43,8 +43,9 @@ def run_training(out_dir: Path, *, batch: int | None = None, tokens: int | None 
     """Train the tiny model on two weighted sources; returns (state, model state_dict)."""
     from accelerate.utils import set_seed
 
-    from utils.model.modeling import LoraSettings, apply_lora
-    from utils.train.run_setup import RunPlan, build_run, make_accelerator
+    from utils.parallel.lora import LoraSettings, apply_lora
+    from utils.parallel.accelerator import make_accelerator
+    from utils.train.run_setup import RunPlan, build_run
     from utils.train.params import TrainingParams
     from utils.train.loop import fit
 
@@ -59,7 +60,7 @@ def run_training(out_dir: Path, *, batch: int | None = None, tokens: int | None 
                                                target_modules=["q_proj", "v_proj", "gate_proj"]))
     stores = [random_store("a", 60, 1, learnable=learnable), random_store("b", 30, 2, learnable=learnable)]
     val = [random_store("a", 6, 3), random_store("b", 6, 4)]
-    accelerator = make_accelerator(params)
+    accelerator = make_accelerator(params.mixed_precision())
     run, state = build_run(accelerator, model, stores, val, list(weights), params, out_dir,
                            {"data_hashes": "synthetic", "tokenizer_sha256": "none"}, resume, RunPlan(), 40)
     state = fit(run, state)

@@ -28,7 +28,7 @@ def test_step_flops_full_and_frozen():
 
 
 def test_lora_shape_has_few_trainable():
-    from utils.model.modeling import LoraSettings, apply_lora
+    from utils.parallel.lora import LoraSettings, apply_lora
 
     model = apply_lora(tiny_llama(), LoraSettings(r=2, lora_alpha=4, lora_dropout=0.0, target_modules=["q_proj"]))
     shape = model_shape(model)

@@ -11,8 +11,9 @@ import torch
 from scripts_loader import load_script
 from utils.common.errors import run_cli
 from utils.data.fingerprint import tokenizer_fingerprint
-from utils.model.modeling import LoraSettings, ModelArchitecture, apply_lora, build_model, load_model
 from utils.data.tokenizer import IM_END, copy_tokenizer_files
+from utils.model.modeling import ModelArchitecture, build_model, load_model
+from utils.parallel.lora import LoraSettings, apply_lora
 
 export_script = load_script("05_export_model")
 ARCH = ModelArchitecture(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,

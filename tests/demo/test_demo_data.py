@@ -10,8 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from utils.demo.build import CORPUS_MODULES, TASKS, WORDS, check_answer, clean_text, generate_demo_data, prompt_key
 from utils.common.errors import UserError
+from utils.demo.build import generate_demo_data
+from utils.demo.corpus import CORPUS_MODULES, clean_text
+from utils.demo.tasks import TASKS, WORDS, prompt_key
+from utils.eval.metrics import check_answer
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "generate_demo_data.py"
@@ -225,7 +228,7 @@ def test_corpus_is_pydoc_topics_and_stdlib_docstrings(demo):
 
 
 def test_stories_cover_the_instruction_vocabulary_without_instructions(demo):
-    from utils.demo.build import CITIES, COLORS, NAMES, TASKS
+    from utils.demo.tasks import CITIES, COLORS, NAMES, TASKS
 
     text = "\n".join(p.read_text(encoding="utf-8") for p in sorted((demo / "corpus" / "stories").glob("*.txt")))
     tokens = set(re.findall(r"[A-Za-z]+", text))

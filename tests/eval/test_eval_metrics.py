@@ -7,9 +7,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from utils.demo.build import check_answer
 from utils.eval.metrics import (difference, distinct_n, is_success, length_stats, loss_record, perplexity,
-                                prompt_overlap, repetition_rate, score_answers)
+                                prompt_overlap, repetition_rate, score_answers, check_answer)
 
 
 def result(text: str, finished: bool = True):

@@ -15,16 +15,16 @@ import torch
 from conftest import ROOT
 from scripts_loader import load_script
 from utils.common.errors import run_cli
+from utils.data.fingerprint import tokenizer_fingerprint
+from utils.data.shards import FORMAT_VERSION, ShardWriter, example_line, verify_data_dir
+from utils.data.templates import get_template
+from utils.data.tokenizer import copy_tokenizer_files
 from utils.eval.evaluation import (EvalInputs, evaluate_model, generation_metrics, read_eval_set, retention_metrics,
                               retention_store, val_metrics)
 from utils.eval.setup import load_eval_model
-from utils.sampling.example_store import load_sft_store
-from utils.data.fingerprint import tokenizer_fingerprint
 from utils.model.generation import GenerationResult
-from utils.data.shards import FORMAT_VERSION, ShardWriter, example_line, verify_data_dir
-from utils.train.stage_sft import GenerationSettings
-from utils.data.templates import get_template
-from utils.data.tokenizer import copy_tokenizer_files
+from utils.model.generation import GenerationSettings
+from utils.sampling.example_store import load_sft_store
 
 SCRIPT = ROOT / "scripts" / "04_evaluate_sft.py"
 REQUIRED = ("val_loss", "val_ppl", "exact_match", "format_compliance", "retention_ppl")

@@ -76,7 +76,7 @@ def test_conversion_is_cached(smollm2_dir):
 
 def _write_inputs(tmp_path: Path) -> tuple[Path, Path]:
     """~30 demo-like conversations and a dataset config that renders them with SmolLM2's template."""
-    from utils.demo.build import build_train
+    from utils.demo.tasks import build_train
 
     rows = build_train(random.Random(0), 30)
     data = tmp_path / "demo.jsonl"
@@ -121,7 +121,7 @@ def _generate_with_adapter(final: Path, base_dir: Path) -> None:
 
     from utils.model.generation import generate_responses
     from utils.model.modeling import load_model
-    from utils.train.stage_sft import GenerationSettings
+    from utils.model.generation import GenerationSettings
     from utils.data.templates import get_template, model_type_for
     from utils.data.tokenizer import load_tokenizer
 

@@ -116,7 +116,7 @@ def _shape_of_saved(spec: RunSpec) -> ModelShape:
     """The FLOP shape of the model as this run trains it (LoRA adds its matrices), built on meta."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from utils.model.modeling import LoraSettings, apply_lora
+    from utils.parallel.lora import LoraSettings, apply_lora
 
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(spec.model_dir))

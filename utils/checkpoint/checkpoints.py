@@ -143,7 +143,7 @@ def _agree(accelerator, failure: str | None) -> str | None:
 
 
 def _write_main_files(accelerator, tmp: Path, model, optimizer, scheduler, state: dict) -> None:
-    from utils.model.modeling import lm_state_dict, unwrap_lm
+    from utils.parallel.state_dict import lm_state_dict, unwrap_lm
 
     unwrap_lm(accelerator, model).save_pretrained(str(tmp), safe_serialization=True,
                                                   state_dict=lm_state_dict(accelerator, model))
@@ -184,7 +184,8 @@ def load_checkpoint(accelerator, path: Path, model, optimizer, scheduler) -> dic
 
     A missing or unreadable file, or weights of another shape, is a UserError naming the checkpoint.
     """
-    from utils.model.modeling import load_weights_into, unwrap_lm
+    from utils.model.modeling import load_weights_into
+    from utils.parallel.state_dict import unwrap_lm
 
     state = load_training_state(path)
     rng_file = path / f"rng_state_{accelerator.process_index}.pt"

@@ -16,8 +16,8 @@ import torch
 
 from utils.common.atomic import atomic_dir
 from utils.common.errors import UserError
-from utils.model.modeling import load_model
 from utils.data.tokenizer import copy_tokenizer_files
+from utils.model.modeling import load_model
 
 ADAPTER_CONFIG = "adapter_config.json"
 SUMMARY = "training_summary.json"

@@ -5,8 +5,8 @@ import json
 from pathlib import Path
 
 from utils.common.atomic import atomic_dir
-from utils.model.modeling import lm_state_dict, unwrap_lm
 from utils.data.tokenizer import copy_tokenizer_files
+from utils.parallel.state_dict import lm_state_dict, unwrap_lm
 
 
 def save_final(accelerator, loss_module, final_dir: Path, tokenizer_path: str, extra: dict,

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from utils.common.config import load_config
-from utils.data.conversations import Conversation, Skip, iter_conversations
 from utils.common.errors import UserError
+from utils.data.conversations import Conversation, Skip, iter_conversations
 from utils.data.filters import (QualityFilters, clean_messages, conversation_hash, Deduper, fit_to_length,
                            text_drop_reason)
 from utils.data.mixture import MixtureConfig, check_mixture, mixture_warnings, repeats, solve_multipliers, split_of

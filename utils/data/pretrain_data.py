@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from utils.sampling.example_store import ExampleStore, window_store
 from utils.data.text_sources import TextSource, iter_documents
+from utils.sampling.example_store import ExampleStore, window_store
 
 BATCH_DOCS = 256
 

@@ -24,14 +24,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from utils.demo.build import check_answer
 from utils.common.errors import UserError
-from utils.eval.metrics import loss_record, score_answers, text_metrics
-from utils.sampling.example_store import ExampleStore, window_store
+from utils.eval.metrics import check_answer, loss_record, score_answers, text_metrics
 from utils.model.generation import generate_responses
+from utils.model.generation import GenerationSettings
 from utils.model.loss import SupervisedLoss
+from utils.sampling.example_store import ExampleStore, window_store
 from utils.sampling.packing import IGNORE, pack
-from utils.train.stage_sft import GenerationSettings
 
 Conversation = list[dict]
 

@@ -29,6 +29,15 @@ def loss_record(names: Sequence[str], sums: Sequence[float], counts: Sequence[fl
 
 
 # ---------------------------------------------------------------------- instruction following
+def check_answer(task: str, prediction: str, reference: str) -> bool:
+    """Exact match after trimming surrounding whitespace.
+
+    ``task`` is taken so a family can get its own rule later without changing callers; today every
+    family's answer is a bare string that must match exactly.
+    """
+    return prediction.strip() == reference.strip()
+
+
 def is_success(result) -> bool:
     """A usable response: non-empty, and the model stopped by itself (a stop token within max_new_tokens)."""
     return bool(result.finished and result.text.strip())

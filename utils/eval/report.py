@@ -7,8 +7,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from utils.common.atomic import write_json_atomic, write_text_atomic
-from utils.eval.metrics import difference
 from utils.eval.evaluation import SCALARS, ModelEval
+from utils.eval.metrics import difference
 
 FORMAT_VERSION = 1
 DEFINITIONS = {

@@ -11,20 +11,20 @@ from pathlib import Path
 
 import torch
 
-from utils.model.attention import use_packed_attention
 from utils.common.config import from_dict, load_config, read_json
 from utils.common.errors import UserError
-from utils.eval.evaluation import EvalInputs, prompt_conversations, read_eval_set, retention_store
-from utils.sampling.example_store import ExampleStore, load_sft_store
 from utils.data.fingerprint import TOKENIZER_FILES, tokenizer_fingerprint
-from utils.model.modeling import check_vocab_fits, load_model
-from utils.train.run_setup import RunPlan
 from utils.data.shards import verify_data_dir
-from utils.train.stage_sft import EvaluationConfig, SFTTrainingConfig
 from utils.data.templates import get_template, model_type_for
 from utils.data.text_sources import JSONL_SUFFIXES, TextSource, iter_documents
 from utils.data.tokenizer import hf_dir_for, load_tokenizer
+from utils.eval.evaluation import EvalInputs, prompt_conversations, read_eval_set, retention_store
+from utils.model.attention import use_packed_attention
+from utils.model.modeling import check_vocab_fits, load_model
+from utils.sampling.example_store import ExampleStore, load_sft_store
 from utils.train.params import fast_bf16_available
+from utils.train.run_setup import RunPlan
+from utils.train.stage_sft import EvaluationConfig, SFTTrainingConfig
 
 SUMMARY = "training_summary.json"
 

@@ -12,6 +12,16 @@ from tqdm import tqdm
 
 
 @dataclass
+class GenerationSettings:
+    """How responses are sampled (the ``generation_config`` of an SFT training config)."""
+
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 1234
+
+
+@dataclass
 class GenerationResult:
     text: str
     finished: bool          # ended with a stop token within max_new_tokens

@@ -1,4 +1,4 @@
-"""Models: Llama-style presets built from a config, loading HF checkpoints, LoRA, saving.
+"""Models: Llama-style presets built from a config, loading HF checkpoints and weights.
 
 Nothing here downloads: a preset is built from its config, and ``load_model`` reads a
 local directory (or a hub name, for users with internet) with ``trust_remote_code``
@@ -7,7 +7,7 @@ off unless asked for.
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -38,17 +38,6 @@ class ModelArchitecture:
             raise ValueError("num_attention_heads must divide hidden_size")
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError("num_key_value_heads must divide num_attention_heads")
-
-
-@dataclass
-class LoraSettings:
-    r: int = 16
-    lora_alpha: float = 32.0
-    lora_dropout: float = 0.05
-    target_modules: list[str] = field(default_factory=lambda: [
-        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
-    bias: str = "none"
-    modules_to_save: list[str] | None = None
 
 
 def build_model(arch: ModelArchitecture, tokenizer, seed: int) -> torch.nn.Module:
@@ -94,21 +83,6 @@ def check_vocab_fits(model, tokenizer, model_path: str, tokenizer_path: str) -> 
             f"has {len(tokenizer)} tokens; use the tokenizer the model was trained with")
 
 
-def apply_lora(model, lora: LoraSettings):
-    """Wrap ``model`` with a peft LoRA adapter; only the adapter (and modules_to_save) train."""
-    from peft import LoraConfig, get_peft_model
-
-    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    missing = [m for m in lora.target_modules if m not in names]
-    if missing:
-        raise UserError(f"lora_config.target_modules: {missing} not found in the model "
-                        f"(it has e.g. {sorted(n for n in names if n.endswith('proj'))[:8]})")
-    config = LoraConfig(r=lora.r, lora_alpha=lora.lora_alpha, lora_dropout=lora.lora_dropout,
-                        target_modules=list(lora.target_modules), bias=lora.bias,
-                        modules_to_save=lora.modules_to_save, task_type="CAUSAL_LM")
-    return get_peft_model(model, config)
-
-
 def count_parameters(model) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
     total = sum(p.numel() for p in model.parameters())
@@ -148,13 +122,3 @@ def load_weights_into(model, path: Path) -> None:
                         f"unexpected {unexpected[:3]})")
     if tied:
         model.tie_weights()
-
-
-def unwrap_lm(accelerator, wrapped) -> torch.nn.Module:
-    """The causal LM (peft or plain) inside the prepared SupervisedLoss wrapper."""
-    return accelerator.unwrap_model(wrapped).model
-
-
-def lm_state_dict(accelerator, wrapped) -> dict:
-    """Full (gathered under FSDP/ZeRO-3) state dict of the LM, keys as the LM names them."""
-    return {k.removeprefix("model."): v for k, v in accelerator.get_state_dict(wrapped).items()}

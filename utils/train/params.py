@@ -45,6 +45,10 @@ class TrainingParams:
         """Micro-batches in one optimizer step, over all ranks."""
         return self.gradient_accumulation_steps * world_size
 
+    def mixed_precision(self) -> str:
+        """accelerate's name for the precision: "bf16", "fp16" or "no"."""
+        return "bf16" if self.bf16 else "fp16" if self.fp16 else "no"
+
     def autocast_dtype(self) -> torch.dtype | None:
         return torch.bfloat16 if self.bf16 else torch.float16 if self.fp16 else None
 

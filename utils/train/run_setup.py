@@ -1,4 +1,4 @@
-"""Wiring shared by the training stages: accelerator, step planner, optimizer, resume, plan print-out."""
+"""Wiring shared by the training stages: step planner, optimizer, resume, plan print-out."""
 from __future__ import annotations
 
 import copy
@@ -8,26 +8,16 @@ from pathlib import Path
 
 import torch
 
-from utils.model.attention import use_packed_attention
 from utils.checkpoint.checkpoints import load_checkpoint, load_training_state
 from utils.common.errors import UserError
-from utils.sampling.example_store import ExampleStore
+from utils.model.attention import use_packed_attention
 from utils.model.loss import SupervisedLoss
-from utils.monitor.metrics_log import MetricsLogger, NullLogger
 from utils.model.modeling import count_parameters
+from utils.monitor.metrics_log import MetricsLogger, NullLogger
+from utils.sampling.example_store import ExampleStore
 from utils.sampling.planner import MixtureSampler, StepPlanner
-from utils.train.params import TrainingParams, build_optimizer, lr_lambda
 from utils.train.loop import TrainRun, TrainState
-
-
-def make_accelerator(params: TrainingParams):
-    from accelerate import Accelerator
-
-    precision = "bf16" if params.bf16 else "fp16" if params.fp16 else "no"
-    if params.fp16 and not torch.cuda.is_available():
-        raise UserError("training_params.fp16: float16 training needs a GPU; use bf16 on CPU")
-    # cpu=True also makes accelerate set up gloo when torchrun starts several CPU processes
-    return Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
+from utils.train.params import TrainingParams, build_optimizer, lr_lambda
 
 
 def make_planner(stores: list[ExampleStore], weights: list[float], params: TrainingParams,

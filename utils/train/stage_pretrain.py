@@ -8,17 +8,18 @@ from accelerate.utils import set_seed
 from tqdm import tqdm
 
 from utils.checkpoint.checkpoints import resolve_resume
-from utils.common.errors import UserError
 from utils.checkpoint.final_model import save_final
+from utils.common.errors import UserError
 from utils.data.fingerprint import tokenizer_fingerprint
-from utils.model.modeling import (LoraSettings, ModelArchitecture, apply_lora, build_model, check_vocab_fits,
-                            load_model)
-from utils.monitor.plots import plot_training
 from utils.data.pretrain_data import PretrainData, build_streams, pretrain_stores
-from utils.train.run_setup import RunPlan, build_run, make_accelerator
 from utils.data.tokenizer import hf_dir_for, load_tokenizer
-from utils.train.params import TrainingParams
+from utils.model.modeling import ModelArchitecture, build_model, check_vocab_fits, load_model
+from utils.monitor.plots import plot_training
+from utils.parallel.accelerator import make_accelerator
+from utils.parallel.lora import LoraSettings, apply_lora
 from utils.train.loop import evaluate, fit
+from utils.train.params import TrainingParams
+from utils.train.run_setup import RunPlan, build_run
 
 
 @dataclass
@@ -36,7 +37,7 @@ class PretrainConfig:
 def run_pretraining(cfg, resolved: dict, args, output_dir: Path, overrides: dict) -> str | None:
     """Train, save final/ and return the summary to print (None on non-main ranks)."""
     params = cfg.training_params
-    accelerator = make_accelerator(params)
+    accelerator = make_accelerator(params.mixed_precision())
     set_seed(params.seed)
     tokenizer = load_tokenizer(args.tokenizer_path)
     fingerprint = tokenizer_fingerprint(hf_dir_for(args.tokenizer_path))

@@ -10,27 +10,24 @@ import torch
 from accelerate.utils import set_seed
 from tqdm import tqdm
 
-from utils.common.atomic import write_text_atomic
 from utils.checkpoint.checkpoints import resolve_resume
-from utils.common.errors import UserError
-from utils.sampling.example_store import ExampleStore, load_sft_store
 from utils.checkpoint.final_model import save_final
+from utils.common.atomic import write_text_atomic
+from utils.common.errors import UserError
 from utils.data.fingerprint import tokenizer_fingerprint
-from utils.model.modeling import LoraSettings, apply_lora, check_vocab_fits, load_model, unwrap_lm
-from utils.monitor.plots import plot_training
-from utils.train.run_setup import RunPlan, build_run, make_accelerator
 from utils.data.shards import verify_data_dir
+from utils.data.templates import get_template
 from utils.data.tokenizer import hf_dir_for, load_tokenizer
-from utils.train.params import TrainingParams
+from utils.model.generation import GenerationSettings, generate_responses
+from utils.model.modeling import check_vocab_fits, load_model
+from utils.monitor.plots import plot_training
+from utils.parallel.accelerator import make_accelerator
+from utils.parallel.lora import LoraSettings, apply_lora
+from utils.parallel.state_dict import unwrap_lm
+from utils.sampling.example_store import ExampleStore, load_sft_store
 from utils.train.loop import evaluate, fit
-
-
-@dataclass
-class GenerationSettings:
-    max_new_tokens: int = 64
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int = 1234
+from utils.train.params import TrainingParams
+from utils.train.run_setup import RunPlan, build_run
 
 
 @dataclass
@@ -103,7 +100,7 @@ def data_hashes(dirs: list[DataDir]) -> dict:
 def run_sft(cfg: SFTTrainingConfig, resolved: dict, args, output_dir: Path) -> str | None:
     """Train; write checkpoints, metrics, samples, final/ and a plot; return the summary."""
     params = cfg.training_params
-    accelerator = make_accelerator(params)
+    accelerator = make_accelerator(params.mixed_precision())
     set_seed(params.seed)
     tokenizer = load_tokenizer(args.tokenizer_path)
     fingerprint = tokenizer_fingerprint(hf_dir_for(args.tokenizer_path))
@@ -199,9 +196,6 @@ def _sampler(run, eval_cfg: EvaluationConfig, tokenizer, manifest: dict, output_
     """Generation samples of the eval prompts, written to samples.jsonl on the main process."""
     if not eval_cfg.eval_prompts:
         return None
-    from utils.model.generation import generate_responses
-    from utils.data.templates import get_template
-
     template = get_template(manifest["template"]["name"], tokenizer)
 
     def sample(step: int) -> dict:

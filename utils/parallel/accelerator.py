@@ -1,0 +1,15 @@
+"""The accelerate set-up: one process, DDP, FSDP or DeepSpeed, chosen by ``accelerate launch`` outside."""
+from __future__ import annotations
+
+import torch
+from accelerate import Accelerator
+
+from utils.common.errors import UserError
+
+
+def make_accelerator(mixed_precision: str) -> Accelerator:
+    """An Accelerator for ``mixed_precision`` ("bf16", "fp16" or "no") on the GPU, or on CPU without one."""
+    if mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise UserError("training_params.fp16: float16 training needs a GPU; use bf16 on CPU")
+    # cpu=True also makes accelerate set up gloo when torchrun starts several CPU processes
+    return Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
