@@ -16,9 +16,9 @@ from typing import Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.train.cli import add_run_args, apply_overrides  # noqa: E402
 from utils.common.config import load_config, to_dict  # noqa: E402
 from utils.common.errors import run_cli  # noqa: E402
+from utils.train.cli import add_run_args, apply_overrides  # noqa: E402
 from utils.train.stage_sft import SFTTrainingConfig, run_sft  # noqa: E402
 
 

@@ -26,9 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from utils.common.atomic import atomic_dir  # noqa: E402
 from utils.common.errors import run_cli  # noqa: E402
+from utils.eval.evaluation import evaluate_model  # noqa: E402
 from utils.eval.report import build_report, render_table, write_report  # noqa: E402
 from utils.eval.setup import load_eval_model, resolve_inputs  # noqa: E402
-from utils.eval.evaluation import evaluate_model  # noqa: E402
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -17,8 +17,8 @@ from typing import Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.common.errors import run_cli  # noqa: E402
 from utils.checkpoint.export import DTYPES, export_model  # noqa: E402
+from utils.common.errors import run_cli  # noqa: E402
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

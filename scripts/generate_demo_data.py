@@ -13,8 +13,8 @@ from typing import Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.demo.build import generate_demo_data  # noqa: E402
 from utils.common.errors import run_cli  # noqa: E402
+from utils.demo.build import generate_demo_data  # noqa: E402
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from utils.common.labels import IGNORE
 from utils.sampling.example_store import ExampleStore
-from utils.sampling.packing import IGNORE
 
 VOCAB = 97
 
@@ -45,7 +45,8 @@ def run_training(out_dir: Path, *, batch: int | None = None, tokens: int | None 
 
     from utils.parallel.lora import LoraSettings, apply_lora
     from utils.parallel.accelerator import make_accelerator
-    from utils.train.run_setup import RunPlan, build_run
+    from utils.monitor.run_plan import RunPlan
+    from utils.train.run_setup import build_run
     from utils.train.params import TrainingParams
     from utils.train.loop import fit
 

@@ -7,7 +7,8 @@ import torch
 
 from train_helpers import random_store, tiny_llama
 from utils.bench.metrics import ModelShape, StepRecord, matmul_peak_flops, model_shape, window_stats
-from utils.sampling.packing import IGNORE, pack
+from utils.common.labels import IGNORE
+from utils.sampling.packing import pack
 
 
 def test_model_shape_counts_linear_weights_once():

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from utils.data.conversations import Conversation, Skip, check_dataset, iter_conversations
 from utils.common.errors import UserError
+from utils.data.conversations import Conversation, Skip, check_dataset, iter_conversations
 from utils.data.sources import DatasetSpec, Participants
 
 

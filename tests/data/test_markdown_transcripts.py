@@ -6,8 +6,8 @@ from collections import Counter
 
 import pytest
 
-from utils.data.conversations import Conversation, iter_conversations
 from utils.common.errors import UserError
+from utils.data.conversations import Conversation, iter_conversations
 from utils.data.markdown_transcripts import compile_speakers, split_turns
 from utils.data.sources import DatasetSpec, Participants
 

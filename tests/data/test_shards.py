@@ -7,9 +7,9 @@ import pytest
 
 from utils.common.atomic import write_json_atomic
 from utils.common.errors import UserError
+from utils.data.fingerprint import sha256_file
 from utils.data.shards import (FORMAT_VERSION, ShardWriter, example_line, iter_shard_examples, load_manifest,
                           verify_data_dir)
-from utils.data.fingerprint import sha256_file
 
 
 def make_dir(tmp_path, n_train=5, n_val=2, shard_size=2, tokenizer_sha="abc"):

@@ -7,8 +7,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from utils.eval.metrics import (difference, distinct_n, is_success, length_stats, loss_record, perplexity,
-                                prompt_overlap, repetition_rate, score_answers, check_answer)
+from utils.common.labels import perplexity
+from utils.eval.metrics import (check_answer, difference, distinct_n, is_success, length_stats, loss_record,
+                                prompt_overlap, repetition_rate, score_answers)
 
 
 def result(text: str, finished: bool = True):

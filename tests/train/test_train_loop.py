@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from train_helpers import random_store, run_training, tiny_llama
+from utils.common.labels import IGNORE
 from utils.model.attention import use_packed_attention
 from utils.model.loss import SupervisedLoss
-from utils.sampling.packing import IGNORE, best_fit_decreasing, pack
+from utils.sampling.packing import best_fit_decreasing, pack
 
 
 def _logits(model, batch):

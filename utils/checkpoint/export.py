@@ -99,6 +99,7 @@ def resolve_base(final: FinalDir, override: str | None) -> str:
 
 def load_merged(final: FinalDir, base: str):
     """The base with the adapter merged in (peft ``merge_and_unload``), as a plain transformers model."""
+    # peft costs seconds to import; deferred so callers that skip this stay fast
     from peft import PeftModel
 
     if (Path(base) / ADAPTER_CONFIG).is_file() and not (Path(base) / "config.json").is_file():
@@ -154,6 +155,7 @@ def export_model(model_path: str | Path, output_dir: str | Path, eval_report: st
 
 
 def _save_model(model, final_path: Path, tmp: Path) -> None:
+    # transformers costs seconds to import; deferred so callers that skip this stay fast
     from transformers import GenerationConfig
 
     model.save_pretrained(str(tmp), safe_serialization=True)
@@ -166,6 +168,7 @@ def _save_model(model, final_path: Path, tmp: Path) -> None:
 @torch.no_grad()
 def verify_export(model, export_dir: Path) -> float:
     """Reload the export with plain transformers; its logits must equal the in-memory model's."""
+    # transformers costs seconds to import; deferred so callers that skip this stay fast
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(export_dir))

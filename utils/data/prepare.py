@@ -24,9 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from tqdm import tqdm
+
+from utils.common.atomic import atomic_dir
 from utils.common.config import load_config
 from utils.common.errors import UserError
 from utils.data.conversations import Conversation, Skip, iter_conversations
+from utils.data.data_card import build_manifest, print_summary, write_reports
 from utils.data.filters import (QualityFilters, clean_messages, conversation_hash, Deduper, fit_to_length,
                            text_drop_reason)
 from utils.data.mixture import MixtureConfig, check_mixture, mixture_warnings, repeats, solve_multipliers, split_of
@@ -323,9 +327,6 @@ def prepare_corpus(config: SFTDatasetConfig, tokenizer_path: str | Path, output_
                    force: bool = False, num_proc: int | None = None, strict: bool = False,
                    config_path: str | Path | None = None) -> dict:
     """Run the whole stage; returns the manifest. Output appears atomically at ``output_dir``."""
-    from utils.common.atomic import atomic_dir
-    from utils.data.data_card import build_manifest, print_summary, write_reports
-
     hf_dir = hf_dir_for(tokenizer_path)
     model_type = model_type_for(hf_dir)
     template = get_template(config.template, load_tokenizer(hf_dir), model_type)  # fail before reading
@@ -351,8 +352,6 @@ def prepare_corpus(config: SFTDatasetConfig, tokenizer_path: str | Path, output_
 def build_shards(config: SFTDatasetConfig, settings: EncodeSettings, num_proc: int, out_dir: Path,
                  stats: RunStats, strict: bool) -> dict:
     """Both passes, with the spill files in ``out_dir/.spill`` removed afterwards; returns ``splits``."""
-    from tqdm import tqdm
-
     start = time.perf_counter()
     spill_dir = out_dir / ".spill"
     spill_dir.mkdir()

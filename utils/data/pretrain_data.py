@@ -16,7 +16,6 @@ import numpy as np
 from tqdm import tqdm
 
 from utils.data.text_sources import TextSource, iter_documents
-from utils.sampling.example_store import ExampleStore, window_store
 
 BATCH_DOCS = 256
 
@@ -94,9 +93,3 @@ def _write_batch(docs: list[str], tokenizer, val_ratio: float, handles, stats: S
         handles[split].write(arr.tobytes())
         stats.documents[split] += 1
         stats.tokens[split] += len(arr)
-
-
-def pretrain_stores(streams: dict[str, np.ndarray], sequence_length: int) -> tuple[ExampleStore, ExampleStore]:
-    """Fixed-length windows of the train and val streams."""
-    return (window_store("train", streams["train"], sequence_length),
-            window_store("val", streams["val"], sequence_length))

@@ -32,6 +32,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from utils.common.errors import UserError
+from utils.common.labels import IGNORE
 from utils.data.tokenizer import IM_END, IM_START
 
 TEMPLATES = ("chatml", "instruct", "chat", "alpaca", "tokenizer")
@@ -93,7 +94,6 @@ class ChatTemplate:
         eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
         self.stop_token_ids = list(dict.fromkeys(self.end_of_turn_ids + eos))
         """End-of-turn ids then eos: generation stops at any of them."""
-
     # ------------------------------------------------------------------ public API
     def encode(self, messages: Sequence[Message], train_on: str = "all_assistant_turns") -> EncodedConversation:
         """Ids and labels; raises ValueError when the template cannot render this conversation."""
@@ -102,7 +102,7 @@ class ChatTemplate:
         mask = np.zeros(len(tokens.ids), dtype=bool)
         for s, e in supervised:
             mask |= (starts < e) & (ends > s)
-        labels = np.where(mask, np.asarray(tokens.ids, dtype=np.int64), -100).tolist()
+        labels = np.where(mask, np.asarray(tokens.ids, dtype=np.int64), IGNORE).tolist()
         return EncodedConversation(tokens.ids, labels, turn_ends, int(mask.sum()))
 
     def encode_prompt(self, messages: Sequence[Message]) -> list[int]:
@@ -123,11 +123,11 @@ class ChatTemplate:
         tokens = self._tokenize(self._prepare(messages), add_generation_prompt=False)
         out, pos, k = [], 0, 0
         while k < len(tokens.ids):
-            if encoded.labels[k] == -100:
+            if encoded.labels[k] == IGNORE:
                 k += 1
                 continue
             start = k
-            while k < len(tokens.ids) and encoded.labels[k] != -100:
+            while k < len(tokens.ids) and encoded.labels[k] != IGNORE:
                 k += 1
             a, b = tokens.spans[start][0], tokens.spans[k - 1][1]
             out += [tokens.text[pos:a], marks[0], tokens.text[a:b], marks[1]]
@@ -228,6 +228,7 @@ def special_token_ids(tokenizer) -> dict[str, int]:
 
 def _plain_backend(tokenizer):
     """A copy of the fast tokenizer that reads special-token strings as text, plus the anchor token."""
+    # tokenizers is needed only on this path
     from tokenizers import AddedToken, Tokenizer
 
     backend = getattr(tokenizer, "backend_tokenizer", None)

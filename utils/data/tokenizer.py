@@ -16,8 +16,11 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from utils.common.atomic import atomic_dir
 from utils.common.errors import UserError
+from utils.data.fingerprint import TOKENIZER_FILES, tokenizer_fingerprint
 from utils.data.text_sources import TextSource, iter_documents
+from utils.model.gguf import hf_dir_for_gguf
 
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<s>", "</s>"
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
@@ -43,6 +46,7 @@ def train_sentencepiece(text_file: Path, model_prefix: Path, vocab_size: int, mo
                         character_coverage: float, seed: int, max_sentence_length: int,
                         num_threads: int) -> None:
     """Train a byte-fallback SentencePiece model that keeps whitespace and newlines as they are."""
+    # sentencepiece is needed only when training a tokenizer
     import sentencepiece as spm
 
     spm.set_random_generator_seed(seed)
@@ -69,6 +73,7 @@ def train_sentencepiece(text_file: Path, model_prefix: Path, vocab_size: int, mo
 
 def export_hf_tokenizer(model_file: Path, out_dir: Path) -> None:
     """Write an HF tokenizer directory equivalent to the SentencePiece model."""
+    # transformers costs seconds to import; deferred so callers that skip this stay fast
     from transformers import LlamaTokenizer
     from transformers.tokenization_utils_sentencepiece import SentencePieceExtractor
 
@@ -87,7 +92,6 @@ def hf_dir_for(path: str | Path) -> Path:
     """The HF tokenizer directory for a tokenizer path (a directory, or a .model beside one)."""
     path = Path(path)
     if path.suffix == ".gguf":
-        from utils.model.gguf import hf_dir_for_gguf
 
         return hf_dir_for_gguf(path)
     if path.is_dir():
@@ -104,6 +108,7 @@ def hf_dir_for(path: str | Path) -> Path:
 
 def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
     """Load the HF tokenizer at ``path`` (directory or .model beside one) with plain transformers."""
+    # transformers costs seconds to import; deferred so callers that skip this stay fast
     from transformers import AutoTokenizer
 
     hf_dir = hf_dir_for(path)
@@ -118,8 +123,6 @@ def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
 
 def copy_tokenizer_files(src: str | Path, dst: Path) -> None:
     """Copy tokenizer files byte for byte, so the copy keeps the source's fingerprint."""
-    from utils.data.fingerprint import TOKENIZER_FILES
-
     src_dir = hf_dir_for(src)
     dst.mkdir(parents=True, exist_ok=True)
     for name in TOKENIZER_FILES:
@@ -179,9 +182,6 @@ def _write_source(src: TextSource, budget: int, handle, max_passes: int) -> int:
 
 def train_tokenizer(cfg: TokenizerConfig, num_threads: int) -> TokenizerResult:
     """Train SentencePiece on the weighted mix and write .model, .vocab and the HF directory."""
-    from utils.common.atomic import atomic_dir
-    from utils.data.fingerprint import tokenizer_fingerprint
-
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_dir(out_dir / cfg.name) as work:

@@ -25,12 +25,12 @@ import torch
 from tqdm import tqdm
 
 from utils.common.errors import UserError
+from utils.common.labels import IGNORE
 from utils.eval.metrics import check_answer, loss_record, score_answers, text_metrics
-from utils.model.generation import generate_responses
-from utils.model.generation import GenerationSettings
+from utils.model.generation import GenerationSettings, generate_responses
 from utils.model.loss import SupervisedLoss
 from utils.sampling.example_store import ExampleStore, window_store
-from utils.sampling.packing import IGNORE, pack
+from utils.sampling.packing import pack
 
 Conversation = list[dict]
 

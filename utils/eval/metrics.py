@@ -10,14 +10,7 @@ import math
 from collections import defaultdict
 from typing import Callable, Sequence
 
-PPL_CAP_LOSS = 50.0
-"""Losses above this report perplexity exp(50) (~5e21) instead of overflowing JSON to Infinity."""
-
-
-def perplexity(loss: float | None) -> float | None:
-    """exp(loss): the loss is a token-weighted mean negative log-likelihood in nats."""
-    return None if loss is None else math.exp(min(loss, PPL_CAP_LOSS))
-
+from utils.common.labels import perplexity
 
 def loss_record(names: Sequence[str], sums: Sequence[float], counts: Sequence[float]) -> dict:
     """Token-weighted loss and perplexity, overall and per named part (e.g. per data source)."""

@@ -21,9 +21,9 @@ from utils.data.tokenizer import hf_dir_for, load_tokenizer
 from utils.eval.evaluation import EvalInputs, prompt_conversations, read_eval_set, retention_store
 from utils.model.attention import use_packed_attention
 from utils.model.modeling import check_vocab_fits, load_model
+from utils.monitor.run_plan import RunPlan
+from utils.parallel.accelerator import fast_bf16_available
 from utils.sampling.example_store import ExampleStore, load_sft_store
-from utils.train.params import fast_bf16_available
-from utils.train.run_setup import RunPlan
 from utils.train.stage_sft import EvaluationConfig, SFTTrainingConfig
 
 SUMMARY = "training_summary.json"
@@ -74,6 +74,7 @@ def _load_adapter(path: Path, trust_remote_code: bool):
         raise UserError(f"{config_file}: base_model_name_or_path {base!r} not found; run from the directory "
                         "training ran in, or set that field to the base model's directory")
     model = load_model(base, trust_remote_code=trust_remote_code)
+    # peft costs seconds to import; deferred so callers that skip this stay fast
     from peft import PeftModel
 
     try:

@@ -17,6 +17,7 @@ _registered = False
 
 def packed_sdpa_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """query [1, H, N, D], key/value [1, Hkv, N, D] → ([1, N, H, D], None)."""
+    # transformers costs seconds to import; deferred so callers that skip this stay fast
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     bounds = kwargs.get("cu_seq_lens_q")
@@ -38,6 +39,7 @@ def packed_sdpa_attention(module, query, key, value, attention_mask, scaling=Non
 
 def _packed_mask(*args, **kwargs):
     """No mask for packed rows (attention uses the bounds); the SDPA mask for padded batches."""
+    # transformers costs seconds to import; deferred so callers that skip this stay fast
     from transformers.masking_utils import sdpa_mask
 
     if kwargs.get("attention_mask") is None:
@@ -49,6 +51,7 @@ def register() -> str:
     """Register ``packed_sdpa`` with transformers once; returns its name."""
     global _registered
     if not _registered:
+        # transformers costs seconds to import; deferred so callers that skip this stay fast
         from transformers import AttentionInterface
         from transformers.masking_utils import AttentionMaskInterface
 

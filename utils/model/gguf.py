@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
+from utils.common.atomic import atomic_dir
 from utils.common.errors import UserError
 
 SOURCE_FILE = "gguf_source.json"
@@ -122,8 +123,6 @@ def _lock(target: Path) -> Iterator[None]:
 
 def convert_gguf(path: Path, out_dir: Path, source: dict) -> None:
     """Dequantize ``path`` into an HF directory at ``out_dir`` (written atomically)."""
-    from utils.common.atomic import atomic_dir
-
     print(f"converting {path} to an HF model in {out_dir} (once; later runs reuse it)",
           file=sys.stderr, flush=True)
     tokenizer, model = _read_gguf(path)
@@ -145,6 +144,7 @@ def convert_gguf(path: Path, out_dir: Path, source: dict) -> None:
 
 
 def _read_gguf(path: Path):
+    # transformers costs seconds to import; deferred so callers that skip this stay fast
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder, name = str(path.absolute().parent), path.name

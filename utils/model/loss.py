@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from utils.common.labels import IGNORE
 from utils.model.modeling import decoder_and_head
-from utils.sampling.packing import IGNORE
 
 CHUNK_ROWS = 4096
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from utils.common.errors import UserError
+from utils.model.gguf import hf_dir_for_gguf
 
 # peft reads a property transformers 5 deprecated; the warning says nothing a user can act on.
 warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
@@ -42,6 +43,7 @@ class ModelArchitecture:
 
 def build_model(arch: ModelArchitecture, tokenizer, seed: int) -> torch.nn.Module:
     """A freshly initialised Llama model sized to the tokenizer (deterministic from ``seed``)."""
+    # transformers costs seconds to import; deferred so callers that skip this stay fast
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
@@ -55,11 +57,11 @@ def build_model(arch: ModelArchitecture, tokenizer, seed: int) -> torch.nn.Modul
 
 def load_model(path: str, trust_remote_code: bool = False, dtype: torch.dtype = torch.float32):
     """An HF causal LM from a local directory (or hub name); errors name the path and the fix."""
+    # transformers costs seconds to import; deferred so callers that skip this stay fast
     from transformers import AutoModelForCausalLM
 
     local = Path(path)
     if local.suffix == ".gguf":
-        from utils.model.gguf import hf_dir_for_gguf
 
         local = hf_dir_for_gguf(local)
     elif not local.exists() and (local.is_absolute() or path.startswith((".", "checkpoints", "data"))):
@@ -98,10 +100,12 @@ def decoder_and_head(model):
 
 def load_weights_into(model, path: Path) -> None:
     """Load checkpoint weights (adapter or full, safetensors only) into ``model`` in place."""
+    # safetensors is needed only when loading weights
     from safetensors.torch import load_file
 
     path = Path(path)
     if hasattr(model, "peft_config"):
+        # peft costs seconds to import; deferred so callers that skip this stay fast
         from peft import set_peft_model_state_dict
 
         result = set_peft_model_state_dict(model, load_file(str(path / "adapter_model.safetensors")))

@@ -16,6 +16,7 @@ class MetricsLogger:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._truncate_after(resume_step)
         self.handle = open(self.path, "a", encoding="utf-8")
+        # torch costs seconds to import; deferred so callers that skip this stay fast
         from torch.utils.tensorboard import SummaryWriter
 
         self.tb = SummaryWriter(str(Path(output_dir) / "tensorboard"), purge_step=resume_step or None)

@@ -13,3 +13,15 @@ def make_accelerator(mixed_precision: str) -> Accelerator:
         raise UserError("training_params.fp16: float16 training needs a GPU; use bf16 on CPU")
     # cpu=True also makes accelerate set up gloo when torchrun starts several CPU processes
     return Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
+
+
+def fast_bf16_available() -> bool:
+    """bf16 autocast pays off on GPUs that support it and CPUs with bf16 matmul instructions."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            flags = handle.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags

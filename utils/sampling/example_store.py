@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from utils.common.errors import UserError
-from utils.sampling.packing import IGNORE
+from utils.common.labels import IGNORE
 
 
 @dataclass

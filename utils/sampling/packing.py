@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-IGNORE = -100
+from utils.common.labels import IGNORE
 
 
 @dataclass

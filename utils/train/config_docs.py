@@ -10,6 +10,10 @@ import typing
 from typing import Any
 
 from utils.common.config import load_schema
+from utils.data.prepare import SFTDatasetConfig
+from utils.data.tokenizer import TokenizerConfig
+from utils.train.stage_pretrain import PretrainConfig
+from utils.train.stage_sft import SFTTrainingConfig
 
 HEADER = """# Configuration reference
 
@@ -20,11 +24,6 @@ A value outside what is listed stops the stage with one line naming the file and
 
 
 def _config_classes() -> list[tuple[str, str, type, str]]:
-    from utils.data.prepare import SFTDatasetConfig
-    from utils.train.stage_pretrain import PretrainConfig
-    from utils.train.stage_sft import SFTTrainingConfig
-    from utils.data.tokenizer import TokenizerConfig
-
     return [
         ("tokenizer", "Tokenizer training", TokenizerConfig, "config/tokenizer/*.json → scripts/00_train_tokenizer.py"),
         ("pretrain", "Pre-training and CPT", PretrainConfig, "config/pretrain/*.json → scripts/01_pretrain.py"),

@@ -20,6 +20,7 @@ import torch
 
 from utils.checkpoint.checkpoints import save_checkpoint
 from utils.common.errors import UserError
+from utils.common.labels import IGNORE, perplexity
 from utils.sampling.example_store import ExampleStore
 from utils.sampling.packing import PackedBatch, pack
 from utils.sampling.planner import StepPlanner
@@ -107,7 +108,7 @@ def evaluate(run: TrainRun) -> dict:
             _, by_source = run.loss_module(batch.input_ids, batch.position_ids, batch.targets, batch.source_ids,
                                              batch.cu_seq_lens)
         sums += by_source[: len(sums)]
-        counts += torch.bincount(batch.source_ids[batch.targets != -100], minlength=len(sums)).float()
+        counts += torch.bincount(batch.source_ids[batch.targets != IGNORE], minlength=len(sums)).float()
     run.loss_module.train()
     sums, counts = acc.reduce(sums, "sum"), acc.reduce(counts, "sum")
     return _eval_record(run.val_stores, sums.tolist(), counts.tolist())
@@ -137,10 +138,10 @@ def _eval_record(stores, sums: list[float], counts: list[float]) -> dict:
     for store, total, n in zip(stores, sums, counts):
         if n:
             record[f"eval/{store.name}/loss"] = total / n
-            record[f"eval/{store.name}/ppl"] = math.exp(min(total / n, 50))
+            record[f"eval/{store.name}/ppl"] = perplexity(total / n)
     if sum(counts):
         record["eval/loss"] = sum(sums) / sum(counts)
-        record["eval/ppl"] = math.exp(min(record["eval/loss"], 50))
+        record["eval/ppl"] = perplexity(record["eval/loss"])
         record["eval/tokens"] = int(sum(counts))
     return record
 

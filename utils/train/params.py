@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from utils.parallel.accelerator import fast_bf16_available
+
 
 @dataclass
 class TrainingParams:
@@ -51,18 +53,6 @@ class TrainingParams:
 
     def autocast_dtype(self) -> torch.dtype | None:
         return torch.bfloat16 if self.bf16 else torch.float16 if self.fp16 else None
-
-
-def fast_bf16_available() -> bool:
-    """bf16 autocast pays off on GPUs that support it and CPUs with bf16 matmul instructions."""
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            flags = handle.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def lr_lambda(params: TrainingParams, total_steps: int):

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -45,25 +44,6 @@ def count_steps(planner: StepPlanner, params: TrainingParams, num_examples: int)
         dry.next_step()
         steps += 1
     return max(1, steps), f"{epochs:g} epoch(s) over {num_examples:,} weighted examples"
-
-
-@dataclass
-class RunPlan:
-    """The resolved plan printed at start-up and saved with every checkpoint."""
-
-    lines: list[tuple[str, str, str]] = field(default_factory=list)
-
-    def add(self, name: str, value, origin: str) -> None:
-        self.lines.append((name, f"{value:,}" if isinstance(value, int) else str(value), origin))
-
-    def render(self) -> str:
-        width = max(len(n) for n, _, _ in self.lines)
-        vwidth = max(len(v) for _, v, _ in self.lines)
-        rows = [f"  {n:<{width}}  {v:>{vwidth}}   ({o})" for n, v, o in self.lines]
-        return "resolved plan:\n" + "\n".join(rows)
-
-    def as_dict(self) -> dict:
-        return {n: {"value": v, "from": o} for n, v, o in self.lines}
 
 
 def build_run(accelerator, model, stores, val_stores, weights, params: TrainingParams,

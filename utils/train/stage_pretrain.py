@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from accelerate.utils import set_seed
 from tqdm import tqdm
 
@@ -11,15 +12,17 @@ from utils.checkpoint.checkpoints import resolve_resume
 from utils.checkpoint.final_model import save_final
 from utils.common.errors import UserError
 from utils.data.fingerprint import tokenizer_fingerprint
-from utils.data.pretrain_data import PretrainData, build_streams, pretrain_stores
+from utils.data.pretrain_data import PretrainData, build_streams
 from utils.data.tokenizer import hf_dir_for, load_tokenizer
 from utils.model.modeling import ModelArchitecture, build_model, check_vocab_fits, load_model
 from utils.monitor.plots import plot_training
+from utils.monitor.run_plan import RunPlan
 from utils.parallel.accelerator import make_accelerator
+from utils.sampling.example_store import ExampleStore, window_store
 from utils.parallel.lora import LoraSettings, apply_lora
 from utils.train.loop import evaluate, fit
 from utils.train.params import TrainingParams
-from utils.train.run_setup import RunPlan, build_run
+from utils.train.run_setup import build_run
 
 
 @dataclass
@@ -77,6 +80,12 @@ def run_pretraining(cfg, resolved: dict, args, output_dir: Path, overrides: dict
     start = f"{initial:.4f}" if initial is not None else "(resumed)"
     return (f"validation loss: {start} -> {final_loss:.4f} after {state.step} steps, "
             f"{state.tokens_seen:,} tokens\nfinal model: {final}")
+
+
+def pretrain_stores(streams: dict[str, np.ndarray], sequence_length: int) -> tuple[ExampleStore, ExampleStore]:
+    """Fixed-length windows of the train and val streams."""
+    return (window_store("train", streams["train"], sequence_length),
+            window_store("val", streams["val"], sequence_length))
 
 
 def _model(cfg, args, tokenizer, seed: int):

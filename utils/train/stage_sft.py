@@ -21,13 +21,14 @@ from utils.data.tokenizer import hf_dir_for, load_tokenizer
 from utils.model.generation import GenerationSettings, generate_responses
 from utils.model.modeling import check_vocab_fits, load_model
 from utils.monitor.plots import plot_training
+from utils.monitor.run_plan import RunPlan
 from utils.parallel.accelerator import make_accelerator
 from utils.parallel.lora import LoraSettings, apply_lora
 from utils.parallel.state_dict import unwrap_lm
 from utils.sampling.example_store import ExampleStore, load_sft_store
 from utils.train.loop import evaluate, fit
 from utils.train.params import TrainingParams
-from utils.train.run_setup import RunPlan, build_run
+from utils.train.run_setup import build_run
 
 
 @dataclass
