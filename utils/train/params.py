@@ -8,6 +8,9 @@ import torch
 
 from utils.parallel.accelerator import fast_bf16_available
 
+SCHEDULERS = ("cosine", "linear", "constant")
+"""Learning-rate decays after warm-up (``lr_lambda``); the schema lists the same names."""
+
 
 @dataclass
 class TrainingParams:
