@@ -25,10 +25,9 @@ import torch
 from tqdm import tqdm
 
 from utils.common.errors import UserError
-from utils.common.labels import IGNORE
 from utils.eval.metrics import check_answer, loss_record, score_answers, text_metrics
 from utils.model.generation import GenerationSettings, generate_responses
-from utils.model.loss import SupervisedLoss
+from utils.model.loss import SupervisedLoss, loss_sums
 from utils.sampling.example_store import ExampleStore, window_store
 from utils.sampling.packing import pack
 
@@ -160,22 +159,15 @@ def _bins(lengths: list[int], budget: int):
         yield current
 
 
-@torch.no_grad()
-def loss_sums(model, examples: list[tuple[np.ndarray, np.ndarray, int]], num_sources: int,
-              inputs: EvalInputs, desc: str) -> tuple[list[float], list[float]]:
-    """Summed next-token loss and supervised-target count per source over (ids, labels, source) examples."""
-    loss_module = SupervisedLoss(model, num_sources)
-    sums = torch.zeros(num_sources, dtype=torch.float64)
-    counts = torch.zeros(num_sources, dtype=torch.float64)
-    bins = list(_bins([len(e[0]) for e in examples], inputs.batch_tokens))
-    for group in tqdm(bins, desc=desc, disable=not inputs.show_progress):
-        batch = pack([examples[i] for i in group]).to(inputs.device)
-        with precision_context(inputs):
-            _, by_source = loss_module(batch.input_ids, batch.position_ids, batch.targets, batch.source_ids,
-                                       batch.cu_seq_lens)
-        sums += by_source.double().cpu()
-        kept = batch.source_ids[batch.targets != IGNORE]
-        counts += torch.bincount(kept, minlength=num_sources).double().cpu()
+def example_loss_sums(model, examples: list[tuple[np.ndarray, np.ndarray, int]], num_sources: int,
+                      inputs: EvalInputs, desc: str) -> tuple[list[float], list[float]]:
+    """Summed next-token loss and supervised-target count per source over (ids, labels, source) examples,
+    by the training loop's own routine (``utils.model.loss.loss_sums``)."""
+    bins = _bins([len(e[0]) for e in examples], inputs.batch_tokens)
+    batches = (pack([examples[i] for i in group]) for group in tqdm(list(bins), desc=desc,
+                                                                     disable=not inputs.show_progress))
+    sums, counts = loss_sums(SupervisedLoss(model, num_sources), batches, num_sources, inputs.device,
+                             lambda: precision_context(inputs))
     return sums.tolist(), counts.tolist()
 
 
@@ -186,12 +178,12 @@ def _store_examples(stores: list[ExampleStore]) -> list[tuple[np.ndarray, np.nda
 def val_metrics(model, inputs: EvalInputs) -> dict:
     """Token-weighted validation loss/perplexity over the val shards, overall and per source."""
     stores = inputs.val_stores
-    sums, counts = loss_sums(model, _store_examples(stores), len(stores), inputs, "validation loss")
+    sums, counts = example_loss_sums(model, _store_examples(stores), len(stores), inputs, "validation loss")
     return loss_record([s.name for s in stores], sums, counts)
 
 
 def retention_metrics(model, inputs: EvalInputs) -> dict:
-    sums, counts = loss_sums(model, _store_examples([inputs.retention]), 1, inputs, "retention")
+    sums, counts = example_loss_sums(model, _store_examples([inputs.retention]), 1, inputs, "retention")
     return loss_record(["retention"], sums, counts)
 
 
@@ -217,7 +209,7 @@ def response_logprob(model, inputs: EvalInputs, conversations: list[Conversation
             examples.append((np.asarray(enc.input_ids), np.asarray(enc.labels), 0))
     if not examples:
         return None
-    sums, counts = loss_sums(model, examples, 1, inputs, "response log-likelihood")
+    sums, counts = example_loss_sums(model, examples, 1, inputs, "response log-likelihood")
     return -sums[0] / counts[0] if counts[0] else None
 
 

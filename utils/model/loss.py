@@ -6,6 +6,9 @@ SUM; the training loop divides by the supervised tokens of the whole optimizer s
 """
 from __future__ import annotations
 
+import contextlib
+from typing import Callable, Iterable
+
 import torch
 import torch.nn.functional as F
 
@@ -38,3 +41,23 @@ class SupervisedLoss(torch.nn.Module):
         by_source.index_add_(0, sources, losses.detach())
         # sum() of an empty tensor keeps the graph connected, so DDP sees every parameter used
         return losses.sum() + 0.0 * hidden.sum(), by_source
+
+
+@torch.no_grad()
+def loss_sums(loss_module: SupervisedLoss, batches: Iterable, num_sources: int, device,
+              autocast: Callable[[], contextlib.AbstractContextManager]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed loss and supervised-target count per source over packed batches: the one validation loss.
+
+    Training (each rank its share, then reduced) and evaluation both call it. The sums are float32 on
+    ``device``, as the per-batch sums are, so the numbers do not depend on where the model runs.
+    """
+    sums = torch.zeros(num_sources, device=device)
+    counts = torch.zeros(num_sources, device=device)
+    for batch in batches:
+        batch = batch.to(device)
+        with autocast():
+            _, by_source = loss_module(batch.input_ids, batch.position_ids, batch.targets, batch.source_ids,
+                                       batch.cu_seq_lens)
+        sums += by_source[:num_sources]
+        counts += torch.bincount(batch.source_ids[batch.targets != IGNORE], minlength=num_sources).float()
+    return sums, counts

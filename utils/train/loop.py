@@ -20,7 +20,8 @@ import torch
 
 from utils.checkpoint.checkpoints import save_checkpoint
 from utils.common.errors import UserError
-from utils.common.labels import IGNORE, perplexity
+from utils.common.labels import perplexity
+from utils.model.loss import loss_sums
 from utils.sampling.example_store import ExampleStore
 from utils.sampling.packing import PackedBatch, pack
 from utils.sampling.planner import StepPlanner
@@ -92,23 +93,14 @@ def optimizer_step(run: TrainRun) -> torch.Tensor:
     return grad_norm
 
 
-@torch.no_grad()
 def evaluate(run: TrainRun) -> dict:
     """Token-weighted validation loss and perplexity, overall and per source."""
-    acc, params = run.accelerator, run.params
+    acc = run.accelerator
+    bins = _val_bins(run.val_stores, run.params.micro_batch_tokens or 0, run.params)
+    mine = (collate(run.val_stores, items) for j, items in enumerate(bins)
+            if j % acc.num_processes == acc.process_index)
     run.loss_module.eval()
-    sums = torch.zeros(len(run.val_stores), device=acc.device)
-    counts = torch.zeros(len(run.val_stores), device=acc.device)
-    budget = params.micro_batch_tokens or 0
-    for j, items in enumerate(_val_bins(run.val_stores, budget, params)):
-        if j % acc.num_processes != acc.process_index:
-            continue
-        batch = collate(run.val_stores, items).to(acc.device)
-        with acc.autocast():
-            _, by_source = run.loss_module(batch.input_ids, batch.position_ids, batch.targets, batch.source_ids,
-                                             batch.cu_seq_lens)
-        sums += by_source[: len(sums)]
-        counts += torch.bincount(batch.source_ids[batch.targets != IGNORE], minlength=len(sums)).float()
+    sums, counts = loss_sums(run.loss_module, mine, len(run.val_stores), acc.device, acc.autocast)
     run.loss_module.train()
     sums, counts = acc.reduce(sums, "sum"), acc.reduce(counts, "sum")
     return _eval_record(run.val_stores, sums.tolist(), counts.tolist())
