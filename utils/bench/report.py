@@ -8,6 +8,8 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
+from utils.common.markdown import markdown_table
+
 BEGIN = "<!-- bench:begin (written by scripts/benchmark_throughput.py) -->"
 END = "<!-- bench:end -->"
 LABELS = {"ours": "this trainer", "trl": "TRL padding-free", "trl_packed": "TRL BFD packing",
@@ -63,30 +65,32 @@ def _fmt(value, spec: str, none: str = "-") -> str:
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| case | trainer | micro-batch | supervised tok/s | per CPU-s | all tok/s | padding | peak RSS MiB "
-            "| loss (same steps) | precision | MFU | vs best TRL | (CPU-s) | vs HF |\n"
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|")
-    lines = [head]
+    header = ["case", "trainer", "micro-batch", "supervised tok/s", "per CPU-s", "all tok/s", "padding",
+              "peak RSS MiB", "loss (same steps)", "precision", "MFU", "vs best TRL", "(CPU-s)", "vs HF"]
+    cells = []
     for r in rows:
         loss = _fmt(r["loss"], ".4f")
         if r["loss_vs_trl"] is not None and r["trainer"] not in TRL_KINDS:
             loss += f" ({r['loss_vs_trl']:+.2%})"
-        lines.append(f"| {r['case']} | {LABELS.get(r['trainer'], r['trainer'])} | {_fmt(r['micro'], 'd')} "
-                     f"| {r['supervised_per_s']:,.0f} | {r['supervised_per_cpu_s']:,.0f} | {r['tokens_per_s']:,.0f} "
-                     f"| {r['padding']:.1%} | {r['rss_mb']:,.0f} | {loss} | {r.get('precision', 'fp32')} | {r['mfu']:.1%} "
-                     f"| {_fmt(r['vs_trl'], '.2f')}x | {_fmt(r['vs_trl_cpu'], '.2f')}x | {_fmt(r['vs_hf'], '.2f')}x |")
-    return "\n".join(lines).replace("| -x |", "| - |")
+        cells.append([r["case"], LABELS.get(r["trainer"], r["trainer"]), _fmt(r["micro"], "d"),
+                      f"{r['supervised_per_s']:,.0f}", f"{r['supervised_per_cpu_s']:,.0f}", f"{r['tokens_per_s']:,.0f}",
+                      f"{r['padding']:.1%}", f"{r['rss_mb']:,.0f}", loss, r.get("precision", "fp32"),
+                      f"{r['mfu']:.1%}", _times(r["vs_trl"]), _times(r["vs_trl_cpu"]), _times(r["vs_hf"])])
+    return "\n".join(markdown_table(header, cells, align="llrrrrrrrlrrrr"))
+
+
+def _times(ratio) -> str:
+    return "-" if ratio is None else f"{ratio:.2f}x"
 
 
 def prep_table(prep: dict | None) -> str:
     if not prep:
         return "(data preparation race skipped: --no_prep)"
     ours, trl = prep["ours"], prep["trl"]
-    return ("| preparation | processes | examples | seconds | examples/s |\n|---|---:|---:|---:|---:|\n"
-            f"| 02_prepare_sft_corpus.py | {ours['num_proc']} | {ours['examples']:,} | {ours['seconds']:.1f} "
-            f"| {ours['examples_per_s']:,.0f} |\n"
-            f"| TRL SFTTrainer tokenization | {trl['num_proc']} | {trl['examples']:,} | {trl['seconds']:.1f} "
-            f"| {trl['examples_per_s']:,.0f} |\n\nspeed-up: {prep['speedup']:.2f}x")
+    rows = [[name, side["num_proc"], f"{side['examples']:,}", f"{side['seconds']:.1f}", f"{side['examples_per_s']:,.0f}"]
+            for name, side in (("02_prepare_sft_corpus.py", ours), ("TRL SFTTrainer tokenization", trl))]
+    table = markdown_table(["preparation", "processes", "examples", "seconds", "examples/s"], rows, align="lrrrr")
+    return "\n".join(table) + f"\n\nspeed-up: {prep['speedup']:.2f}x"
 
 
 def render(results: dict, chart: str) -> str:

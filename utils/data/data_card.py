@@ -14,6 +14,7 @@ from pathlib import Path
 
 from utils.common.atomic import write_json_atomic, write_text_atomic
 from utils.common.config import to_dict
+from utils.common.markdown import markdown_table
 from utils.data.fingerprint import tokenizer_fingerprint
 from utils.data.mixture import achieved_ratios
 from utils.data.shards import FORMAT_VERSION
@@ -150,11 +151,6 @@ def write_histogram(path: Path, lengths, sequence_length: int) -> None:
     plt.close(fig)
 
 
-def _table(header: list[str], rows: list[list]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-
-
 def _fence(text: str) -> str:
     """A backtick fence longer than any run of backticks inside ``text``."""
     longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
@@ -170,24 +166,24 @@ def data_card(config, template: ChatTemplate, manifest: dict, stats) -> str:
              f"- sequence length {config.output_params.sequence_length}; overlong conversations: "
              f"{config.output_params.overlong}; seed {config.seed}"]
     lines += [f"- note: {note}" for note in template.notes] + ["", "## Sources", ""]
-    lines += _table(["source", "type", "data", "license", "domain", "weight"], [
+    lines += markdown_table(["source", "type", "data", "license", "domain", "weight"], [
         [d.name, d.type, f"`{d.dataset_name or ', '.join(d.directories)}`", d.license or "not given",
          "yes" if d.domain else "no", d.weight] for d in config.datasets])
     lines += ["", "## Counts and mixture", "",
               "read = rows read; skipped = malformed rows; kept = after filters and dedupe; written = after "
               "the mixture (multiplier = how often each kept train example is written on average).", ""]
-    lines += _table(["source", "read", "skipped", "dropped", "kept train", "kept val", "multiplier",
+    lines += markdown_table(["source", "read", "skipped", "dropped", "kept train", "kept val", "multiplier",
                      "written train", "written val", "target", "achieved"], [
         [n, s["read"], s["skipped"], s["dropped"], s["kept_train"], s["kept_val"], f"{s['multiplier']:.3f}",
          s["written_train"], s["written_val"], "-" if s["target_ratio"] is None else s["target_ratio"],
          f"{s['achieved_ratio']:.3f}"] for n, s in sources.items()])
     lines += ["", "## Drops by reason", ""]
     drops = drops_by_reason(stats)
-    lines += _table(["reason", "total", "by source"], [
+    lines += markdown_table(["reason", "total", "by source"], [
         [r, sum(v.values()), ", ".join(f"{k}: {n}" for k, n in v.items())] for r, v in drops.items()]) \
         if drops else ["Nothing was dropped."]
     lines += ["", "## Splits and lengths", ""]
-    lines += _table(["split", "conversations", "tokens", "supervised tokens", "shards"], [
+    lines += markdown_table(["split", "conversations", "tokens", "supervised tokens", "shards"], [
         [k, v["conversations"], v["total_tokens"], v["supervised_tokens"], v["num_shards"]]
         for k, v in manifest["splits"].items()])
     summary = length_summary(stats.lengths)

@@ -7,6 +7,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from utils.common.atomic import write_json_atomic, write_text_atomic
+from utils.common.markdown import markdown_table
 from utils.eval.evaluation import SCALARS, ModelEval
 from utils.eval.metrics import difference
 
@@ -118,8 +119,8 @@ def render_markdown(report: dict) -> str:
     has_base = report["base"] is not None
     out = [f"# Evaluation of {report['model_path']}", "",
            f"Created {report['created_at']}; base model: {report.get('base_model_path') or 'none'}.", "",
-           "## Setup", "", "| item | value | from |", "|---|---|---|"]
-    out += [f"| {k} | {v['value']} | {v['from']} |" for k, v in report["setup"].items()]
+           "## Setup", ""]
+    out += markdown_table(["item", "value", "from"], [[k, v["value"], v["from"]] for k, v in report["setup"].items()])
     out += ["", "## Metrics", "", "```", render_table(report), "```", ""]
     out += _family_table(report, has_base) + _source_table(report, has_base) + _samples(report, has_base)
     out += ["## Plots", ""] + [f"![{f}]({f})" for f in report.get("files", []) if f.endswith(".png")]
@@ -134,32 +135,30 @@ def _family_table(report: dict, has_base: bool) -> list[str]:
     families = report["tuned"].get("per_family") or {}
     if not families:
         return []
-    out = ["## Instruction following per task family", "",
-           "| family | n | exact match | format compliance |" + (" base exact match | base format |" if has_base else ""),
-           "|---|---|---|---|" + ("---|---|" if has_base else "")]
+    header = ["family", "n", "exact match", "format compliance"] + (["base exact match", "base format"] if has_base else [])
+    rows = []
     for name, row in families.items():
-        line = f"| {name} | {row['n']} | {fmt(row['exact_match'])} | {fmt(row['format_compliance'])} |"
+        cells = [name, row["n"], fmt(row["exact_match"]), fmt(row["format_compliance"])]
         if has_base:
             b = report["base"]["per_family"].get(name, {})
-            line += f" {fmt(b.get('exact_match'))} | {fmt(b.get('format_compliance'))} |"
-        out.append(line)
-    return out + [""]
+            cells += [fmt(b.get("exact_match")), fmt(b.get("format_compliance"))]
+        rows.append(cells)
+    return ["## Instruction following per task family", ""] + markdown_table(header, rows) + [""]
 
 
 def _source_table(report: dict, has_base: bool) -> list[str]:
     sources = report["tuned"].get("val_per_source") or {}
     if not sources:
         return []
-    out = ["## Validation loss per source", "",
-           "| source | tokens | loss | ppl |" + (" base loss | base ppl |" if has_base else ""),
-           "|---|---|---|---|" + ("---|---|" if has_base else "")]
+    header = ["source", "tokens", "loss", "ppl"] + (["base loss", "base ppl"] if has_base else [])
+    rows = []
     for name, row in sources.items():
-        line = f"| {name} | {row['tokens']:,} | {fmt(row['loss'])} | {fmt(row['ppl'])} |"
+        cells = [name, f"{row['tokens']:,}", fmt(row["loss"]), fmt(row["ppl"])]
         if has_base:
             b = report["base"]["val_per_source"].get(name, {})
-            line += f" {fmt(b.get('loss'))} | {fmt(b.get('ppl'))} |"
-        out.append(line)
-    return out + [""]
+            cells += [fmt(b.get("loss")), fmt(b.get("ppl"))]
+        rows.append(cells)
+    return ["## Validation loss per source", ""] + markdown_table(header, rows) + [""]
 
 
 def _samples(report: dict, has_base: bool) -> list[str]:

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 from utils.common.errors import UserError
+from utils.common.markdown import markdown_table
 
 ROWS = (
     ("validation loss", "val_loss", "{:.4f}"),
@@ -37,11 +38,9 @@ def _cell(metrics: dict, key: str, fmt: str) -> str:
 
 def render(columns: list[tuple[str, dict]], artefacts: list[tuple[str, str]]) -> str:
     """A markdown table of the metrics, then the artefact list."""
-    header = "| metric | " + " | ".join(label for label, _ in columns) + " |"
-    lines = [header, "|---" * (len(columns) + 1) + "|"]
-    for title, key, fmt in ROWS:
-        lines.append(f"| {title} | " + " | ".join(_cell(m, key, fmt) for _, m in columns) + " |")
+    lines = markdown_table(["metric"] + [label for label, _ in columns],
+                           [[title] + [_cell(m, key, fmt) for _, m in columns] for title, key, fmt in ROWS])
     if artefacts:
-        lines += ["", "| artefact | path |", "|---|---|"]
-        lines += [f"| {name} | `{path}`{'' if Path(path).exists() else ' (missing)'} |" for name, path in artefacts]
+        lines += [""] + markdown_table(["artefact", "path"], [
+            [name, f"`{path}`{'' if Path(path).exists() else ' (missing)'}"] for name, path in artefacts])
     return "\n".join(lines) + "\n"
