@@ -15,10 +15,10 @@ from typing import Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.common.config import load_config, to_dict  # noqa: E402
+from utils.common.config import load_config  # noqa: E402
 from utils.common.errors import run_cli  # noqa: E402
 from utils.train.cli import add_run_args, apply_overrides  # noqa: E402
-from utils.train.stage_pretrain import PretrainConfig, run_pretraining  # noqa: E402
+from utils.train.stage_pretrain import PretrainConfig, PretrainInputs, run_pretraining  # noqa: E402
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -35,8 +35,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     cfg = load_config(args.config, "pretrain", PretrainConfig)
     overrides = apply_overrides(cfg.training_params, args)
-    output_dir = Path(args.output_dir or f"checkpoints/pretrain/{cfg.name}")
-    summary = run_pretraining(cfg, to_dict(cfg), args, output_dir, overrides)
+    inputs = PretrainInputs(config_path=args.config, tokenizer_path=args.tokenizer_path, model_path=args.model_path,
+                            output_dir=Path(args.output_dir or f"checkpoints/pretrain/{cfg.name}"),
+                            resume_from_checkpoint=args.resume_from_checkpoint,
+                            trust_remote_code=args.trust_remote_code, overrides=overrides)
+    summary = run_pretraining(cfg, inputs)
     if summary:
         print(summary)
     return 0

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import time
-from argparse import Namespace
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -17,13 +16,13 @@ import numpy as np
 import torch
 
 from utils.bench.metrics import ModelShape, StepRecord, model_shape, peak_rss_mb
-from utils.common.config import load_config, to_dict
+from utils.common.config import load_config
 from utils.common.labels import IGNORE
 from utils.data.shards import load_manifest
 from utils.data.tokenizer import load_tokenizer
 from utils.parallel.lora import LoraSettings, apply_lora
 from utils.sampling.example_store import load_sft_store
-from utils.train.stage_sft import SFTTrainingConfig, run_sft
+from utils.train.stage_sft import SFTInputs, SFTTrainingConfig, run_sft
 
 TRAINERS = ("ours", "trl", "trl_packed", "trl_bf16", "hf")
 
@@ -96,9 +95,8 @@ def run_ours(spec: RunSpec) -> RunResult:
         config["lora_config"] = spec.lora
     (work / "config.json").write_text(json.dumps(config, indent=2))
     cfg = load_config(work / "config.json", "sft_training", SFTTrainingConfig)
-    args = Namespace(model_path=spec.model_dir, tokenizer_path=spec.tokenizer_dir, data_dirs=[spec.data_dir],
-                     data_weights=None, resume_from_checkpoint=None, trust_remote_code=False)
-    run_sft(cfg, to_dict(cfg), args, work / "out")
+    run_sft(cfg, SFTInputs(model_path=spec.model_dir, tokenizer_path=spec.tokenizer_dir, data_dirs=[spec.data_dir],
+                           output_dir=work / "out"))
     metrics = [json.loads(line) for line in (work / "out" / "metrics.jsonl").read_text().splitlines()]
     steps = [m for m in metrics if "loss" in m]
     shape = _shape_of_saved(spec)

@@ -1,9 +1,25 @@
-"""Command-line options shared by the training stages (01 pre-training/CPT, 03 SFT)."""
+"""Command-line options shared by the training stages (01 pre-training/CPT, 03 SFT), and what they become."""
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
+from pathlib import Path
 
 from utils.train.params import TrainingParams
+
+
+@dataclass(kw_only=True)
+class RunInputs:
+    """What a training stage takes besides its config: the scripts fill it from their flags."""
+
+    tokenizer_path: str
+    """HF tokenizer dir (or its .model)."""
+    output_dir: Path
+    """Where checkpoints, metrics and final/ go."""
+    resume_from_checkpoint: str | None = None
+    """A checkpoint-N dir, or 'auto' for the newest complete one."""
+    trust_remote_code: bool = False
+    """Allow model code from the checkpoint."""
 
 
 def add_run_args(parser: argparse.ArgumentParser) -> None:

@@ -56,6 +56,7 @@ class TrainRun:
     output_dir: Path
     logger: object
     run_info: dict                         # saved into training_state.json of each checkpoint
+    start_time: float                      # time.perf_counter() at set-up: metrics' elapsed_s counts from it
     on_eval: Callable[[int], dict] | None = None   # e.g. generation samples
     progress: object = None
 
@@ -206,7 +207,7 @@ def _flush_losses(run: TrainRun, state: TrainState, pending, grad_norm, tokens_p
         "step": state.step, "loss": losses[-1], "lr": run.scheduler.get_last_lr()[0],
         "grad_norm": float(grad_norm), "tokens": state.tokens_seen,
         "supervised_tokens": state.supervised_seen, "tokens_per_s": tokens_per_s,
-        "elapsed_s": time.perf_counter() - run.run_info.get("_start_time", time.perf_counter()),
+        "elapsed_s": time.perf_counter() - run.start_time,
         "process_cpu_s": time.process_time(),  # with elapsed_s: how much of the wall time was ours
     })
     if run.progress is not None:
@@ -214,7 +215,6 @@ def _flush_losses(run: TrainRun, state: TrainState, pending, grad_norm, tokens_p
 
 
 def _state_json(run: TrainRun, state: TrainState) -> dict:
-    info = {k: v for k, v in run.run_info.items() if not k.startswith("_")}
     return {"step": state.step, "tokens_seen": state.tokens_seen, "supervised_seen": state.supervised_seen,
             "loss_history": state.loss_history, "planner": state.planner, "last_eval": state.last_eval,
-            "total_steps": run.total_steps, "world_size": run.accelerator.num_processes, **info}
+            "total_steps": run.total_steps, "world_size": run.accelerator.num_processes, **run.run_info}

@@ -1,4 +1,5 @@
-"""Wiring shared by the training stages: step planner, optimizer, resume, plan print-out."""
+"""Wiring shared by the training stages: the start (accelerator, seed, tokenizer), step planner, optimizer,
+resume, plan print-out."""
 from __future__ import annotations
 
 import copy
@@ -6,17 +7,30 @@ import time
 from pathlib import Path
 
 import torch
+from accelerate.utils import set_seed
 
 from utils.checkpoint.checkpoints import load_checkpoint, load_training_state
 from utils.common.errors import UserError
+from utils.data.fingerprint import tokenizer_fingerprint
+from utils.data.tokenizer import hf_dir_for, load_tokenizer
 from utils.model.attention import use_packed_attention
 from utils.model.loss import SupervisedLoss
 from utils.model.modeling import count_parameters
 from utils.monitor.metrics_log import MetricsLogger, NullLogger
+from utils.monitor.run_plan import RunPlan
+from utils.parallel.accelerator import make_accelerator
 from utils.sampling.example_store import ExampleStore
 from utils.sampling.planner import MixtureSampler, StepPlanner
 from utils.train.loop import TrainRun, TrainState
 from utils.train.params import TrainingParams, build_optimizer, lr_lambda
+
+
+def start_stage(params: TrainingParams, tokenizer_path: str) -> tuple[object, object, str]:
+    """How both stages begin: the accelerator, the seed, the tokenizer and its fingerprint."""
+    accelerator = make_accelerator(params.mixed_precision())
+    set_seed(params.seed)
+    tokenizer = load_tokenizer(tokenizer_path)
+    return accelerator, tokenizer, tokenizer_fingerprint(hf_dir_for(tokenizer_path))
 
 
 def make_planner(stores: list[ExampleStore], weights: list[float], params: TrainingParams,
@@ -68,8 +82,8 @@ def build_run(accelerator, model, stores, val_stores, weights, params: TrainingP
         state = _resume(accelerator, resume, loss_module, optimizer, scheduler, planner, run_info)
     logger = MetricsLogger(output_dir, state.step) if accelerator.is_main_process else NullLogger()
     run = TrainRun(accelerator, loss_module, optimizer, scheduler, planner, stores, val_stores, params,
-                   total_steps, output_dir, logger, {**run_info, "plan": plan.as_dict(),
-                                                     "_start_time": time.perf_counter()})
+                   total_steps, output_dir, logger, {**run_info, "plan": plan.as_dict()},
+                   start_time=time.perf_counter())
     return run, state
 
 

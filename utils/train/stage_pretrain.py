@@ -2,27 +2,24 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
-from accelerate.utils import set_seed
 from tqdm import tqdm
 
 from utils.checkpoint.checkpoints import resolve_resume
 from utils.checkpoint.final_model import save_final
+from utils.common.config import to_dict
 from utils.common.errors import UserError
-from utils.data.fingerprint import tokenizer_fingerprint
 from utils.data.pretrain_data import PretrainData, build_streams
-from utils.data.tokenizer import hf_dir_for, load_tokenizer
 from utils.model.modeling import ModelArchitecture, build_model, check_vocab_fits, load_model
 from utils.monitor.plots import plot_training
 from utils.monitor.run_plan import RunPlan
-from utils.parallel.accelerator import make_accelerator
-from utils.sampling.example_store import ExampleStore, window_store
 from utils.parallel.lora import LoraSettings, apply_lora
+from utils.sampling.example_store import ExampleStore, window_store
+from utils.train.cli import RunInputs
 from utils.train.loop import evaluate, fit
 from utils.train.params import TrainingParams
-from utils.train.run_setup import build_run
+from utils.train.run_setup import build_run, start_stage
 
 
 @dataclass
@@ -37,29 +34,28 @@ class PretrainConfig:
     description: str = ""
 
 
-def run_pretraining(cfg, resolved: dict, args, output_dir: Path, overrides: dict) -> str | None:
+@dataclass(kw_only=True)
+class PretrainInputs(RunInputs):
+    """What scripts/01_pretrain.py passes besides the config."""
+
+    config_path: str
+    """The config file, named in errors."""
+    model_path: str | None = None
+    """Continue pre-training this HF checkpoint (CPT) instead of building the config's preset."""
+    overrides: dict = field(default_factory=dict)
+    """{field: flag} of the training params set on the command line, for the run record."""
+
+
+def run_pretraining(cfg: PretrainConfig, inputs: PretrainInputs) -> str | None:
     """Train, save final/ and return the summary to print (None on non-main ranks)."""
-    params = cfg.training_params
-    accelerator = make_accelerator(params.mixed_precision())
-    set_seed(params.seed)
-    tokenizer = load_tokenizer(args.tokenizer_path)
-    fingerprint = tokenizer_fingerprint(hf_dir_for(args.tokenizer_path))
-    with accelerator.main_process_first():
-        streams, stats = build_streams(cfg.data, tokenizer, fingerprint, output_dir / "data_cache",
-                                       show_progress=accelerator.is_main_process)
-    train, val = pretrain_stores(streams, cfg.data.sequence_length)
-    if len(train) == 0:
-        raise UserError(f"{args.config}: data.sources hold {stats.tokens['train']} training tokens, less "
-                        f"than one sequence of {cfg.data.sequence_length}; add text or shorten sequence_length")
-    model = _model(cfg, args, tokenizer, params.seed)
-    plan = RunPlan()
-    plan.add("model", args.model_path or "new preset", "--model_path" if args.model_path else "config model")
-    plan.add("sequence length", cfg.data.sequence_length, "data.sequence_length")
-    plan.add("train sequences", len(train), f"{stats.documents['train']:,} documents")
-    plan.add("validation sequences", len(val), f"data.val_ratio {cfg.data.val_ratio}")
-    run_info = {"config": resolved, "tokenizer_sha256": fingerprint, "data_hashes": stats.key,
-                "overrides": overrides}
-    resume = resolve_resume(args.resume_from_checkpoint, output_dir)
+    params, output_dir = cfg.training_params, inputs.output_dir
+    accelerator, tokenizer, fingerprint = start_stage(params, inputs.tokenizer_path)
+    train, val, stats = _windows(cfg, inputs, accelerator, tokenizer, fingerprint)
+    model = _model(cfg, inputs, tokenizer, params.seed)
+    plan = _plan(cfg, inputs, train, val, stats)
+    run_info = {"config": to_dict(cfg), "tokenizer_sha256": fingerprint, "data_hashes": stats.key,
+                "overrides": inputs.overrides}
+    resume = resolve_resume(inputs.resume_from_checkpoint, output_dir)
     run, state = build_run(accelerator, model, [train], [val] if len(val) else [], [1.0], params,
                            output_dir, run_info, resume, plan, cfg.data.sequence_length)
     if accelerator.is_main_process:
@@ -69,17 +65,37 @@ def run_pretraining(cfg, resolved: dict, args, output_dir: Path, overrides: dict
                         disable=not accelerator.is_main_process)
     state = fit(run, state)
     run.progress.close()
-    final = save_final(accelerator, run.loss_module, output_dir / "final", args.tokenizer_path,
+    final = save_final(accelerator, run.loss_module, output_dir / "final", inputs.tokenizer_path,
                        {"stage": "pretrain", **run_info, "last_eval": state.last_eval,
                         "initial_eval_loss": initial}, merge_adapter=True)
     run.logger.close()
     if not accelerator.is_main_process:
         return None
     plot_training(output_dir / "metrics.jsonl", output_dir / "loss.png", f"pre-training {cfg.name}")
-    final_loss = state.last_eval.get("eval/loss")
     start = f"{initial:.4f}" if initial is not None else "(resumed)"
-    return (f"validation loss: {start} -> {final_loss:.4f} after {state.step} steps, "
+    return (f"validation loss: {start} -> {state.last_eval.get('eval/loss'):.4f} after {state.step} steps, "
             f"{state.tokens_seen:,} tokens\nfinal model: {final}")
+
+
+def _windows(cfg: PretrainConfig, inputs: PretrainInputs, accelerator, tokenizer, fingerprint: str):
+    """The train and val windows of the config's text (token streams cached in output_dir), and their stats."""
+    with accelerator.main_process_first():
+        streams, stats = build_streams(cfg.data, tokenizer, fingerprint, inputs.output_dir / "data_cache",
+                                       show_progress=accelerator.is_main_process)
+    train, val = pretrain_stores(streams, cfg.data.sequence_length)
+    if len(train) == 0:
+        raise UserError(f"{inputs.config_path}: data.sources hold {stats.tokens['train']} training tokens, less "
+                        f"than one sequence of {cfg.data.sequence_length}; add text or shorten sequence_length")
+    return train, val, stats
+
+
+def _plan(cfg: PretrainConfig, inputs: PretrainInputs, train, val, stats) -> RunPlan:
+    plan = RunPlan()
+    plan.add("model", inputs.model_path or "new preset", "--model_path" if inputs.model_path else "config model")
+    plan.add("sequence length", cfg.data.sequence_length, "data.sequence_length")
+    plan.add("train sequences", len(train), f"{stats.documents['train']:,} documents")
+    plan.add("validation sequences", len(val), f"data.val_ratio {cfg.data.val_ratio}")
+    return plan
 
 
 def pretrain_stores(streams: dict[str, np.ndarray], sequence_length: int) -> tuple[ExampleStore, ExampleStore]:
@@ -88,10 +104,10 @@ def pretrain_stores(streams: dict[str, np.ndarray], sequence_length: int) -> tup
             window_store("val", streams["val"], sequence_length))
 
 
-def _model(cfg, args, tokenizer, seed: int):
-    if args.model_path:
-        model = load_model(args.model_path, trust_remote_code=args.trust_remote_code)
+def _model(cfg: PretrainConfig, inputs: PretrainInputs, tokenizer, seed: int):
+    if inputs.model_path:
+        model = load_model(inputs.model_path, trust_remote_code=inputs.trust_remote_code)
     else:
         model = build_model(cfg.model, tokenizer, seed)
-    check_vocab_fits(model, tokenizer, args.model_path or "preset", args.tokenizer_path)
+    check_vocab_fits(model, tokenizer, inputs.model_path or "preset", inputs.tokenizer_path)
     return apply_lora(model, cfg.lora_config) if cfg.lora_config else model

@@ -7,28 +7,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from accelerate.utils import set_seed
 from tqdm import tqdm
 
 from utils.checkpoint.checkpoints import resolve_resume
 from utils.checkpoint.final_model import save_final
 from utils.common.atomic import write_text_atomic
+from utils.common.config import to_dict
 from utils.common.errors import UserError
-from utils.data.fingerprint import tokenizer_fingerprint
 from utils.data.shards import verify_data_dir
 from utils.data.templates import get_template
-from utils.data.tokenizer import hf_dir_for, load_tokenizer
 from utils.model.generation import GenerationSettings, generate_responses
 from utils.model.modeling import check_vocab_fits, load_model
 from utils.monitor.plots import plot_training
 from utils.monitor.run_plan import RunPlan
-from utils.parallel.accelerator import make_accelerator
 from utils.parallel.lora import LoraSettings, apply_lora
 from utils.parallel.state_dict import unwrap_lm
 from utils.sampling.example_store import ExampleStore, load_sft_store
+from utils.train.cli import RunInputs
 from utils.train.loop import evaluate, fit
 from utils.train.params import TrainingParams
-from utils.train.run_setup import build_run
+from utils.train.run_setup import build_run, start_stage
 
 
 @dataclass
@@ -98,29 +96,31 @@ def data_hashes(dirs: list[DataDir]) -> dict:
     return {d.path.name: [s["sha256"] for s in d.manifest["splits"]["train"]["shards"]] for d in dirs}
 
 
-def run_sft(cfg: SFTTrainingConfig, resolved: dict, args, output_dir: Path) -> str | None:
+@dataclass(kw_only=True)
+class SFTInputs(RunInputs):
+    """What scripts/03_sft_industrial.py passes besides the config."""
+
+    model_path: str
+    """HF model dir, pre-training output, or .gguf file."""
+    data_dirs: list[str]
+    """Prepared corpora (scripts/02_prepare_sft_corpus.py); each directory's name names its source."""
+    data_weights: list[float] | None = None
+    """Sampling weight per data dir (else the config's data_weights, else proportional to size)."""
+
+
+def run_sft(cfg: SFTTrainingConfig, inputs: SFTInputs) -> str | None:
     """Train; write checkpoints, metrics, samples, final/ and a plot; return the summary."""
-    params = cfg.training_params
-    accelerator = make_accelerator(params.mixed_precision())
-    set_seed(params.seed)
-    tokenizer = load_tokenizer(args.tokenizer_path)
-    fingerprint = tokenizer_fingerprint(hf_dir_for(args.tokenizer_path))
+    params, output_dir = cfg.training_params, inputs.output_dir
+    accelerator, tokenizer, fingerprint = start_stage(params, inputs.tokenizer_path)
     with accelerator.main_process_first():
-        dirs = load_data_dirs(args.data_dirs, fingerprint)
-    weights, weights_from = resolve_weights(dirs, args.data_weights, cfg.data_weights)
-    model = load_model(args.model_path, trust_remote_code=args.trust_remote_code)
-    check_vocab_fits(model, tokenizer, args.model_path, args.tokenizer_path)
-    if cfg.lora_config:
-        model = apply_lora(model, cfg.lora_config)
-    plan = _plan(dirs, weights, weights_from, args)
-    val_stores = [s for d in dirs for s in d.val.by_source() if len(s)]
-    longest = max(int(d.train.lengths.max()) for d in dirs)
-    run_info = {"config": resolved, "tokenizer_sha256": fingerprint, "data_hashes": data_hashes(dirs),
-                "model_path": str(args.model_path), "data_dirs": [str(d.path) for d in dirs],
-                "data_weights": weights, "template": dirs[0].manifest["template"]}
-    resume = resolve_resume(args.resume_from_checkpoint, output_dir)
-    run, state = build_run(accelerator, model, [d.train for d in dirs], val_stores, weights, params,
-                           output_dir, run_info, resume, plan, longest)
+        dirs = load_data_dirs(inputs.data_dirs, fingerprint)
+    weights, weights_from = resolve_weights(dirs, inputs.data_weights, cfg.data_weights)
+    model = _model(cfg, inputs, tokenizer)
+    plan = _plan(dirs, weights, weights_from, inputs)
+    run_info = _run_info(cfg, inputs, fingerprint, dirs, weights)
+    resume = resolve_resume(inputs.resume_from_checkpoint, output_dir)
+    run, state = build_run(accelerator, model, [d.train for d in dirs], _val_stores(dirs), weights, params,
+                           output_dir, run_info, resume, plan, max(int(d.train.lengths.max()) for d in dirs))
     run.on_eval = _sampler(run, cfg.evaluation_config, tokenizer, dirs[0].manifest, output_dir)
     if accelerator.is_main_process:
         _drop_samples_after(output_dir / "samples.jsonl", state.step)
@@ -130,11 +130,10 @@ def run_sft(cfg: SFTTrainingConfig, resolved: dict, args, output_dir: Path) -> s
                         disable=not accelerator.is_main_process)
     with run.progress, _oom_hint():  # closed on errors too, so an error line starts a line of its own
         state = fit(run, state)
-    stop_ids = dirs[0].manifest["template"].get("stop_token_ids")
-    final = save_final(accelerator, run.loss_module, output_dir / "final", args.tokenizer_path,
+    final = save_final(accelerator, run.loss_module, output_dir / "final", inputs.tokenizer_path,
                        {"stage": "sft", **run_info, "initial_eval": initial, "last_eval": state.last_eval,
                         "steps": state.step, "tokens_seen": state.tokens_seen},
-                       merge_adapter=False, stop_token_ids=stop_ids)
+                       merge_adapter=False, stop_token_ids=dirs[0].manifest["template"].get("stop_token_ids"))
     run.logger.close()
     if not accelerator.is_main_process:
         return None
@@ -142,9 +141,28 @@ def run_sft(cfg: SFTTrainingConfig, resolved: dict, args, output_dir: Path) -> s
     return _summary(initial, state, final)
 
 
-def _plan(dirs: list[DataDir], weights: list[float], weights_from: str, args) -> RunPlan:
+def _model(cfg: SFTTrainingConfig, inputs: SFTInputs, tokenizer):
+    model = load_model(inputs.model_path, trust_remote_code=inputs.trust_remote_code)
+    check_vocab_fits(model, tokenizer, inputs.model_path, inputs.tokenizer_path)
+    return apply_lora(model, cfg.lora_config) if cfg.lora_config else model
+
+
+def _val_stores(dirs: list[DataDir]) -> list[ExampleStore]:
+    """One validation store per source of every dir, the empty ones left out."""
+    return [s for d in dirs for s in d.val.by_source() if len(s)]
+
+
+def _run_info(cfg: SFTTrainingConfig, inputs: SFTInputs, fingerprint: str, dirs: list[DataDir],
+              weights: list[float]) -> dict:
+    """What each checkpoint and final/ record of the run (resume checks the tokenizer and data hashes)."""
+    return {"config": to_dict(cfg), "tokenizer_sha256": fingerprint, "data_hashes": data_hashes(dirs),
+            "model_path": str(inputs.model_path), "data_dirs": [str(d.path) for d in dirs],
+            "data_weights": weights, "template": dirs[0].manifest["template"]}
+
+
+def _plan(dirs: list[DataDir], weights: list[float], weights_from: str, inputs: SFTInputs) -> RunPlan:
     plan = RunPlan()
-    plan.add("model", str(args.model_path), "--model_path")
+    plan.add("model", str(inputs.model_path), "--model_path")
     total = sum(weights)
     for d, w in zip(dirs, weights):
         plan.add(f"data {d.path.name}", f"{len(d.train):,} train / {len(d.val):,} val, "
