@@ -5,7 +5,8 @@ tokenized fragments:
 
 1. Render the conversation with each message content replaced by a sentinel character (Unicode
    private use, one per message). Our own templates (chatml, instruct, chat, alpaca) are small Python
-   functions; ``tokenizer`` renders with the tokenizer's own ``chat_template`` (``tokenize=False``).
+   functions (``utils/data/renderers.py``); ``tokenizer`` renders with the tokenizer's own
+   ``chat_template`` (``tokenize=False``).
 2. Split the rendered text at the tokenizer's special-token strings. Only the template can put them
    there, so each becomes its id directly.
 3. Put the real contents back in place of the sentinels and tokenize every maximal run of text between
@@ -33,12 +34,11 @@ import numpy as np
 
 from utils.common.errors import UserError
 from utils.common.labels import IGNORE
+from utils.data.renderers import ALPACA_PREAMBLE, Message, render_chat, render_chatml, render_instruct
 from utils.data.tokenizer import IM_END, IM_START
 
 TEMPLATES = ("chatml", "instruct", "chat", "alpaca", "tokenizer")
 TRAIN_ON = ("all_assistant_turns", "last_assistant_turn")
-ALPACA_PREAMBLE = ("Below is an instruction that describes a task. "
-                   "Write a response that appropriately completes the request.")
 FIXED_DATE = "26 Jul 2024"
 """Llama 3.x templates print today's date unless given one; a fixed date keeps shards reproducible."""
 _SENTINEL0 = 0xF0000  # Supplementary Private Use Area-A: never produced by a template
@@ -46,8 +46,6 @@ _SENTINEL_RE = re.compile("[\U000F0000-\U000FFFFC]")
 ANCHOR = "\U0010FFFD"
 """Added to a private copy of the tokenizer only; data containing it cannot be encoded."""
 FOLD_NOTE = "system prompt folded into the first user turn ({family} template has no system role)"
-
-Message = dict  # {"role": "system" | "user" | "assistant", "content": str}
 
 
 @dataclass(frozen=True)
@@ -240,46 +238,6 @@ def _plain_backend(tokenizer):
     plain.encode_special_tokens = True
     plain.add_tokens([AddedToken(ANCHOR, special=False, normalized=False)])
     return plain, plain.token_to_id(ANCHOR)
-
-
-# ---------------------------------------------------------------------- our own templates
-def _split_system(msgs: list[Message]) -> tuple[str, list[Message]]:
-    if msgs and msgs[0]["role"] == "system":
-        return msgs[0]["content"], msgs[1:]
-    return "", msgs
-
-
-def render_chatml(msgs: list[Message], add_generation_prompt: bool) -> str:
-    """Same text as utils.data.tokenizer.CHATML_TEMPLATE."""
-    out = "".join(f"{IM_START}{m['role']}\n{m['content']}{IM_END}\n" for m in msgs)
-    return out + (f"{IM_START}assistant\n" if add_generation_prompt else "")
-
-
-def render_instruct(msgs: list[Message], eos: str, preamble: str = "") -> str:
-    """``### Instruction:`` / ``### Response:`` blocks; a system message (else ``preamble``) comes first."""
-    system, turns = _split_system(msgs)
-    head = system or preamble
-    out = [f"{head}\n\n"] if head else []
-    for prev, m in zip([None] + turns, turns):
-        if m["role"] == "user":
-            sep = "\n\n" if prev is not None and prev["role"] == "assistant" else ""
-            out.append(f"{sep}### Instruction:\n{m['content']}\n\n### Response:\n")
-        else:
-            out.append(f"{m['content']}{eos}")
-    return "".join(out)
-
-
-def render_chat(msgs: list[Message], eos: str) -> str:
-    """``System: ...`` first, then ``User: ...`` / ``Assistant: ...`` lines; eos closes each reply."""
-    system, turns = _split_system(msgs)
-    out = [f"System: {system}\n"] if system else []
-    for prev, m in zip([None] + turns, turns):
-        if m["role"] == "user":
-            sep = "\n" if prev is not None and prev["role"] == "assistant" else ""
-            out.append(f"{sep}User: {m['content']}\nAssistant:")
-        else:
-            out.append(f" {m['content']}{eos}")
-    return "".join(out)
 
 
 def _require_special(tokenizer, tokens: Sequence[str | None], template: str, fix: str) -> None:
