@@ -28,10 +28,10 @@ from utils.common.atomic import atomic_dir  # noqa: E402
 from utils.common.errors import run_cli  # noqa: E402
 from utils.eval.evaluation import evaluate_model  # noqa: E402
 from utils.eval.report import build_report, render_table, write_report  # noqa: E402
-from utils.eval.setup import load_eval_model, resolve_inputs  # noqa: E402
+from utils.eval.setup import EvalRequest, load_eval_model, resolve_inputs  # noqa: E402
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None) -> EvalRequest:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model_path", required=True, help="final/ of an SFT run: LoRA adapter or full model")
     p.add_argument("--output_dir", required=True, help="where the report goes (replaced as a whole)")
@@ -61,10 +61,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         value = getattr(args, name)
         if value is not None and value < 1:
             p.error(f"--{name} must be at least 1")
-    return args
+    return EvalRequest(**vars(args))
 
 
-def _evaluate(path: str, inputs, args, label: str):
+def _evaluate(path: str, inputs, args: EvalRequest, label: str):
     print(f"evaluating {label} model {path}", flush=True)
     model = load_eval_model(path, inputs.tokenizer, inputs.fingerprint, inputs.tokenizer_path, inputs.device,
                             args.trust_remote_code)

@@ -29,6 +29,31 @@ from utils.train.stage_sft import EvaluationConfig, SFTTrainingConfig
 SUMMARY = "training_summary.json"
 
 
+@dataclasses.dataclass
+class EvalRequest:
+    """What scripts/04_evaluate_sft.py was asked (one field per flag; its --help says what each means)."""
+
+    model_path: str
+    output_dir: str
+    base_model_path: str | None = None
+    data_dirs: list[str] | None = None
+    config: str | None = None
+    eval_set: str | None = None
+    max_eval_examples: int | None = None
+    retention_corpus: list[str] | None = None
+    retention_field: str = "text"
+    retention_max_tokens: int = 50_000
+    retention_window: int | None = None
+    tokenizer_path: str | None = None
+    template: str | None = None
+    max_new_tokens: int | None = None
+    batch_size: int = 16
+    eval_batch_tokens: int = 4096
+    precision: str = "auto"
+    trust_remote_code: bool = False
+    no_progress: bool = False
+
+
 def read_summary(model_dir: str | Path | None) -> dict:
     """A training stage's ``training_summary.json`` beside the weights, or {} when there is none."""
     path = Path(model_dir or "") / SUMMARY
@@ -86,7 +111,7 @@ def _load_adapter(path: Path, trust_remote_code: bool):
 
 
 # ---------------------------------------------------------------------- resolution
-def _tokenizer(args, plan: RunPlan):
+def _tokenizer(args: EvalRequest, plan: RunPlan):
     if args.tokenizer_path:
         path, origin = args.tokenizer_path, "--tokenizer_path"
     elif not Path(args.model_path).exists():
@@ -127,7 +152,7 @@ def _val_stores(dirs: list[str], fingerprint: str, plan: RunPlan) -> tuple[list[
     return stores, manifests
 
 
-def _template_name(args, manifests: list[dict], summary: dict) -> tuple[str, str]:
+def _template_name(args: EvalRequest, manifests: list[dict], summary: dict) -> tuple[str, str]:
     names = {m["template"]["name"] for m in manifests if isinstance(m.get("template"), dict)}
     if len(names) > 1:
         raise UserError(f"--data_dirs use different chat templates ({', '.join(sorted(names))}); "
@@ -142,7 +167,7 @@ def _template_name(args, manifests: list[dict], summary: dict) -> tuple[str, str
     return "chatml", "default"
 
 
-def _eval_config(args, summary: dict) -> tuple[EvaluationConfig, str]:
+def _eval_config(args: EvalRequest, summary: dict) -> tuple[EvaluationConfig, str]:
     if args.config:
         return load_config(args.config, "sft_training", SFTTrainingConfig).evaluation_config, "--config"
     saved = summary.get("config", {}).get("evaluation_config") if isinstance(summary.get("config"), dict) else None
@@ -151,7 +176,7 @@ def _eval_config(args, summary: dict) -> tuple[EvaluationConfig, str]:
     return EvaluationConfig(), "defaults"
 
 
-def _retention_window(args, summary: dict) -> tuple[int, str]:
+def _retention_window(args: EvalRequest, summary: dict) -> tuple[int, str]:
     """The pre-training sequence length of the models (both see the same windows), else the model's context."""
     if args.retention_window:
         return args.retention_window, "--retention_window"
@@ -168,7 +193,7 @@ def _retention_window(args, summary: dict) -> tuple[int, str]:
     return 512, "default"
 
 
-def _retention(args, tokenizer, summary: dict, plan: RunPlan) -> ExampleStore | None:
+def _retention(args: EvalRequest, tokenizer, summary: dict, plan: RunPlan) -> ExampleStore | None:
     if not args.retention_corpus:
         plan.add("retention corpus", "(none: no retention perplexity)", "--retention_corpus")
         return None
@@ -182,7 +207,7 @@ def _retention(args, tokenizer, summary: dict, plan: RunPlan) -> ExampleStore | 
     return store
 
 
-def resolve_inputs(args) -> tuple[EvalInputs, RunPlan]:
+def resolve_inputs(args: EvalRequest) -> tuple[EvalInputs, RunPlan]:
     """Tokenizer, template, validation shards, eval set, prompts and retention windows, with their origins."""
     plan = RunPlan()
     summary = read_summary(args.model_path)
