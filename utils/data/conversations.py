@@ -207,23 +207,25 @@ def with_system(row: dict, fields: dict[str, str], turns: list[dict]) -> list[di
     return ([{"role": "system", "content": system}] if system.strip() else []) + turns
 
 
-def message_list(row: dict, path: str) -> list:
+def message_items(row: dict, path: str) -> Iterator[tuple[str, dict]]:
+    """(where, message) for each message of the non-empty list at ``path``, checked to be an object as it
+    is reached (so a row's first problem is the one reported)."""
     value = lookup(row, path)
     if not isinstance(value, list):
         raise RowProblem("wrong_type", f"field '{path}' is {_type_name(value)}, expected a list")
     if not value:
         raise RowProblem("empty_conversation", f"field '{path}' is an empty list")
-    return value
+    for i, item in enumerate(value):
+        if not isinstance(item, dict):
+            raise RowProblem("wrong_type", f"{path}[{i}] is {_type_name(item)}, expected an object")
+        yield f"{path}[{i}]", item
 
 
 def messages_turns(row: dict, fields: dict[str, str]) -> list[dict]:
     """OpenAI-style ``[{"role", "content"}, ...]``."""
     path = fields.get("messages", "messages")
     turns = []
-    for i, item in enumerate(message_list(row, path)):
-        where = f"{path}[{i}]"
-        if not isinstance(item, dict):
-            raise RowProblem("wrong_type", f"{where} is {_type_name(item)}, expected an object")
+    for where, item in message_items(row, path):
         role = item.get("role")
         if role not in ROLES:
             raise RowProblem("unknown_role", f"{where}.role is {role!r}; expected one of {', '.join(ROLES)}")
@@ -235,10 +237,7 @@ def sharegpt_turns(row: dict, fields: dict[str, str], role_map: dict[str, str]) 
     """ShareGPT ``[{"from", "value"}, ...]`` with ``from`` mapped to roles through ``role_map``."""
     path = fields.get("conversations", "conversations")
     turns = []
-    for i, item in enumerate(message_list(row, path)):
-        where = f"{path}[{i}]"
-        if not isinstance(item, dict):
-            raise RowProblem("wrong_type", f"{where} is {_type_name(item)}, expected an object")
+    for where, item in message_items(row, path):
         speaker = item.get("from")
         role = (role_map.get(speaker) or role_map.get(speaker.lower())) if isinstance(speaker, str) else None
         if role is None:
