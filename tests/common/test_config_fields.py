@@ -2,6 +2,7 @@
 
 The dataclass is what the code reads; the schema is what load_config checks (and where the
 descriptions in docs/CONFIG.md come from). A field added to one and not the other fails here.
+TrainingParams documents each field in a docstring; the schema's description must say the same.
 """
 from __future__ import annotations
 
@@ -11,12 +12,12 @@ import typing
 
 import pytest
 
-from utils.common.config import load_schema
+from utils.common.config import field_docstrings, load_schema
 from utils.data.sources import FORMATS, TYPES
 from utils.data.templates import TEMPLATES, TRAIN_ON
 from utils.data.text_sources import _READERS, TextSource
 from utils.train.config_docs import _child_class, _config_classes, _local_ref
-from utils.train.params import SCHEDULERS
+from utils.train.params import SCHEDULERS, TrainingParams
 
 JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean", list: "array", dict: "object",
               tuple: "array", type(None): "null"}
@@ -94,6 +95,24 @@ def all_pairs():
 
 
 PAIRS = all_pairs()
+
+
+DOCUMENTED = [p for p in PAIRS if p[3] is TrainingParams]
+"""Levels whose dataclass is the source of the descriptions (other dataclasses' docstrings are notes for readers)."""
+
+
+@pytest.mark.parametrize("schema_name,path,node,cls", DOCUMENTED, ids=[f"{s}:{p}" for s, p, _, _ in DOCUMENTED])
+def test_field_docstrings_are_the_schema_descriptions(schema_name, path, node, cls):
+    """Every field has one docstring, and the schema (and so docs/CONFIG.md) says exactly that."""
+    docs = field_docstrings(cls)
+    assert set(docs) == {f.name for f in dataclasses.fields(cls)}, \
+        f"{cls.__name__} fields without a docstring: {sorted({f.name for f in dataclasses.fields(cls)} - set(docs))}"
+    root = load_schema(schema_name)
+    for name, doc in docs.items():
+        described = _local_ref(node["properties"][name], root).get("description")
+        assert described == doc, (f"{schema_name}.schema.json {path}{name}: description {described!r}, "
+                                  f"docstring of {cls.__name__}.{name} {doc!r}; the docstring is the source: "
+                                  "copy it into the schema")
 
 
 def test_every_config_has_its_dataclass_levels():

@@ -6,8 +6,11 @@ the dataclasses hold the defaults, once. A bad config ends in one line:
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
+import inspect
 import json
+import textwrap
 import types
 import typing
 from pathlib import Path
@@ -116,3 +119,15 @@ def load_config(path: str | Path, schema_name: str, cls: type[T]) -> T:
 def to_dict(obj: Any) -> Any:
     """The resolved config (defaults filled in) as plain JSON-ready data."""
     return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
+
+
+def field_docstrings(cls: type) -> dict[str, str]:
+    """The docstring under each field of a dataclass (``name: type = default`` then ``\"\"\"text\"\"\"``),
+    whitespace folded to single spaces: the one description of the field (litgpt's style)."""
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    docs = {}
+    for node, after in zip(body, body[1:]):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str)):
+            docs[node.target.id] = " ".join(after.value.value.split())
+    return docs

@@ -14,29 +14,57 @@ SCHEDULERS = ("cosine", "linear", "constant")
 
 @dataclass
 class TrainingParams:
+    """training_params of the pre-training and SFT configs. Each field's docstring is its description:
+    config/schemas/common.schema.json repeats it word for word (tests/common/test_config_fields.py)."""
+
     learning_rate: float = 3e-4
+    """Peak learning rate of AdamW."""
     num_train_epochs: float | None = None
+    """Passes over the (weighted) training data; ignored when max_steps is set."""
     max_steps: int | None = None
+    """Optimizer steps to run; overrides num_train_epochs."""
     per_device_train_batch_size: int | None = None
+    """Examples per micro-batch on each device. Set this or micro_batch_tokens."""
     micro_batch_tokens: int | None = None
+    """Token budget of one packed micro-batch on each device (padding-free packing). Set this or
+    per_device_train_batch_size."""
     gradient_accumulation_steps: int = 1
+    """Micro-batches per optimizer step on each device."""
     warmup_steps: int = 0
+    """Linear warm-up steps from 0 to learning_rate."""
     scheduler: str = "cosine"
+    """Learning-rate decay after warm-up."""
     min_lr_ratio: float = 0.1
+    """Final learning rate as a fraction of learning_rate (cosine and linear)."""
     weight_decay: float = 0.0
+    """AdamW weight decay (not applied to norms and biases)."""
     adam_beta1: float = 0.9
+    """AdamW beta1."""
     adam_beta2: float = 0.95
+    """AdamW beta2."""
     adam_epsilon: float = 1e-8
+    """AdamW epsilon."""
     max_grad_norm: float = 1.0
+    """Clip the global gradient norm to this value; 0 disables clipping."""
     save_steps: int = 0
+    """Write a full-state checkpoint every N optimizer steps; 0 = only at the end."""
     eval_steps: int = 0
+    """Evaluate on the validation split every N steps; 0 = only at the end."""
     logging_steps: int = 10
+    """Log metrics every N steps (the only steps that synchronise with the device)."""
     save_total_limit: int | None = 2
+    """Keep at most this many checkpoints (oldest deleted first); null keeps all."""
     eval_max_batches: int | None = None
+    """Cap on validation micro-batches per evaluation; null = the whole validation split."""
     seed: int = 1234
+    """Seed of data order, initialisation and dropout."""
     bf16: bool | str = "auto"
+    """bfloat16 autocast; auto = on where bf16 matmul is fast (GPUs with bf16 support, CPUs with
+    avx512_bf16 or amx_bf16), off elsewhere (there it is slower than fp32)."""
     fp16: bool = False
+    """float16 autocast with loss scaling (GPU only)."""
     gradient_checkpointing: bool = False
+    """Recompute activations in backward to save memory."""
 
     def __post_init__(self) -> None:
         if (self.per_device_train_batch_size is None) == (self.micro_batch_tokens is None):
