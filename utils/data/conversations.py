@@ -58,6 +58,15 @@ class Skip:
     detail: str
 
 
+@dataclass(frozen=True)
+class RawText:
+    """A document of a ``format: text`` source (replay of pre-training or domain text): every token trains."""
+
+    text: str
+    source: str
+    origin: str
+
+
 class RowProblem(Exception):
     """Raised inside layouts; turned into a Skip for the row at hand."""
 
@@ -66,7 +75,7 @@ class RowProblem(Exception):
         self.reason, self.detail = reason, detail
 
 
-def iter_conversations(spec: DatasetSpec, base_dir: Path) -> Iterator[Conversation | Skip]:
+def iter_conversations(spec: DatasetSpec, base_dir: Path) -> Iterator[Conversation | RawText | Skip]:
     """Stream the entry's conversations and skips in file order, up to ``max_examples`` conversations.
 
     Relative paths in the entry resolve against ``base_dir`` (scripts pass the current directory).
@@ -77,13 +86,18 @@ def iter_conversations(spec: DatasetSpec, base_dir: Path) -> Iterator[Conversati
     with contextlib.closing(_all_items(spec, base_dir)) as items:
         for item in items:
             yield item
-            made += isinstance(item, Conversation)
+            made += isinstance(item, (Conversation, RawText))
             if spec.max_examples is not None and made >= spec.max_examples:
                 return
 
 
-def _all_items(spec: DatasetSpec, base_dir: Path) -> Iterator[Conversation | Skip]:
+def _all_items(spec: DatasetSpec, base_dir: Path) -> Iterator[Conversation | RawText | Skip]:
     rows = iter_rows(spec, base_dir)
+    if spec.format == "text":
+        field_name = spec.text_fields.get("text", "text")
+        for row in rows:
+            yield raw_text(row, field_name, spec.name)
+        return
     if spec.format == "oasst":
         yield from oasst_conversations(rows, spec.name)
         return
@@ -96,7 +110,7 @@ def check_dataset(spec: DatasetSpec, base_dir: Path) -> None:
     """Fail fast, before any reading: files exist and markers compile (UserError naming entry and field)."""
     if spec.type != "huggingface":
         resolve_files(spec, base_dir)
-    if spec.format != "oasst":
+    if spec.format not in ("oasst", "text"):
         row_converter(spec)
 
 
@@ -111,6 +125,20 @@ def to_conversation(row: Row | BadRow, to_turns: Callable[[dict], list[dict]],
         return Conversation(normalize(to_turns(row.data)), source, row.origin)
     except RowProblem as problem:
         return Skip(source, row.origin, problem.reason, problem.detail)
+
+
+def raw_text(row: Row | BadRow, field_name: str, source: str) -> RawText | Skip:
+    """The text field of one row (a whole file for text_files); problems become Skips like any row's."""
+    if isinstance(row, BadRow):
+        return Skip(source, row.origin, row.reason, row.detail)
+    value = row.data.get(field_name) if isinstance(row.data, dict) else None
+    if not isinstance(value, str):
+        return Skip(source, row.origin, "missing_field", f"no text field '{field_name}'")
+    if not value.strip():
+        return Skip(source, row.origin, "empty_field", f"field '{field_name}' is empty")
+    if "\x00" in value:
+        return Skip(source, row.origin, "nul_byte", f"field '{field_name}' holds a NUL byte")
+    return RawText(value, source, row.origin)
 
 
 def row_converter(spec: DatasetSpec) -> Callable[[dict], list[dict]]:

@@ -62,7 +62,7 @@ def source_report(config, stats) -> dict:
             "dropped": sum(s.dropped.values()), "dropped_by_reason": dict(sorted(s.dropped.items())),
             "kept_train": s.kept["train"], "kept_val": s.kept["val"], "truncated": s.truncated,
             "weight": spec.weight, "multiplier": stats.multipliers.get(spec.name, 0.0),
-            "domain": spec.domain, "license": spec.license, "target_ratio": target,
+            "domain": spec.domain, "replay": spec.format == "text", "license": spec.license, "target_ratio": target,
             "written_train": s.written["train"], "written_val": s.written["val"],
             "tokens_train": s.tokens["train"], "supervised_tokens_train": s.supervised["train"],
             "achieved_ratio": round(achieved[spec.name], 6),

@@ -13,6 +13,8 @@ interrupted run leaves nothing half written. Same inputs give byte-identical sha
 """
 from __future__ import annotations
 
+import array
+import hashlib
 import heapq
 import math
 import multiprocessing
@@ -29,7 +31,8 @@ from tqdm import tqdm
 from utils.common.atomic import atomic_dir
 from utils.common.config import load_config
 from utils.common.errors import UserError
-from utils.data.conversations import Conversation, Skip, iter_conversations
+from utils.common.labels import IGNORE
+from utils.data.conversations import Conversation, RawText, Skip, iter_conversations
 from utils.data.data_card import build_manifest, print_summary, write_reports
 from utils.data.filters import (QualityFilters, clean_messages, conversation_hash, Deduper, fit_to_length,
                            text_drop_reason)
@@ -166,7 +169,37 @@ def init_worker(settings: EncodeSettings) -> None:
 
 
 def encode_chunk(chunk: list[tuple]) -> list[Outcome]:
-    return [encode_one(*item) for item in chunk]
+    out: list[Outcome] = []
+    for item in chunk:
+        if isinstance(item[0], str):
+            out += encode_text(*item)
+        else:
+            out.append(encode_one(*item))
+    return out
+
+
+def encode_text(text: str, source: str, origin: str, want_sample: bool) -> list[Outcome]:
+    """Raw text (replay) -> chunks of at most ``sequence_length`` tokens, each token supervised.
+
+    The document ends with EOS, as in pre-training; special-token text stays plain text. The first token of
+    a chunk has nothing before it to be predicted from, so it alone carries no label.
+    """
+    s, template = _WORKER["settings"], _WORKER["template"]
+    tokenizer = template.tokenizer
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    ids = tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"] + eos
+    size = s.sequence_length
+    outcomes = []
+    for n, start in enumerate(range(0, len(ids), size)):
+        piece = ids[start:start + size]
+        where = f"{origin}#chunk{n}"
+        if len(piece) < 2:
+            outcomes.append(Outcome(where, "too_short"))
+            continue
+        digest = hashlib.sha256(b"text\x1f" + array.array("I", piece).tobytes()).digest()
+        labels = [IGNORE] + piece[1:]
+        outcomes.append(Outcome(where, "", digest, example_line(piece, labels, source), len(piece), len(piece) - 1))
+    return outcomes
 
 
 def encode_one(messages: tuple, source: str, origin: str, want_sample: bool) -> Outcome:
@@ -233,7 +266,7 @@ class PoolRunner:
         self.pool.join()
 
 
-def chunked(items: Iterable[Conversation | Skip], stats: RunStats, strict: bool) -> Iterator[list[tuple]]:
+def chunked(items: Iterable[Conversation | RawText | Skip], stats: RunStats, strict: bool) -> Iterator[list[tuple]]:
     """Conversations in worker-sized chunks; Skips are counted here and never sent."""
     chunk: list[tuple] = []
     for item in items:
@@ -242,7 +275,8 @@ def chunked(items: Iterable[Conversation | Skip], stats: RunStats, strict: bool)
             stats.skip(item, strict)
             continue
         want = stats.sources[item.source].read <= SAMPLES_PER_SOURCE
-        chunk.append((item.messages, item.source, item.origin, want))
+        payload = item.text if isinstance(item, RawText) else item.messages
+        chunk.append((payload, item.source, item.origin, want))
         if len(chunk) == CHUNK:
             yield chunk
             chunk = []

@@ -24,8 +24,8 @@ from typing import Any, BinaryIO, Iterator
 
 from utils.common.errors import UserError, one_line
 
-TYPES = ("huggingface", "json", "jsonl", "parquet", "csv", "markdown_transcripts")
-FORMATS = ("auto", "single_turn", "messages", "sharegpt", "oasst", "transcript")
+TYPES = ("huggingface", "json", "jsonl", "parquet", "csv", "markdown_transcripts", "text_files")
+FORMATS = ("auto", "single_turn", "messages", "sharegpt", "oasst", "transcript", "text")
 ROLES = ("system", "user", "assistant")
 # Which text_fields keys each layout understands ("auto" infers the layout from them).
 TEXT_FIELDS = {
@@ -34,12 +34,13 @@ TEXT_FIELDS = {
     "sharegpt": {"conversations", "system"},
     "transcript": {"text"},
     "oasst": set(),
+    "text": {"text"},
 }
 # The keys that make "auto" pick a layout from text_fields.
 KEY_FIELDS = {"single_turn": {"prompt", "response"}, "messages": {"messages"},
               "sharegpt": {"conversations"}, "transcript": {"text"}}
 SUFFIXES = {"json": (".json", ".json.gz"), "jsonl": (".jsonl", ".jsonl.gz"),
-            "parquet": (".parquet",), "csv": (".csv",)}
+            "parquet": (".parquet",), "csv": (".csv",), "text_files": (".txt", ".md")}
 PARQUET_BATCH_ROWS = 1024
 # datasets' packaged builders read data_files from disk, so those can be checked before loading.
 LOCAL_BUILDERS = ("json", "csv", "parquet", "text", "arrow")
@@ -92,6 +93,10 @@ class DatasetSpec:
             raise UserError(f"{where}: format: unknown format '{self.format}'; use one of {', '.join(FORMATS)}")
         if self.weight < 0 or (self.max_examples is not None and self.max_examples < 0):
             raise UserError(f"{where}: weight and max_examples must be >= 0")
+        if self.type == "text_files" and self.format == "auto":
+            object.__setattr__(self, "format", "text")  # plain files hold nothing but raw text (frozen spec)
+        if self.type == "text_files" and self.format != "text":
+            raise UserError(f"{where}: format: text_files hold raw text; use format 'text' or leave it out")
         if self.type == "markdown_transcripts":
             self._check_markdown(where)
         elif not self.dataset_name:
@@ -155,7 +160,7 @@ def iter_rows(spec: DatasetSpec, base_dir: Path) -> Iterator[Row | BadRow]:
         yield from read_hub(spec, base_dir)
         return
     reader = {"json": read_json_array, "jsonl": read_jsonl, "parquet": read_parquet,
-              "csv": read_csv, "markdown_transcripts": read_text_file}[spec.type]
+              "csv": read_csv, "markdown_transcripts": read_text_file, "text_files": read_text_file}[spec.type]
     for path in resolve_files(spec, base_dir):
         yield from reader(path, display(path, base_dir))
 
@@ -307,7 +312,7 @@ def read_parquet(path: Path, shown: str) -> Iterator[Row | BadRow]:
 
 
 def read_text_file(path: Path, shown: str) -> Iterator[Row | BadRow]:
-    """A whole text file as one row ``{"text": ...}`` (markdown transcripts); BOM dropped."""
+    """A whole text file as one row ``{"text": ...}`` (markdown transcripts, raw text); BOM dropped."""
     try:
         data = path.read_bytes()
     except OSError as err:
