@@ -39,7 +39,8 @@ def random_store(name: str, count: int, seed: int, min_len: int = 6, max_len: in
 
 def run_training(out_dir: Path, *, batch: int | None = None, tokens: int | None = None, accum: int = 1,
                  steps: int = 4, save_steps: int = 0, resume: Path | None = None, lora: bool = False,
-                 seed: int = 0, weights=(0.7, 0.3), learnable: bool = False, lr: float = 1e-2):
+                 seed: int = 0, weights=(0.7, 0.3), learnable: bool = False, lr: float = 1e-2,
+                 **overrides):
     """Train the tiny model on two weighted sources; returns (state, model state_dict)."""
     from accelerate.utils import set_seed
 
@@ -50,10 +51,11 @@ def run_training(out_dir: Path, *, batch: int | None = None, tokens: int | None 
     from utils.train.params import TrainingParams
     from utils.train.loop import fit
 
-    params = TrainingParams(learning_rate=lr, max_steps=steps, per_device_train_batch_size=batch,
-                            micro_batch_tokens=tokens, gradient_accumulation_steps=accum, warmup_steps=1,
-                            save_steps=save_steps, logging_steps=1, eval_steps=0, save_total_limit=None,
-                            seed=seed, bf16=False, max_grad_norm=1.0)
+    settings = dict(learning_rate=lr, max_steps=steps, per_device_train_batch_size=batch,
+                    micro_batch_tokens=tokens, gradient_accumulation_steps=accum, warmup_steps=1,
+                    save_steps=save_steps, logging_steps=1, eval_steps=0, save_total_limit=None,
+                    seed=seed, bf16=False, max_grad_norm=1.0)
+    params = TrainingParams(**{**settings, **overrides})
     set_seed(seed)
     model = tiny_llama(seed)
     if lora:

@@ -82,7 +82,7 @@ def resolve_resume(spec: str | None, output_dir: Path) -> Path | None:
 
 
 def save_checkpoint(accelerator, output_dir: Path, step: int, model, optimizer, scheduler,
-                    state: dict, save_total_limit: int | None) -> Path:
+                    state: dict, save_total_limit: int | None, keep: int | None = None) -> Path:
     """Write checkpoint-<step> atomically on the main process (RNG from every rank).
 
     A failed write (disk full, read-only target) removes the temp dir on every rank and raises the same
@@ -112,7 +112,7 @@ def save_checkpoint(accelerator, output_dir: Path, step: int, model, optimizer, 
         raise UserError(f"{final}: checkpoint write failed ({failure}); {kept} — free disk space or fix "
                         "permissions, then resume with --resume_from_checkpoint auto") from None
     if main:
-        _rotate(Path(output_dir), save_total_limit)
+        _rotate(Path(output_dir), save_total_limit, keep)
     accelerator.wait_for_everyone()
     return final
 
@@ -153,14 +153,17 @@ def _write_main_files(accelerator, tmp: Path, model, optimizer, scheduler, state
     (tmp / COMPLETE).write_text("ok\n")
 
 
-def _rotate(output_dir: Path, limit: int | None) -> None:
-    """Delete all but the newest ``limit`` checkpoints, each first renamed out of the listing.
+def _rotate(output_dir: Path, limit: int | None, keep: int | None = None) -> None:
+    """Delete all but the newest ``limit`` checkpoints (and checkpoint-``keep``, the best one), each first
+    renamed out of the listing.
 
     A crash during the delete then leaves a hidden ``.checkpoint-N.deleting`` (swept at the next save),
     never a ``checkpoint-N`` that still has its COMPLETE marker but lost its weights.
     """
     if limit is not None:
         for old in list_checkpoints(output_dir)[:-limit]:
+            if keep is not None and old.name == f"checkpoint-{keep}":
+                continue
             trash = old.with_name(f".{old.name}.deleting")
             shutil.rmtree(trash, ignore_errors=True)
             try:

@@ -22,6 +22,8 @@ from utils.checkpoint.checkpoints import save_checkpoint
 from utils.common.errors import UserError
 from utils.common.labels import perplexity
 from utils.model.loss import loss_sums
+from utils.model.modeling import load_weights_into
+from utils.parallel.state_dict import unwrap_lm
 from utils.sampling.example_store import ExampleStore
 from utils.sampling.packing import PackedBatch, pack
 from utils.sampling.planner import StepPlanner
@@ -38,6 +40,9 @@ class TrainState:
     loss_history: list[float] = field(default_factory=list)
     planner: dict = field(default_factory=dict)
     last_eval: dict = field(default_factory=dict)
+    best_step: int = 0
+    """load_best_model_at_end: the saved step with the lowest eval/loss so far (0: none yet)."""
+    best_eval_loss: float | None = None
 
 
 @dataclass
@@ -183,15 +188,46 @@ def fit(run: TrainRun, state: TrainState) -> TrainState:
             elapsed = time.perf_counter() - window_start
             _flush_losses(run, state, pending, grad_norm, window_tokens / max(elapsed, 1e-9))
             pending, window_start, window_tokens = [], time.perf_counter(), 0
-        if _due(state.step, params.eval_steps) or at_end:
+        evaluated = _due(state.step, params.eval_steps) or at_end
+        if evaluated:
             state.last_eval = {**evaluate(run), **(run.on_eval(state.step) if run.on_eval else {})}
             run.logger.log({"step": state.step, **state.last_eval})
         if _due(state.step, params.save_steps) or at_end:
             _check_weights_finite(run, state.step)
             state.planner = run.planner.state_dict()
+            if params.load_best_model_at_end and evaluated:
+                _track_best(state)
             save_checkpoint(acc, run.output_dir, state.step, run.loss_module, run.optimizer,
-                            run.scheduler, _state_json(run, state), params.save_total_limit)
+                            run.scheduler, _state_json(run, state), params.save_total_limit,
+                            keep=state.best_step or None)
+    if params.load_best_model_at_end:
+        restore_best(run, state)
     return state
+
+
+def _track_best(state: TrainState) -> None:
+    loss = state.last_eval.get("eval/loss")
+    if loss is not None and (state.best_eval_loss is None or loss < state.best_eval_loss):
+        state.best_step, state.best_eval_loss = state.step, loss
+
+
+def best_record(state: TrainState, params: TrainingParams) -> dict | None:
+    """What the training summary says about load_best_model_at_end (None when it is off)."""
+    if not params.load_best_model_at_end:
+        return None
+    return {"step": state.best_step, "eval_loss": state.best_eval_loss, "last_step": state.step}
+
+
+def restore_best(run: TrainRun, state: TrainState) -> None:
+    """Put the best checkpoint's weights into the model (optimizer state stays: training is over)."""
+    if not state.best_step or state.best_step == state.step:
+        return
+    path = run.output_dir / f"checkpoint-{state.best_step}"
+    load_weights_into(unwrap_lm(run.accelerator, run.loss_module), path)
+    if run.accelerator.is_main_process:
+        print(f"load_best_model_at_end: final/ gets checkpoint-{state.best_step} "
+              f"(eval/loss {state.best_eval_loss:.4f}), not step {state.step} "
+              f"(eval/loss {state.last_eval.get('eval/loss', float('nan')):.4f})", flush=True)
 
 
 def _due(step: int, every: int) -> bool:
@@ -217,4 +253,5 @@ def _flush_losses(run: TrainRun, state: TrainState, pending, grad_norm, tokens_p
 def _state_json(run: TrainRun, state: TrainState) -> dict:
     return {"step": state.step, "tokens_seen": state.tokens_seen, "supervised_seen": state.supervised_seen,
             "loss_history": state.loss_history, "planner": state.planner, "last_eval": state.last_eval,
+            "best_step": state.best_step, "best_eval_loss": state.best_eval_loss,
             "total_steps": run.total_steps, "world_size": run.accelerator.num_processes, **run.run_info}

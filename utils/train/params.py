@@ -65,6 +65,9 @@ class TrainingParams:
     """float16 autocast with loss scaling (GPU only)."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward to save memory."""
+    load_best_model_at_end: bool = False
+    """Publish the checkpoint with the lowest eval/loss as final/ instead of the last step's weights; that
+    checkpoint is kept through rotation. Needs eval_steps > 0 and save_steps a multiple of eval_steps."""
 
     def __post_init__(self) -> None:
         if (self.per_device_train_batch_size is None) == (self.micro_batch_tokens is None):
@@ -73,6 +76,10 @@ class TrainingParams:
             raise ValueError("bf16 and fp16 are exclusive")
         if self.bf16 == "auto":
             self.bf16 = not self.fp16 and fast_bf16_available()
+        if self.load_best_model_at_end and not (self.eval_steps > 0 and self.save_steps > 0
+                                                 and self.save_steps % self.eval_steps == 0):
+            raise ValueError("load_best_model_at_end needs eval_steps > 0 and save_steps a multiple of "
+                             f"eval_steps (got eval_steps {self.eval_steps}, save_steps {self.save_steps})")
 
     def micro_batches_per_step(self, world_size: int) -> int:
         """Micro-batches in one optimizer step, over all ranks."""

@@ -129,4 +129,5 @@ def _resume(accelerator, path: Path, loss_module, optimizer, scheduler, planner,
     planner.load_state_dict(saved["planner"])
     return TrainState(step=saved["step"], tokens_seen=saved["tokens_seen"],
                       supervised_seen=saved["supervised_seen"], loss_history=saved["loss_history"],
-                      planner=saved["planner"], last_eval=saved.get("last_eval", {}))
+                      planner=saved["planner"], last_eval=saved.get("last_eval", {}),
+                      best_step=saved.get("best_step", 0), best_eval_loss=saved.get("best_eval_loss"))

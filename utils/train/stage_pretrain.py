@@ -17,7 +17,7 @@ from utils.monitor.run_plan import RunPlan
 from utils.parallel.lora import LoraSettings, apply_lora
 from utils.sampling.example_store import ExampleStore, window_store
 from utils.train.cli import RunInputs
-from utils.train.loop import evaluate, fit
+from utils.train.loop import best_record, evaluate, fit
 from utils.train.params import TrainingParams
 from utils.train.run_setup import build_run, start_stage
 
@@ -67,7 +67,8 @@ def run_pretraining(cfg: PretrainConfig, inputs: PretrainInputs) -> str | None:
     run.progress.close()
     final = save_final(accelerator, run.loss_module, output_dir / "final", inputs.tokenizer_path,
                        {"stage": "pretrain", **run_info, "last_eval": state.last_eval,
-                        "initial_eval_loss": initial}, merge_adapter=True)
+                        "initial_eval_loss": initial, "best_checkpoint": best_record(state, run.params)},
+                       merge_adapter=True)
     run.logger.close()
     if not accelerator.is_main_process:
         return None

@@ -24,7 +24,7 @@ from utils.parallel.lora import LoraSettings, apply_lora
 from utils.parallel.state_dict import unwrap_lm
 from utils.sampling.example_store import ExampleStore, load_sft_store
 from utils.train.cli import RunInputs
-from utils.train.loop import evaluate, fit
+from utils.train.loop import best_record, evaluate, fit
 from utils.train.params import TrainingParams
 from utils.train.run_setup import build_run, start_stage
 
@@ -132,7 +132,8 @@ def run_sft(cfg: SFTTrainingConfig, inputs: SFTInputs) -> str | None:
         state = fit(run, state)
     final = save_final(accelerator, run.loss_module, output_dir / "final", inputs.tokenizer_path,
                        {"stage": "sft", **run_info, "initial_eval": initial, "last_eval": state.last_eval,
-                        "steps": state.step, "tokens_seen": state.tokens_seen},
+                        "steps": state.step, "tokens_seen": state.tokens_seen,
+                        "best_checkpoint": best_record(state, run.params)},
                        merge_adapter=False, stop_token_ids=dirs[0].manifest["template"].get("stop_token_ids"))
     run.logger.close()
     if not accelerator.is_main_process:
@@ -179,6 +180,9 @@ def _summary(initial: dict, state, final: Path) -> str:
     if before is not None and after is not None:
         lines.append(f"validation loss: {before:.4f} -> {after:.4f} "
                      f"(perplexity {initial['eval/ppl']:.2f} -> {state.last_eval['eval/ppl']:.2f})")
+    if state.best_step and state.best_step != state.step:
+        lines.append(f"final/ holds the best checkpoint: step {state.best_step}, "
+                     f"validation loss {state.best_eval_loss:.4f} (load_best_model_at_end)")
     lines.append(f"final: {final}")
     return "\n".join(lines)
 
