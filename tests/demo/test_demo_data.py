@@ -13,7 +13,7 @@ import pytest
 from utils.common.errors import UserError
 from utils.demo.build import generate_demo_data
 from utils.demo.corpus import CORPUS_MODULES, clean_text
-from utils.demo.tasks import TASKS, WORDS, prompt_key
+from utils.demo.tasks import PHRASINGS, TASKS, WORDS, prompt_key
 from utils.eval.metrics import check_answer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -143,45 +143,42 @@ def test_every_family_in_both_splits_and_balanced(demo):
         assert max(per_task.values()) - min(per_task.values()) <= 1
 
 
-def _words(text: str) -> list[str]:
-    """The demo words of ``text`` in order (no template word is a demo word)."""
-    return [w for w in re.findall(r"\b[a-z]+\b", text) if w in WORDS]
+def _runs(text: str, upper: bool = False) -> list[list[str]]:
+    """Runs of demo words separated by single spaces, in order (no template word is a demo word)."""
+    words = [w.upper() for w in WORDS] if upper else list(WORDS)
+    alt = "|".join(words)
+    return [run.split(" ") for run in re.findall(rf"\b(?:{alt})(?: (?:{alt}))*\b", text)]
+
+
+def _list_and_probe(prompt: str) -> tuple[list[str], str | None]:
+    """The word list (the longest run) and the probe word asked about (a one-word run), if any."""
+    runs = sorted(_runs(prompt), key=len, reverse=True)
+    return runs[0], (runs[1][0] if len(runs) > 1 else None)
 
 
 def _expected(task: str, prompt: str) -> str:
-    """Re-derive the answer from the prompt text alone, independently of the generators."""
-    tail = prompt.rsplit(": ", 1)[-1]
-    if task in ("copy_words", "reverse_words", "sort_words", "count_words", "first_word", "last_word"):
-        words = _words(prompt)
-        return {"copy_words": " ".join(words), "reverse_words": " ".join(words[::-1]),
-                "sort_words": " ".join(sorted(words)), "count_words": str(len(words)),
-                "first_word": words[0], "last_word": words[-1]}[task]
-    if task == "next_word":
-        found = (re.search(r"after (\w+) in: (.*)\?$", prompt) or re.search(r"after (\w+): (.*)$", prompt))
-        probe, words = (found.group(1), found.group(2)) if found else \
-            reversed(re.search(r"^In (.*), what follows (\w+)\?$", prompt).groups())
-        words = words.split()
-        return words[words.index(probe) + 1]
-    if task == "membership":
-        found = re.search(r"^Is (\w+) (?:in: (.*)\? Answer|one of these words\? (.*)$)", prompt)
-        probe, words = (found.group(1), found.group(2) or found.group(3)) if found else \
-            reversed(re.search(r"list (.*) contain (\w+)\?$", prompt).groups())
-        return "yes" if probe in words.split() else "no"
-    if task == "uppercase":
-        return tail.upper()
-    if task == "lowercase":
-        return tail.lower()
+    """Re-derive the answer from the prompt text alone, in any phrasing, independently of the generators."""
+    words, probe = _list_and_probe(prompt) if _runs(prompt) else ([], None)
+    simple = {"copy_words": lambda: " ".join(words), "reverse_words": lambda: " ".join(words[::-1]),
+              "sort_words": lambda: " ".join(sorted(words)), "count_words": lambda: str(len(words)),
+              "first_word": lambda: words[0], "last_word": lambda: words[-1],
+              "next_word": lambda: words[words.index(probe) + 1],
+              "membership": lambda: "yes" if probe in words else "no",
+              "uppercase": lambda: " ".join(words).upper(),
+              "lowercase": lambda: " ".join(max(_runs(prompt, upper=True), key=len)).lower()}
+    if task in simple:
+        return simple[task]()
     if task == "extract_field":
-        field = re.search(r"the (\w+)[?.]$", prompt).group(1)
+        field = re.search(r"\b(name|city|color)\b", prompt).group(1)
         return re.search(rf"{field.title()}: (\w+)\.", prompt).group(1)
     if task == "make_record":
-        pairs = tail.split()
-        return " ".join(f"{f.title()}: {v}." for f, v in zip(pairs[::2], pairs[1::2]))
+        pairs = re.findall(r"\b(name|city|color) (\w+)", prompt)
+        return " ".join(f"{f.title()}: {v}." for f, v in pairs)
     raise AssertionError(f"no independent check for task {task}")
 
 
 def test_answers_can_be_recomputed_from_the_prompt(demo):
-    test = read_jsonl(demo / "instruct" / "test.jsonl")
+    test = read_jsonl(demo / "instruct" / "test.jsonl") + read_jsonl(demo / "instruct" / "test_rephrased.jsonl")
     for row in test:
         assert check_answer(row["task"], _expected(row["task"], row["messages"][-1]["content"]),
                             row["reference"]), row
@@ -293,3 +290,16 @@ def test_transcripts_hold_the_tricky_cases(demo):
                        for line in text.split("\n") for m in markers), name
         if "front_matter" in info["features"]:
             assert text.startswith("---\ntitle: ")
+
+
+def test_rephrased_questions_use_wordings_that_training_never_uses(demo):
+    heldout = {t.split("{")[0] for train_t, held in PHRASINGS.values() for t in held}
+    assert all(prefix.strip() for prefix in heldout)  # each held-out phrasing opens with its own words
+    train_questions = [m["content"] for r in read_jsonl(demo / "instruct" / "train.jsonl")
+                       for m in r["messages"] if m["role"] == "user"]
+    assert not any(q.startswith(tuple(heldout)) for q in train_questions)
+    rephrased = read_jsonl(demo / "instruct" / "test_rephrased.jsonl")
+    assert all(r["messages"][-1]["content"].startswith(tuple(heldout)) for r in rephrased)
+    assert {r["task"] for r in rephrased} == set(TASKS)
+    train_phrasings = {t for train_t, _ in PHRASINGS.values() for t in train_t}
+    assert not train_phrasings & {t for _, held in PHRASINGS.values() for t in held}

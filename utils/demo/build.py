@@ -21,10 +21,11 @@ from utils.common.atomic import atomic_dir
 from utils.common.errors import UserError
 from utils.demo.corpus import corpus_documents
 from utils.demo.stories import story_documents
-from utils.demo.tasks import CITIES, COLORS, NAMES, TASKS, WORDS, build_test, build_train, worked_documents
+from utils.demo.tasks import (CITIES, COLORS, NAMES, TASKS, WORDS, build_test, build_train, prompt_key,
+                              worked_documents)
 from utils.demo.transcripts import PARTICIPANTS, TRANSCRIPTS
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 
 
 # ---------------------------------------------------------------- writing
@@ -71,12 +72,16 @@ def _write_instruct(root: Path, seed: int, num_train: int, num_test: int) -> dic
     # One stream per split: the test items do not move when only --num_train changes (bar dedupe).
     train = build_train(random.Random(f"{seed}/train"), num_train)
     test = build_test(random.Random(f"{seed}/test"), num_test, train)
+    seen = {prompt_key(row["messages"][-2:-1]) for row in train + test}
+    rephrased = build_test(random.Random(f"{seed}/rephrased"), num_test, train, heldout=True, seen=seen)
     _write(root / "instruct" / "train.jsonl", _jsonl(train))
     _write(root / "instruct" / "test.jsonl", _jsonl(test))
+    _write(root / "instruct" / "test_rephrased.jsonl", _jsonl(rephrased))
     worked = worked_documents(train)
     for name, text in worked:
         _write(root / "instruct" / "worked" / f"{name}.txt", text)
-    return {"train": _split_counts(train), "test": _split_counts(test), "worked_documents": len(worked)}
+    return {"train": _split_counts(train), "test": _split_counts(test),
+            "test_rephrased": _split_counts(rephrased), "worked_documents": len(worked)}
 
 
 def _readme(manifest: dict) -> str:
@@ -95,10 +100,13 @@ Everything comes from the Python install itself; nothing was downloaded.
   classes and functions ({corpus['docstrings']['bytes']} bytes), one module per file.
 - `corpus/stories/*.txt`: {corpus['stories']['documents']} books of generated short stories in plain English
   ({corpus['stories']['bytes']} bytes) over the words, names, cities and colours of the instructions, so
-  that pre-training sees the vocabulary the instructions use (see utils/demo_stories.py).
+  that pre-training sees the vocabulary the instructions use (see utils/demo/stories.py).
 - `instruct/train.jsonl` ({inst['train']['total']} conversations) and `instruct/test.jsonl`
   ({inst['test']['total']} held-out prompts with a `reference` answer) over {len(TASKS)} task families:
   {", ".join(TASKS)}. Answers are bare results, compared by exact match.
+- `instruct/test_rephrased.jsonl` ({inst['test_rephrased']['total']} held-out prompts): the same families asked
+  in phrasings that no train conversation uses (`PHRASINGS` in utils/demo/tasks.py), so a model that
+  follows the instruction, rather than recalling its wording, answers them too.
 - `instruct/worked/*.txt`: the same train conversations as plain `User:`/`Assistant:` text in
   {inst['worked_documents']} files, part of the tiny model's pre-training mix (never the test questions).
 - `transcripts/*.md`: {manifest['transcripts']['files']} Markdown chats for the conversation extractor;

@@ -29,16 +29,100 @@ SYSTEM_PROMPTS = (
 
 
 # ---------------------------------------------------------------- task families
-# Each returns (user_prompt, answer). The few paraphrases per family are deliberate: enough variety
-# that the model must read the instruction, few enough that a tiny model sees each one often.
+# Each family draws its fields and answer; the prompt is one of the family's phrasings. Training uses
+# the TRAIN phrasings only; HELDOUT phrasings (new frames and new verbs for the same task) appear in
+# the rephrased test set alone, so it measures following the instruction, not recalling its wording.
 # Items are whole words written with spaces between them: every item is then one token, the same
 # token in the prompt and in the answer, which is what lets a ~6M-parameter model learn to look
 # items up in its prompt within minutes. (Bracketed, comma-separated lists of multi-digit numbers
 # split items into several tokens around repeated separators; trained from random weights for 1,500
 # steps, the tiny model stayed under 12% exact match on them, against ~70% on word lists.)
 
-def _say(rng: random.Random, templates: tuple[str, ...], **fields) -> str:
-    return rng.choice(templates).format(**fields)
+PHRASINGS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "copy_words": (
+        ("Repeat the words: {W}", "Copy exactly: {W}", "Say these words again: {W}", "Please repeat: {W}",
+         "Repeat these words, please. {W}", "{W}\nRepeat the words above.", "Copy the words: {W}"),
+        ("Could you echo these words back? {W}", "I need the same words written again: {W}",
+         "Task: copy the list. Words: {W}"),
+    ),
+    "reverse_words": (
+        ("Reverse the words: {W}", "Write these words in reverse order: {W}", "Say the words backwards: {W}",
+         "Please reverse: {W}", "Reverse these words, please. {W}", "{W}\nReverse the words above.",
+         "Put the words in reverse order: {W}"),
+        ("Could you flip the order of these words? {W}", "I need the words from last to first: {W}",
+         "Task: reverse the list. Words: {W}"),
+    ),
+    "sort_words": (
+        ("Sort the words: {W}", "Put these words in alphabetical order: {W}",
+         "Write the words sorted from A to Z: {W}", "Please sort: {W}", "Sort these words, please. {W}",
+         "{W}\nSort the words above.", "Alphabetize: {W}"),
+        ("Could you order these words alphabetically? {W}", "I need the words in dictionary order: {W}",
+         "Task: sort the list. Words: {W}"),
+    ),
+    "count_words": (
+        ("How many words are in: {W}?", "Count the words: {W}", "How many words do you see? {W}",
+         "Please count: {W}", "Count these words, please. {W}", "{W}\nHow many words are above?",
+         "Number of words in: {W}?"),
+        ("Could you tell me how many words there are? {W}", "I need the word count of: {W}",
+         "Task: count the list. Words: {W}"),
+    ),
+    "first_word": (
+        ("What is the first word in: {W}?", "Give the first word: {W}", "Which word comes first? {W}",
+         "Please give the first word: {W}", "First word of: {W}?", "{W}\nWhat is the first word above?",
+         "Name the first word: {W}"),
+        ("Could you tell me which word starts this list? {W}", "I need the opening word of: {W}",
+         "Task: first word of the list. Words: {W}"),
+    ),
+    "last_word": (
+        ("What is the last word in: {W}?", "Give the last word: {W}", "Which word comes last? {W}",
+         "Please give the last word: {W}", "Last word of: {W}?", "{W}\nWhat is the last word above?",
+         "Name the last word: {W}"),
+        ("Could you tell me which word ends this list? {W}", "I need the final word of: {W}",
+         "Task: last word of the list. Words: {W}"),
+    ),
+    "next_word": (
+        ("Which word comes after {x} in: {W}?", "In {W}, what follows {x}?", "Give the word after {x}: {W}",
+         "Please give the word after {x}: {W}", "{W}\nWhich word comes after {x}?",
+         "What word follows {x} in: {W}?", "Next word after {x}: {W}"),
+        ("Could you tell me the word right after {x}? {W}", "I need the word that comes next after {x}: {W}",
+         "Task: word after {x}. Words: {W}"),
+    ),
+    "membership": (
+        ("Is {x} in: {W}? Answer yes or no.", "Does the list {W} contain {x}?", "Is {x} one of these words? {W}",
+         "Please check if {x} is in: {W}", "{W}\nIs {x} in the words above?", "Is there {x} in: {W}?",
+         "Yes or no: is {x} in {W}?"),
+        ("Could you check whether {x} appears? {W}", "I need to know if {x} is listed: {W}",
+         "Task: is {x} in the list? Words: {W}"),
+    ),
+    "uppercase": (
+        ("Convert to uppercase: {t}", "Write in capital letters: {t}", "Uppercase this: {t}",
+         "Please uppercase: {t}", "{t}\nWrite the words above in capital letters.", "Make it uppercase: {t}",
+         "Capitalize every letter: {t}"),
+        ("Could you write these in upper case? {t}", "I need this in all caps: {t}",
+         "Task: uppercase the text. Text: {t}"),
+    ),
+    "lowercase": (
+        ("Convert to lowercase: {t}", "Write in small letters: {t}", "Lowercase this: {t}",
+         "Please lowercase: {t}", "{t}\nWrite the words above in small letters.", "Make it lowercase: {t}",
+         "Use only small letters: {t}"),
+        ("Could you write these in lower case? {t}", "I need this without capitals: {t}",
+         "Task: lowercase the text. Text: {t}"),
+    ),
+    "extract_field": (
+        ("{r} What is the {f}?", "Read this: {r} What is the {f}?", "{r} Give the {f}.",
+         "Record: {r} Which {f} does it hold?", "{r}\nPlease give the {f}.", "What is the {f} in: {r}",
+         "{r} Name the {f}."),
+        ("Could you look up the {f}? {r}", "I need the {f} from this record: {r}",
+         "Task: find the {f}. Record: {r}"),
+    ),
+    "make_record": (
+        ("Write as a record: {p}", "Format as field: value pairs: {p}", "Make a record from: {p}",
+         "Please make a record: {p}", "{p}\nWrite the above as a record.", "Turn into a record: {p}",
+         "Record these fields: {p}"),
+        ("Could you format this as a record? {p}", "I need these fields as a record: {p}",
+         "Task: build a record. Fields: {p}"),
+    ),
+}
 
 
 def random_words(rng: random.Random, lo: int = 3, hi: int = 6) -> list[str]:
@@ -46,71 +130,57 @@ def random_words(rng: random.Random, lo: int = 3, hi: int = 6) -> list[str]:
     return rng.sample(WORDS, rng.randint(lo, hi))
 
 
-def gen_copy_words(rng: random.Random, words: list[str] | None = None) -> tuple[str, str]:
+def gen_copy_words(rng: random.Random, words: list[str] | None = None) -> tuple[dict, str]:
     words = words or random_words(rng)
-    templates = ("Repeat the words: {W}", "Copy exactly: {W}", "Say these words again: {W}")
-    return _say(rng, templates, W=" ".join(words)), " ".join(words)
+    return {"W": " ".join(words)}, " ".join(words)
 
 
-def gen_reverse_words(rng: random.Random, words: list[str] | None = None) -> tuple[str, str]:
+def gen_reverse_words(rng: random.Random, words: list[str] | None = None) -> tuple[dict, str]:
     words = words or random_words(rng)
-    templates = ("Reverse the words: {W}", "Write these words in reverse order: {W}",
-                 "Say the words backwards: {W}")
-    return _say(rng, templates, W=" ".join(words)), " ".join(words[::-1])
+    return {"W": " ".join(words)}, " ".join(words[::-1])
 
 
-def gen_sort_words(rng: random.Random, words: list[str] | None = None) -> tuple[str, str]:
+def gen_sort_words(rng: random.Random, words: list[str] | None = None) -> tuple[dict, str]:
     words = words or random_words(rng)
-    templates = ("Sort the words: {W}", "Put these words in alphabetical order: {W}",
-                 "Write the words sorted from A to Z: {W}")
-    return _say(rng, templates, W=" ".join(words)), " ".join(sorted(words))
+    return {"W": " ".join(words)}, " ".join(sorted(words))
 
 
-def gen_count_words(rng: random.Random, words: list[str] | None = None) -> tuple[str, str]:
+def gen_count_words(rng: random.Random, words: list[str] | None = None) -> tuple[dict, str]:
     words = words or random_words(rng, 1, 8)
-    templates = ("How many words are in: {W}?", "Count the words: {W}", "How many words do you see? {W}")
-    return _say(rng, templates, W=" ".join(words)), str(len(words))
+    return {"W": " ".join(words)}, str(len(words))
 
 
-def gen_first_word(rng: random.Random, words: list[str] | None = None) -> tuple[str, str]:
+def gen_first_word(rng: random.Random, words: list[str] | None = None) -> tuple[dict, str]:
     words = words or random_words(rng)
-    templates = ("What is the first word in: {W}?", "Give the first word: {W}", "Which word comes first? {W}")
-    return _say(rng, templates, W=" ".join(words)), words[0]
+    return {"W": " ".join(words)}, words[0]
 
 
-def gen_last_word(rng: random.Random, words: list[str] | None = None) -> tuple[str, str]:
+def gen_last_word(rng: random.Random, words: list[str] | None = None) -> tuple[dict, str]:
     words = words or random_words(rng)
-    templates = ("What is the last word in: {W}?", "Give the last word: {W}", "Which word comes last? {W}")
-    return _say(rng, templates, W=" ".join(words)), words[-1]
+    return {"W": " ".join(words)}, words[-1]
 
 
-def gen_next_word(rng: random.Random, words: list[str] | None = None) -> tuple[str, str]:
+def gen_next_word(rng: random.Random, words: list[str] | None = None) -> tuple[dict, str]:
     words = words or random_words(rng)
     i = rng.randrange(len(words) - 1)
-    templates = ("Which word comes after {x} in: {W}?", "In {W}, what follows {x}?",
-                 "Give the word after {x}: {W}")
-    return _say(rng, templates, x=words[i], W=" ".join(words)), words[i + 1]
+    return {"x": words[i], "W": " ".join(words)}, words[i + 1]
 
 
-def gen_membership(rng: random.Random, words: list[str] | None = None) -> tuple[str, str]:
+def gen_membership(rng: random.Random, words: list[str] | None = None) -> tuple[dict, str]:
     words = words or random_words(rng)
     present = rng.random() < 0.5
     probe = rng.choice(words if present else [w for w in WORDS if w not in words])
-    templates = ("Is {x} in: {W}? Answer yes or no.", "Does the list {W} contain {x}?",
-                 "Is {x} one of these words? {W}")
-    return _say(rng, templates, x=probe, W=" ".join(words)), "yes" if present else "no"
+    return {"x": probe, "W": " ".join(words)}, "yes" if present else "no"
 
 
-def gen_uppercase(rng: random.Random, words: list[str] | None = None) -> tuple[str, str]:
+def gen_uppercase(rng: random.Random, words: list[str] | None = None) -> tuple[dict, str]:
     text = " ".join(words or random_words(rng, 1, 4))
-    templates = ("Convert to uppercase: {t}", "Write in capital letters: {t}", "Uppercase this: {t}")
-    return _say(rng, templates, t=text), text.upper()
+    return {"t": text}, text.upper()
 
 
-def gen_lowercase(rng: random.Random, words: list[str] | None = None) -> tuple[str, str]:
+def gen_lowercase(rng: random.Random, words: list[str] | None = None) -> tuple[dict, str]:
     text = " ".join(words or random_words(rng, 1, 4))
-    templates = ("Convert to lowercase: {t}", "Write in small letters: {t}", "Lowercase this: {t}")
-    return _say(rng, templates, t=text.upper()), text
+    return {"t": text.upper()}, text
 
 
 FIELD_POOLS = {"name": NAMES, "city": CITIES, "color": COLORS}
@@ -126,21 +196,18 @@ def _record_text(record: dict[str, str]) -> str:
     return " ".join(f"{f.title()}: {v}." for f, v in record.items())
 
 
-def gen_extract_field(rng: random.Random) -> tuple[str, str]:
+def gen_extract_field(rng: random.Random) -> tuple[dict, str]:
     record = _random_record(rng)
     asked = rng.choice(list(record))
-    templates = ("{r} What is the {f}?", "Read this: {r} What is the {f}?", "{r} Give the {f}.")
-    return _say(rng, templates, r=_record_text(record), f=asked), record[asked]
+    return {"r": _record_text(record), "f": asked}, record[asked]
 
 
-def gen_make_record(rng: random.Random) -> tuple[str, str]:
+def gen_make_record(rng: random.Random) -> tuple[dict, str]:
     record = _random_record(rng)
-    pairs = " ".join(f"{f} {v}" for f, v in record.items())
-    templates = ("Write as a record: {p}", "Format as field: value pairs: {p}", "Make a record from: {p}")
-    return _say(rng, templates, p=pairs), _record_text(record)
+    return {"p": " ".join(f"{f} {v}" for f, v in record.items())}, _record_text(record)
 
 
-TASKS: dict[str, Callable[..., tuple[str, str]]] = {
+TASKS: dict[str, Callable[..., tuple[dict, str]]] = {
     "copy_words": gen_copy_words,
     "reverse_words": gen_reverse_words,
     "sort_words": gen_sort_words,
@@ -165,21 +232,27 @@ def _msg(role: str, content: str) -> dict:
     return {"role": role, "content": content}
 
 
-def _exchanges(rng: random.Random, task: str) -> list[tuple[str, str]]:
-    """One (prompt, answer) pair, or two where the last one is ``task``."""
+def ask(rng: random.Random, task: str, heldout: bool = False, words: list[str] | None = None) -> tuple[str, str]:
+    """(prompt, answer) of one ``task`` question, in a train phrasing or a held-out one."""
+    fields, answer = TASKS[task](rng, words) if words else TASKS[task](rng)
+    return rng.choice(PHRASINGS[task][heldout]).format(**fields), answer
+
+
+def _exchanges(rng: random.Random, task: str, heldout: bool) -> list[tuple[str, str]]:
+    """One (prompt, answer) pair, or two where the last one is ``task`` (only it uses ``heldout``)."""
     if rng.random() >= MULTI_TURN_RATE:
-        return [TASKS[task](rng)]
+        return [ask(rng, task, heldout)]
     if task in LIST_TASKS and rng.random() < 0.5:
         words = random_words(rng)
         first = rng.choice([t for t in LIST_TASKS if t != task])
-        return [TASKS[first](rng, words), TASKS[task](rng, words)]
-    return [TASKS[rng.choice(tuple(TASKS))](rng), TASKS[task](rng)]
+        return [ask(rng, first, False, words), ask(rng, task, heldout, words)]
+    return [ask(rng, rng.choice(tuple(TASKS))), ask(rng, task, heldout)]
 
 
-def make_conversation(rng: random.Random, task: str) -> list[dict]:
+def make_conversation(rng: random.Random, task: str, heldout: bool = False) -> list[dict]:
     """Messages ending with the assistant's answer to a ``task`` question."""
     messages = [_msg("system", rng.choice(SYSTEM_PROMPTS))] if rng.random() < SYSTEM_RATE else []
-    for prompt, answer in _exchanges(rng, task):
+    for prompt, answer in _exchanges(rng, task, heldout):
         messages += [_msg("user", prompt), _msg("assistant", answer)]
     return messages
 
@@ -202,17 +275,19 @@ def build_train(rng: random.Random, n: int) -> list[dict]:
     return [{"messages": make_conversation(rng, task), "task": task} for task in balanced_tasks(rng, n)]
 
 
-def build_test(rng: random.Random, n: int, train: list[dict]) -> list[dict]:
+def build_test(rng: random.Random, n: int, train: list[dict], heldout: bool = False,
+               seen: set[str] | None = None) -> list[dict]:
     """Held-out items: no test question (the last user turn, folded) is a train or another test question.
 
     Stricter than distinct conversations: a question seen in training with another system prompt or
-    first turn would otherwise count as new.
+    first turn would otherwise count as new. ``heldout`` asks the last question in a phrasing that
+    training never uses.
     """
-    seen = {prompt_key(row["messages"][-2:-1]) for row in train}
+    seen = seen if seen is not None else {prompt_key(row["messages"][-2:-1]) for row in train}
     rows = []
     for task in balanced_tasks(rng, n):
         for _ in range(MAX_DRAWS_PER_TEST_ITEM):
-            messages = make_conversation(rng, task)
+            messages = make_conversation(rng, task, heldout)
             key = prompt_key(messages[-2:-1])
             if key not in seen:
                 break
