@@ -41,7 +41,11 @@ def parse_args(argv: Sequence[str] | None) -> EvalRequest:
     p.add_argument("--config", help="SFT training config: eval_prompts, system_prompt, generation_config "
                    "(default: the config saved in the model's training_summary.json)")
     p.add_argument("--eval_set", help="JSONL of {prompt | messages, reference, task} scored by exact match")
-    p.add_argument("--max_eval_examples", type=int, help="score only the first N rows of --eval_set")
+    p.add_argument("--max_eval_examples", type=int, help="score only the first N rows of --eval_set "
+                   "(and of --rephrased_set)")
+    p.add_argument("--rephrased_set", help="JSONL like --eval_set: the same task families asked in wordings "
+                   "training never used; reported as exact_match_rephrased (does the model follow the "
+                   "instruction or recall its wording?)")
     p.add_argument("--retention_corpus", nargs="+", help=".txt/.md files or directories, or JSONL files")
     p.add_argument("--retention_field", default="text", help="JSONL field of the retention text (default text)")
     p.add_argument("--retention_max_tokens", type=int, default=50_000, help="tokens of it to score (50000)")

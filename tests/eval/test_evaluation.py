@@ -263,3 +263,21 @@ def test_evaluate_model_without_optional_inputs_reports_none(env, toy_tokenizer,
     result = evaluate_model(model, make_inputs(toy_tokenizer))
     assert result.metrics["val_loss"] is None and result.metrics["exact_match"] is None
     assert result.metrics["retention_ppl"] is None and result.predictions == []
+
+
+def test_rephrased_set_is_scored_apart(env, tmp_path, monkeypatch):
+    calls: list = []
+    monkeypatch.setattr("utils.eval.evaluation.generate_responses", _stub(calls))
+    messages, answer, task = conversation(1)  # the stub answers this one right, the new wording wrong
+    rows = [{"messages": messages, "reference": answer, "task": task},
+            {"prompt": "Could you add 7 to 1?", "reference": answer, "task": task}]
+    (tmp_path / "rephrased.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    script = load_script("04_evaluate_sft")
+    args = cli_args(env, tmp_path / "out", "--rephrased_set", str(tmp_path / "rephrased.jsonl"))
+    assert run_cli(script.main, args) == 0
+    assert calls == [6 + 2 + 3, 6 + 2 + 3]
+    report = json.loads((tmp_path / "out" / "eval_report.json").read_text())
+    assert report["tuned"]["exact_match"] == 1.0 and report["tuned"]["exact_match_rephrased"] == 0.5
+    assert report["tuned"]["per_family_rephrased"]["add"]["exact_match"] == 0.5
+    assert report["base"]["exact_match_rephrased"] == 0.0
+    assert "exact match, new wording" in (tmp_path / "out" / "eval_report.md").read_text()

@@ -62,6 +62,8 @@ class EvalInputs:
     tokenizer_path: str = ""
     fingerprint: str = ""
     data_dirs: list[str] = field(default_factory=list)
+    rephrased: list[EvalItem] = field(default_factory=list)
+    """The same families asked in wordings training never used (scored apart: exact_match_rephrased)."""
 
 
 @dataclass
@@ -215,19 +217,25 @@ def response_logprob(model, inputs: EvalInputs, conversations: list[Conversation
 
 def generation_metrics(model, inputs: EvalInputs) -> tuple[dict, list[dict], list[int]]:
     """Generate for the eval set and the eval prompts in one batched pass; score and describe the answers."""
-    conversations = [item.messages for item in inputs.items] + inputs.prompts
+    scored = inputs.items + inputs.rephrased
+    conversations = [item.messages for item in scored] + inputs.prompts
     if not conversations:
         return {}, [], []
     with precision_context(inputs):
         results = generate_responses(model, inputs.tokenizer, inputs.template, conversations, inputs.settings,
                                      batch_size=inputs.batch_size, show_progress=inputs.show_progress)
-    answers, samples = results[:len(inputs.items)], results[len(inputs.items):]
+    answers, rephrased = results[:len(inputs.items)], results[len(inputs.items):len(scored)]
+    samples = results[len(scored):]
     metrics = {}
     if inputs.items:
         scores = score_answers([i.task for i in inputs.items], [i.reference for i in inputs.items],
                                answers, check_answer)
         metrics["eval_examples"] = scores.pop("n")
         metrics.update(scores)
+    if inputs.rephrased:
+        scores = score_answers([i.task for i in inputs.rephrased], [i.reference for i in inputs.rephrased],
+                               rephrased, check_answer)
+        metrics.update(exact_match_rephrased=scores["exact_match"], per_family_rephrased=scores["per_family"])
     lengths = [r.num_tokens - int(r.finished) for r in results]
     last_user = [next(m["content"] for m in reversed(c) if m["role"] == "user") for c in conversations]
     metrics.update(text_metrics(last_user, [r.text for r in results], lengths))
@@ -241,7 +249,8 @@ def generation_metrics(model, inputs: EvalInputs) -> tuple[dict, list[dict], lis
     return metrics, predictions, lengths
 
 
-SCALARS = ("val_loss", "val_ppl", "exact_match", "format_compliance", "success_rate", "retention_loss",
+SCALARS = ("val_loss", "val_ppl", "exact_match", "exact_match_rephrased", "format_compliance", "success_rate",
+           "retention_loss",
            "retention_ppl", "distinct_1", "distinct_2", "repetition_3", "prompt_overlap", "response_logprob")
 """The flat per-model keys every report has (None where the input for it was not given)."""
 

@@ -18,6 +18,8 @@ DEFINITIONS = {
     "val_ppl": "exp(val_loss)",
     "exact_match": "share of eval-set prompts whose response, trimmed, equals the reference AND that "
                    "ended with a stop token (a truncated response is wrong)",
+    "exact_match_rephrased": "exact match on --rephrased_set: the same task families asked in wordings that "
+                             "training never used (following the instruction, not recalling its wording)",
     "format_compliance": "share of eval-set responses that ended with the template's stop token "
                          "(end-of-turn or eos) within max_new_tokens",
     "success_rate": "share of eval-set responses that are non-empty and ended with a stop token",
@@ -137,8 +139,13 @@ def _family_table(report: dict, has_base: bool) -> list[str]:
         return []
     header = ["family", "n", "exact match", "format compliance"] + (["base exact match", "base format"] if has_base else [])
     rows = []
+    rephrased = report["tuned"].get("per_family_rephrased") or {}
+    if rephrased:
+        header.insert(3, "exact match, new wording")
     for name, row in families.items():
         cells = [name, row["n"], fmt(row["exact_match"]), fmt(row["format_compliance"])]
+        if rephrased:
+            cells.insert(3, fmt(rephrased.get(name, {}).get("exact_match")))
         if has_base:
             b = report["base"]["per_family"].get(name, {})
             cells += [fmt(b.get("exact_match")), fmt(b.get("format_compliance"))]

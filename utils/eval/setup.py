@@ -40,6 +40,7 @@ class EvalRequest:
     config: str | None = None
     eval_set: str | None = None
     max_eval_examples: int | None = None
+    rephrased_set: str | None = None
     retention_corpus: list[str] | None = None
     retention_field: str = "text"
     retention_max_tokens: int = 50_000
@@ -232,6 +233,9 @@ def resolve_inputs(args: EvalRequest) -> tuple[EvalInputs, RunPlan]:
     items = read_eval_set(args.eval_set, args.max_eval_examples) if args.eval_set else []
     plan.add("eval set", f"{args.eval_set}: {len(items)} prompts, {len({i.task for i in items})} families"
              if items else "(none: no exact match)", "--eval_set, --max_eval_examples")
+    rephrased = read_eval_set(args.rephrased_set, args.max_eval_examples) if args.rephrased_set else []
+    if rephrased:
+        plan.add("rephrased set", f"{args.rephrased_set}: {len(rephrased)} prompts", "--rephrased_set")
     prompts = prompt_conversations(eval_cfg.eval_prompts, eval_cfg.system_prompt)
     plan.add("eval prompts", len(prompts), cfg_from)
     retention = _retention(args, tokenizer, summary, plan)
@@ -241,5 +245,5 @@ def resolve_inputs(args: EvalRequest) -> tuple[EvalInputs, RunPlan]:
     inputs = EvalInputs(tokenizer, template, settings, stores, items, prompts, retention,
                         batch_size=args.batch_size, batch_tokens=args.eval_batch_tokens, precision=precision,
                         device=device, show_progress=not args.no_progress, tokenizer_path=tokenizer_path,
-                        fingerprint=fingerprint, data_dirs=list(dirs))
+                        fingerprint=fingerprint, data_dirs=list(dirs), rephrased=rephrased)
     return inputs, plan

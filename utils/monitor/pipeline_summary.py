@@ -11,6 +11,7 @@ ROWS = (
     ("validation loss", "val_loss", "{:.4f}"),
     ("validation perplexity", "val_ppl", "{:,.2f}"),
     ("held-out exact match", "exact_match", "{:.1%}"),
+    ("held-out exact match, new wording", "exact_match_rephrased", "{:.1%}"),
     ("format compliance (ends with end-of-turn)", "format_compliance", "{:.1%}"),
     ("domain perplexity (retention)", "retention_ppl", "{:,.2f}"),
 )
