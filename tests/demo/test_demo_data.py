@@ -303,3 +303,24 @@ def test_rephrased_questions_use_wordings_that_training_never_uses(demo):
     assert {r["task"] for r in rephrased} == set(TASKS)
     train_phrasings = {t for train_t, _ in PHRASINGS.values() for t in train_t}
     assert not train_phrasings & {t for _, held in PHRASINGS.values() for t in held}
+
+
+def test_domain_conversations_answer_from_the_domain_corpus(demo):
+    rows = read_jsonl(demo / "instruct" / "domain.jsonl")
+    assert len(rows) > 50
+    for row in rows:
+        question, answer = (m["content"] for m in row["messages"])
+        topic = row["task"].removeprefix("domain:")
+        text = " ".join((demo / "corpus" / "pydoc" / f"{topic}.txt").read_text(encoding="utf-8").split())
+        assert answer in text, row  # the answer is the corpus's own words
+        assert "Python" in question
+
+
+def test_sections_take_the_opening_paragraph_of_underlined_headings():
+    from utils.demo.domain import sections
+
+    text = ("The pass statement\n******************\n\n   pass_stmt ::= \"pass\"\n\n"
+            "\"pass\" is a null operation -- when it is executed, nothing happens.\nIt is useful as a "
+            "placeholder.\n\nMore text.\n\nShort\n=====\n\nToo short.\n")
+    assert sections(text) == [("The pass statement", "\"pass\" is a null operation -- when it is executed, "
+                               "nothing happens. It is useful as a placeholder.")]

@@ -20,6 +20,7 @@ from pathlib import Path
 from utils.common.atomic import atomic_dir
 from utils.common.errors import UserError
 from utils.demo.corpus import corpus_documents
+from utils.demo.domain import domain_conversations
 from utils.demo.stories import story_documents
 from utils.demo.tasks import (CITIES, COLORS, NAMES, TASKS, WORDS, build_test, build_train, prompt_key,
                               worked_documents)
@@ -50,13 +51,19 @@ def _split_counts(rows: list[dict]) -> dict:
     }
 
 
-def _write_corpus(root: Path) -> dict:
+def _write_corpus(root: Path, stdlib: dict) -> dict:
     counts = {}
-    groups = {**corpus_documents(), "stories": story_documents(WORDS, NAMES, CITIES, COLORS)}
+    groups = {**stdlib, "stories": story_documents(WORDS, NAMES, CITIES, COLORS)}
     for group, docs in groups.items():
         size = sum(_write(root / "corpus" / group / f"{name}.txt", text) for name, text in docs)
         counts[group] = {"documents": len(docs), "bytes": size}
     return counts
+
+
+def _write_domain(root: Path, pydoc: list[tuple[str, str]], seed: int) -> dict:
+    rows = domain_conversations(pydoc, seed)
+    _write(root / "instruct" / "domain.jsonl", _jsonl(rows))
+    return {"conversations": len(rows), "topics": len({r["task"] for r in rows})}
 
 
 def _write_transcripts(root: Path) -> dict:
@@ -109,6 +116,9 @@ Everything comes from the Python install itself; nothing was downloaded.
   follows the instruction, rather than recalling its wording, answers them too.
 - `instruct/worked/*.txt`: the same train conversations as plain `User:`/`Assistant:` text in
   {inst['worked_documents']} files, part of the tiny model's pre-training mix (never the test questions).
+- `instruct/domain.jsonl`: {manifest['domain']['conversations']} questions about the language reference (the CPT
+  domain, `corpus/pydoc`) over {manifest['domain']['topics']} topics, each answered with the opening paragraph of
+  its section (utils/demo/domain.py): the domain data of the CPT -> IFT demo.
 - `transcripts/*.md`: {manifest['transcripts']['files']} Markdown chats for the conversation extractor;
   `PARTICIPANTS.json` gives each file's speaker markers per role and `blocks`, the role of each marker
   in order (same-speaker runs not merged). A marker counts only at the start of a line, outside front
@@ -119,11 +129,13 @@ Everything comes from the Python install itself; nothing was downloaded.
 
 def build_demo_data(root: Path, seed: int, num_train: int, num_test: int) -> dict:
     """Write every part into ``root`` (an empty directory) and return the manifest."""
+    stdlib = corpus_documents()
     manifest = {
         "generator_version": GENERATOR_VERSION,
         "seed": seed,
         "python_version": ".".join(map(str, sys.version_info[:3])),
-        "corpus": _write_corpus(root),
+        "corpus": _write_corpus(root, stdlib),
+        "domain": _write_domain(root, stdlib["pydoc"], seed),
         "instruct": _write_instruct(root, seed, num_train, num_test),
         "transcripts": _write_transcripts(root),
     }
