@@ -28,6 +28,7 @@ from utils.common.errors import UserError
 from utils.eval.metrics import check_answer, loss_record, score_answers, text_metrics
 from utils.model.generation import GenerationSettings, generate_responses
 from utils.model.loss import SupervisedLoss, loss_sums
+from utils.model.probes import copy_probe
 from utils.sampling.example_store import ExampleStore, window_store
 from utils.sampling.packing import pack
 
@@ -251,7 +252,7 @@ def generation_metrics(model, inputs: EvalInputs) -> tuple[dict, list[dict], lis
 
 SCALARS = ("val_loss", "val_ppl", "exact_match", "exact_match_rephrased", "format_compliance", "success_rate",
            "retention_loss",
-           "retention_ppl", "distinct_1", "distinct_2", "repetition_3", "prompt_overlap", "response_logprob")
+           "retention_ppl", "copy_loss_first", "copy_loss_second", "distinct_1", "distinct_2", "repetition_3", "prompt_overlap", "response_logprob")
 """The flat per-model keys every report has (None where the input for it was not given)."""
 
 
@@ -275,4 +276,7 @@ def evaluate_model(model, inputs: EvalInputs) -> ModelEval:
         kept = retention_metrics(model, inputs)
         metrics.update(retention_loss=kept["loss"], retention_ppl=kept["ppl"], retention_tokens=kept["tokens"])
         timing["retention"] = time.perf_counter() - start
+    with precision_context(inputs):
+        probe = copy_probe(model, inputs.tokenizer)
+    metrics.update(copy_loss_first=probe.first_loss, copy_loss_second=probe.second_loss)
     return ModelEval(metrics, predictions, lengths, timing)

@@ -25,6 +25,9 @@ DEFINITIONS = {
     "success_rate": "share of eval-set responses that are non-empty and ended with a stop token",
     "retention_loss": "mean next-token cross-entropy (nats) over fixed windows of the raw-text retention corpus",
     "retention_ppl": "exp(retention_loss): lower = more of the pre-training domain kept",
+    "copy_loss_first": "loss on the first showing of random token runs (utils/model/probes.py): chance level",
+    "copy_loss_second": "loss on the second showing of the same runs: far below copy_loss_first when the model "
+                        "copies from its context (induction heads), about equal when it cannot",
     "distinct_1": "distinct words / all words, pooled over every response (eval set + eval prompts)",
     "distinct_2": "distinct word bigrams / all bigrams, pooled over every response",
     "repetition_3": "mean share of a response's word 3-grams that repeat an earlier 3-gram of it (0 = no loops)",
