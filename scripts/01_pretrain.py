@@ -38,7 +38,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     inputs = PretrainInputs(config_path=args.config, tokenizer_path=args.tokenizer_path, model_path=args.model_path,
                             output_dir=Path(args.output_dir or f"checkpoints/pretrain/{cfg.name}"),
                             resume_from_checkpoint=args.resume_from_checkpoint,
-                            trust_remote_code=args.trust_remote_code, overrides=overrides)
+                            trust_remote_code=args.trust_remote_code, overrides=overrides,
+                            overwrite_output_dir=args.overwrite_output_dir)
     summary = run_pretraining(cfg, inputs)
     if summary:
         print(summary)

@@ -40,7 +40,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     apply_overrides(cfg.training_params, args)
     inputs = SFTInputs(model_path=args.model_path, data_dirs=args.data_dirs, data_weights=args.data_weights,
                        tokenizer_path=args.tokenizer_path, output_dir=Path(args.output_dir),
-                       resume_from_checkpoint=args.resume_from_checkpoint, trust_remote_code=args.trust_remote_code)
+                       resume_from_checkpoint=args.resume_from_checkpoint, trust_remote_code=args.trust_remote_code,
+                       overwrite_output_dir=args.overwrite_output_dir)
     summary = run_sft(cfg, inputs)
     if summary:
         print(summary)

@@ -24,7 +24,7 @@ from typing import Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.common.atomic import atomic_dir  # noqa: E402
+from utils.common.atomic import atomic_dir, check_owner, exclusive, refuse_inside  # noqa: E402
 from utils.common.errors import run_cli  # noqa: E402
 from utils.eval.evaluation import evaluate_model  # noqa: E402
 from utils.eval.report import build_report, render_table, write_report  # noqa: E402
@@ -81,6 +81,14 @@ def _evaluate(path: str, inputs, args: EvalRequest, label: str):
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     start = time.perf_counter()
+    output_dir = Path(args.output_dir)
+    refuse_inside(output_dir, {"--model_path": args.model_path, "--base_model_path": args.base_model_path})
+    with exclusive(output_dir):
+        check_owner(output_dir, "eval")  # before minutes of evaluation, not after
+        return _run(args, output_dir, start)
+
+
+def _run(args: EvalRequest, output_dir: Path, start: float) -> int:
     inputs, plan = resolve_inputs(args)
     print(plan.render(), flush=True)
     tuned = _evaluate(args.model_path, inputs, args, "tuned")
@@ -93,8 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
              "tokenizer_path": inputs.tokenizer_path, "data_dirs": inputs.data_dirs, "eval_set": args.eval_set,
              "retention_corpus": args.retention_corpus}
     report = build_report(plan.as_dict(), settings, tuned, base, paths, time.perf_counter() - start)
-    output_dir = Path(args.output_dir)
-    with atomic_dir(output_dir) as tmp:
+    with atomic_dir(output_dir, kind="eval") as tmp:
         files = write_report(tmp, report, tuned, base)
     print(render_table(report))
     print(f"wrote {', '.join(files)} to {output_dir} in {time.perf_counter() - start:.1f} s")

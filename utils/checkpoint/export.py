@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from utils.common.atomic import atomic_dir
+from utils.common.atomic import atomic_dir, check_owner, exclusive, refuse_inside
 from utils.common.errors import UserError
 from utils.data.tokenizer import copy_tokenizer_files
 from utils.model.modeling import load_model
@@ -137,13 +137,18 @@ def export_model(model_path: str | Path, output_dir: str | Path, eval_report: st
     """Merge (or re-save) ``model_path`` into a standalone HF directory at ``output_dir``, atomically."""
     final = read_final(model_path)
     out = Path(output_dir)
-    if out.resolve() == final.path.resolve() or final.path.resolve() in out.resolve().parents:
-        raise UserError(f"--output_dir {out}: must be outside --model_path {final.path}")
     report = find_eval_report(final.path, eval_report)
     base = resolve_base(final, base_model_path) if final.adapter_config else None
+    refuse_inside(out, {"--model_path": final.path, "the base model": base})
+    with exclusive(out):
+        check_owner(out, "export")  # before the merge, not after
+        return _export(final, base, report, out, dtype)
+
+
+def _export(final: FinalDir, base, report: Path | None, out: Path, dtype: str) -> ExportResult:
     model = load_merged(final, base) if base else load_model(str(final.path))
     model = model.to(DTYPES[dtype]).eval()
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, kind="export") as tmp:
         _save_model(model, final.path, tmp)
         for extra in (final.path / SUMMARY, report):
             if extra and extra.is_file():

@@ -16,7 +16,7 @@ def save_final(accelerator, loss_module, final_dir: Path, tokenizer_path: str, e
     if not accelerator.is_main_process:
         return None
     model = unwrap_lm(accelerator, loss_module)
-    with atomic_dir(final_dir) as tmp:
+    with atomic_dir(final_dir, kind="final") as tmp:
         if merge_adapter and hasattr(model, "peft_config"):
             model.load_state_dict(state)
             merged = model.merge_and_unload()  # the base weights change in place: this ends the run

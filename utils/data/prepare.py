@@ -28,7 +28,7 @@ from typing import Iterable, Iterator
 
 from tqdm import tqdm
 
-from utils.common.atomic import atomic_dir
+from utils.common.atomic import atomic_dir, exclusive
 from utils.common.config import load_config
 from utils.common.errors import UserError
 from utils.common.labels import IGNORE
@@ -372,7 +372,7 @@ def prepare_corpus(config: SFTDatasetConfig, tokenizer_path: str | Path, output_
     print(f"template {template.name} (family {template.family}); " + "; ".join(template.notes or ["no notes"]))
     print(f"sequence_length {config.output_params.sequence_length}, overlong {config.output_params.overlong}, "
           f"train_on {config.train_on}, num_proc {num_proc}, output {output_dir}", flush=True)
-    with atomic_dir(output_dir, force) as tmp:
+    with exclusive(output_dir), atomic_dir(output_dir, force, kind="prepare") as tmp:
         splits = build_shards(config, settings, num_proc, tmp, stats, strict)
         manifest = build_manifest(config, template, hf_dir, splits, stats)
         write_reports(tmp, config, template, manifest, stats, num_proc, config_path)

@@ -20,11 +20,15 @@ class RunInputs:
     """A checkpoint-N dir, or 'auto' for the newest complete one."""
     trust_remote_code: bool = False
     """Allow model code from the checkpoint."""
+    overwrite_output_dir: bool = False
+    """Start a new run in an output_dir that holds another run's checkpoints, deleting them and final/."""
 
 
 def add_run_args(parser: argparse.ArgumentParser) -> None:
-    """--resume_from_checkpoint, --max_steps, --seed, --trust_remote_code."""
+    """--resume_from_checkpoint, --overwrite_output_dir, --max_steps, --seed, --trust_remote_code."""
     parser.add_argument("--resume_from_checkpoint", help="a checkpoint-N dir, or 'auto' for the newest complete one")
+    parser.add_argument("--overwrite_output_dir", action="store_true",
+                        help="start a new run where another run's checkpoints are (deletes them and final/)")
     parser.add_argument("--max_steps", type=int, help="override training_params.max_steps")
     parser.add_argument("--seed", type=int, help="override training_params.seed")
     parser.add_argument("--trust_remote_code", action="store_true", help="allow model code from the checkpoint")

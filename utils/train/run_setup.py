@@ -2,14 +2,18 @@
 resume, plan print-out."""
 from __future__ import annotations
 
+import contextlib
 import copy
+import os
+import shutil
 import time
 from pathlib import Path
 
 import torch
 from accelerate.utils import set_seed
 
-from utils.checkpoint.checkpoints import load_checkpoint, load_training_state
+from utils.checkpoint.checkpoints import list_checkpoints, load_checkpoint, load_training_state
+from utils.common.atomic import check_owner, exclusive, mark_owner
 from utils.common.errors import UserError
 from utils.data.fingerprint import tokenizer_fingerprint
 from utils.data.tokenizer import hf_dir_for, load_tokenizer
@@ -21,6 +25,7 @@ from utils.monitor.run_plan import RunPlan
 from utils.parallel.accelerator import make_accelerator
 from utils.sampling.example_store import ExampleStore
 from utils.sampling.planner import MixtureSampler, StepPlanner
+from utils.train.cli import RunInputs
 from utils.train.loop import TrainRun, TrainState
 from utils.train.params import TrainingParams, build_optimizer, lr_lambda
 
@@ -31,6 +36,58 @@ def start_stage(params: TrainingParams, tokenizer_path: str) -> tuple[object, ob
     set_seed(params.seed)
     tokenizer = load_tokenizer(tokenizer_path)
     return accelerator, tokenizer, tokenizer_fingerprint(hf_dir_for(tokenizer_path))
+
+
+@contextlib.contextmanager
+def own_output(accelerator, inputs: RunInputs, kind: str):
+    """Hold ``inputs.output_dir`` for this run: locked, owned by a ``kind`` stage, no other run's checkpoints.
+
+    The main process checks and locks; every rank learns the outcome, so none waits for a refused run.
+    """
+    with contextlib.ExitStack() as stack:
+        failure = None
+        if accelerator.is_main_process:
+            try:
+                stack.enter_context(exclusive(inputs.output_dir))
+                _claim(inputs, kind)
+            except UserError as err:
+                failure = err
+        if accelerator.num_processes > 1:
+            flag = torch.tensor([float(failure is not None)], device=accelerator.device)
+            if accelerator.reduce(flag, "sum").item() and failure is None:
+                failure = UserError("--output_dir: refused on the main process; see its message")
+        if failure is not None:
+            raise failure
+        yield
+
+
+_RUN_OUTPUTS = ("final", "metrics.jsonl", "samples.jsonl", "tensorboard", "loss.png")
+"""What a training run writes besides its checkpoints: --overwrite_output_dir deletes these too."""
+
+
+def _claim(inputs: RunInputs, kind: str) -> None:
+    """Refuse another stage's directory and, unless resuming or overwriting, another run's checkpoints."""
+    out = inputs.output_dir
+    check_owner(out, kind)
+    found = list_checkpoints(out) if out.is_dir() else []
+    if found and not inputs.resume_from_checkpoint:
+        if not inputs.overwrite_output_dir:
+            raise UserError(
+                f"--output_dir {out}: holds checkpoints of an earlier run ({', '.join(p.name for p in found)}); "
+                "pass --resume_from_checkpoint auto to continue it, or --overwrite_output_dir to delete them and "
+                "start over, or choose another --output_dir")
+        for old in [*found, *(out / name for name in _RUN_OUTPUTS)]:
+            if old.is_dir():
+                trash = old.with_name(f".{old.name}.deleting")
+                shutil.rmtree(trash, ignore_errors=True)
+                os.replace(old, trash)  # out of the listing first: a crash never leaves half a checkpoint
+                shutil.rmtree(trash, ignore_errors=True)
+            elif old.exists():
+                old.unlink()
+        print(f"--overwrite_output_dir: deleted the earlier run's {len(found)} checkpoint(s), final/ and metrics "
+              f"in {out}", flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    mark_owner(out, kind)
 
 
 def make_planner(stores: list[ExampleStore], weights: list[float], params: TrainingParams,
@@ -80,6 +137,8 @@ def build_run(accelerator, model, stores, val_stores, weights, params: TrainingP
     state = TrainState()
     if resume is not None:
         state = _resume(accelerator, resume, loss_module, optimizer, scheduler, planner, run_info)
+        if accelerator.is_main_process:
+            print(f"resuming from {resume.name} (step {state.step} of {total_steps})", flush=True)
     logger = MetricsLogger(output_dir, state.step) if accelerator.is_main_process else NullLogger()
     run = TrainRun(accelerator, loss_module, optimizer, scheduler, planner, stores, val_stores, params,
                    total_steps, output_dir, logger, {**run_info, "plan": plan.as_dict()},

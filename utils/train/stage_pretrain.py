@@ -19,7 +19,7 @@ from utils.sampling.example_store import ExampleStore, window_store
 from utils.train.cli import RunInputs
 from utils.train.loop import best_record, evaluate, fit
 from utils.train.params import TrainingParams
-from utils.train.run_setup import build_run, start_stage
+from utils.train.run_setup import build_run, own_output, start_stage
 
 
 @dataclass
@@ -48,8 +48,13 @@ class PretrainInputs(RunInputs):
 
 def run_pretraining(cfg: PretrainConfig, inputs: PretrainInputs) -> str | None:
     """Train, save final/ and return the summary to print (None on non-main ranks)."""
+    accelerator, tokenizer, fingerprint = start_stage(cfg.training_params, inputs.tokenizer_path)
+    with own_output(accelerator, inputs, "pretrain"):
+        return _train(cfg, inputs, accelerator, tokenizer, fingerprint)
+
+
+def _train(cfg: PretrainConfig, inputs: PretrainInputs, accelerator, tokenizer, fingerprint: str) -> str | None:
     params, output_dir = cfg.training_params, inputs.output_dir
-    accelerator, tokenizer, fingerprint = start_stage(params, inputs.tokenizer_path)
     train, val, stats = _windows(cfg, inputs, accelerator, tokenizer, fingerprint)
     model = _model(cfg, inputs, tokenizer, params.seed)
     plan = _plan(cfg, inputs, train, val, stats)

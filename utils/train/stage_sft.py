@@ -26,7 +26,7 @@ from utils.sampling.example_store import ExampleStore, load_sft_store
 from utils.train.cli import RunInputs
 from utils.train.loop import best_record, evaluate, fit
 from utils.train.params import TrainingParams
-from utils.train.run_setup import build_run, start_stage
+from utils.train.run_setup import build_run, own_output, start_stage
 
 
 @dataclass
@@ -110,8 +110,13 @@ class SFTInputs(RunInputs):
 
 def run_sft(cfg: SFTTrainingConfig, inputs: SFTInputs) -> str | None:
     """Train; write checkpoints, metrics, samples, final/ and a plot; return the summary."""
+    accelerator, tokenizer, fingerprint = start_stage(cfg.training_params, inputs.tokenizer_path)
+    with own_output(accelerator, inputs, "sft"):
+        return _train(cfg, inputs, accelerator, tokenizer, fingerprint)
+
+
+def _train(cfg: SFTTrainingConfig, inputs: SFTInputs, accelerator, tokenizer, fingerprint: str) -> str | None:
     params, output_dir = cfg.training_params, inputs.output_dir
-    accelerator, tokenizer, fingerprint = start_stage(params, inputs.tokenizer_path)
     with accelerator.main_process_first():
         dirs = load_data_dirs(inputs.data_dirs, fingerprint)
     weights, weights_from = resolve_weights(dirs, inputs.data_weights, cfg.data_weights)
