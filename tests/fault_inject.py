@@ -18,6 +18,8 @@ counting across resumes). Each fault fires once:
                          large write fails with EFBIG, as on a full disk
     nan@update:N         after the update of step N one trainable weight becomes NaN (the loss of step
                          N, computed before the update, is still finite)
+    term@update:N        SIGTERM to this process right after the update of step N (int@: SIGINT)
+    term-rank1@update:N  the same, only on rank 1 of several processes (the others get no signal)
 """
 from __future__ import annotations
 
@@ -125,6 +127,13 @@ def _after_update(step: int, patch, action) -> None:
     _wrap(patch, train_loop, "optimizer_step", make)
 
 
+def _signal(signum: int, rank: int | None = None):
+    def send(run) -> None:
+        if rank is None or run.accelerator.process_index == rank:
+            os.kill(os.getpid(), signum)
+    return send
+
+
 def _poison_a_weight(run) -> None:
     with torch.no_grad():
         next(p for p in run.loss_module.parameters() if p.requires_grad).view(-1)[0] = float("nan")
@@ -184,6 +193,9 @@ FAULTS = {
     "kill@rotate": _in_rotation,
     "fsize@after-ckpt": _file_size_limit_after,
     "nan@update": lambda step, patch: _after_update(step, patch, _poison_a_weight),
+    "term@update": lambda step, patch: _after_update(step, patch, _signal(signal.SIGTERM)),
+    "int@update": lambda step, patch: _after_update(step, patch, _signal(signal.SIGINT)),
+    "term-rank1@update": lambda step, patch: _after_update(step, patch, _signal(signal.SIGTERM, rank=1)),
 }
 
 

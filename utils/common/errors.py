@@ -13,6 +13,14 @@ class UserError(Exception):
     """
 
 
+class Stopped(Exception):
+    """A signal stopped the run after writing a checkpoint: one line, exit 128 + the signal number."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 # What the machine, not the code, got wrong: full disk or quota, read-only or forbidden target, I/O fault.
@@ -39,6 +47,10 @@ def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | N
               "(training continues from its last checkpoint with --resume_from_checkpoint auto)",
               file=sys.stderr, flush=True)
         return EXIT_USER_ERROR
+    except Stopped as err:
+        if str(err):  # the main process speaks for all ranks
+            print(f"stopped: {err}", file=sys.stderr, flush=True)
+        return err.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr, flush=True)
         return EXIT_INTERRUPTED

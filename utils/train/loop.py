@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 
 from utils.checkpoint.checkpoints import save_checkpoint
-from utils.common.errors import UserError
+from utils.common.errors import Stopped, UserError
 from utils.common.labels import perplexity
 from utils.model.loss import loss_sums
 from utils.model.modeling import load_weights_into
@@ -28,6 +28,7 @@ from utils.sampling.example_store import ExampleStore
 from utils.sampling.packing import PackedBatch, pack
 from utils.sampling.planner import StepPlanner
 from utils.train.params import TrainingParams
+from utils.train.preemption import StopSignals, signal_name
 
 
 @dataclass
@@ -168,7 +169,15 @@ def _check_weights_finite(run: TrainRun, step: int) -> None:
 
 
 def fit(run: TrainRun, state: TrainState) -> TrainState:
-    """Run from ``state.step`` to ``run.total_steps``; returns the final state."""
+    """Run from ``state.step`` to ``run.total_steps``; returns the final state.
+
+    SIGTERM/SIGINT end the step in progress, write its checkpoint and raise Stopped (exit 143/130).
+    """
+    with StopSignals() as signals:
+        return _fit(run, state, signals)
+
+
+def _fit(run: TrainRun, state: TrainState, signals: StopSignals) -> TrainState:
     acc, params = run.accelerator, run.params
     run.loss_module.train()
     pending: list[tuple[torch.Tensor, int, int]] = []  # (local loss sum, step supervised, step tokens)
@@ -192,17 +201,32 @@ def fit(run: TrainRun, state: TrainState) -> TrainState:
         if evaluated:
             state.last_eval = {**evaluate(run), **(run.on_eval(state.step) if run.on_eval else {})}
             run.logger.log({"step": state.step, **state.last_eval})
-        if _due(state.step, params.save_steps) or at_end:
-            _check_weights_finite(run, state.step)
-            state.planner = run.planner.state_dict()
-            if params.load_best_model_at_end and evaluated:
-                _track_best(state)
-            save_checkpoint(acc, run.output_dir, state.step, run.loss_module, run.optimizer,
-                            run.scheduler, _state_json(run, state), params.save_total_limit,
-                            keep=state.best_step or None)
+        saved = _due(state.step, params.save_steps) or at_end
+        if saved:
+            _save(run, state, evaluated)
+        signum = signals.agreed(acc)
+        if signum:
+            if pending:
+                elapsed = time.perf_counter() - window_start
+                _flush_losses(run, state, pending, grad_norm, window_tokens / max(elapsed, 1e-9))
+            if not saved:
+                _save(run, state, evaluated)
+            raise Stopped(f"{signal_name(signum)} received: finished step {state.step} of {run.total_steps} and wrote "
+                          f"{run.output_dir / f'checkpoint-{state.step}'}; continue with "
+                          "--resume_from_checkpoint auto" if acc.is_main_process else "", signum)
     if params.load_best_model_at_end:
         restore_best(run, state)
     return state
+
+
+def _save(run: TrainRun, state: TrainState, evaluated: bool) -> None:
+    _check_weights_finite(run, state.step)
+    state.planner = run.planner.state_dict()
+    if run.params.load_best_model_at_end and evaluated:
+        _track_best(state)
+    save_checkpoint(run.accelerator, run.output_dir, state.step, run.loss_module, run.optimizer,
+                    run.scheduler, _state_json(run, state), run.params.save_total_limit,
+                    keep=state.best_step or None)
 
 
 def _track_best(state: TrainState) -> None:
