@@ -46,7 +46,7 @@ def test_demo_transcript_markers_cover_the_generated_files():
     if not participants.is_file():
         pytest.skip("data/demo not generated (make demo-data)")
     expected = json.loads(participants.read_text())
-    for name in ("demo_transcripts", "demo_hybrid"):
+    for name in ("demo_transcripts",):
         config = load_dataset_config(ROOT / "config" / "sft_datasets" / f"{name}.json")
         spec = next(s for s in config.datasets if s.type == "markdown_transcripts")
         for info in expected.values():
