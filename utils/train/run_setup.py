@@ -28,6 +28,7 @@ from utils.sampling.planner import MixtureSampler, StepPlanner
 from utils.train.cli import RunInputs
 from utils.train.loop import TrainRun, TrainState
 from utils.train.params import TrainingParams, build_optimizer, lr_lambda
+from utils.train.resume_policy import apply_changes, check_changes, describe
 
 
 def start_stage(params: TrainingParams, tokenizer_path: str) -> tuple[object, object, str]:
@@ -136,7 +137,8 @@ def build_run(accelerator, model, stores, val_stores, weights, params: TrainingP
     _describe(plan, params, world, total_steps, steps_from, model)
     state = TrainState()
     if resume is not None:
-        state = _resume(accelerator, resume, loss_module, optimizer, scheduler, planner, run_info)
+        state = _resume(accelerator, resume, (loss_module, optimizer, scheduler, planner), run_info, params,
+                        total_steps)
         if accelerator.is_main_process:
             print(f"resuming from {resume.name} (step {state.step} of {total_steps})", flush=True)
     logger = MetricsLogger(output_dir, state.step) if accelerator.is_main_process else NullLogger()
@@ -176,7 +178,11 @@ def _difference(saved, now) -> str:
     return "; ".join(parts)
 
 
-def _resume(accelerator, path: Path, loss_module, optimizer, scheduler, planner, run_info) -> TrainState:
+def _resume(accelerator, path: Path, parts: tuple, run_info: dict, params: TrainingParams,
+            total_steps: int) -> TrainState:
+    """Restore ``parts`` (loss module, optimizer, scheduler, planner) from ``path``; apply the config changes
+    the resume policy allows (utils/train/resume_policy.py) and refuse the others."""
+    loss_module, optimizer, scheduler, planner = parts
     saved = load_training_state(path)
     for key in ("tokenizer_sha256", "data_hashes"):
         if key in run_info and saved.get(key) != run_info[key]:
@@ -184,7 +190,11 @@ def _resume(accelerator, path: Path, loss_module, optimizer, scheduler, planner,
                 f"{path}: checkpoint was trained with other {key.replace('_', ' ')} "
                 f"({_difference(saved.get(key), run_info[key])}); "
                 "resume with the same data and tokenizer, or start a new --output_dir")
+    changed = check_changes(path, saved, run_info.get("config", {}), params, accelerator.num_processes)
     load_checkpoint(accelerator, path, loss_module, optimizer, scheduler)
+    apply_changes(changed, params, optimizer, scheduler, total_steps, saved["step"])
+    if changed and accelerator.is_main_process:
+        print(describe(changed), flush=True)
     planner.load_state_dict(saved["planner"])
     return TrainState(step=saved["step"], tokens_seen=saved["tokens_seen"],
                       supervised_seen=saved["supervised_seen"], loss_history=saved["loss_history"],

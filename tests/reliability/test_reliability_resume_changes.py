@@ -1,0 +1,90 @@
+"""Reliability: resuming with a changed config follows a stated per-field policy, never silence
+(utils/train/resume_policy.py, docs/RELIABILITY.md). The learning rate, schedule and max_steps given on
+resume apply from the resume step and are announced; the seed, the batch shape and the LoRA settings cannot
+change and are refused in one line, the run's files unchanged."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from reliability_helpers import final_weights, metrics, reference_run, sft_argv, sft_config, sft_in_process, sft_work
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory, toy_tokenizer_dir):
+    return sft_work(tmp_path_factory, toy_tokenizer_dir)
+
+
+def error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert "Traceback" not in err and len(lines) == 1, err[-3000:]
+    return lines[0]
+
+
+def snapshot(path):
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def at_checkpoint_6(work, tmp_path):
+    """The reference LoRA run (lr 0.003, 8 steps) as if stopped after checkpoint-6."""
+    out = tmp_path / "run"
+    shutil.copytree(reference_run(work, "lora"), out)
+    shutil.rmtree(out / "checkpoint-8")
+    shutil.rmtree(out / "final")
+    return out
+
+
+def test_a_lower_learning_rate_on_resume_applies_from_the_resume_step(work, tmp_path, capsys):
+    out = at_checkpoint_6(work, tmp_path)
+    config = sft_config(work, "rel_lora_low_lr", learning_rate=0.0003)
+    assert sft_in_process(sft_argv(work, config, out, "--resume_from_checkpoint", "auto")) == 0
+    printed = capsys.readouterr().out
+    assert "resuming from checkpoint-6 (step 6 of 8)" in printed
+    assert "changed on resume: learning_rate 0.003 -> 0.0003" in printed
+    ref = reference_run(work, "lora")
+    lr = {r["step"]: r["lr"] for r in metrics(out) if "lr" in r}
+    ref_lr = {r["step"]: r["lr"] for r in metrics(ref) if "lr" in r}
+    assert all(lr[s] == ref_lr[s] for s in range(1, 7))
+    assert all(lr[s] == pytest.approx(ref_lr[s] / 10, rel=1e-9) for s in (7, 8))
+    a, b = final_weights(out), final_weights(ref)
+    assert any(not a[k].equal(b[k]) for k in a), "the new learning rate changed nothing"
+
+
+def test_max_steps_on_resume_extends_the_run_or_is_refused_below_the_checkpoint(work, tmp_path, capsys):
+    out = at_checkpoint_6(work, tmp_path)
+    config = sft_config(work, "rel_lora")
+    before = snapshot(out)
+    assert sft_in_process(sft_argv(work, config, out, "--resume_from_checkpoint", "auto", "--max_steps", "4")) == 2
+    line = error_line(capsys)
+    assert "max_steps" in line and "4 total steps is below the checkpoint's step 6" in line
+    assert snapshot(out) == before
+    assert sft_in_process(sft_argv(work, config, out, "--resume_from_checkpoint", "auto", "--max_steps", "10")) == 0
+    printed = capsys.readouterr().out
+    assert "resuming from checkpoint-6 (step 6 of 10)" in printed and "changed on resume: max_steps 8 -> 10" in printed
+    assert max(r["step"] for r in metrics(out)) == 10
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"extra": ("--seed", "8")}, "training_params.seed is 7 in the checkpoint and 8 now; it cannot change on resume"),
+    ({"params": {"micro_batch_tokens": 512}}, "training_params.micro_batch_tokens is 256 in the checkpoint and 512"),
+    ({"params": {"gradient_accumulation_steps": 2}},
+     "gradient_accumulation_steps x processes is 1 in the checkpoint and 2 now"),
+    ({"lora_alpha": 16}, "lora_config differs from the checkpoint's"),
+])
+def test_what_cannot_change_on_resume_is_refused_naming_the_field(work, tmp_path, capsys, change, message):
+    out = at_checkpoint_6(work, tmp_path)
+    config = sft_config(work, "rel_lora_changed", **change.get("params", {}))
+    if "lora_alpha" in change:
+        import json
+
+        data = json.loads(config.read_text())
+        data["lora_config"]["lora_alpha"] = change["lora_alpha"]
+        config.write_text(json.dumps(data))
+    before = snapshot(out)
+    argv = sft_argv(work, config, out, "--resume_from_checkpoint", "auto", *change.get("extra", ()))
+    assert sft_in_process(argv) == 2
+    line = error_line(capsys)
+    assert message in line and "checkpoint-6" in line, line
+    assert snapshot(out) == before

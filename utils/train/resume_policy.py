@@ -1,0 +1,82 @@
+"""What may change when a run resumes with another config, and how each change is applied.
+
+A checkpoint restores the optimizer and scheduler state, which carry the learning rate, weight decay and
+AdamW constants the run was started with; without this module a changed value would be silently ignored.
+Each field of ``TrainingParams`` (and the LoRA settings) has one policy, documented in docs/RELIABILITY.md:
+
+- APPLIED from the resume step and announced in one line ("changed on resume: learning_rate 0.003 -> 0.0003");
+- REFUSED in one line naming the field (they change the data order or the model's shape);
+- the global step shape, gradient_accumulation_steps x world size, must stay: accumulation may trade against
+  processes (a 2-process checkpoint resumes on 1 process with twice the accumulation).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from utils.common.errors import UserError
+from utils.train.params import TrainingParams, lr_lambda
+
+APPLIED = ("learning_rate", "scheduler", "warmup_steps", "min_lr_ratio", "weight_decay", "adam_beta1", "adam_beta2",
+           "adam_epsilon", "max_grad_norm", "max_steps", "num_train_epochs", "save_steps", "eval_steps",
+           "logging_steps", "save_total_limit", "eval_max_batches", "gradient_checkpointing", "bf16", "fp16",
+           "load_best_model_at_end")
+REFUSED = {"seed": "it sets the data order",
+           "per_device_train_batch_size": "it sets the batch shape of the data order",
+           "micro_batch_tokens": "it sets the batch shape of the data order"}
+OPTIMIZER_FIELDS = ("learning_rate", "scheduler", "warmup_steps", "min_lr_ratio", "weight_decay", "adam_beta1",
+                    "adam_beta2", "adam_epsilon", "max_steps", "num_train_epochs")
+"""The fields the restored optimizer/scheduler state would otherwise override."""
+assert set(APPLIED) | set(REFUSED) | {"gradient_accumulation_steps"} == {
+    f.name for f in dataclasses.fields(TrainingParams)}, "every training parameter needs a resume policy"
+
+
+def check_changes(path: Path, saved: dict, config: dict, params: TrainingParams, world: int) -> dict:
+    """Refuse what may not change; return {field: (saved, now)} of what changed and is applied."""
+    before = (saved.get("config") or {}).get("training_params") or {}
+    now = json.loads(json.dumps(dataclasses.asdict(params)))  # as the checkpoint holds it (lists, not tuples)
+    config = json.loads(json.dumps(config))
+    for name, why in REFUSED.items():
+        if name in before and before[name] != now[name]:
+            raise UserError(f"{path}: training_params.{name} is {before[name]} in the checkpoint and {now[name]} now; "
+                            f"it cannot change on resume ({why}) — put it back, or start a new --output_dir")
+    if "gradient_accumulation_steps" in before and "world_size" in saved:
+        was = before["gradient_accumulation_steps"] * saved["world_size"]
+        if was != params.gradient_accumulation_steps * world:
+            raise UserError(f"{path}: gradient_accumulation_steps x processes is {was} in the checkpoint and "
+                            f"{params.gradient_accumulation_steps * world} now; the micro-batches per step cannot "
+                            "change on resume — keep their product, or start a new --output_dir")
+    lora_before = (saved.get("config") or {}).get("lora_config", "absent")
+    if lora_before != "absent" and lora_before != config.get("lora_config"):
+        raise UserError(f"{path}: lora_config differs from the checkpoint's ({lora_before} then, "
+                        f"{config.get('lora_config')} now); it cannot change on resume — put it back, "
+                        "or start a new --output_dir")
+    return {k: (before[k], now[k]) for k in APPLIED if k in before and before[k] != now[k]}
+
+
+def apply_changes(changed: dict, params: TrainingParams, optimizer, scheduler, total_steps: int, step: int) -> None:
+    """Put the new learning rate, schedule, weight decay and AdamW constants into the restored state."""
+    if step > total_steps:
+        raise UserError(f"training_params.max_steps (or --max_steps): {total_steps} total steps is below the "
+                        f"checkpoint's step {step}; give at least {step}, or resume from an earlier checkpoint")
+    if not set(changed) & set(OPTIMIZER_FIELDS):
+        return  # nothing the restored state holds: leave it exactly as saved
+    factor = lr_lambda(params, total_steps)
+    scheduler.base_lrs = [params.learning_rate for _ in optimizer.param_groups]
+    for i, group in enumerate(optimizer.param_groups):
+        group["initial_lr"] = params.learning_rate
+        group["lr"] = params.learning_rate * factor(scheduler.last_epoch)
+        group["betas"] = (params.adam_beta1, params.adam_beta2)
+        group["eps"] = params.adam_epsilon
+        if i == 0:  # build_optimizer: group 0 decays (matrices), group 1 never does (norms, biases)
+            group["weight_decay"] = params.weight_decay
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+
+
+def describe(changed: dict) -> str:
+    return "changed on resume: " + ", ".join(f"{k} {_show(a)} -> {_show(b)}" for k, (a, b) in changed.items())
+
+
+def _show(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
