@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 
-from e2e_helpers import ROOT, run, write_json
+from e2e_helpers import ROOT, TINY_MODEL, run, training_params, write_json
 
 
 def test_tokenizer_loads_with_plain_transformers(pipeline_work):
@@ -66,3 +66,42 @@ def test_bad_tokenizer_path_is_one_line(pipeline_work):
                cwd=pipeline_work, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().startswith("error: nope: tokenizer not found")
+
+
+def test_pretraining_with_a_supervised_corpus_keeps_its_masks(pipeline_work, tmp_path):
+    """data.supervised mixes a prepared SFT corpus into pre-training; its prompts stay unsupervised."""
+    write_json(pipeline_work / "worked.json", {
+        "name": "worked", "template": "chat", "output_params": {"sequence_length": 128, "train_ratio": 0.9},
+        "datasets": [{"name": "tasks", "type": "jsonl", "dataset_name": "data/demo/instruct/train.jsonl",
+                      "format": "messages"}]})
+    run(str(ROOT / "scripts/02_prepare_sft_corpus.py"), "--config", "worked.json", "--tokenizer_path",
+        "checkpoints/tokenizer/spm_test", "--output_dir", "data/sft_processed/worked", "--num_proc", "1",
+        cwd=pipeline_work)
+    write_json(pipeline_work / "pre_mix.json", {
+        "name": "mix", "model": TINY_MODEL,
+        "data": {"sources": [{"type": "text_files", "paths": ["data/demo/corpus/pydoc"]}],
+                 "sequence_length": 64, "val_ratio": 0.1, "text_weight": 1.0,
+                 "supervised": [{"data_dir": "data/sft_processed/worked", "weight": 3.0}]},
+        "training_params": training_params(max_steps=6, per_device_train_batch_size=8, eval_steps=6)})
+    out = tmp_path / "mix"
+    proc = run(str(ROOT / "scripts/01_pretrain.py"), "--config", "pre_mix.json", "--tokenizer_path",
+               "checkpoints/tokenizer/spm_test", "--output_dir", str(out), cwd=pipeline_work)
+    assert "supervised worked" in proc.stdout and "weight 3.0" in proc.stdout
+    metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    final_eval = [m for m in metrics if "eval/loss" in m][-1]
+    assert "eval/worked/loss" in final_eval and "eval/val/loss" in final_eval
+    summary = json.loads((out / "final" / "training_summary.json").read_text())
+    assert set(summary["data_hashes"]) == {"text", "worked"}
+    # 8 examples per step drawn 1:3 text:supervised; a step of text windows alone would hold 8 * 63 targets
+    steps = [m for m in metrics if "supervised_tokens" in m]
+    assert steps[-1]["supervised_tokens"] < 6 * 8 * 63
+    # a corpus made with another tokenizer is refused in one line, before training
+    bad = write_json(pipeline_work / "pre_bad.json", {
+        "name": "bad", "model": TINY_MODEL,
+        "data": {"sources": [{"type": "text_files", "paths": ["data/demo/corpus/pydoc"]}], "sequence_length": 64,
+                 "supervised": [{"data_dir": "data/nope"}]},
+        "training_params": training_params(max_steps=2)})
+    proc = run(str(ROOT / "scripts/01_pretrain.py"), "--config", bad.name, "--tokenizer_path",
+               "checkpoints/tokenizer/spm_test", "--output_dir", str(tmp_path / "bad"), cwd=pipeline_work,
+               check=False)
+    assert proc.returncode != 0 and "data/nope" in proc.stderr and "Traceback" not in proc.stderr

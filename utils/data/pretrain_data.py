@@ -21,10 +21,22 @@ BATCH_DOCS = 256
 
 
 @dataclass
+class SupervisedSource:
+    """A prepared SFT corpus mixed into pre-training: its examples keep their loss masks."""
+
+    data_dir: str
+    weight: float = 1.0
+
+
+@dataclass
 class PretrainData:
     sources: list[TextSource]
     sequence_length: int = 256
     val_ratio: float = 0.02
+    text_weight: float = 1.0
+    """Sampling weight of the raw-text windows against the ``supervised`` corpora (shares of examples)."""
+    supervised: list[SupervisedSource] = field(default_factory=list)
+    """Prepared SFT corpora trained alongside the text (instruction data in pre-training), masks kept."""
 
 
 @dataclass

@@ -20,6 +20,7 @@ from utils.train.cli import RunInputs
 from utils.train.loop import best_record, evaluate, fit
 from utils.train.params import TrainingParams
 from utils.train.run_setup import build_run, own_output, start_stage
+from utils.train.stage_sft import data_hashes, load_data_dirs
 
 
 @dataclass
@@ -56,13 +57,22 @@ def run_pretraining(cfg: PretrainConfig, inputs: PretrainInputs) -> str | None:
 def _train(cfg: PretrainConfig, inputs: PretrainInputs, accelerator, tokenizer, fingerprint: str) -> str | None:
     params, output_dir = cfg.training_params, inputs.output_dir
     train, val, stats = _windows(cfg, inputs, accelerator, tokenizer, fingerprint)
+    dirs = load_data_dirs([s.data_dir for s in cfg.data.supervised], fingerprint) if cfg.data.supervised else []
     model = _model(cfg, inputs, tokenizer, params.seed)
     plan = _plan(cfg, inputs, train, val, stats)
-    run_info = {"config": to_dict(cfg), "tokenizer_sha256": fingerprint, "data_hashes": stats.key,
+    stores = [train] + [d.train for d in dirs]
+    weights = [cfg.data.text_weight] + [s.weight for s in cfg.data.supervised]
+    val_stores = [s for s in [val] + [d.val for d in dirs] if len(s)]
+    for d, source in zip(dirs, cfg.data.supervised):
+        plan.add(f"supervised {d.path.name}", f"{len(d.train):,} examples, weight {source.weight}",
+                 "data.supervised")
+    hashes = {"text": stats.key, **data_hashes(dirs)} if dirs else stats.key
+    run_info = {"config": to_dict(cfg), "tokenizer_sha256": fingerprint, "data_hashes": hashes,
                 "overrides": inputs.overrides}
     resume = resolve_resume(inputs.resume_from_checkpoint, output_dir)
-    run, state = build_run(accelerator, model, [train], [val] if len(val) else [], [1.0], params,
-                           output_dir, run_info, resume, plan, cfg.data.sequence_length)
+    longest = max([cfg.data.sequence_length] + [int(d.manifest["sequence_length"]) for d in dirs])
+    run, state = build_run(accelerator, model, stores, val_stores, weights, params,
+                           output_dir, run_info, resume, plan, longest)
     if accelerator.is_main_process:
         print(plan.render(), flush=True)
     initial = evaluate(run).get("eval/loss") if run.val_stores and state.step == 0 else None
