@@ -8,7 +8,8 @@ import shutil
 
 import pytest
 
-from reliability_helpers import final_weights, metrics, reference_run, sft_argv, sft_config, sft_in_process, sft_work
+from reliability_helpers import (assert_same_run, final_weights, metrics, reference_run, sft_argv, sft_config,
+                                 sft_in_process, sft_work)
 
 
 @pytest.fixture(scope="module")
@@ -88,3 +89,14 @@ def test_what_cannot_change_on_resume_is_refused_naming_the_field(work, tmp_path
     line = error_line(capsys)
     assert message in line and "checkpoint-6" in line, line
     assert snapshot(out) == before
+
+
+def test_data_dirs_given_in_another_order_are_matched_by_name(work, tmp_path, capsys):
+    """The reference run took --data_dirs instruct chat with weights 0.7 0.3; resumed with both lists swapped
+    it ends bit-identical."""
+    out = at_checkpoint_6(work, tmp_path)
+    argv = sft_argv(work, sft_config(work, "rel_lora"), out, "--resume_from_checkpoint", "auto",
+                    data=("chat", "instruct"), weights=("0.3", "0.7"))
+    assert sft_in_process(argv) == 0
+    assert "--data_dirs: matched to the checkpoint's sources by name (instruct, chat)" in capsys.readouterr().out
+    assert_same_run(reference_run(work, "lora"), out)

@@ -143,8 +143,8 @@ OWNER_FILE = ".sft-pipeline-owner"
 KINDS = {"prepare": "a prepared corpus (02_prepare_sft_corpus.py)", "pretrain": "a pre-training run (01_pretrain.py)",
          "sft": "an SFT run (03_sft_industrial.py)", "final": "a trained model (final/ of a training run)",
          "eval": "an evaluation report (04_evaluate_sft.py)", "export": "an exported model (05_export_model.py)"}
-_SIGNATURES = {"prepare": ("manifest.json", "DATA_CARD.md"), "final": ("training_summary.json",),
-               "eval": ("eval_report.json",)}
+_SIGNATURES = {"prepare": ("manifest.json", "DATA_CARD.md"), "export": ("README.md", "training_summary.json"),
+               "final": ("training_summary.json",), "eval": ("eval_report.json",)}
 """What a kind's directory written before owner files existed holds (all of these files)."""
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from utils.checkpoint.checkpoints import resolve_resume
+from utils.checkpoint.checkpoints import load_training_state, resolve_resume
 from utils.checkpoint.final_model import save_final
 from utils.common.atomic import write_text_atomic
 from utils.common.config import to_dict
@@ -120,10 +120,11 @@ def _train(cfg: SFTTrainingConfig, inputs: SFTInputs, accelerator, tokenizer, fi
     with accelerator.main_process_first():
         dirs = load_data_dirs(inputs.data_dirs, fingerprint)
     weights, weights_from = resolve_weights(dirs, inputs.data_weights, cfg.data_weights)
+    resume = resolve_resume(inputs.resume_from_checkpoint, output_dir)
+    dirs, weights = _checkpoint_order(resume, dirs, weights, accelerator.is_main_process)
     model = _model(cfg, inputs, tokenizer)
     plan = _plan(dirs, weights, weights_from, inputs)
     run_info = _run_info(cfg, inputs, fingerprint, dirs, weights)
-    resume = resolve_resume(inputs.resume_from_checkpoint, output_dir)
     run, state = build_run(accelerator, model, [d.train for d in dirs], _val_stores(dirs), weights, params,
                            output_dir, run_info, resume, plan, max(int(d.train.lengths.max()) for d in dirs))
     run.on_eval = _sampler(run, cfg.evaluation_config, tokenizer, dirs[0].manifest, output_dir)
@@ -145,6 +146,20 @@ def _train(cfg: SFTTrainingConfig, inputs: SFTInputs, accelerator, tokenizer, fi
         return None
     plot_training(output_dir / "metrics.jsonl", output_dir / "loss.png", f"SFT {cfg.name}")
     return _summary(initial, state, final)
+
+
+def _checkpoint_order(resume, dirs: list[DataDir], weights: list[float], main: bool):
+    """On resume, the data dirs (and their weights) in the checkpoint's order: sources are matched by name."""
+    if resume is None:
+        return dirs, weights
+    saved = [Path(p).name for p in load_training_state(resume).get("data_dirs", [])]
+    names = [d.path.name for d in dirs]
+    if saved == names or sorted(saved) != sorted(names):
+        return dirs, weights  # same order, or other data: the data hash check names the difference
+    order = [names.index(n) for n in saved]
+    if main:
+        print(f"--data_dirs: matched to the checkpoint's sources by name ({', '.join(saved)})", flush=True)
+    return [dirs[i] for i in order], [weights[i] for i in order]
 
 
 def _model(cfg: SFTTrainingConfig, inputs: SFTInputs, tokenizer):
