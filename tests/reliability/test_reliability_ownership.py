@@ -166,3 +166,15 @@ def test_a_second_process_on_the_same_output_dir_is_refused_naming_the_holder(wo
         holder.wait()
     # the OS released the killed holder's lock: the next run goes ahead
     assert prepare(work, out, "--force") == 0
+
+
+def test_pretraining_refuses_another_stages_directory(work, tmp_path, capsys):
+    run = tmp_path / "corpus"
+    shutil.copytree(work / "data" / "chat", run)
+    before = snapshot(run)
+    code = run_cli(script("01_pretrain").main, ["--config", str(ROOT / "config/pretrain/tiny.json"),
+                                                "--tokenizer_path", str(work / "tokenizer"), "--output_dir", str(run)])
+    assert code == 2
+    assert "holds a prepared corpus (02_prepare_sft_corpus.py), not a pre-training run (01_pretrain.py)" in \
+        error_line(capsys)
+    assert snapshot(run) == before
