@@ -16,6 +16,7 @@ from typing import Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from utils.common.config import load_config  # noqa: E402
+from utils.common.cli_values import output_dir  # noqa: E402
 from utils.common.errors import run_cli  # noqa: E402
 from utils.train.cli import add_run_args, apply_overrides  # noqa: E402
 from utils.train.stage_pretrain import PretrainConfig, PretrainInputs, run_pretraining  # noqa: E402
@@ -25,7 +26,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="pre-training config, e.g. config/pretrain/tiny.json")
     parser.add_argument("--tokenizer_path", required=True, help="HF tokenizer dir (or its .model)")
-    parser.add_argument("--output_dir", help="default: checkpoints/pretrain/<config name>")
+    parser.add_argument("--output_dir", type=output_dir(), help="default: checkpoints/pretrain/<config name>")
     parser.add_argument("--model_path", help="continue pre-training this HF checkpoint (CPT) instead of a new preset")
     add_run_args(parser)
     return parser.parse_args(argv)

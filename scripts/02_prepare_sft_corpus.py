@@ -15,6 +15,7 @@ from typing import Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from utils.common.cli_values import output_dir, positive_int  # noqa: E402
 from utils.common.errors import UserError, run_cli  # noqa: E402
 from utils.data.prepare import default_num_proc, load_dataset_config, prepare_corpus  # noqa: E402
 
@@ -22,11 +23,11 @@ from utils.data.prepare import default_num_proc, load_dataset_config, prepare_co
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="SFT dataset config, e.g. config/sft_datasets/demo.json")
-    parser.add_argument("--output_dir", required=True, help="where the prepared corpus goes")
+    parser.add_argument("--output_dir", type=output_dir(), required=True, help="where the prepared corpus goes")
     parser.add_argument("--tokenizer_path", required=True,
                         help="HF tokenizer directory, or a .model with its HF directory beside it")
     parser.add_argument("--force", action="store_true", help="replace an existing output_dir")
-    parser.add_argument("--num_proc", type=int, default=default_num_proc(),
+    parser.add_argument("--num_proc", type=positive_int("--num_proc"), default=default_num_proc(),
                         help="tokenizer worker processes (default: all cores)")
     parser.add_argument("--strict", action="store_true", help="stop at the first malformed row")
     return parser.parse_args(argv)

@@ -17,6 +17,7 @@ from typing import Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from utils.common.config import load_config  # noqa: E402
+from utils.common.cli_values import check_weights, output_dir, weight  # noqa: E402
 from utils.common.errors import run_cli  # noqa: E402
 from utils.train.cli import add_run_args, apply_overrides  # noqa: E402
 from utils.train.stage_sft import SFTInputs, SFTTrainingConfig, run_sft  # noqa: E402
@@ -27,15 +28,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--config", required=True, help="training config, e.g. config/sft_training/lora_tiny.json")
     parser.add_argument("--model_path", required=True, help="HF model dir, pre-training output, or .gguf file")
     parser.add_argument("--data_dirs", nargs="+", required=True, help="prepared corpora (02_prepare_sft_corpus.py)")
-    parser.add_argument("--data_weights", nargs="+", type=float, help="sampling weight per data dir")
+    parser.add_argument("--data_weights", nargs="+", type=weight("--data_weights"),
+                        help="sampling weight per data dir (finite, >= 0, at least one > 0)")
     parser.add_argument("--tokenizer_path", required=True, help="HF tokenizer dir (or its .model)")
-    parser.add_argument("--output_dir", required=True, help="where checkpoints and final/ go")
+    parser.add_argument("--output_dir", type=output_dir(), required=True, help="where checkpoints and final/ go")
     add_run_args(parser)
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    check_weights("--data_weights", args.data_weights)
     cfg = load_config(args.config, "sft_training", SFTTrainingConfig)
     apply_overrides(cfg.training_params, args)
     inputs = SFTInputs(model_path=args.model_path, data_dirs=args.data_dirs, data_weights=args.data_weights,

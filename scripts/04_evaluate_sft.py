@@ -25,6 +25,7 @@ from typing import Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from utils.common.atomic import atomic_dir, check_owner, exclusive, refuse_inside  # noqa: E402
+from utils.common.cli_values import output_dir, positive_int  # noqa: E402
 from utils.common.errors import run_cli  # noqa: E402
 from utils.eval.evaluation import evaluate_model  # noqa: E402
 from utils.eval.report import build_report, render_table, write_report  # noqa: E402
@@ -34,27 +35,34 @@ from utils.eval.setup import EvalRequest, load_eval_model, resolve_inputs  # noq
 def parse_args(argv: Sequence[str] | None) -> EvalRequest:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model_path", required=True, help="final/ of an SFT run: LoRA adapter or full model")
-    p.add_argument("--output_dir", required=True, help="where the report goes (replaced as a whole)")
+    p.add_argument("--output_dir", type=output_dir(), required=True,
+                   help="where the report goes (replaced as a whole)")
     p.add_argument("--base_model_path", help="model to compare with (e.g. the pre-trained base)")
     p.add_argument("--data_dirs", nargs="+", help="prepared corpora whose val split gives the validation loss "
                    "(default: the data_dirs in the model's training_summary.json)")
     p.add_argument("--config", help="SFT training config: eval_prompts, system_prompt, generation_config "
                    "(default: the config saved in the model's training_summary.json)")
     p.add_argument("--eval_set", help="JSONL of {prompt | messages, reference, task} scored by exact match")
-    p.add_argument("--max_eval_examples", type=int, help="score only the first N rows of --eval_set "
+    p.add_argument("--max_eval_examples", type=positive_int("--max_eval_examples"),
+                   help="score only the first N rows of --eval_set "
                    "(and of --rephrased_set)")
     p.add_argument("--rephrased_set", help="JSONL like --eval_set: the same task families asked in wordings "
                    "training never used; reported as exact_match_rephrased (does the model follow the "
                    "instruction or recall its wording?)")
     p.add_argument("--retention_corpus", nargs="+", help=".txt/.md files or directories, or JSONL files")
     p.add_argument("--retention_field", default="text", help="JSONL field of the retention text (default text)")
-    p.add_argument("--retention_max_tokens", type=int, default=50_000, help="tokens of it to score (50000)")
-    p.add_argument("--retention_window", type=int, help="window length (default: pre-training sequence_length)")
+    p.add_argument("--retention_max_tokens", type=positive_int("--retention_max_tokens"),
+                   default=50_000, help="tokens of it to score (50000)")
+    p.add_argument("--retention_window", type=positive_int("--retention_window"),
+                   help="window length (default: pre-training sequence_length)")
     p.add_argument("--tokenizer_path", help="tokenizer (default: the one inside --model_path)")
     p.add_argument("--template", help="chat template when no --data_dirs (default: the model's, else chatml)")
-    p.add_argument("--max_new_tokens", type=int, help="override generation_config.max_new_tokens")
-    p.add_argument("--batch_size", type=int, default=16, help="prompts per generation batch (16)")
-    p.add_argument("--eval_batch_tokens", type=int, default=4096, help="tokens per packed loss batch (4096)")
+    p.add_argument("--max_new_tokens", type=positive_int("--max_new_tokens"),
+                   help="override generation_config.max_new_tokens")
+    p.add_argument("--batch_size", type=positive_int("--batch_size"),
+                   default=16, help="prompts per generation batch (16)")
+    p.add_argument("--eval_batch_tokens", type=positive_int("--eval_batch_tokens"),
+                   default=4096, help="tokens per packed loss batch (4096)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                    help="auto: bf16 autocast where fast (bf16 GPUs/CPUs), else fp32")
     p.add_argument("--trust_remote_code", action="store_true", help="allow model code from the checkpoint")

@@ -18,13 +18,15 @@ from typing import Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from utils.checkpoint.export import DTYPES, export_model  # noqa: E402
+from utils.common.cli_values import output_dir  # noqa: E402
 from utils.common.errors import run_cli  # noqa: E402
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model_path", required=True, help="final/ of a training run (LoRA adapter or full model)")
-    parser.add_argument("--output_dir", required=True, help="where the standalone model goes (replaced if present)")
+    parser.add_argument("--output_dir", type=output_dir(), required=True,
+                        help="where the standalone model goes (replaced if present)")
     parser.add_argument("--eval_report", help="eval_report.json (or its directory) to put in the model card")
     parser.add_argument("--base_model_path", help="base model dir or .gguf, when the adapter's recorded base moved")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="dtype of the saved weights")

@@ -5,6 +5,7 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
+from utils.common.cli_values import positive_int, seed
 from utils.train.params import TrainingParams
 
 
@@ -29,8 +30,8 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume_from_checkpoint", help="a checkpoint-N dir, or 'auto' for the newest complete one")
     parser.add_argument("--overwrite_output_dir", action="store_true",
                         help="start a new run where another run's checkpoints are (deletes them and final/)")
-    parser.add_argument("--max_steps", type=int, help="override training_params.max_steps")
-    parser.add_argument("--seed", type=int, help="override training_params.seed")
+    parser.add_argument("--max_steps", type=positive_int("--max_steps"), help="override training_params.max_steps")
+    parser.add_argument("--seed", type=seed("--seed"), help="override training_params.seed")
     parser.add_argument("--trust_remote_code", action="store_true", help="allow model code from the checkpoint")
 
 

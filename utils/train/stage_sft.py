@@ -87,7 +87,10 @@ def resolve_weights(dirs: list[DataDir], cli: list[float] | None, configured: di
         raise UserError(f"data_weights: {sorted(unknown)} name no --data_dirs entry "
                         f"(names: {[d.path.name for d in dirs]})")
     if configured:
-        return [float(configured.get(d.path.name, 1.0)) for d in dirs], "config data_weights"
+        weights = [float(configured.get(d.path.name, 1.0)) for d in dirs]
+        if not any(w > 0 for w in weights):
+            raise UserError(f"data_weights: all weights are 0 ({configured}); give at least one weight > 0")
+        return weights, "config data_weights"
     return [float(len(d.train)) for d in dirs], "proportional to size"
 
 
