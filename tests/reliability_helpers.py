@@ -158,18 +158,20 @@ def assert_same_run(a: Path, b: Path) -> None:
     assert samples(a) == samples(b)
 
 
-CHECKPOINT_FILES = ("optimizer.pt", "scheduler.pt", "rng_state_0.pt", "training_state.json", "COMPLETE")
+CHECKPOINT_FILES = ("optimizer.pt", "scheduler.pt", "rng_state_0.pt", "training_state.json", "checksums.json",
+                    "COMPLETE")
 
 
 def assert_checkpoints_whole(out: Path) -> list[Path]:
-    """Every checkpoint auto-resume could pick has all its files, and they load."""
-    from utils.checkpoint.checkpoints import list_checkpoints
+    """Every checkpoint auto-resume could pick has all its files, they match their recorded sha256, and they load."""
+    from utils.checkpoint.checkpoints import list_checkpoints, verify_checkpoint
 
     found = list_checkpoints(out)
     for path in found:
         names = {p.name for p in path.iterdir()}
         assert set(CHECKPOINT_FILES) <= names, f"{path} lacks {set(CHECKPOINT_FILES) - names}"
         assert names & {"model.safetensors", "adapter_model.safetensors"}, f"{path} has no weights"
+        assert verify_checkpoint(path) is None, f"{path}: {verify_checkpoint(path)}"
         for name in ("optimizer.pt", "scheduler.pt", "rng_state_0.pt"):
             torch.load(path / name, weights_only=True)
         json.loads((path / "training_state.json").read_text())

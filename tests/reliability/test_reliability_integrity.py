@@ -1,6 +1,7 @@
 """Reliability: damaged or mismatched inputs to training are refused with one line naming what is wrong
 (a flipped byte or a missing shard, another tokenizer, a model too small for the vocabulary, a checkpoint
-from other data, another model or with a damaged file); none of them trains silently on wrong data."""
+from other data, another model, with a damaged file or with bit rot that still loads); none of them trains
+silently on wrong data."""
 from __future__ import annotations
 
 import json
@@ -8,8 +9,9 @@ import os
 import shutil
 
 import pytest
+import torch
 
-from reliability_helpers import reference_run, sft_argv, sft_config, sft_in_process, sft_work, write_json
+from reliability_helpers import final_weights, reference_run, sft_argv, sft_config, sft_in_process, sft_work, write_json
 from utils.common.errors import UserError
 from utils.data.shards import verify_data_dir
 
@@ -141,7 +143,10 @@ def test_a_checkpoint_of_another_model_is_refused(work, tmp_path, capsys, case):
 
 
 def test_a_damaged_checkpoint_is_refused_and_an_earlier_one_resumes(work, tmp_path, capsys):
+    """Written before checksums.json existed (removed here): a file that no longer loads is one line."""
     out = resumable_copy(work, tmp_path, "full")
+    for record in out.glob("checkpoint-*/checksums.json"):
+        record.unlink()
     optimizer = out / "checkpoint-8" / "optimizer.pt"
     os.truncate(optimizer, optimizer.stat().st_size // 2)
     assert train(work, tmp_path, "--resume_from_checkpoint", "auto", lora=False) == 2
@@ -149,6 +154,50 @@ def test_a_damaged_checkpoint_is_refused_and_an_earlier_one_resumes(work, tmp_pa
     assert line.startswith(f"error: {out / 'checkpoint-8'}: cannot resume from this checkpoint (")
     assert train(work, tmp_path, "--resume_from_checkpoint", str(out / "checkpoint-6"), lora=False) == 0
     assert (out / "final" / "model.safetensors").is_file()
+
+
+def resume_full(work, tmp_path, spec: str) -> int:
+    """The reference full-FT run's command line (same weights), resumed from ``spec``."""
+    config = sft_config(work, "rel_full", lora=False)
+    return sft_in_process(sft_argv(work, config, tmp_path / "out", "--resume_from_checkpoint", spec))
+
+
+def snapshot(path) -> dict[str, bytes]:
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def test_bit_rot_in_a_checkpoint_is_named_and_auto_resumes_from_the_newest_intact_one(work, tmp_path, capsys):
+    """One flipped bit in the weights' data: the file still loads, only the recorded sha256 tells."""
+    out = resumable_copy(work, tmp_path, "full")
+    weights = out / "checkpoint-8" / "model.safetensors"
+    raw = bytearray(weights.read_bytes())
+    raw[-3] ^= 0x01
+    weights.write_bytes(bytes(raw))
+    before = snapshot(out)
+    assert resume_full(work, tmp_path, str(out / "checkpoint-8")) == 2
+    assert error_line(capsys) == (
+        f"error: {out / 'checkpoint-8'}: model.safetensors does not match the sha256 recorded when it was "
+        "written (the file changed on disk) — resume from an earlier checkpoint-N, or use "
+        "--resume_from_checkpoint auto to take the newest intact one")
+    assert snapshot(out) == before
+    assert resume_full(work, tmp_path, "auto") == 0
+    err = capsys.readouterr().err
+    assert ("skipped damaged checkpoint-8 (model.safetensors does not match the sha256 recorded when it was "
+            "written (the file changed on disk)) — resuming from checkpoint-6, the newest intact checkpoint") in err
+    reference = final_weights(reference_run(work, "full"))
+    resumed = final_weights(out)
+    assert reference.keys() == resumed.keys() and all(torch.equal(reference[k], resumed[k]) for k in reference)
+
+
+def test_checkpoints_written_before_checksums_still_resume_bit_identically(work, tmp_path):
+    out = resumable_copy(work, tmp_path, "full")
+    for ckpt in out.glob("checkpoint-*"):
+        (ckpt / "checksums.json").unlink()
+    shutil.rmtree(out / "checkpoint-8")  # so the resume trains steps 7 and 8
+    assert resume_full(work, tmp_path, "auto") == 0
+    reference = final_weights(reference_run(work, "full"))
+    resumed = final_weights(out)
+    assert reference.keys() == resumed.keys() and all(torch.equal(reference[k], resumed[k]) for k in reference)
 
 
 @pytest.mark.parametrize("damage, message", [

@@ -6,16 +6,22 @@ Layout of ``<output_dir>/checkpoint-<step>/``::
     optimizer.pt, scheduler.pt                         (torch.save of state dicts; loaded weights_only)
     rng_state_<rank>.pt                                (python, numpy, torch, cuda RNG of each rank)
     training_state.json                                (step, tokens, loss history, sampler, config, hashes)
+    checksums.json                                     (sha256 of every file above, verified on resume)
     COMPLETE                                           (written last: only complete checkpoints resume)
 
 It is written in ``.checkpoint-<step>.tmp`` beside the final name, synced, then renamed; rotation renames
 an old checkpoint to ``.checkpoint-<step>.deleting`` before deleting it. So ``checkpoint-<step>`` is always
 whole: a crash (SIGKILL, power loss) at any moment leaves the newest complete one for ``auto`` to find.
+A file whose bytes changed after the write (bit rot, an edit) no longer matches checksums.json: resuming from
+that checkpoint is refused naming the file, and ``auto`` takes the newest intact one. Checkpoints written
+before checksums.json existed resume unverified.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import sys
 import random
 import re
 import shutil
@@ -30,6 +36,7 @@ from utils.model.modeling import load_weights_into
 from utils.parallel.state_dict import lm_state_dict, unwrap_lm
 
 COMPLETE = "COMPLETE"
+CHECKSUMS = "checksums.json"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -67,18 +74,83 @@ def list_checkpoints(output_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def resolve_resume(spec: str | None, output_dir: Path) -> Path | None:
-    """``auto`` → newest complete checkpoint (or None); a path must be a complete checkpoint."""
+def resolve_resume(spec: str | None, output_dir: Path, announce: bool = True) -> Path | None:
+    """``auto`` → newest complete and intact checkpoint (or None); a path must be a complete, intact checkpoint.
+
+    A checkpoint whose files no longer match their recorded sha256 is refused naming the file; ``auto`` skips
+    it for the next older one and says so in one line (when ``announce``: the main process).
+    """
     if not spec:
         return None
     if spec == "auto":
         found = list_checkpoints(output_dir)
-        return found[-1] if found else None
+        skipped = []
+        for path in reversed(found):
+            problem = verify_checkpoint(path)
+            if problem is None:
+                if skipped and announce:
+                    print(f"skipped damaged {'; '.join(skipped)} — resuming from {path.name}, the newest intact "
+                          "checkpoint", file=sys.stderr, flush=True)
+                return path
+            skipped.append(f"{path.name} ({problem})")
+        if skipped:
+            raise UserError(f"{output_dir}: no intact checkpoint to resume: {'; '.join(skipped)} — start over with "
+                            "--overwrite_output_dir or choose another --output_dir")
+        return None
     path = Path(spec)
     if not (path / COMPLETE).is_file():
         raise UserError(f"{path}: not a complete checkpoint (missing {COMPLETE}); "
                         "use --resume_from_checkpoint auto to take the newest complete one")
+    problem = verify_checkpoint(path)
+    if problem is not None:
+        raise UserError(f"{path}: {problem} — resume from an earlier checkpoint-N, or use "
+                        "--resume_from_checkpoint auto to take the newest intact one")
     return path
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _record_checksums(ckpt: Path) -> None:
+    """sha256 of every file of the checkpoint (written before COMPLETE)."""
+    files = sorted(p for p in ckpt.rglob("*") if p.is_file() and p.name not in (CHECKSUMS, COMPLETE))
+    sums = {p.relative_to(ckpt).as_posix(): _sha256(p) for p in files}
+    (ckpt / CHECKSUMS).write_text(json.dumps({"sha256": sums}, indent=1, sort_keys=True) + "\n")
+
+
+def verify_checkpoint(ckpt: Path) -> str | None:
+    """What is wrong with ``ckpt``'s files against checksums.json (naming the file), or None when intact.
+
+    A checkpoint without checksums.json (written before it existed) is taken as intact.
+    """
+    record = ckpt / CHECKSUMS
+    if not record.exists():
+        return None
+    try:
+        sums = json.loads(record.read_text(encoding="utf-8"))["sha256"]
+        items = sorted(sums.items())
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in items):
+            raise ValueError("not a map of names to hashes")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as err:
+        return f"{CHECKSUMS} is unreadable ({one_line(err)[:120]})"
+    for name, expected in items:
+        path = ckpt / name
+        if ".." in Path(name).parts or Path(name).is_absolute():
+            return f"{CHECKSUMS} names a file outside the checkpoint ({name})"
+        try:
+            actual = _sha256(path)
+        except FileNotFoundError:
+            return f"{name} is missing"
+        except OSError as err:
+            return f"{name} is unreadable ({err.strerror})"
+        if actual != expected:
+            return f"{name} does not match the sha256 recorded when it was written (the file changed on disk)"
+    return None
 
 
 def save_checkpoint(accelerator, output_dir: Path, step: int, model, optimizer, scheduler,
@@ -150,6 +222,7 @@ def _write_main_files(accelerator, tmp: Path, model, optimizer, scheduler, state
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     (tmp / "training_state.json").write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
+    _record_checksums(tmp)
     (tmp / COMPLETE).write_text("ok\n")
 
 

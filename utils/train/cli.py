@@ -18,7 +18,7 @@ class RunInputs:
     output_dir: Path
     """Where checkpoints, metrics and final/ go."""
     resume_from_checkpoint: str | None = None
-    """A checkpoint-N dir, or 'auto' for the newest complete one."""
+    """A checkpoint-N dir, or 'auto' for the newest complete, intact one."""
     trust_remote_code: bool = False
     """Allow model code from the checkpoint."""
     overwrite_output_dir: bool = False
@@ -27,7 +27,8 @@ class RunInputs:
 
 def add_run_args(parser: argparse.ArgumentParser) -> None:
     """--resume_from_checkpoint, --overwrite_output_dir, --max_steps, --seed, --trust_remote_code."""
-    parser.add_argument("--resume_from_checkpoint", help="a checkpoint-N dir, or 'auto' for the newest complete one")
+    parser.add_argument("--resume_from_checkpoint",
+                        help="a checkpoint-N dir, or 'auto' for the newest complete, intact one")
     parser.add_argument("--overwrite_output_dir", action="store_true",
                         help="start a new run where another run's checkpoints are (deletes them and final/)")
     parser.add_argument("--max_steps", type=positive_int("--max_steps"), help="override training_params.max_steps")

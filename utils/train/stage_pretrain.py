@@ -69,7 +69,7 @@ def _train(cfg: PretrainConfig, inputs: PretrainInputs, accelerator, tokenizer, 
     hashes = {"text": stats.key, **data_hashes(dirs)} if dirs else stats.key
     run_info = {"config": to_dict(cfg), "tokenizer_sha256": fingerprint, "data_hashes": hashes,
                 "overrides": inputs.overrides}
-    resume = resolve_resume(inputs.resume_from_checkpoint, output_dir)
+    resume = resolve_resume(inputs.resume_from_checkpoint, output_dir, accelerator.is_main_process)
     longest = max([cfg.data.sequence_length] + [int(d.manifest["sequence_length"]) for d in dirs])
     run, state = build_run(accelerator, model, stores, val_stores, weights, params,
                            output_dir, run_info, resume, plan, longest)

@@ -123,7 +123,7 @@ def _train(cfg: SFTTrainingConfig, inputs: SFTInputs, accelerator, tokenizer, fi
     with accelerator.main_process_first():
         dirs = load_data_dirs(inputs.data_dirs, fingerprint)
     weights, weights_from = resolve_weights(dirs, inputs.data_weights, cfg.data_weights)
-    resume = resolve_resume(inputs.resume_from_checkpoint, output_dir)
+    resume = resolve_resume(inputs.resume_from_checkpoint, output_dir, accelerator.is_main_process)
     dirs, weights = _checkpoint_order(resume, dirs, weights, accelerator.is_main_process)
     model = _model(cfg, inputs, tokenizer)
     plan = _plan(dirs, weights, weights_from, inputs)
