@@ -4,6 +4,7 @@ finishes the optimizer step it is in, writes a checkpoint, says so in one line a
 reaches one rank stops every rank at the same step."""
 from __future__ import annotations
 
+import re
 import socket
 
 import numpy as np
@@ -61,9 +62,11 @@ def test_a_signal_to_one_of_two_processes_stops_both_at_the_same_step(work):
     proc = launch("term-rank1@update:3", out)
     assert proc.returncode != 0 and not (out / "final").exists(), proc.stderr[-3000:]
     assert proc.stderr.count("stopped: SIGTERM received: finished step 3 of 6") == 1, proc.stderr[-3000:]
-    # torchrun reports its failed workers with its own traceback; no worker has one, and both exit 143
+    # torchrun reports its failed workers with its own traceback; no worker has one. The signalled rank exits
+    # 143; torchrun then sends SIGTERM to a rank still on its way out, so that one reports 143 or -15.
     assert "utils/" not in proc.stderr.split("ChildFailedError")[0] and "scripts/03" not in proc.stderr, proc.stderr
-    assert proc.stderr.count("exitcode  : 143") == 2, proc.stderr[-3000:]
+    codes = [int(c) for c in re.findall(r"exitcode\s*:\s*(-?\d+)", proc.stderr)]
+    assert 143 in codes and set(codes) <= {143, -15}, proc.stderr[-3000:]
     state = newest_state(out)
     assert state["step"] == 3 and state["world_size"] == 2
     assert {p.name for p in (out / "checkpoint-3").glob("rng_state_*.pt")} == {"rng_state_0.pt", "rng_state_1.pt"}
