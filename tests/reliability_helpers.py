@@ -25,6 +25,15 @@ _BUILT: dict[str, Path] = {}
 _SCRIPTS: dict = {}
 
 
+def error_line(capsys, alone: bool = False) -> str:
+    """The one ``error:`` line a refused run printed (no traceback); ``alone``: nothing else on stderr."""
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert "Traceback" not in err and len(lines) == 1, err[-3000:]
+    assert not alone or len(err.strip().splitlines()) == 1, err[-3000:]
+    return lines[0]
+
+
 def script(stem: str):
     """A numbered script imported once per session."""
     if stem not in _SCRIPTS:

@@ -12,15 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from reliability_helpers import ROOT, script
+from reliability_helpers import ROOT, error_line, script
 from utils.common.errors import run_cli
-
-
-def error_line(capsys) -> str:
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert "Traceback" not in err and len(lines) == 1 and len(err.strip().splitlines()) == 1, err[-3000:]
-    return lines[0]
 
 
 def snapshot(path: Path) -> dict[str, bytes]:
@@ -61,7 +54,7 @@ def test_bad_max_steps_and_seed_are_refused_naming_the_flag(stage, flags, messag
     before = snapshot(existing)
     argv = (sft if stage == "03_sft_industrial" else pretrain)(existing, *flags)
     assert run_cli(script(stage).main, argv) == 2
-    assert message in error_line(capsys)
+    assert message in error_line(capsys, alone=True)
     assert snapshot(existing) == before
 
 
@@ -75,7 +68,7 @@ def test_bad_max_steps_and_seed_are_refused_naming_the_flag(stage, flags, messag
 def test_bad_data_weights_are_refused_naming_the_flag(weights, message, existing, capsys):
     before = snapshot(existing)
     assert run_cli(script("03_sft_industrial").main, sft(existing, weights=weights)) == 2
-    assert message in error_line(capsys)
+    assert message in error_line(capsys, alone=True)
     assert snapshot(existing) == before
 
 
@@ -89,7 +82,7 @@ def test_bad_counts_of_prepare_and_evaluation_are_refused(stage, argv, existing,
     before = snapshot(existing)
     assert run_cli(script(stage).main, [*argv, "--output_dir", str(existing)]) == 2
     flag, value = argv[-2:]
-    assert f"{flag} {value}: must be an integer at least 1" in error_line(capsys)
+    assert f"{flag} {value}: must be an integer at least 1" in error_line(capsys, alone=True)
     assert snapshot(existing) == before
 
 
@@ -107,10 +100,10 @@ def test_an_output_dir_that_is_a_file_or_below_a_file_is_one_line(stage, tmp_pat
     a_file = tmp_path / "notes.txt"
     a_file.write_text("mine\n")
     assert run_cli(script(stage).main, STAGES[stage](a_file)) == 2
-    assert f"--output_dir {a_file}: is a file, not a directory" in error_line(capsys)
+    assert f"--output_dir {a_file}: is a file, not a directory" in error_line(capsys, alone=True)
     below = a_file / "run" / "sub"
     assert run_cli(script(stage).main, STAGES[stage](below)) == 2
-    assert f"--output_dir {below}: is below {a_file}, which is a file, not a directory" in error_line(capsys)
+    assert f"--output_dir {below}: is below {a_file}, which is a file, not a directory" in error_line(capsys, alone=True)
     assert a_file.read_text() == "mine\n" and sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
 
 

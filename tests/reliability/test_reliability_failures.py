@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import fault_inject
-from reliability_helpers import (assert_checkpoints_whole, assert_same_run, metrics, newest_state, reference_run,
-                                 script, sft_argv, sft_config, sft_in_process, sft_with_fault, sft_work)
+from reliability_helpers import (assert_checkpoints_whole, assert_same_run, error_line, metrics, newest_state,
+                                 reference_run, script, sft_argv, sft_config, sft_in_process, sft_with_fault)
 from utils.checkpoint.checkpoints import list_checkpoints, resolve_resume
 from utils.common.errors import run_cli
 
@@ -26,19 +26,6 @@ def safetensors_full_disk():
     return SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
 
 
-@pytest.fixture(scope="module")
-def work(tmp_path_factory, toy_tokenizer_dir):
-    return sft_work(tmp_path_factory, toy_tokenizer_dir)
-
-
-def one_error_line(capsys) -> str:
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert "Traceback" not in err, err[-3000:]
-    assert len(lines) == 1, err[-3000:]
-    return lines[0]
-
-
 def fail_when_writing_into(target: str, error, original):
     """``original`` (a save function), raising ``error`` when the destination is inside ``target``."""
     def save(*args, **kwargs):
@@ -50,7 +37,7 @@ def fail_when_writing_into(target: str, error, original):
 
 
 def check_failed_save(work, out, capsys, step: int) -> None:
-    line = one_error_line(capsys)
+    line = error_line(capsys)
     assert f"checkpoint-{step}: checkpoint write failed" in line
     assert f"the previous checkpoint {out / f'checkpoint-{step - 2}'} is intact" in line
     assert [p.name for p in assert_checkpoints_whole(out)][-1] == f"checkpoint-{step - 2}"
@@ -103,7 +90,7 @@ def test_write_error_in_final_keeps_every_checkpoint_and_a_rerun_finishes(work, 
     monkeypatch.setattr(PeftModel, "save_pretrained",
                         fail_when_writing_into(".final.tmp", safetensors_full_disk(), original))
     assert sft_in_process(argv) == 2
-    line = one_error_line(capsys)
+    line = error_line(capsys)
     assert f"{out / 'final'}: write failed (Error while serializing: I/O error" in line
     assert "nothing was replaced" in line and not (out / "final").exists() and not list(out.glob(".final*"))
     assert newest_state(out)["step"] == 8
@@ -124,7 +111,7 @@ def test_prepare_disk_full_leaves_no_output(work, tmp_path, monkeypatch, capsys)
         "--config", str(work / "ds_chat.json"), "--output_dir", str(out), "--tokenizer_path",
         str(work / "tokenizer"), "--num_proc", "1"])
     assert code == 2
-    assert one_error_line(capsys) == f"error: {out}: write failed (No space left on device); nothing was " \
+    assert error_line(capsys) == f"error: {out}: write failed (No space left on device); nothing was " \
                                      "replaced — free disk space or fix permissions and run again"
     assert not out.exists() and not list(tmp_path.glob(".prepared*"))
 
@@ -134,7 +121,7 @@ def test_environment_os_errors_anywhere_are_one_line(capsys):
         raise OSError(errno.ENOSPC, "No space left on device", "out/metrics.jsonl")
 
     assert run_cli(disk_full, []) == 2
-    assert one_error_line(capsys).startswith("error: out/metrics.jsonl: No space left on device; free disk space")
+    assert error_line(capsys).startswith("error: out/metrics.jsonl: No space left on device; free disk space")
 
     def bug(argv):
         raise OSError(errno.EBADF, "Bad file descriptor")
@@ -171,7 +158,7 @@ def test_huge_learning_rate_stops_before_a_bad_checkpoint(work, monkeypatch, cap
     argv = sft_argv(work, sft_config(work, "rel_full", lora=False), out, "--resume_from_checkpoint", "auto")
     lr_spike_at(5, monkeypatch)
     assert sft_in_process(argv) == 2
-    line = one_error_line(capsys)
+    line = error_line(capsys)
     assert "at step 6: training stopped" in line and f"the last good checkpoint in {out} is kept" in line
     assert [p.name for p in list_checkpoints(out)][-1] == "checkpoint-4" and all_finite(out / "checkpoint-4")
     assert all(math.isfinite(r["loss"]) for r in metrics(out) if "loss" in r)
@@ -192,7 +179,7 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(work, 
     monkeypatch.setattr(train_loop, "train_step", train_step)
     out = work / "out" / "nan_loss"
     assert sft_in_process(sft_argv(work, sft_config(work, "rel_lora"), out)) == 2
-    assert one_error_line(capsys) == (
+    assert error_line(capsys) == (
         f"error: loss is nan at step 5: training stopped; the last good checkpoint in {out} is kept. "
         "Lower learning_rate, keep max_grad_norm > 0, or use bf16 instead of fp16")
     assert [p.name for p in list_checkpoints(out)] == ["checkpoint-2", "checkpoint-4"]
@@ -207,7 +194,7 @@ def test_nan_weights_behind_a_finite_loss_are_never_checkpointed(work, monkeypat
     fault_inject.install("nan@update:4", monkeypatch.setattr)
     assert sft_in_process(argv) == 2
     assert "weights became NaN or inf at step 4: training stopped before writing a checkpoint" \
-        in one_error_line(capsys)
+        in error_line(capsys)
     assert [p.name for p in list_checkpoints(out)] == ["checkpoint-2"] and all_finite(out / "checkpoint-2")
     state = json.loads((out / "checkpoint-2" / "training_state.json").read_text())
     assert all(math.isfinite(x) for x in state["loss_history"])

@@ -11,21 +11,10 @@ import shutil
 import pytest
 import torch
 
-from reliability_helpers import final_weights, reference_run, sft_argv, sft_config, sft_in_process, sft_work, write_json
+from reliability_helpers import (error_line, final_weights, reference_run, sft_argv, sft_config, sft_in_process,
+                                 write_json)
 from utils.common.errors import UserError
 from utils.data.shards import verify_data_dir
-
-@pytest.fixture(scope="module")
-def work(tmp_path_factory, toy_tokenizer_dir):
-    return sft_work(tmp_path_factory, toy_tokenizer_dir)
-
-
-def error_line(capsys) -> str:
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert "Traceback" not in err and len(lines) == 1, err[-3000:]
-    return lines[0]
-
 
 def copy_data(work, tmp_path, name="instruct"):
     dst = tmp_path / name

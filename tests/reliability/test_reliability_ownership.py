@@ -14,22 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from reliability_helpers import (ROOT, final_weights, newest_state, reference_run, script, sft_argv, sft_config,
-                                 sft_in_process, sft_work)
+from reliability_helpers import (ROOT, error_line, final_weights, newest_state, reference_run, script, sft_argv,
+                                 sft_config, sft_in_process)
 from utils.common.atomic import OWNER_FILE, exclusive
 from utils.common.errors import run_cli
-
-
-@pytest.fixture(scope="module")
-def work(tmp_path_factory, toy_tokenizer_dir):
-    return sft_work(tmp_path_factory, toy_tokenizer_dir)
-
-
-def error_line(capsys) -> str:
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert "Traceback" not in err and len(lines) == 1, err[-3000:]
-    return lines[0]
 
 
 def snapshot(path: Path) -> dict[str, bytes]:

@@ -10,13 +10,8 @@ import socket
 import numpy as np
 import pytest
 
-from reliability_helpers import (assert_same_run, final_weights, newest_state, reference_run, sft_argv,
-                                 sft_config, sft_in_process, sft_with_fault, sft_work)
-
-
-@pytest.fixture(scope="module")
-def work(tmp_path_factory, toy_tokenizer_dir):
-    return sft_work(tmp_path_factory, toy_tokenizer_dir)
+from reliability_helpers import (assert_same_run, final_weights, newest_state, reference_run, sft_argv, sft_config,
+                                 sft_in_process, sft_with_fault)
 
 
 def stop_line(proc) -> str:

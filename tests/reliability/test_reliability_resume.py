@@ -14,18 +14,13 @@ import numpy as np
 import pytest
 
 from reliability_helpers import (assert_checkpoints_whole, assert_same_run, final_weights, metrics, newest_state,
-                                 reference_run, sft_argv, sft_config, sft_in_process, sft_with_fault, sft_work)
+                                 reference_run, sft_argv, sft_config, sft_in_process, sft_with_fault)
 from train_helpers import random_store, run_training
 from utils.checkpoint.checkpoints import resolve_resume
 
 MAX_STEPS, SAVE_STEPS, EVAL_STEPS = 8, 2, 3
 PHASES = ("backward", "update", "eval", "ckpt-write", "ckpt-publish", "rotate")
 KILLED = -signal.SIGKILL
-
-
-@pytest.fixture(scope="module")
-def work(tmp_path_factory, toy_tokenizer_dir):
-    return sft_work(tmp_path_factory, toy_tokenizer_dir)
 
 
 def fires_at(phase: str, step: int) -> bool:

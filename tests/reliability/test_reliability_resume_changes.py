@@ -8,20 +8,8 @@ import shutil
 
 import pytest
 
-from reliability_helpers import (assert_same_run, final_weights, metrics, reference_run, sft_argv, sft_config,
-                                 sft_in_process, sft_work)
-
-
-@pytest.fixture(scope="module")
-def work(tmp_path_factory, toy_tokenizer_dir):
-    return sft_work(tmp_path_factory, toy_tokenizer_dir)
-
-
-def error_line(capsys) -> str:
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert "Traceback" not in err and len(lines) == 1, err[-3000:]
-    return lines[0]
+from reliability_helpers import (assert_same_run, error_line, final_weights, metrics, reference_run, sft_argv,
+                                 sft_config, sft_in_process)
 
 
 def snapshot(path):
