@@ -57,7 +57,8 @@ def run_pretraining(cfg: PretrainConfig, inputs: PretrainInputs) -> str | None:
 def _train(cfg: PretrainConfig, inputs: PretrainInputs, accelerator, tokenizer, fingerprint: str) -> str | None:
     params, output_dir = cfg.training_params, inputs.output_dir
     train, val, stats = _windows(cfg, inputs, accelerator, tokenizer, fingerprint)
-    dirs = load_data_dirs([s.data_dir for s in cfg.data.supervised], fingerprint) if cfg.data.supervised else []
+    with accelerator.main_process_first():  # rank 0 fills the store cache, the others then read it
+        dirs = load_data_dirs([s.data_dir for s in cfg.data.supervised], fingerprint) if cfg.data.supervised else []
     model = _model(cfg, inputs, tokenizer, params.seed)
     plan = _plan(cfg, inputs, train, val, stats)
     stores = [train] + [d.train for d in dirs]
