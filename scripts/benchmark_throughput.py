@@ -39,6 +39,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=defaults.repeats, help="runs of every trainer per case")
     parser.add_argument("--threads", type=int, help="torch threads in every run (default: torch's)")
     parser.add_argument("--ours_micro", type=int, help="examples per micro-batch, this trainer (default: half a step; a quarter with LoRA)")
+    parser.add_argument("--ours_params", type=_json_object, default={},
+                        help='training_params for this trainer on top of the bench\'s, as JSON, e.g. \'{"attention_fp32": false}\'')
     parser.add_argument("--baseline_micro", type=int, default=defaults.baseline_micro,
                         help="examples per micro-batch, TRL and the HF Trainer")
     parser.add_argument("--num_proc", type=int, default=defaults.num_proc, help="processes of the prep race")
@@ -73,6 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                              smollm2_examples_per_step=args.smollm2_examples_per_step,
                              smollm2_seq=args.smollm2_seq, repeats=args.repeats, threads=args.threads,
                              ours_micro=args.ours_micro, baseline_micro=args.baseline_micro,
+                             ours_params=args.ours_params,
                              prep=not args.no_prep, num_proc=args.num_proc, work_dir=args.work_dir)
     results = run_benchmark(settings)
     results["command"] = "python scripts/benchmark_throughput.py " + " ".join(sys.argv[1:] if argv is None else argv)
@@ -80,6 +83,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     (args.work_dir / "results.json").write_text(json.dumps(results, indent=1))
     print(write_report(results, args.report))
     return 0
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not JSON ({err.msg}): {text}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"give a JSON object of training_params, e.g. {{\"bf16\": true}}: {text}")
+    return value
 
 
 def _require_trl() -> None:

@@ -76,6 +76,7 @@ class BenchSettings:
     threads: int | None = None
     ours_micro: int | None = None       # examples per micro-batch, this trainer (None: see micro_examples)
     baseline_micro: int = 4             # examples per micro-batch, TRL and HF (TRL's fastest, BENCHMARKS.md)
+    ours_params: dict = field(default_factory=dict)  # training_params this trainer runs with on top (levers)
     prep: bool = True
     num_proc: int = 2
     work_dir: Path = ROOT / "data" / "bench"
@@ -180,12 +181,15 @@ def example_order(data_dir: str, count: int, seed: int) -> list[int]:
 # ------------------------------------------------------------------------------------- runs
 def run_one(case: Case, trainer: str, repeat: int, settings: BenchSettings) -> dict:
     """One trainer on one case in a fresh process; returns its result with window statistics."""
-    work = settings.work_dir / "runs" / f"{case.name}-{trainer}-{repeat}".replace("@", "_")
+    tag = "-" + hashlib.sha256(json.dumps(settings.ours_params, sort_keys=True).encode()).hexdigest()[:6] \
+        if trainer == "ours" and settings.ours_params else ""
+    work = settings.work_dir / "runs" / f"{case.name}-{trainer}{tag}-{repeat}".replace("@", "_")
     work.mkdir(parents=True, exist_ok=True)
     spec = RunSpec(trainer, case.model_dir, case.tokenizer_dir, case.data_dir, str(work),
                    example_order(case.data_dir, settings.steps * case.examples_per_step, 1234),
                    case.examples_per_step, settings.steps, case.seq, case.learning_rate, 1234, case.lora,
-                   settings.threads, micro_examples(case, trainer, settings))
+                   settings.threads, micro_examples(case, trainer, settings),
+                   settings.ours_params if trainer == "ours" else {})
     (work / "spec.json").write_text(json.dumps(asdict(spec)))
     start = time.perf_counter()
     _check_call([sys.executable, str(SCRIPT), "--child", str(work / "spec.json")], work / "log.txt",
@@ -247,6 +251,8 @@ def run_benchmark(settings: BenchSettings) -> dict:
     peaks = {name: matmul_peak_flops(dtype=dtype) for name, dtype in dtypes.items()}
     prep = run_prep_race(settings) if settings.prep else None
     cases, notes = build_cases(settings)
+    if settings.ours_params:
+        notes.append(f"this trainer ran with training_params {json.dumps(settings.ours_params)} on top of the bench's")
     runs = []
     for case in cases:
         for repeat in range(settings.repeats):

@@ -45,6 +45,7 @@ class RunSpec:
     lora: dict | None = None      # LoraSettings fields, or None for full fine-tuning
     threads: int | None = None
     micro_examples: int | None = None  # examples per micro-batch (accumulation makes up the step)
+    params: dict = field(default_factory=dict)  # this trainer: training_params on top of the bench's (levers)
 
     @classmethod
     def load(cls, path: Path) -> "RunSpec":
@@ -90,13 +91,14 @@ def run_ours(spec: RunSpec) -> RunResult:
         "per_device_train_batch_size": micro, "gradient_accumulation_steps": spec.examples_per_step // micro,
         "warmup_steps": 0, "scheduler": "constant", "weight_decay": 0.0, "adam_beta1": 0.9,
         "adam_beta2": 0.95, "max_grad_norm": 1.0, "logging_steps": 1, "eval_steps": 0,
-        "save_steps": 0, "save_total_limit": 1, "eval_max_batches": 1, "bf16": "auto", "seed": spec.seed}}
+        "save_steps": 0, "save_total_limit": 1, "eval_max_batches": 1, "bf16": "auto", "seed": spec.seed,
+        **spec.params}}
     if spec.lora:
         config["lora_config"] = spec.lora
     (work / "config.json").write_text(json.dumps(config, indent=2))
     cfg = load_config(work / "config.json", "sft_training", SFTTrainingConfig)
     run_sft(cfg, SFTInputs(model_path=spec.model_dir, tokenizer_path=spec.tokenizer_dir, data_dirs=[spec.data_dir],
-                           output_dir=work / "out"))
+                           output_dir=work / "out", overwrite_output_dir=True))  # the bench owns its runs
     metrics = [json.loads(line) for line in (work / "out" / "metrics.jsonl").read_text().splitlines()]
     steps = [m for m in metrics if "loss" in m]
     shape = _shape_of_saved(spec)

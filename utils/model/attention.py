@@ -5,6 +5,10 @@ A packed row holds several examples; attention must stay inside each. Building a
 so instead each example's slice runs through SDPA with ``is_causal=True``. Example
 bounds come from ``cu_seq_lens_q`` (computed on the host by the packer, so no device
 sync); without them (generation, padded batches) this is plain SDPA with the usual mask.
+
+``packed_sdpa_fp32`` is the same with the attention itself in float32 when bf16 autocast hands it bf16
+tensors on the CPU: PyTorch's CPU flash-attention kernels run float32 faster than bf16 (forward and
+backward, measured in docs/BENCHMARKS.md), and the projections around it stay bf16 matmuls.
 """
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 NAME = "packed_sdpa"
+NAME_FP32 = "packed_sdpa_fp32"
 _registered = False
 
 
@@ -24,6 +29,20 @@ def packed_sdpa_attention(module, query, key, value, attention_mask, scaling=Non
     if bounds is None or attention_mask is not None or query.shape[0] != 1:
         return sdpa_attention_forward(module, query, key, value, attention_mask,
                                       scaling=scaling, dropout=dropout, **kwargs)
+    return _per_example(module, query, key, value, bounds, scaling, dropout), None
+
+
+def packed_sdpa_fp32_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """``packed_sdpa_attention`` computed in float32 when given bf16 tensors on the CPU; output in bf16."""
+    if query.device.type != "cpu" or query.dtype != torch.bfloat16:
+        return packed_sdpa_attention(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
+    with torch.autocast("cpu", enabled=False):  # CPU autocast would cast SDPA's inputs back to bf16
+        out, weights = packed_sdpa_attention(module, query.float(), key.float(), value.float(), attention_mask,
+                                             scaling, dropout, **kwargs)
+    return out.to(torch.bfloat16), weights
+
+
+def _per_example(module, query, key, value, bounds, scaling, dropout) -> torch.Tensor:
     bounds = bounds.tolist() if torch.is_tensor(bounds) else list(bounds)
     lengths = [b - a for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
     gqa = query.shape[1] != key.shape[1]
@@ -34,7 +53,7 @@ def packed_sdpa_attention(module, query, key, value, attention_mask, scaling=Non
         F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling, dropout_p=drop, enable_gqa=gqa)
         for q, k, v in zip(query.split(lengths, 2), key.split(lengths, 2), value.split(lengths, 2))
     ]
-    return torch.cat(outs, dim=2).transpose(1, 2).contiguous(), None
+    return torch.cat(outs, dim=2).transpose(1, 2).contiguous()
 
 
 def _packed_mask(*args, **kwargs):
@@ -47,8 +66,8 @@ def _packed_mask(*args, **kwargs):
     return sdpa_mask(*args, **kwargs)
 
 
-def register() -> str:
-    """Register ``packed_sdpa`` with transformers once; returns its name."""
+def register(fp32: bool = False) -> str:
+    """Register ``packed_sdpa`` and ``packed_sdpa_fp32`` with transformers once; returns the name asked for."""
     global _registered
     if not _registered:
         # transformers costs seconds to import; deferred so callers that skip this stay fast
@@ -56,14 +75,17 @@ def register() -> str:
         from transformers.masking_utils import AttentionMaskInterface
 
         AttentionInterface.register(NAME, packed_sdpa_attention)
+        AttentionInterface.register(NAME_FP32, packed_sdpa_fp32_attention)
         AttentionMaskInterface.register(NAME, _packed_mask)
+        AttentionMaskInterface.register(NAME_FP32, _packed_mask)
         _registered = True
-    return NAME
+    return NAME_FP32 if fp32 else NAME
 
 
-def use_packed_attention(model) -> None:
-    """Switch a loaded model to ``packed_sdpa`` (only models whose attention takes kwargs)."""
-    name = register()
+def use_packed_attention(model, fp32: bool = False) -> None:
+    """Switch a loaded model to ``packed_sdpa`` or, with ``fp32``, ``packed_sdpa_fp32`` (only models whose
+    attention takes kwargs)."""
+    name = register(fp32)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     try:
         base.set_attn_implementation(name)

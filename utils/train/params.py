@@ -63,6 +63,9 @@ class TrainingParams:
     avx512_bf16 or amx_bf16), off elsewhere (there it is slower than fp32)."""
     fp16: bool = False
     """float16 autocast with loss scaling (GPU only)."""
+    attention_fp32: bool | str = "auto"
+    """Under bf16 autocast, compute packed attention in float32 (the projections around it stay bf16); auto = on
+    for bf16 on the CPU, where PyTorch's float32 attention kernels are the faster ones, off elsewhere."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward to save memory."""
     load_best_model_at_end: bool = False
@@ -76,6 +79,8 @@ class TrainingParams:
             raise ValueError("bf16 and fp16 are exclusive")
         if self.bf16 == "auto":
             self.bf16 = not self.fp16 and fast_bf16_available()
+        if self.attention_fp32 == "auto":
+            self.attention_fp32 = bool(self.bf16) and not torch.cuda.is_available()
         if self.load_best_model_at_end and not (self.eval_steps > 0 and self.save_steps > 0
                                                  and self.save_steps % self.eval_steps == 0):
             raise ValueError("load_best_model_at_end needs eval_steps > 0 and save_steps a multiple of "

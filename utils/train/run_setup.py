@@ -122,7 +122,7 @@ def build_run(accelerator, model, stores, val_stores, weights, params: TrainingP
               output_dir: Path, run_info: dict, resume: Path | None, plan: RunPlan,
               max_example_tokens: int) -> tuple[TrainRun, TrainState]:
     """Prepare model, optimizer, schedule and planner; restore a checkpoint when resuming."""
-    use_packed_attention(model)
+    use_packed_attention(model, fp32=bool(params.attention_fp32 and params.bf16))
     if params.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if hasattr(model, "enable_input_require_grads"):
@@ -166,6 +166,9 @@ def _describe(plan: RunPlan, params: TrainingParams, world: int, total_steps: in
     plan.add("trainable parameters", trainable, "LoRA adapter" if hasattr(model, "peft_config") else "full model")
     plan.add("total parameters", total, "model")
     plan.add("precision", "bf16" if params.bf16 else "fp16" if params.fp16 else "fp32", "training_params")
+    if params.bf16:
+        plan.add("attention", "float32 inside bf16 autocast" if params.attention_fp32 else "bf16",
+                 "training_params.attention_fp32")
 
 
 def _difference(saved, now) -> str:

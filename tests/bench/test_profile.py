@@ -1,0 +1,51 @@
+"""The step profile: every op's time lands in one group, and the groups add up to the step's wall time."""
+from __future__ import annotations
+
+import pytest
+
+from train_helpers import random_store, tiny_llama
+from utils.bench.profile import GROUPS, group_of, profile_step
+
+
+class _Event:
+    def __init__(self, name, parent=None):
+        self.name, self.cpu_parent = name, parent
+
+
+def test_ops_are_grouped_by_name_and_ancestors():
+    step = _Event("optimizer_step")
+    to_copy = _Event("aten::_to_copy", _Event("aten::to"))
+    sdpa = _Event("aten::scaled_dot_product_attention")
+    assert group_of(_Event("aten::mm", _Event("aten::linear"))) == "matmul"
+    assert group_of(_Event("aten::copy_", to_copy)) == "cast"
+    assert group_of(_Event("aten::copy_", _Event("aten::clone"))) == "elementwise"
+    assert group_of(_Event("aten::fill_", sdpa)) == "attention"
+    assert group_of(_Event("aten::fill_", _Event("aten::zero_", _Event("aten::nll_loss_backward")))) == "loss"
+    assert group_of(_Event("aten::mul_", _Event("aten::_foreach_mul_", step))) == "optimizer"
+    assert group_of(_Event("forward_backward")) is None
+
+
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
+def test_profile_of_a_step_adds_up(tmp_path, bf16):
+    from accelerate.utils import set_seed
+
+    from utils.monitor.run_plan import RunPlan
+    from utils.parallel.accelerator import make_accelerator
+    from utils.train.params import TrainingParams
+    from utils.train.run_setup import build_run
+
+    params = TrainingParams(max_steps=3, per_device_train_batch_size=4, gradient_accumulation_steps=2,
+                            logging_steps=1, bf16=bf16)
+    set_seed(0)
+    run, _ = build_run(make_accelerator(params.mixed_precision()), tiny_llama(), [random_store("a", 40, 1)], [],
+                       [1.0], params, tmp_path, {"data_hashes": "x", "tokenizer_sha256": "x"}, None, RunPlan(), 40)
+    result = profile_step(run, warmup=1, steps=2)
+    run.logger.close()
+    assert set(result.seconds) <= set(GROUPS)
+    for group in ("matmul", "attention", "loss", "optimizer", "elementwise"):
+        assert result.seconds[group] > 0, group
+    if bf16:  # autocast casts weights and activations to bf16 in every micro-batch
+        assert result.seconds["cast"] > 0
+    assert sum(result.seconds.values()) == pytest.approx(result.wall_s, rel=1e-6)
+    table = result.table()
+    assert table.count("\n") == len(GROUPS) + 2 and "matmuls" in table

@@ -1,0 +1,141 @@
+"""Where one optimizer step of this trainer spends its time: torch.profiler, ops grouped by kind.
+
+The step is the training loop's own (``utils.train.loop.train_step`` then ``optimizer_step``) on a bench
+case, after warm-up steps. Every op's self CPU time is put in one group: matmuls, dtype casts, attention,
+the loss (log-softmax + NLL; the head's matmul counts as a matmul), the optimizer (clipping, fused AdamW,
+zero_grad), and elementwise/memory ops (norms, activations, rotary, copies, concatenations). Host work is
+the rest of the step's wall time: Python, the autograd engine and the dispatcher between ops, packing.
+"""
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile, record_function
+
+from utils.train.loop import TrainRun, optimizer_step, train_step
+
+GROUPS = ("matmul", "cast", "attention", "loss", "optimizer", "elementwise", "host")
+LABELS = {"matmul": "matmuls (mm, addmm, bmm)", "cast": "dtype casts (_to_copy and its copy_)",
+          "attention": "attention (SDPA kernels, forward and backward)",
+          "loss": "loss (log-softmax, NLL; head matmul is in matmuls)",
+          "optimizer": "optimizer (clip, fused AdamW, zero_grad)",
+          "elementwise": "elementwise and memory (norms, SiLU, rotary, add, copies, cat)",
+          "host": "host (Python, autograd engine, dispatch, packing)"}
+_MATMUL = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::mv", "aten::addmv", "aten::dot"}
+_LOSS = ("log_softmax", "nll_loss", "cross_entropy")
+_OPTIMIZER_REGION = "optimizer_step"
+
+
+@dataclass
+class StepProfile:
+    """Self CPU seconds of one profiled step, per group, and the step's wall time."""
+
+    wall_s: float
+    seconds: dict[str, float]
+    top_ops: list[tuple[str, float]] = field(default_factory=list)
+
+    def shares(self) -> dict[str, float]:
+        return {g: self.seconds.get(g, 0.0) / self.wall_s for g in GROUPS}
+
+    def table(self) -> str:
+        rows = ["| where the time goes | ms | share |", "|---|---:|---:|"]
+        for group in GROUPS:
+            rows.append(f"| {LABELS[group]} | {1e3 * self.seconds.get(group, 0.0):,.0f} | "
+                        f"{100 * self.shares()[group]:.1f}% |")
+        rows.append(f"| one optimizer step (wall, under the profiler; mean) | {1e3 * self.wall_s:,.0f} | 100% |")
+        return "\n".join(rows)
+
+
+def group_of(event) -> str | None:
+    """The group of one profiler event by its name and ancestors; None for non-op events (regions)."""
+    name = event.name
+    if not name.startswith("aten::"):
+        return None
+    ancestors = []
+    parent = event.cpu_parent
+    while parent is not None:
+        ancestors.append(parent.name)
+        parent = parent.cpu_parent
+    if _OPTIMIZER_REGION in ancestors:
+        return "optimizer"
+    if "scaled_dot_product" in name or any("scaled_dot_product" in a for a in ancestors):
+        return "attention"
+    if any(key in name for key in _LOSS) or any(any(key in a for key in _LOSS) for a in ancestors):
+        return "loss"
+    if name in _MATMUL:
+        return "matmul"
+    if name in ("aten::_to_copy", "aten::_autocast_to_reduced_precision", "aten::_autocast_to_full_precision") \
+            or (name == "aten::copy_" and ancestors and ancestors[0] == "aten::_to_copy"):
+        return "cast"
+    return "elementwise"
+
+
+def profile_step(run: TrainRun, warmup: int = 2, steps: int = 1) -> StepProfile:
+    """Run ``warmup`` steps, then profile ``steps`` optimizer steps of ``run`` (the loop's own functions);
+    the times are per step (the mean over the profiled steps)."""
+    for _ in range(warmup):
+        train_step(run, run.planner.next_step())
+        optimizer_step(run)
+    plans = [run.planner.next_step() for _ in range(steps)]
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        start = time.perf_counter()
+        for plan in plans:
+            with record_function("forward_backward"):
+                train_step(run, plan)
+            with record_function(_OPTIMIZER_REGION):
+                optimizer_step(run)
+        wall = time.perf_counter() - start
+    total = summarize(prof.events(), wall)
+    return StepProfile(wall / steps, {g: s / steps for g, s in total.seconds.items()},
+                       [(name, s / steps) for name, s in total.top_ops])
+
+
+def summarize(events, wall_s: float) -> StepProfile:
+    """Group the self CPU time of ``events``; host = wall time not spent inside any op."""
+    seconds: dict[str, float] = defaultdict(float)
+    per_op: dict[str, float] = defaultdict(float)
+    for event in events:
+        group = group_of(event)
+        if group is None:
+            continue
+        seconds[group] += event.self_cpu_time_total / 1e6
+        per_op[event.name] += event.self_cpu_time_total / 1e6
+    seconds["host"] = max(0.0, wall_s - sum(seconds.values()))
+    top = sorted(per_op.items(), key=lambda kv: -kv[1])[:12]
+    return StepProfile(wall_s, dict(seconds), top)
+
+
+def run_profile(spec_case, out_dir: Path, warmup: int = 2, steps: int = 1, micro_examples: int | None = None,
+                params: dict | None = None) -> StepProfile:
+    """Profile one step of this trainer on a bench ``Case`` with the bench's settings for it."""
+    # deferred: the profile is the only bench part that builds this trainer's run in-process
+    from utils.monitor.run_plan import RunPlan
+    from utils.data.shards import load_manifest
+    from utils.model.modeling import load_model
+    from utils.parallel.lora import LoraSettings, apply_lora
+    from utils.sampling.example_store import load_sft_store
+    from utils.train.params import TrainingParams
+    from utils.train.run_setup import build_run, start_stage
+
+    micro = micro_examples or max(1, spec_case.examples_per_step // (4 if spec_case.lora else 2))
+    params = TrainingParams(learning_rate=spec_case.learning_rate, max_steps=warmup + steps,
+                            per_device_train_batch_size=micro,
+                            gradient_accumulation_steps=spec_case.examples_per_step // micro, warmup_steps=0,
+                            scheduler="constant", adam_beta2=0.95, logging_steps=1, seed=1234, **(params or {}))
+    accelerator, _, _ = start_stage(params, spec_case.tokenizer_dir)
+    data_dir = Path(spec_case.data_dir)
+    store = load_sft_store(data_dir, "train", load_manifest(data_dir))
+    model = load_model(spec_case.model_dir)
+    if spec_case.lora:
+        model = apply_lora(model, LoraSettings(**spec_case.lora))
+    run, _ = build_run(accelerator, model, [store], [], [1.0], params, out_dir,
+                       {"data_hashes": "bench", "tokenizer_sha256": "bench"}, None, RunPlan(),
+                       int(store.lengths.max()))
+    try:
+        return profile_step(run, warmup, steps)
+    finally:
+        run.logger.close()
