@@ -38,7 +38,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--smollm2_seq", type=int, default=defaults.smollm2_seq)
     parser.add_argument("--repeats", type=int, default=defaults.repeats, help="runs of every trainer per case")
     parser.add_argument("--threads", type=int, help="torch threads in every run (default: torch's)")
-    parser.add_argument("--ours_micro", type=int, help="examples per micro-batch, this trainer (default: half a step; a quarter with LoRA)")
+    parser.add_argument("--ours_micro", type=int, help="examples per micro-batch, this trainer (default: a quarter of a step)")
     parser.add_argument("--ours_params", type=_json_object, default={},
                         help='training_params for this trainer on top of the bench\'s, as JSON, e.g. \'{"attention_fp32": false}\'')
     parser.add_argument("--baseline_micro", type=int, default=defaults.baseline_micro,

@@ -205,10 +205,10 @@ def run_one(case: Case, trainer: str, repeat: int, settings: BenchSettings) -> d
 def micro_examples(case: Case, trainer: str, settings: BenchSettings) -> int:
     """Examples per micro-batch: a divisor of the step's examples (accumulation makes up the rest).
 
-    This trainer's default is half a step, a quarter with LoRA on SmolLM2: as fast there, and under
-    TRL's peak memory (docs/BENCHMARKS.md).
+    This trainer's default is a quarter of a step: on the bf16 CPU as fast as half a step or faster, and
+    under TRL's peak memory (docs/BENCHMARKS.md).
     """
-    default = case.examples_per_step // (4 if case.lora else 2)
+    default = case.examples_per_step // 4
     wanted = (settings.ours_micro or max(1, default)) if trainer == "ours" else settings.baseline_micro
     wanted = max(1, min(wanted, case.examples_per_step))
     return max(d for d in range(1, wanted + 1) if case.examples_per_step % d == 0)

@@ -113,6 +113,8 @@ def run_profile(spec_case, out_dir: Path, warmup: int = 2, steps: int = 1, micro
                 params: dict | None = None) -> StepProfile:
     """Profile one step of this trainer on a bench ``Case`` with the bench's settings for it."""
     # deferred: the profile is the only bench part that builds this trainer's run in-process
+    from utils.bench.benchmark import BenchSettings
+    from utils.bench.benchmark import micro_examples as micro_examples_of
     from utils.monitor.run_plan import RunPlan
     from utils.data.shards import load_manifest
     from utils.model.modeling import load_model
@@ -121,7 +123,7 @@ def run_profile(spec_case, out_dir: Path, warmup: int = 2, steps: int = 1, micro
     from utils.train.params import TrainingParams
     from utils.train.run_setup import build_run, start_stage
 
-    micro = micro_examples or max(1, spec_case.examples_per_step // (4 if spec_case.lora else 2))
+    micro = micro_examples_of(spec_case, "ours", BenchSettings(ours_micro=micro_examples))
     params = TrainingParams(learning_rate=spec_case.learning_rate, max_steps=warmup + steps,
                             per_device_train_batch_size=micro,
                             gradient_accumulation_steps=spec_case.examples_per_step // micro, warmup_steps=0,
