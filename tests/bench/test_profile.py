@@ -49,3 +49,15 @@ def test_profile_of_a_step_adds_up(tmp_path, bf16):
     assert sum(result.seconds.values()) == pytest.approx(result.wall_s, rel=1e-6)
     table = result.table()
     assert table.count("\n") == len(GROUPS) + 2 and "matmuls" in table
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--steps", "0"], "--warmup 2 --steps 0: give 0 or more warm-up steps and at least 1 step"),
+    (["--params", "[1]"], "--params: give a JSON object of training_params"),
+])
+def test_profile_script_refuses_bad_values_in_one_line(argv, message, capsys):
+    from reliability_helpers import error_line, script
+    from utils.common.errors import run_cli
+
+    assert run_cli(script("profile_train_step").main, argv) == 2
+    assert message in error_line(capsys, alone=True)
