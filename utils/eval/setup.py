@@ -19,6 +19,7 @@ from utils.data.templates import get_template, model_type_for
 from utils.data.text_sources import JSONL_SUFFIXES, TextSource, iter_documents
 from utils.data.tokenizer import hf_dir_for, load_tokenizer
 from utils.eval.evaluation import EvalInputs, prompt_conversations, read_eval_set, retention_store
+from utils.model.architectures import check_model
 from utils.model.attention import use_packed_attention
 from utils.model.modeling import check_vocab_fits, load_model
 from utils.monitor.run_plan import RunPlan
@@ -89,6 +90,7 @@ def load_eval_model(path: str, tokenizer, fingerprint: str, tokenizer_path: str,
     else:
         model = load_model(str(path), trust_remote_code=trust_remote_code)
     check_vocab_fits(model, tokenizer, str(path), tokenizer_path)
+    check_model(model, str(path))
     use_packed_attention(model)
     return model.to(device).eval()
 

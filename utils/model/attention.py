@@ -5,6 +5,8 @@ A packed row holds several examples; attention must stay inside each. Building a
 so instead each example's slice runs through SDPA with ``is_causal=True``. Example
 bounds come from ``cu_seq_lens_q`` (computed on the host by the packer, so no device
 sync); without them (generation, padded batches) this is plain SDPA with the usual mask.
+A sliding window (Mistral, and Qwen2 / Phi-3 configs that set one) is honoured in both cases: an example
+longer than the window gets a banded causal mask instead of ``is_causal``.
 
 ``packed_sdpa_fp32`` is the same with the attention itself in float32 when bf16 autocast hands it bf16
 tensors on the CPU: PyTorch's CPU flash-attention kernels run float32 faster than bf16 (forward and
@@ -26,10 +28,13 @@ def packed_sdpa_attention(module, query, key, value, attention_mask, scaling=Non
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     bounds = kwargs.get("cu_seq_lens_q")
+    window = kwargs.get("sliding_window")
+    if attention_mask is None and window and key.shape[2] > window and (bounds is None or query.shape[0] != 1):
+        attention_mask = _band(query.shape[2], key.shape[2], window, query.device)[None, None]
     if bounds is None or attention_mask is not None or query.shape[0] != 1:
         return sdpa_attention_forward(module, query, key, value, attention_mask,
                                       scaling=scaling, dropout=dropout, **kwargs)
-    return _per_example(module, query, key, value, bounds, scaling, dropout), None
+    return _per_example(module, query, key, value, bounds, scaling, dropout, window), None
 
 
 def packed_sdpa_fp32_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
@@ -42,7 +47,7 @@ def packed_sdpa_fp32_attention(module, query, key, value, attention_mask, scalin
     return out.to(torch.bfloat16), weights
 
 
-def _per_example(module, query, key, value, bounds, scaling, dropout) -> torch.Tensor:
+def _per_example(module, query, key, value, bounds, scaling, dropout, window=None) -> torch.Tensor:
     bounds = bounds.tolist() if torch.is_tensor(bounds) else list(bounds)
     lengths = [b - a for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
     gqa = query.shape[1] != key.shape[1]
@@ -50,10 +55,20 @@ def _per_example(module, query, key, value, bounds, scaling, dropout) -> torch.T
     # split (not slicing): its backward is one concatenation, where each slice's backward would
     # zero-fill and add a full-size gradient per example (quadratic in examples per row)
     outs = [
-        F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling, dropout_p=drop, enable_gqa=gqa)
+        F.scaled_dot_product_attention(q, k, v, is_causal=not (window and q.shape[2] > window), scale=scaling,
+                                       attn_mask=_band(q.shape[2], q.shape[2], window, q.device)
+                                       if window and q.shape[2] > window else None,
+                                       dropout_p=drop, enable_gqa=gqa)
         for q, k, v in zip(query.split(lengths, 2), key.split(lengths, 2), value.split(lengths, 2))
     ]
     return torch.cat(outs, dim=2).transpose(1, 2).contiguous()
+
+
+def _band(q_len: int, k_len: int, window: int, device) -> torch.Tensor:
+    """Causal mask within a sliding window: query i (the last q_len of k_len positions) sees keys (i - window, i]."""
+    rows = torch.arange(q_len, device=device)[:, None] + (k_len - q_len)
+    cols = torch.arange(k_len, device=device)[None, :]
+    return (cols <= rows) & (cols > rows - window)
 
 
 def _packed_mask(*args, **kwargs):

@@ -93,9 +93,10 @@ def count_parameters(model) -> tuple[int, int]:
 
 
 def decoder_and_head(model):
-    """The transformer body and the output head under any peft wrapping."""
+    """The transformer body and the output head under any peft wrapping, whatever the architecture calls them
+    (``model``/``lm_head`` in Llama, ``transformer`` in GPT-2, ``gpt_neox``/``embed_out`` in GPT-NeoX)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return base.model, base.lm_head
+    return base.get_decoder(), base.get_output_embeddings()
 
 
 def load_weights_into(model, path: Path) -> None:
@@ -120,7 +121,9 @@ def load_weights_into(model, path: Path) -> None:
     for file in files:
         state.update(load_file(str(file)))
     missing, unexpected = model.load_state_dict(state, strict=False)
-    tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
+    head = model.get_output_embeddings()
+    tied = {f"{name}.weight" for name, module in model.named_modules()
+            if module is head} if getattr(model.config, "tie_word_embeddings", False) else set()
     if set(missing) - tied or unexpected:
         raise UserError(f"{path}: weights do not match the model (missing {sorted(set(missing) - tied)[:3]}, "
                         f"unexpected {unexpected[:3]})")

@@ -7,6 +7,7 @@ import copy
 import os
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -17,12 +18,14 @@ from utils.common.atomic import check_owner, exclusive, mark_owner
 from utils.common.errors import UserError
 from utils.data.fingerprint import tokenizer_fingerprint
 from utils.data.tokenizer import hf_dir_for, load_tokenizer
+from utils.model.architectures import check_model, default_lora_targets
 from utils.model.attention import use_packed_attention
 from utils.model.loss import SupervisedLoss
 from utils.model.modeling import count_parameters
 from utils.monitor.metrics_log import MetricsLogger, NullLogger
 from utils.monitor.run_plan import RunPlan
 from utils.parallel.accelerator import make_accelerator
+from utils.parallel.lora import LoraSettings, apply_lora
 from utils.sampling.example_store import ExampleStore
 from utils.sampling.planner import MixtureSampler, StepPlanner
 from utils.train.cli import RunInputs
@@ -37,6 +40,17 @@ def start_stage(params: TrainingParams, tokenizer_path: str) -> tuple[object, ob
     set_seed(params.seed)
     tokenizer = load_tokenizer(tokenizer_path)
     return accelerator, tokenizer, tokenizer_fingerprint(hf_dir_for(tokenizer_path))
+
+
+def adapt_model(model, lora: LoraSettings | None, where: str):
+    """Refuse an unsupported architecture; wrap LoRA, targeting every attention and MLP layer of the
+    architecture when ``lora.target_modules`` is left out."""
+    check_model(model, where)
+    if lora is None:
+        return model
+    if lora.target_modules is None:
+        lora = replace(lora, target_modules=default_lora_targets(model))
+    return apply_lora(model, lora)
 
 
 @contextlib.contextmanager
@@ -164,6 +178,10 @@ def _describe(plan: RunPlan, params: TrainingParams, world: int, total_steps: in
     plan.add("total optimizer steps", total_steps, steps_from)
     trainable, total = count_parameters(model)
     plan.add("trainable parameters", trainable, "LoRA adapter" if hasattr(model, "peft_config") else "full model")
+    if hasattr(model, "peft_config"):
+        targets = sorted(model.peft_config["default"].target_modules)
+        plan.add("LoRA targets", ", ".join(targets), "lora_config.target_modules (absent: every attention and "
+                 f"MLP layer of {model.config.model_type})")
     plan.add("total parameters", total, "model")
     plan.add("precision", "bf16" if params.bf16 else "fp16" if params.fp16 else "fp32", "training_params")
     if params.bf16:

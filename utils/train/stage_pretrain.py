@@ -11,15 +11,16 @@ from utils.checkpoint.final_model import save_final
 from utils.common.config import to_dict
 from utils.common.errors import UserError
 from utils.data.pretrain_data import PretrainData, build_streams
+from utils.model.architectures import check_model_dir
 from utils.model.modeling import ModelArchitecture, build_model, check_vocab_fits, load_model
 from utils.monitor.plots import plot_training
 from utils.monitor.run_plan import RunPlan
-from utils.parallel.lora import LoraSettings, apply_lora
+from utils.parallel.lora import LoraSettings
 from utils.sampling.example_store import ExampleStore, window_store
 from utils.train.cli import RunInputs
 from utils.train.loop import best_record, evaluate, fit
 from utils.train.params import TrainingParams
-from utils.train.run_setup import build_run, own_output, start_stage
+from utils.train.run_setup import adapt_model, build_run, own_output, start_stage
 from utils.train.stage_sft import data_hashes, load_data_dirs
 
 
@@ -50,6 +51,8 @@ class PretrainInputs(RunInputs):
 def run_pretraining(cfg: PretrainConfig, inputs: PretrainInputs) -> str | None:
     """Train, save final/ and return the summary to print (None on non-main ranks)."""
     accelerator, tokenizer, fingerprint = start_stage(cfg.training_params, inputs.tokenizer_path)
+    if inputs.model_path:  # an unsupported architecture is refused before anything is written
+        check_model_dir(inputs.model_path)
     with own_output(accelerator, inputs, "pretrain"):
         return _train(cfg, inputs, accelerator, tokenizer, fingerprint)
 
@@ -127,4 +130,4 @@ def _model(cfg: PretrainConfig, inputs: PretrainInputs, tokenizer, seed: int):
     else:
         model = build_model(cfg.model, tokenizer, seed)
     check_vocab_fits(model, tokenizer, inputs.model_path or "preset", inputs.tokenizer_path)
-    return apply_lora(model, cfg.lora_config) if cfg.lora_config else model
+    return adapt_model(model, cfg.lora_config, inputs.model_path or "preset")

@@ -20,13 +20,13 @@ from utils.model.generation import GenerationSettings, generate_responses
 from utils.model.modeling import check_vocab_fits, load_model
 from utils.monitor.plots import plot_training
 from utils.monitor.run_plan import RunPlan
-from utils.parallel.lora import LoraSettings, apply_lora
+from utils.parallel.lora import LoraSettings
 from utils.parallel.state_dict import unwrap_lm
 from utils.sampling.example_store import ExampleStore, load_sft_store
 from utils.train.cli import RunInputs
 from utils.train.loop import best_record, evaluate, fit
 from utils.train.params import TrainingParams
-from utils.train.run_setup import build_run, own_output, start_stage
+from utils.train.run_setup import adapt_model, build_run, own_output, start_stage
 
 
 @dataclass
@@ -114,18 +114,19 @@ class SFTInputs(RunInputs):
 def run_sft(cfg: SFTTrainingConfig, inputs: SFTInputs) -> str | None:
     """Train; write checkpoints, metrics, samples, final/ and a plot; return the summary."""
     accelerator, tokenizer, fingerprint = start_stage(cfg.training_params, inputs.tokenizer_path)
+    model = _model(cfg, inputs, tokenizer)  # a model that cannot train is refused before anything is written
     with own_output(accelerator, inputs, "sft"):
-        return _train(cfg, inputs, accelerator, tokenizer, fingerprint)
+        return _train(cfg, inputs, accelerator, tokenizer, fingerprint, model)
 
 
-def _train(cfg: SFTTrainingConfig, inputs: SFTInputs, accelerator, tokenizer, fingerprint: str) -> str | None:
+def _train(cfg: SFTTrainingConfig, inputs: SFTInputs, accelerator, tokenizer, fingerprint: str,
+           model) -> str | None:
     params, output_dir = cfg.training_params, inputs.output_dir
     with accelerator.main_process_first():
         dirs = load_data_dirs(inputs.data_dirs, fingerprint)
     weights, weights_from = resolve_weights(dirs, inputs.data_weights, cfg.data_weights)
     resume = resolve_resume(inputs.resume_from_checkpoint, output_dir, accelerator.is_main_process)
     dirs, weights = _checkpoint_order(resume, dirs, weights, accelerator.is_main_process)
-    model = _model(cfg, inputs, tokenizer)
     plan = _plan(dirs, weights, weights_from, inputs)
     run_info = _run_info(cfg, inputs, fingerprint, dirs, weights)
     run, state = build_run(accelerator, model, [d.train for d in dirs], _val_stores(dirs), weights, params,
@@ -168,7 +169,7 @@ def _checkpoint_order(resume, dirs: list[DataDir], weights: list[float], main: b
 def _model(cfg: SFTTrainingConfig, inputs: SFTInputs, tokenizer):
     model = load_model(inputs.model_path, trust_remote_code=inputs.trust_remote_code)
     check_vocab_fits(model, tokenizer, inputs.model_path, inputs.tokenizer_path)
-    return apply_lora(model, cfg.lora_config) if cfg.lora_config else model
+    return adapt_model(model, cfg.lora_config, inputs.model_path)
 
 
 def _val_stores(dirs: list[DataDir]) -> list[ExampleStore]:

@@ -1,0 +1,59 @@
+"""Packed, padding-free attention is exact for each supported architecture; other types are refused."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from arch_helpers import ARCHITECTURES, tiny_model
+from utils.common.errors import UserError
+from utils.model.architectures import LORA_TARGETS, check_model, check_model_dir
+from utils.model.attention import use_packed_attention
+from utils.model.modeling import decoder_and_head
+
+
+@pytest.mark.parametrize("model_type", ("llama",) + ARCHITECTURES)
+def test_an_example_packed_with_others_equals_the_example_alone(model_type):
+    """Three examples in one row (positions restarting at 0 for each: GPT-2's absolute positions too) give
+    the hidden states each gives alone under transformers' own SDPA; Mistral's sliding window (8) is kept
+    inside examples longer than it."""
+    reference = tiny_model(model_type, 97).eval()
+    packed = tiny_model(model_type, 97).eval()
+    use_packed_attention(packed)
+    assert packed.config._attn_implementation == "packed_sdpa"
+    reference.set_attn_implementation("sdpa")
+    lengths = [5, 19, 12]
+    examples = [torch.randint(3, 97, (1, n), generator=torch.Generator().manual_seed(n)) for n in lengths]
+    ids = torch.cat(examples, 1)
+    positions = torch.cat([torch.arange(n) for n in lengths])[None]
+    bounds = torch.tensor([0, 5, 24, 36])
+    body, head = decoder_and_head(packed)
+    assert head is packed.get_output_embeddings()
+    with torch.no_grad():
+        hidden = body(input_ids=ids, position_ids=positions, use_cache=False, cu_seq_lens_q=bounds,
+                      cu_seq_lens_k=bounds).last_hidden_state
+        alone = [decoder_and_head(reference)[0](input_ids=x, use_cache=False).last_hidden_state for x in examples]
+        # the same model unpacked (a padded batch of one, so generation's path) matches too
+        unpacked = body(input_ids=examples[1], attention_mask=torch.ones_like(examples[1]),
+                        use_cache=False).last_hidden_state
+    for part, want in zip(hidden.split(lengths, 1), alone):
+        torch.testing.assert_close(part, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(unpacked, alone[1], atol=1e-5, rtol=1e-5)
+    if model_type == "mistral":  # the window matters here: full causal attention would differ
+        reference.config.sliding_window = None
+        with torch.no_grad():
+            full = decoder_and_head(reference)[0](input_ids=examples[1], use_cache=False).last_hidden_state
+        assert not torch.allclose(full, alone[1], atol=1e-4)
+
+
+def test_an_unsupported_model_type_is_refused_naming_the_supported_ones(tmp_path):
+    from transformers import BloomConfig, BloomForCausalLM
+
+    model = BloomForCausalLM(BloomConfig(vocab_size=50, hidden_size=32, n_layer=1, n_head=4))
+    with pytest.raises(UserError) as err:
+        check_model(model, "models/bloom")
+    assert str(err.value).startswith("models/bloom: model_type 'bloom' is not supported")
+    assert all(t in str(err.value) for t in LORA_TARGETS)
+    model.save_pretrained(tmp_path / "bloom")
+    with pytest.raises(UserError, match="model_type 'bloom'"):
+        check_model_dir(tmp_path / "bloom")
+    check_model_dir(tmp_path / "nothing-here")  # left to the loader, which names it

@@ -1,0 +1,82 @@
+"""Models beyond the Llama layout through the real CLIs: each supported architecture trains (full and LoRA
+with its default targets), evaluates and exports; another type is refused before anything is written."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from arch_helpers import ARCHITECTURES, save_tiny_model
+from reliability_helpers import error_line, script, sft_argv, sft_config, sft_in_process
+from utils.common.errors import run_cli
+from utils.data.tokenizer import load_tokenizer
+from utils.model.architectures import LORA_TARGETS
+
+
+def _tree(path):
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("model_type", ARCHITECTURES)
+def test_each_architecture_trains_evaluates_and_exports(work, model_type, capsys):
+    model = save_tiny_model(model_type, load_tokenizer(work / "tokenizer"), work / f"model_{model_type}")
+    short = {"max_steps": 2, "eval_steps": 2, "save_steps": 2, "micro_batch_tokens": 256}
+    full_cfg = sft_config(work, f"arch_full_{model_type}", lora=False, **short)
+    lora_cfg = sft_config(work, f"arch_lora_{model_type}", lora=False, **short)
+    config = json.loads(lora_cfg.read_text())
+    config["lora_config"] = {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0}  # targets left out: the defaults
+    lora_cfg.write_text(json.dumps(config))
+    for kind, cfg in (("full", full_cfg), ("lora", lora_cfg)):
+        out = work / "out" / f"arch_{kind}_{model_type}"
+        assert sft_in_process(sft_argv(work, cfg, out, model=model)) == 0, capsys.readouterr().err[-2000:]
+        printed = capsys.readouterr().out
+        state = json.loads((out / "checkpoint-2" / "training_state.json").read_text())
+        assert all(loss == loss for loss in state["loss_history"]) and len(state["loss_history"]) == 2
+        if kind == "lora":
+            adapter = json.loads((out / "final" / "adapter_config.json").read_text())
+            assert sorted(adapter["target_modules"]) == sorted(LORA_TARGETS[model_type])
+            assert f"MLP layer of {model_type}" in printed
+        report_dir = work / "out" / f"eval_{kind}_{model_type}"
+        code = run_cli(script("04_evaluate_sft").main, [
+            "--model_path", str(out / "final"), "--output_dir", str(report_dir),
+            "--data_dirs", str(work / "data" / "instruct"), "--config", str(cfg), "--max_new_tokens", "4",
+            "--no_progress"])
+        assert code == 0, capsys.readouterr().err[-2000:]
+        report = json.loads((report_dir / "eval_report.json").read_text())
+        assert "Traceback" not in capsys.readouterr().err
+        assert json.dumps(report).count("NaN") == 0
+        export = work / "out" / f"export_{kind}_{model_type}"
+        code = run_cli(script("05_export_model").main, ["--model_path", str(out / "final"),
+                                                         "--output_dir", str(export)])
+        assert code == 0, capsys.readouterr().err[-2000:]
+        assert json.loads((export / "config.json").read_text())["model_type"] == model_type
+        assert not (export / "adapter_config.json").exists()
+
+
+def test_an_unsupported_architecture_is_refused_before_anything_is_written(work, capsys):
+    """Bloom (ALiBi positions, which packed attention would drop) is one line naming the supported types;
+    so are Llama LoRA targets on a GPT-2 model (naming its layers). The output dir and its lock are never
+    created, and an existing run dir is unchanged."""
+    from transformers import BloomConfig, BloomForCausalLM
+
+    tokenizer = load_tokenizer(work / "tokenizer")
+    model = work / "model_bloom"
+    BloomForCausalLM(BloomConfig(vocab_size=len(tokenizer), hidden_size=32, n_layer=1, n_head=4)).save_pretrained(model)
+    cfg = sft_config(work, "arch_bloom", lora=False, max_steps=2)
+    out = work / "out" / "arch_bloom"
+    assert sft_in_process(sft_argv(work, cfg, out, model=model)) == 2
+    line = error_line(capsys)
+    assert f"{model}: model_type 'bloom' is not supported" in line and "gpt2" in line
+    assert not out.exists() and not list(out.parent.glob(f".{out.name}*"))
+    llama_targets = sft_config(work, "arch_llama_targets", lora=True, max_steps=2)  # q_proj, v_proj, up_proj
+    gpt2 = save_tiny_model("gpt2", tokenizer, work / "model_gpt2_refused")
+    assert sft_in_process(sft_argv(work, llama_targets, out, model=gpt2)) == 2
+    line = error_line(capsys)
+    assert "lora_config.target_modules: ['q_proj', 'v_proj', 'up_proj'] not found" in line and "c_attn" in line
+    assert not out.exists() and not list(out.parent.glob(f".{out.name}*"))
+    existing = work / "out" / "arch_full_gpt2"
+    if existing.is_dir():
+        before = _tree(existing)
+        assert sft_in_process(sft_argv(work, cfg, existing, model=model) + ["--resume_from_checkpoint", "auto"]) == 2
+        assert "model_type 'bloom'" in error_line(capsys)
+        assert _tree(existing) == before
