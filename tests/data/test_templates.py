@@ -176,3 +176,37 @@ def test_template_needing_missing_tokens_is_a_user_error():
     no_end = "{% for m in messages %}{{ m['content'] }} {% endfor %}"
     with pytest.raises(UserError, match="no special end-of-turn token"):
         get_template("tokenizer", _word_level_tokenizer(no_end))
+
+
+def stripping_tokenizer(toy_dir, lstrip_end: bool = False):
+    """Phi-3's role tokens as Phi-3 ships them: AddedToken(rstrip=True); ``lstrip_end``: <|end|> also lstrips."""
+    from tokenizers import AddedToken
+
+    tok = load_tokenizer(toy_dir)
+    tok.add_special_tokens({"additional_special_tokens": [
+        AddedToken(t, rstrip=True, lstrip=lstrip_end and t == "<|end|>", special=True, normalized=False)
+        for t in ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>")]})
+    tok.chat_template = PHI3
+    return tok
+
+
+SPACED = [{"role": "system", "content": " Be brief.\n"}, {"role": "user", "content": "\n  What is 2 plus 3?  "},
+          {"role": "assistant", "content": "  The answer is 5. \t"}, {"role": "user", "content": "And 4 plus 4?"},
+          {"role": "assistant", "content": "It is 8."}]
+
+
+@pytest.mark.parametrize("lstrip_end", [False, True])
+@pytest.mark.parametrize("messages", [SINGLE, MULTI, SPACED], ids=["single", "multi", "spaced"])
+def test_special_tokens_with_lstrip_or_rstrip_tokenize_as_hugging_face_does(toy_tokenizer_dir, lstrip_end, messages):
+    """The whitespace a stripping special token swallows is gone from encode and encode_prompt, as in HF's
+    own tokenization of the rendered text (before: 23 ids against 19 for a Phi-3 exchange)."""
+    tok = stripping_tokenizer(toy_tokenizer_dir, lstrip_end)
+    template = get_template("tokenizer", tok)
+    rendered = tok.apply_chat_template(messages, tokenize=False)
+    encoded = template.encode(messages)
+    assert encoded.input_ids == tok(rendered, add_special_tokens=False)["input_ids"]
+    prompt = tok.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+    assert template.encode_prompt(messages) == tok(prompt, add_special_tokens=False)["input_ids"]
+    assert tok.convert_ids_to_tokens(template.encode_prompt(messages))[-1] == "<|assistant|>"
+    trained = [t for t, label in zip(tok.convert_ids_to_tokens(encoded.input_ids), encoded.labels) if label != -100]
+    assert trained[-1] == "<|end|>" and "<|assistant|>" not in trained and "<|user|>" not in trained

@@ -88,6 +88,10 @@ class ChatTemplate:
         self._split = re.compile("(" + "|".join(
             re.escape(t) for t in sorted(self._special, key=len, reverse=True)) + ")")
         self._plain, self._anchor_id = _plain_backend(tokenizer)
+        added = {t.content: t for t in tokenizer.added_tokens_decoder.values()}
+        self._strip = {t: (bool(getattr(added.get(t), "lstrip", False)), bool(getattr(added.get(t), "rstrip", False)))
+                       for t in self._special}
+        """Special token -> (lstrip, rstrip): whether it takes the whitespace before / after it (Phi-3's do)."""
         self.end_of_turn_ids = [self._special[t] for t in end_of_turn]
         eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
         self.stop_token_ids = list(dict.fromkeys(self.end_of_turn_ids + eos))
@@ -166,18 +170,24 @@ class ChatTemplate:
             raise ValueError("more messages than sentinel characters")
         sentinels = [{"role": m["role"], "content": chr(_SENTINEL0 + i)} for i, m in enumerate(msgs)]
         parts = self._split.split(self._render(sentinels, add_generation_prompt))
-        text, ids, spans, contents, specials = [], [], [], {}, []
-        pos = 0
-        for k, part in enumerate(parts):
+        text, starts, contents, pos = [], [], {}, 0
+        for k, part in enumerate(parts):  # special-token strings (odd k) stay; contents go in place
+            starts.append(pos)
+            text.append(self._fill(part, msgs, pos, contents) if k % 2 == 0 else part)
+            pos += len(text[-1])
+        ids, spans, specials = [], [], []
+        for k, part in enumerate(text):
+            pos = starts[k]
             if k % 2:  # a special-token string, put there by the template
                 specials.append((pos, len(ids)))
                 ids.append(self._special[part])
                 spans.append(np.array([[pos, pos + len(part)]], dtype=np.int64))
-            elif part:
-                part = self._fill(part, msgs, pos, contents)
-                self._encode_run(part, pos, ids, spans)
-            text.append(part)
-            pos += len(part)
+                continue
+            # a special token with rstrip (lstrip) swallows the whitespace after (before) it, as in HF
+            lo = _space_run(part) if k and self._strip[text[k - 1]][1] else 0
+            hi = len(part) - (_space_run(part[::-1]) if k + 1 < len(text) and self._strip[text[k + 1]][0] else 0)
+            if lo < hi:
+                self._encode_run(part[lo:hi], pos + lo, ids, spans)
         if len(contents) != len(msgs):
             raise ValueError("the chat template did not render every message exactly once")
         rendered = "".join(text)
@@ -212,6 +222,15 @@ class ChatTemplate:
             raise ValueError("tokenizer did not keep the anchor token apart")
         ids.extend(enc.ids[skip:])
         spans.append(np.asarray(enc.offsets[skip:], dtype=np.int64).reshape(-1, 2) + (pos - len(lead)))
+
+
+def _space_run(text: str) -> int:
+    """Length of the whitespace at the start of ``text`` (Unicode White_Space, as the tokenizers library
+    strips it: Python's isspace() without the four separators U+001C..U+001F)."""
+    n = 0
+    while n < len(text) and text[n].isspace() and text[n] not in "\x1c\x1d\x1e\x1f":
+        n += 1
+    return n
 
 
 def special_token_ids(tokenizer) -> dict[str, int]:
