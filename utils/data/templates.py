@@ -192,7 +192,10 @@ class ChatTemplate:
             raise ValueError("the chat template did not render every message exactly once")
         rendered = "".join(text)
         if self._verify and rendered != self._render(msgs, add_generation_prompt):
-            raise ValueError("the chat template changes message text (trims or escapes it)")
+            trimmed = [{**m, "content": m["content"].strip()} for m in msgs]
+            if trimmed != msgs:  # a template that trims contents (Llama 3's ``| trim``): encode what it renders
+                return self._tokenize(trimmed, add_generation_prompt)
+            raise ValueError("the chat template changes message text (escapes it)")
         spans_array = np.concatenate(spans) if spans else np.zeros((0, 2), dtype=np.int64)
         return _Tokens(rendered, ids, spans_array, contents, specials)
 
