@@ -98,3 +98,35 @@ def test_prompts_and_eval_rows_with_surrounding_whitespace_evaluate_under_a_trim
     for messages in ([{"role": "user", "content": "  padded prompt  "}], rows[1]["messages"]):
         rendered = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         assert template.encode_prompt(messages) == tok(rendered, add_special_tokens=False)["input_ids"]
+
+
+def test_a_markdown_transcript_with_an_unclosed_code_fence_is_skipped_naming_the_line(
+        toy_tokenizer_dir, tmp_path, capsys):
+    """A fence never closed would turn the rest of the file, user lines included, into one assistant turn.
+    That file is a counted skip (unclosed_code_fence) whose printed line names the file and the fence's line
+    (front matter counted); the well-formed file beside it is prepared as usual."""
+    chats = tmp_path / "chats"
+    chats.mkdir()
+    (chats / "good.md").write_text("**User**: Show a loop\n**GPT**: Here:\n```python\nfor i in range(3):\n"
+                                   "    print(i)\n```\n**User**: Thanks\n**GPT**: You are welcome.\n", encoding="utf-8")
+    (chats / "broken.md").write_text("---\ntitle: export\n---\n**User**: Show a loop\n**GPT**: Here:\n```python\n"
+                                     "for i in range(3):\n**User**: And a secret question\n**GPT**: answer\n",
+                                     encoding="utf-8")
+    cfg = write_json(tmp_path / "md.json", {
+        "name": "md", "template": "chatml", "quality_filters": {"dedupe": False},
+        "output_params": {"sequence_length": 512, "train_ratio": 1},
+        "datasets": [{"name": "md", "type": "markdown_transcripts", "directories": [str(chats)],
+                      "participants": {"user": ["**User**:"], "assistant": ["**GPT**:"]}}]})
+    out = tmp_path / "data_md"
+    code = run_cli(script("02_prepare_sft_corpus").main, ["--config", str(cfg), "--output_dir", str(out),
+                                                          "--tokenizer_path", str(toy_tokenizer_dir), "--num_proc", "1"])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err[-2000:]
+    skipped = [line for line in (printed.out + printed.err).splitlines() if line.startswith("skipped")]
+    assert len(skipped) == 1 and "broken.md" in skipped[0] and "unclosed_code_fence" in skipped[0]
+    assert "line 6:" in skipped[0] and "never closed" in skipped[0]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["sources"]["md"]["skipped_by_reason"] == {"unclosed_code_fence": 1}
+    tok = load_tokenizer(toy_tokenizer_dir)
+    texts = [tok.decode(e["input_ids"]) for e in iter_shard_examples(out, "train")]
+    assert len(texts) == 1 and "welcome" in texts[0] and "secret" not in texts[0]

@@ -14,7 +14,8 @@ and never empty. To get there, every layout is normalised the same way:
 A row that cannot become a conversation is a ``Skip`` with a short stable ``reason`` and its origin, never
 an exception; only config problems raise UserError. Skip reasons: invalid_json, invalid_utf8, nul_byte,
 wrong_type, missing_field, empty_field, empty_conversation, unknown_role, misplaced_system,
-no_assistant_turn, unknown_format, orphan_message, deleted, no_conversation_found, single_role.
+no_assistant_turn, unknown_format, orphan_message, deleted, no_conversation_found, single_role,
+unclosed_code_fence.
 """
 from __future__ import annotations
 
@@ -25,8 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from utils.data.markdown_transcripts import Speakers, compile_speakers, split_turns
-from utils.data.sources import ROLES, BadRow, DatasetSpec, Row, iter_rows, layout_for_fields, resolve_files
+from utils.data.markdown_transcripts import Speakers, compile_speakers, markdown_turns, split_turns
+from utils.data.sources import (ROLES, BadRow, DatasetSpec, Row, RowProblem, iter_rows, layout_for_fields,
+                                resolve_files)
 
 DEFAULT_ROLE_MAP = {"human": "user", "user": "user", "gpt": "assistant", "chatgpt": "assistant",
                     "bing": "assistant", "bard": "assistant", "assistant": "assistant",
@@ -65,14 +67,6 @@ class RawText:
     text: str
     source: str
     origin: str
-
-
-class RowProblem(Exception):
-    """Raised inside layouts; turned into a Skip for the row at hand."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason, self.detail = reason, detail
 
 
 def iter_conversations(spec: DatasetSpec, base_dir: Path) -> Iterator[Conversation | RawText | Skip]:
@@ -293,17 +287,6 @@ def transcript_turns(row: dict, fields: dict[str, str]) -> list[dict]:
     turns = split_turns(text, _TRANSCRIPT_SPEAKERS)
     if not turns:
         raise RowProblem("no_conversation_found", "no Human:/Assistant: marker at a line start")
-    return turns
-
-
-def markdown_turns(row: dict, speakers: Speakers) -> list[dict]:
-    """A markdown export file; a file with no marker, or markers of one role only, is a Skip."""
-    turns = split_turns(row["text"], speakers)
-    roles = {t["role"] for t in turns} - {"system"}
-    if not roles:
-        raise RowProblem("no_conversation_found", "no speaker marker at the start of any line")
-    if len(roles) == 1:
-        raise RowProblem("single_role", f"only '{roles.pop()}' turns found; check the participants markers")
     return turns
 
 

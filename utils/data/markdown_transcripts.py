@@ -10,7 +10,8 @@ Rules, chosen to match how chat exporters write markdown:
   the line start. ``case_sensitive: false`` applies to both. When several markers match, the longest
   match wins (then the order user, assistant, system, ignore).
 * Never a speaker change: lines inside fenced code blocks (``` or ~~~, 3 or more, closed by the same
-  character at least as long), and list items (``-``, ``*``, ``+``, ``1.``, ``1)`` followed by a space),
+  character at least as long; a fence never closed makes the file a Skip, ``unclosed_code_fence``, naming
+  the line it opens, since the rest of the file would otherwise become one message), and list items (``-``, ``*``, ``+``, ``1.``, ``1)`` followed by a space),
   so an answer's own ``- **User**: ...`` bullet or a ``# comment`` in code stays content.
 * YAML front matter (``---`` ... ``---``/``...`` at the very top) and any preamble before the first marker
   (titles, dates) are dropped. Blocks started by an ``ignore`` marker are dropped (tool output).
@@ -32,6 +33,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from utils.common.errors import UserError
+from utils.data.sources import RowProblem
 
 try:  # the regex parser is private; it moved in Python 3.11
     from re import _parser as _sre_parse
@@ -206,17 +208,32 @@ def _subpatterns(op, arg) -> list:
     return []
 
 
+def markdown_turns(row: dict, speakers: Speakers) -> list[dict]:
+    """A markdown export file; a file with no marker, or markers of one role only, is a Skip."""
+    turns = split_turns(row["text"], speakers)
+    roles = {t["role"] for t in turns} - {"system"}
+    if not roles:
+        raise RowProblem("no_conversation_found", "no speaker marker at the start of any line")
+    if len(roles) == 1:
+        raise RowProblem("single_role", f"only '{roles.pop()}' turns found; check the participants markers")
+    return turns
+
+
 def split_turns(text: str, speakers: Speakers) -> list[dict]:
-    """``[{"role", "content"}, ...]`` in file order; ignored blocks and empty messages left out."""
+    """``[{"role", "content"}, ...]`` in file order; ignored blocks and empty messages left out.
+
+    A code fence still open at the end of the file raises RowProblem ``unclosed_code_fence`` naming its line.
+    """
     turns: list[dict] = []
     role: str | None = None
     block: list[str] = []
     fence: str | None = None
-    for line in _body_lines(text):
+    lines, first = _body_lines(text)
+    for number, line in enumerate(lines, first):
         if fence is not None:
             fence = None if _closes(line, fence) else fence
         elif (opened := _FENCE.fullmatch(line)) and not (opened[1][0] == "`" and "`" in opened[2]):
-            fence = opened[1]
+            fence, fence_line = opened[1], number
         elif hit := speakers.match(line):
             _flush(turns, role, block)
             role, block = hit[0], [hit[1]]
@@ -224,18 +241,22 @@ def split_turns(text: str, speakers: Speakers) -> list[dict]:
         elif speakers.dropped(line):
             continue
         block.append(line)
+    if fence is not None:
+        raise RowProblem("unclosed_code_fence", f"line {fence_line}: the code fence {fence} opened here is never "
+                         "closed, so every later line, other speakers' included, would be one message; close it")
     _flush(turns, role, block)
     return turns
 
 
-def _body_lines(text: str) -> list[str]:
-    """Lines without front matter; CRLF and stray CR (CR CR LF in some exports) normalised."""
+def _body_lines(text: str) -> tuple[list[str], int]:
+    """Lines without front matter, and the file's line number of the first; CRLF and stray CR (CR CR LF in
+    some exports) normalised."""
     lines = [line.rstrip("\r") for line in text.split("\n")]
     if lines and lines[0].strip() == "---":
         for end in range(1, len(lines)):
             if lines[end].strip() in ("---", "..."):
-                return lines[end + 1:]
-    return lines
+                return lines[end + 1:], end + 2
+    return lines, 1
 
 
 def _closes(line: str, fence: str) -> bool:

@@ -154,6 +154,14 @@ class BadRow:
     detail: str
 
 
+class RowProblem(Exception):
+    """Raised inside layouts; turned into a Skip for the row at hand."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason, self.detail = reason, detail
+
+
 def iter_rows(spec: DatasetSpec, base_dir: Path) -> Iterator[Row | BadRow]:
     """Every row of the entry in file order; markdown files are rows ``{"text": <file text>}``."""
     if spec.type == "huggingface":
