@@ -88,3 +88,33 @@ def test_data_dirs_given_in_another_order_are_matched_by_name(work, tmp_path, ca
     assert sft_in_process(argv) == 0
     assert "--data_dirs: matched to the checkpoint's sources by name (instruct, chat)" in capsys.readouterr().out
     assert_same_run(reference_run(work, "lora"), out)
+
+
+def test_changed_data_weights_apply_from_the_resume_step_without_a_catch_up_burst(work, tmp_path, capsys):
+    """Weights 0.7/0.3 until checkpoint-6, then --data_weights 0.2 0.8 for 6 more steps: the draws after the
+    resume follow 0.2/0.8 within one example at every step (before, the mixture was tracked from step 0, so
+    the under-drawn source was drawn alone until it had caught up), each source's order continues where it
+    stopped, and the change is announced. A later resume with the same new weights announces nothing."""
+    import json
+
+    from reliability_helpers import newest_state
+
+    out = at_checkpoint_6(work, tmp_path)
+    before = json.loads((out / "checkpoint-6" / "training_state.json").read_text())["planner"]["sampler"]
+    config = sft_config(work, "rel_lora_reweighted", max_steps=12, save_steps=1, save_total_limit=10)
+    assert sft_in_process(sft_argv(work, config, out, "--resume_from_checkpoint", "auto",
+                                   weights=("0.2", "0.8"))) == 0
+    printed = capsys.readouterr().out
+    assert "changed on resume: data_weights instruct 0.7 -> 0.2, chat 0.3 -> 0.8" in printed
+    assert "applied from step 7" in printed
+    for step in range(7, 13):
+        sampler = json.loads((out / f"checkpoint-{step}" / "training_state.json").read_text())["planner"]["sampler"]
+        since = [a - b for a, b in zip(sampler["drawn"], before["drawn"])]
+        assert abs(since[0] - 0.2 * sum(since)) <= 1, (step, since)
+        assert sampler["shares"] == pytest.approx([0.2, 0.8]) and sampler["base"] == before["drawn"]
+    assert newest_state(out)["step"] == 12
+    shutil.rmtree(out / "checkpoint-12")
+    shutil.rmtree(out / "final")
+    assert sft_in_process(sft_argv(work, config, out, "--resume_from_checkpoint", "auto",
+                                   weights=("0.2", "0.8"))) == 0
+    assert "changed on resume" not in capsys.readouterr().out

@@ -21,6 +21,10 @@ class MixtureSampler:
     goes next), so the achieved mixture tracks the weights at every prefix of the
     stream. Within a source, examples follow a seeded permutation, reshuffled on each
     pass over that source.
+
+    Weights changed on resume (``load_state_dict`` of a state saved under other shares) apply from that
+    point: the diffusion counts only the draws since the change (``base``), so no source is drawn alone to
+    catch up on the steps before it, and each source's permutation continues where it stopped.
     """
 
     def __init__(self, sizes: list[int], weights: list[float], seed: int):
@@ -31,6 +35,10 @@ class MixtureSampler:
         self.shares = [w / total for w in weights]
         self.seed = seed
         self.drawn = [0] * len(sizes)
+        self.base = [0] * len(sizes)
+        """Draws per source when the weights last changed; the mixture is tracked from there."""
+        self.changed_from: list[float] | None = None
+        """The checkpoint's shares when ``load_state_dict`` found other weights, else None."""
         self._perm_cache: dict[tuple[int, int], np.ndarray] = {}
 
     def _permutation(self, source: int, cycle: int) -> np.ndarray:
@@ -43,18 +51,29 @@ class MixtureSampler:
         return self._perm_cache[key]
 
     def next(self) -> tuple[int, int]:
-        total = sum(self.drawn) + 1
+        since = [d - b for d, b in zip(self.drawn, self.base)]
+        total = sum(since) + 1
         source = max(range(len(self.sizes)),
-                     key=lambda s: (self.shares[s] * total - self.drawn[s], -s))
+                     key=lambda s: (self.shares[s] * total - since[s], -s))
         cycle, pos = divmod(self.drawn[source], self.sizes[source])
         self.drawn[source] += 1
         return source, int(self._permutation(source, cycle)[pos])
 
     def state_dict(self) -> dict:
-        return {"drawn": list(self.drawn)}
+        state = {"drawn": list(self.drawn), "shares": list(self.shares)}
+        if any(self.base):
+            state["base"] = list(self.base)
+        return state
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore the draws; shares other than the checkpoint's start a new mixture from here."""
         self.drawn = [int(x) for x in state["drawn"]]
+        self.base = [int(x) for x in state.get("base", [0] * len(self.drawn))]
+        saved = state.get("shares")  # absent in checkpoints written before weights could change
+        self.changed_from = None
+        if saved is not None and not np.allclose(saved, self.shares, rtol=1e-9, atol=1e-12):
+            self.changed_from = [float(x) for x in saved]
+            self.base = list(self.drawn)
 
 
 @dataclass

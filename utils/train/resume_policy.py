@@ -80,3 +80,11 @@ def describe(changed: dict) -> str:
 
 def _show(value) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def describe_weights(before: list[float], now: list[float], names: list[str], step: int) -> str:
+    """The announcement of changed data weights (shares of the mixture), applied from the resume step."""
+    names = names if len(names) == len(now) else [f"source {k}" for k in range(len(now))]
+    parts = ", ".join(f"{n} {a:.3g} -> {b:.3g}" for n, a, b in zip(names, before, now) if abs(a - b) > 1e-9)
+    return (f"changed on resume: data_weights {parts} (shares of the mixture; applied from step {step + 1}, "
+            "without catching up on the earlier steps)")

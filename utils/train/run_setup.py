@@ -31,7 +31,7 @@ from utils.sampling.planner import MixtureSampler, StepPlanner
 from utils.train.cli import RunInputs
 from utils.train.loop import TrainRun, TrainState
 from utils.train.params import TrainingParams, build_optimizer, lr_lambda
-from utils.train.resume_policy import apply_changes, check_changes, describe
+from utils.train.resume_policy import apply_changes, check_changes, describe, describe_weights
 
 
 def start_stage(params: TrainingParams, tokenizer_path: str) -> tuple[object, object, str]:
@@ -217,7 +217,10 @@ def _resume(accelerator, path: Path, parts: tuple, run_info: dict, params: Train
     if changed and accelerator.is_main_process:
         print(describe(changed), flush=True)
     planner.load_state_dict(saved["planner"])
+    if planner.sampler.changed_from is not None and accelerator.is_main_process:
+        names = [Path(d).name for d in run_info.get("data_dirs", [])]
+        print(describe_weights(planner.sampler.changed_from, planner.sampler.shares, names, saved["step"]), flush=True)
     return TrainState(step=saved["step"], tokens_seen=saved["tokens_seen"],
                       supervised_seen=saved["supervised_seen"], loss_history=saved["loss_history"],
-                      planner=saved["planner"], last_eval=saved.get("last_eval", {}),
+                      planner=planner.state_dict(), last_eval=saved.get("last_eval", {}),
                       best_step=saved.get("best_step", 0), best_eval_loss=saved.get("best_eval_loss"))
