@@ -27,6 +27,28 @@ EXIT_INTERRUPTED = 130
 ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
 
 
+def check_readable(path, what: str) -> None:
+    """A ``what`` at ``path`` (a file, or a directory and the files in it) that this user may not read is one
+    line saying so: libraries report an unreadable file as missing ("No such file or directory")."""
+    import os
+    from pathlib import Path
+
+    path = Path(path)
+    try:
+        os.stat(path)
+        if path.is_dir():
+            for entry in path.iterdir():
+                if entry.is_file():
+                    open(entry, "rb").close()
+        elif path.is_file():
+            open(path, "rb").close()
+    except FileNotFoundError:
+        return  # the caller's own check names a missing path
+    except PermissionError as err:
+        raise UserError(f"{err.filename or path}: permission denied reading the {what}; make it readable for this "
+                        "user (e.g. chmod -R a+rX) or copy it to a directory you can read") from None
+
+
 def one_line(err: BaseException) -> str:
     """``Type: message`` squeezed onto one line (library messages often span several)."""
     return f"{type(err).__name__}: {' '.join(str(err).split())}"[:500]
@@ -43,7 +65,9 @@ def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | N
         if err.errno not in ENVIRONMENT_ERRNOS:
             raise
         where = f"{err.filename}: " if err.filename else ""
-        print(f"error: {where}{err.strerror}; free disk space or fix permissions, then run again "
+        fix = ("fix its permissions or choose another path" if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
+               else "free disk space or fix permissions")
+        print(f"error: {where}{err.strerror}; {fix}, then run again "
               "(training continues from its last checkpoint with --resume_from_checkpoint auto)",
               file=sys.stderr, flush=True)
         return EXIT_USER_ERROR

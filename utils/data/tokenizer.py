@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from utils.common.atomic import atomic_dir
-from utils.common.errors import UserError
+from utils.common.errors import UserError, check_readable
 from utils.data.fingerprint import TOKENIZER_FILES, tokenizer_fingerprint
 from utils.data.text_sources import TextSource, iter_documents
 from utils.model.gguf import hf_dir_for_gguf
@@ -91,8 +91,8 @@ def export_hf_tokenizer(model_file: Path, out_dir: Path) -> None:
 def hf_dir_for(path: str | Path) -> Path:
     """The HF tokenizer directory for a tokenizer path (a directory, or a .model beside one)."""
     path = Path(path)
+    check_readable(path, "tokenizer")
     if path.suffix == ".gguf":
-
         return hf_dir_for_gguf(path)
     if path.is_dir():
         return path

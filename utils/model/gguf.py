@@ -22,12 +22,13 @@ import hashlib
 import importlib.util
 import json
 import os
+import struct
 import sys
 from pathlib import Path
 from typing import Iterator
 
 from utils.common.atomic import atomic_dir
-from utils.common.errors import UserError
+from utils.common.errors import UserError, one_line
 
 SOURCE_FILE = "gguf_source.json"
 _PACKAGE_DIRS = {"site-packages", "dist-packages"}
@@ -123,6 +124,7 @@ def _lock(target: Path) -> Iterator[None]:
 
 def convert_gguf(path: Path, out_dir: Path, source: dict) -> None:
     """Dequantize ``path`` into an HF directory at ``out_dir`` (written atomically)."""
+    _check_complete(path)
     print(f"converting {path} to an HF model in {out_dir} (once; later runs reuse it)",
           file=sys.stderr, flush=True)
     tokenizer, model = _read_gguf(path)
@@ -141,6 +143,24 @@ def convert_gguf(path: Path, out_dir: Path, source: dict) -> None:
         model.generation_config.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
         (tmp / SOURCE_FILE).write_text(json.dumps(source, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _check_complete(path: Path) -> None:
+    """A truncated or damaged GGUF file is one line (the reader would fail deep inside with a struct or numpy
+    error, or transformers with a reshape error that blames the architecture)."""
+    try:
+        from gguf import GGUFReader
+    except ImportError:
+        return  # _read_gguf says how to install it
+    try:
+        end = max((t.data_offset + int(t.n_bytes) for t in GGUFReader(path).tensors), default=0)
+    except (struct.error, ValueError, IndexError, EOFError, KeyError) as err:
+        raise UserError(f"{path}: not a complete GGUF file ({one_line(err)}); it is truncated or damaged — "
+                        "copy or download it again") from None
+    size = path.stat().st_size
+    if end > size:
+        raise UserError(f"{path}: not a complete GGUF file (its tensors end at byte {end:,}, the file has "
+                        f"{size:,}); it is truncated — copy or download it again")
 
 
 def _read_gguf(path: Path):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from utils.common.errors import UserError
+from utils.common.errors import UserError, check_readable
 from utils.model.gguf import hf_dir_for_gguf
 
 # peft reads a property transformers 5 deprecated; the warning says nothing a user can act on.
@@ -61,6 +61,7 @@ def load_model(path: str, trust_remote_code: bool = False, dtype: torch.dtype = 
     from transformers import AutoModelForCausalLM
 
     local = Path(path)
+    check_readable(local, "model")
     if local.suffix == ".gguf":
 
         local = hf_dir_for_gguf(local)
@@ -74,6 +75,24 @@ def load_model(path: str, trust_remote_code: bool = False, dtype: torch.dtype = 
                                                     trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
         raise UserError(f"{path}: cannot load model: {str(err).splitlines()[0]}") from None
+    except Exception as err:  # safetensors' SafetensorError: a truncated or damaged weights file
+        if type(err).__name__ != "SafetensorError":
+            raise
+        raise UserError(f"{_damaged_weights(local)}: truncated or damaged weights ({str(err).splitlines()[0]}); "
+                        "copy or download the model again") from None
+
+
+def _damaged_weights(local: Path) -> Path:
+    """The first ``*.safetensors`` file of ``local`` whose header safetensors cannot read (else ``local``)."""
+    from safetensors import safe_open
+
+    for file in sorted(local.glob("*.safetensors")) if local.is_dir() else []:
+        try:
+            with safe_open(str(file), framework="pt"):
+                pass
+        except Exception:  # SafetensorError and whatever a damaged header raises
+            return file
+    return local
 
 
 def check_vocab_fits(model, tokenizer, model_path: str, tokenizer_path: str) -> None:

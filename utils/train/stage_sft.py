@@ -114,16 +114,16 @@ class SFTInputs(RunInputs):
 def run_sft(cfg: SFTTrainingConfig, inputs: SFTInputs) -> str | None:
     """Train; write checkpoints, metrics, samples, final/ and a plot; return the summary."""
     accelerator, tokenizer, fingerprint = start_stage(cfg.training_params, inputs.tokenizer_path)
-    model = _model(cfg, inputs, tokenizer)  # a model that cannot train is refused before anything is written
+    with accelerator.main_process_first():
+        dirs = load_data_dirs(inputs.data_dirs, fingerprint)
+    model = _model(cfg, inputs, tokenizer)  # inputs that cannot train are refused before anything is written
     with own_output(accelerator, inputs, "sft"):
-        return _train(cfg, inputs, accelerator, tokenizer, fingerprint, model)
+        return _train(cfg, inputs, accelerator, tokenizer, fingerprint, dirs, model)
 
 
 def _train(cfg: SFTTrainingConfig, inputs: SFTInputs, accelerator, tokenizer, fingerprint: str,
-           model) -> str | None:
+           dirs: list[DataDir], model) -> str | None:
     params, output_dir = cfg.training_params, inputs.output_dir
-    with accelerator.main_process_first():
-        dirs = load_data_dirs(inputs.data_dirs, fingerprint)
     weights, weights_from = resolve_weights(dirs, inputs.data_weights, cfg.data_weights)
     resume = resolve_resume(inputs.resume_from_checkpoint, output_dir, accelerator.is_main_process)
     dirs, weights = _checkpoint_order(resume, dirs, weights, accelerator.is_main_process)
