@@ -35,6 +35,8 @@ def test_each_architecture_trains_evaluates_and_exports(work, model_type, capsys
         if kind == "lora":
             adapter = json.loads((out / "final" / "adapter_config.json").read_text())
             assert sorted(adapter["target_modules"]) == sorted(LORA_TARGETS[model_type])
+            recorded = state["config"]["lora_config"]["target_modules"]  # what a resume compares
+            assert recorded == list(LORA_TARGETS[model_type])
             assert f"MLP layer of {model_type}" in printed
         report_dir = work / "out" / f"eval_{kind}_{model_type}"
         code = run_cli(script("04_evaluate_sft").main, [

@@ -44,13 +44,14 @@ def start_stage(params: TrainingParams, tokenizer_path: str) -> tuple[object, ob
 
 def adapt_model(model, lora: LoraSettings | None, where: str):
     """Refuse an unsupported architecture; wrap LoRA, targeting every attention and MLP layer of the
-    architecture when ``lora.target_modules`` is left out."""
+    architecture when ``lora.target_modules`` is left out. Returns the model and the LoRA settings as applied
+    (targets filled in), which the run records, so a resume compares the layers actually adapted."""
     check_model(model, where)
     if lora is None:
-        return model
+        return model, None
     if lora.target_modules is None:
         lora = replace(lora, target_modules=default_lora_targets(model))
-    return apply_lora(model, lora)
+    return apply_lora(model, lora), lora
 
 
 @contextlib.contextmanager

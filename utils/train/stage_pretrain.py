@@ -130,4 +130,5 @@ def _model(cfg: PretrainConfig, inputs: PretrainInputs, tokenizer, seed: int):
     else:
         model = build_model(cfg.model, tokenizer, seed)
     check_vocab_fits(model, tokenizer, inputs.model_path or "preset", inputs.tokenizer_path)
-    return adapt_model(model, cfg.lora_config, inputs.model_path or "preset")
+    model, cfg.lora_config = adapt_model(model, cfg.lora_config, inputs.model_path or "preset")
+    return model

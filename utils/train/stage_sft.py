@@ -169,7 +169,8 @@ def _checkpoint_order(resume, dirs: list[DataDir], weights: list[float], main: b
 def _model(cfg: SFTTrainingConfig, inputs: SFTInputs, tokenizer):
     model = load_model(inputs.model_path, trust_remote_code=inputs.trust_remote_code)
     check_vocab_fits(model, tokenizer, inputs.model_path, inputs.tokenizer_path)
-    return adapt_model(model, cfg.lora_config, inputs.model_path)
+    model, cfg.lora_config = adapt_model(model, cfg.lora_config, inputs.model_path)
+    return model
 
 
 def _val_stores(dirs: list[DataDir]) -> list[ExampleStore]:
