@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import errno
+import os
 import sys
+from pathlib import Path
 from typing import Callable, Sequence
 
 
@@ -30,9 +32,6 @@ ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errn
 def check_readable(path, what: str) -> None:
     """A ``what`` at ``path`` (a file, or a directory and the files in it) that this user may not read is one
     line saying so: libraries report an unreadable file as missing ("No such file or directory")."""
-    import os
-    from pathlib import Path
-
     path = Path(path)
     try:
         os.stat(path)

@@ -149,7 +149,7 @@ def _check_complete(path: Path) -> None:
     """A truncated or damaged GGUF file is one line (the reader would fail deep inside with a struct or numpy
     error, or transformers with a reshape error that blames the architecture)."""
     try:
-        from gguf import GGUFReader
+        from gguf import GGUFReader  # needed only for GGUF files; _read_gguf says how to install it
     except ImportError:
         return  # _read_gguf says how to install it
     try:

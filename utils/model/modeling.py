@@ -84,6 +84,7 @@ def load_model(path: str, trust_remote_code: bool = False, dtype: torch.dtype = 
 
 def _damaged_weights(local: Path) -> Path:
     """The first ``*.safetensors`` file of ``local`` whose header safetensors cannot read (else ``local``)."""
+    # safetensors is needed only when a load failed
     from safetensors import safe_open
 
     for file in sorted(local.glob("*.safetensors")) if local.is_dir() else []:
