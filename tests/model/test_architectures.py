@@ -57,3 +57,24 @@ def test_an_unsupported_model_type_is_refused_naming_the_supported_ones(tmp_path
     with pytest.raises(UserError, match="model_type 'bloom'"):
         check_model_dir(tmp_path / "bloom")
     check_model_dir(tmp_path / "nothing-here")  # left to the loader, which names it
+
+
+@pytest.mark.parametrize("model_type", ("llama",) + ARCHITECTURES)
+def test_a_left_padded_prompt_generates_as_it_does_alone(model_type):
+    """Evaluation generates left-padded batches: a short prompt beside a long one gets the same next-token
+    logits at every generated step as alone (GPT-2's absolute positions follow the attention mask)."""
+    from utils.model.generation import _left_pad
+
+    model = tiny_model(model_type, 97, pad=0).eval()
+    use_packed_attention(model)
+    short, long = [5, 6, 7, 8], list(range(10, 40))
+    settings = {"max_new_tokens": 5, "do_sample": False, "pad_token_id": 0, "eos_token_id": [2],
+                "output_logits": True, "return_dict_in_generate": True, "use_cache": True}
+    with torch.no_grad():
+        alone = model.generate(input_ids=torch.tensor([short]), attention_mask=torch.ones(1, 4, dtype=torch.long),
+                               **settings)
+        ids, mask = _left_pad([short, long], 0)
+        batch = model.generate(input_ids=ids, attention_mask=mask, **settings)
+    assert alone.sequences[0, 4:].tolist() == batch.sequences[0, ids.shape[1]:].tolist()[:alone.sequences.shape[1] - 4]
+    for a, b in zip(alone.logits, batch.logits):
+        torch.testing.assert_close(a[0], b[0], atol=1e-4, rtol=1e-4)
