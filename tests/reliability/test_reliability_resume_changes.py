@@ -90,16 +90,26 @@ def test_data_dirs_given_in_another_order_are_matched_by_name(work, tmp_path, ca
     assert_same_run(reference_run(work, "lora"), out)
 
 
-def test_changed_data_weights_apply_from_the_resume_step_without_a_catch_up_burst(work, tmp_path, capsys):
+@pytest.mark.parametrize("written_before_shares", [False, True])
+def test_changed_data_weights_apply_from_the_resume_step_without_a_catch_up_burst(work, tmp_path, capsys,
+                                                                                  written_before_shares):
     """Weights 0.7/0.3 until checkpoint-6, then --data_weights 0.2 0.8 for 6 more steps: the draws after the
     resume follow 0.2/0.8 within one example at every step (before, the mixture was tracked from step 0, so
     the under-drawn source was drawn alone until it had caught up), each source's order continues where it
-    stopped, and the change is announced. A later resume with the same new weights announces nothing."""
+    stopped, and the change is announced. A later resume with the same new weights announces nothing.
+    ``written_before_shares``: checkpoint-6 as written before the sampler recorded its shares (and before
+    checksums.json): the run's saved data_weights stand in for them."""
     import json
 
     from reliability_helpers import newest_state
 
     out = at_checkpoint_6(work, tmp_path)
+    if written_before_shares:
+        state_file = out / "checkpoint-6" / "training_state.json"
+        state = json.loads(state_file.read_text())
+        del state["planner"]["sampler"]["shares"]
+        state_file.write_text(json.dumps(state))
+        (out / "checkpoint-6" / "checksums.json").unlink()
     before = json.loads((out / "checkpoint-6" / "training_state.json").read_text())["planner"]["sampler"]
     config = sft_config(work, "rel_lora_reweighted", max_steps=12, save_steps=1, save_total_limit=10)
     assert sft_in_process(sft_argv(work, config, out, "--resume_from_checkpoint", "auto",

@@ -217,7 +217,7 @@ def _resume(accelerator, path: Path, parts: tuple, run_info: dict, params: Train
     apply_changes(changed, params, optimizer, scheduler, total_steps, saved["step"])
     if changed and accelerator.is_main_process:
         print(describe(changed), flush=True)
-    planner.load_state_dict(saved["planner"])
+    planner.load_state_dict(_with_shares(saved["planner"], saved.get("data_weights")))
     if planner.sampler.changed_from is not None and accelerator.is_main_process:
         names = [Path(d).name for d in run_info.get("data_dirs", [])]
         print(describe_weights(planner.sampler.changed_from, planner.sampler.shares, names, saved["step"]), flush=True)
@@ -225,3 +225,14 @@ def _resume(accelerator, path: Path, parts: tuple, run_info: dict, params: Train
                       supervised_seen=saved["supervised_seen"], loss_history=saved["loss_history"],
                       planner=planner.state_dict(), last_eval=saved.get("last_eval", {}),
                       best_step=saved.get("best_step", 0), best_eval_loss=saved.get("best_eval_loss"))
+
+
+def _with_shares(planner: dict, weights: list[float] | None) -> dict:
+    """A planner state from before the sampler recorded its shares gets them from the run's saved weights
+    (in the checkpoint's source order), so a changed --data_weights is still recognised."""
+    sampler = planner.get("sampler", {})
+    if "shares" in sampler or not weights or len(weights) != len(sampler.get("drawn", ())):
+        return planner
+    total = float(sum(weights))
+    return {**planner, "sampler": {**sampler, "shares": [w / total for w in weights]}}
+
