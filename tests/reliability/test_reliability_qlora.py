@@ -185,3 +185,17 @@ def test_quantization_without_lora_is_refused_by_the_config_loader(work):
                                            "quantization": {"bnb_4bit_quant_type": "int4"}})
     with pytest.raises(UserError, match=r"quantization.bnb_4bit_quant_type: 'int4' is not one of"):
         load_config(bad, "sft_training", SFTTrainingConfig)
+
+
+def test_changed_quantization_on_resume_is_refused(work, straight, capsys):
+    import shutil
+
+    out = work / "out" / "qlora_changed"
+    shutil.copytree(straight, out)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    config = qlora_config(work, "rel_qlora_fp4", quant={**QUANT, "bnb_4bit_quant_type": "fp4"})
+    assert sft_in_process(sft_argv(work, config, out, "--resume_from_checkpoint", "auto")) != 0
+    line = error_line(capsys)
+    assert "quantization differs from the checkpoint's" in line and "'fp4'" in line
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file() and ".lock" not in p.name}
+    assert after == {k: v for k, v in before.items() if ".lock" not in k.name}

@@ -46,6 +46,7 @@ class RunSpec:
     threads: int | None = None
     micro_examples: int | None = None  # examples per micro-batch (accumulation makes up the step)
     params: dict = field(default_factory=dict)  # this trainer: training_params on top of the bench's (levers)
+    quantization: dict | None = None   # the SFT config's quantization block (QLoRA), this trainer only
 
     @classmethod
     def load(cls, path: Path) -> "RunSpec":
@@ -95,6 +96,8 @@ def run_ours(spec: RunSpec) -> RunResult:
         **spec.params}}
     if spec.lora:
         config["lora_config"] = spec.lora
+    if spec.quantization:
+        config["quantization"] = spec.quantization
     (work / "config.json").write_text(json.dumps(config, indent=2))
     cfg = load_config(work / "config.json", "sft_training", SFTTrainingConfig)
     run_sft(cfg, SFTInputs(model_path=spec.model_dir, tokenizer_path=spec.tokenizer_dir, data_dirs=[spec.data_dir],

@@ -11,8 +11,10 @@ which here is ``training_params.gradient_checkpointing``'s choice, applied and a
 """
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import gc
 import importlib.util
-import logging
 
 import torch
 
@@ -32,8 +34,6 @@ def bnb_config(settings: dict):
     """The transformers ``BitsAndBytesConfig`` of a config's quantization block (as training_summary.json
     saves it): its ``load_in_4bit`` and ``bnb_4bit_*`` fields, the compute dtype named as a string."""
     require_bitsandbytes()
-    # bitsandbytes logs at import that an optional CPU kernel package is absent; its own fallback is used
-    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     from transformers import BitsAndBytesConfig  # transformers costs seconds to import; deferred
 
     kwargs = {k: v for k, v in settings.items() if k == "load_in_4bit" or k.startswith("bnb_4bit_")}
@@ -78,7 +78,24 @@ def prepare_4bit(model, source: str):
     for module in model.modules():
         if isinstance(module, bnb.nn.Linear4bit):
             module.support_avx512bf16_for_cpu = False
+    _release_checkpoint_memory(model)
     return model
+
+
+def _release_checkpoint_memory(model) -> None:
+    """Let go of the full-precision checkpoint once its linear layers are in 4 bits.
+
+    transformers memory-maps the safetensors file; the embeddings and norms (kept in full precision) still
+    point into it, so the whole file, read once to be quantized, stayed mapped and resident. They are copied
+    out (the mapping closes), and glibc is asked to return the quantization's freed temporaries to the system:
+    on SmolLM2-135M the process holds about 360 MiB less afterwards (docs/BENCHMARKS.md).
+    """
+    for tensor in [*model.parameters(), *model.buffers()]:
+        if tensor.device.type == "cpu" and tensor.dtype != torch.uint8:
+            tensor.data = tensor.data.clone()
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def dequantized(model):
