@@ -6,7 +6,8 @@
 A LoRA final/ is merged into its base (adapter_config.json's base_model_name_or_path, else the
 training summary's model_path; --base_model_path overrides when the base moved); a full-model final/
 is re-saved. An adapter trained on a 4-bit base (QLoRA) is merged into that base quantized as in training
-and dequantized to --dtype: the weights it was trained against (the saved model holds no 4-bit layers). The output loads with plain transformers: AutoModelForCausalLM + AutoTokenizer +
+and dequantized to --dtype: the weights it was trained against (the saved model holds no 4-bit layers).
+The output loads with plain transformers: AutoModelForCausalLM + AutoTokenizer +
 apply_chat_template. Eval results come from --eval_report or <model_path>/../eval/eval_report.json.
 """
 from __future__ import annotations

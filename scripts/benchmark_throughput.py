@@ -49,6 +49,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--work_dir", type=Path, default=defaults.work_dir, help="data, weights and run logs")
     parser.add_argument("--qlora", action="store_true", help="instead: this trainer's QLoRA (4-bit base) against "
                         "LoRA on small and SmolLM2-135M (--sizes narrows it); prints a table, writes qlora.json")
+    parser.add_argument("--gradient_checkpointing", action="store_true",
+                        help="with --qlora: both runs recompute activations in backward")
     parser.add_argument("--report", type=Path, default=Path("docs/BENCHMARKS.md"), help="Markdown report")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--prep-child", nargs=5, help=argparse.SUPPRESS)
@@ -76,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                              ours_params=args.ours_params,
                              prep=not args.no_prep, num_proc=args.num_proc, work_dir=args.work_dir)
     if args.qlora:
-        return _qlora(settings)
+        return _qlora(settings, args.gradient_checkpointing)
     if any(t != "ours" for t in args.trainers) or not args.no_prep:
         _require_trl()
     from utils.bench.benchmark import run_benchmark
@@ -100,14 +102,14 @@ def _json_object(text: str) -> dict:
     return value
 
 
-def _qlora(settings) -> int:
+def _qlora(settings, checkpointing: bool) -> int:
     from utils.bench.qlora import qlora_table, run_qlora_comparison
     from utils.parallel.quantization import require_bitsandbytes
 
     require_bitsandbytes("--qlora")
-    result = run_qlora_comparison(settings)
+    result = run_qlora_comparison(settings, checkpointing)
     settings.work_dir.mkdir(parents=True, exist_ok=True)
-    (settings.work_dir / "qlora.json").write_text(json.dumps(result, indent=1))
+    (settings.work_dir / f"qlora{'_gc' if checkpointing else ''}.json").write_text(json.dumps(result, indent=1))
     print(qlora_table(result))
     return 0
 

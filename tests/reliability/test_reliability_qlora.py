@@ -14,8 +14,9 @@ import torch
 
 pytest.importorskip("bitsandbytes", reason="QLoRA needs bitsandbytes (pip install -r requirements-qlora.txt)")
 
-from reliability_helpers import (assert_checkpoints_whole, assert_same_run, error_line, newest_state, script,  # noqa: E402
-                                 sft_argv, sft_config, sft_in_process, sft_with_fault, write_json)
+from reliability_helpers import (assert_checkpoints_whole, assert_same_run, error_line,  # noqa: E402
+                                 newest_state, script, sft_argv, sft_config, sft_in_process, sft_with_fault,
+                                 write_json)
 from utils.common.errors import run_cli  # noqa: E402
 
 QUANT = {"bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True, "bnb_4bit_compute_dtype": "float32"}
@@ -98,7 +99,9 @@ def test_evaluation_holds_the_base_in_4_bits_and_export_merges_into_it_dequantiz
     out = work / "out" / "qlora_export"
     assert run_cli(script("05_export_model").main, ["--model_path", str(straight / "final"),
                                                     "--output_dir", str(out)]) == 0
-    assert "QLoRA: the base quantized to 4-bit nf4" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "held in 4-bit nf4, double quantization, compute float32 as in training" in printed
+    assert "QLoRA: the base quantized to 4-bit nf4" in printed
     config = json.loads((out / "config.json").read_text())
     assert "quantization_config" not in config
     plain = AutoModelForCausalLM.from_pretrained(str(out)).eval()

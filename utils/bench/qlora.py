@@ -4,7 +4,8 @@ Each pair trains one base with the same LoRA adapter on the same examples in the
 base in full precision and once held in 4 bits (the ``quantization`` block below), each in a fresh process.
 It reports peak resident memory, supervised tokens/s and the mean loss over the same steps (so at equal
 tokens). Cases: SmolLM2-135M-Instruct (its GGUF is Q4_1, so ``requantize_gguf`` is on and both runs start
-from the same dequantized weights) and the small preset (random weights, demo tokenizer), with SmolLM2's adapter (r 16 on every projection).
+from the same dequantized weights) and the small preset (random weights, demo tokenizer), both with SmolLM2's
+adapter (r 16 on every projection).
 """
 from __future__ import annotations
 
@@ -17,20 +18,26 @@ QLORA = {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_doubl
 QLORA_SIZES = ("small", SMOLLM2)
 
 
-def qlora_pairs(settings: BenchSettings) -> tuple[list[tuple[Case, Case]], list[str]]:
+def qlora_pairs(settings: BenchSettings, checkpointing: bool = False) -> tuple[list[tuple[Case, Case]], list[str]]:
     """(LoRA case, QLoRA case) per size asked for; presets run at the first --seq."""
     sizes = [s for s in settings.sizes if s in QLORA_SIZES] or list(QLORA_SIZES)
     cases, notes = build_cases(dataclasses.replace(settings, sizes=sizes, seqs=settings.seqs[:1]))
     pairs = []
     for case in cases:
-        lora = dataclasses.replace(case, name=f"{case.size}-lora@{case.seq}", lora=SMOLLM2_LORA)
-        pairs.append((lora, dataclasses.replace(lora, name=f"{case.size}-qlora@{case.seq}", quantization=QLORA)))
+        tag = "-gc" if checkpointing else ""
+        lora = dataclasses.replace(case, name=f"{case.size}-lora{tag}@{case.seq}", lora=SMOLLM2_LORA,
+                                   gradient_checkpointing=checkpointing)
+        pairs.append((lora, dataclasses.replace(lora, name=f"{case.size}-qlora{tag}@{case.seq}", quantization=QLORA)))
     return pairs, notes
 
 
-def run_qlora_comparison(settings: BenchSettings) -> dict:
-    """Every pair, LoRA then QLoRA, ``settings.repeats`` times; the ratios QLoRA / LoRA per pair."""
-    pairs, notes = qlora_pairs(settings)
+def run_qlora_comparison(settings: BenchSettings, checkpointing: bool = False) -> dict:
+    """Every pair, LoRA then QLoRA, ``settings.repeats`` times; the ratios QLoRA / LoRA per pair.
+
+    ``checkpointing``: both runs recompute activations in backward (gradient_checkpointing), so the base
+    weights, not the activations, dominate the peak: the setting QLoRA is usually run with.
+    """
+    pairs, notes = qlora_pairs(settings, checkpointing)
     rows = []
     for lora, qlora in pairs:
         runs = {}
@@ -44,7 +51,8 @@ def run_qlora_comparison(settings: BenchSettings) -> dict:
                       f"{window['mean_loss']:.4f}, peak RSS {result['peak_rss_mb']:,.0f} MiB", flush=True)
         rows.append(_row(lora, runs[lora.name], runs[qlora.name]))
     return {"rows": rows, "notes": notes, "settings": {"steps": settings.steps, "warmup": settings.warmup,
-                                                        "repeats": settings.repeats, "threads": settings.threads}}
+                                                        "repeats": settings.repeats, "threads": settings.threads,
+                                                        "gradient_checkpointing": checkpointing}}
 
 
 def _best(runs: list[dict]) -> dict:
@@ -56,7 +64,7 @@ def _best(runs: list[dict]) -> dict:
 
 def _row(lora: Case, lora_runs: list[dict], qlora_runs: list[dict]) -> dict:
     a, b = _best(lora_runs), _best(qlora_runs)
-    return {"case": lora.name.replace("-lora", ""), "lora": a, "qlora": b,
+    return {"case": lora.name.replace("-lora", "").replace("-gc", " (gradient checkpointing)"), "lora": a, "qlora": b,
             "memory_ratio": b["peak_rss_mb"] / a["peak_rss_mb"],
             "speed_ratio": b["supervised_per_s"] / a["supervised_per_s"],
             "loss_change": b["mean_loss"] / a["mean_loss"] - 1}

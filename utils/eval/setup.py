@@ -111,6 +111,8 @@ def _load_adapter(path: Path, trust_remote_code: bool):
     except (OSError, ValueError, RuntimeError) as err:
         raise UserError(f"{path}: cannot load the LoRA adapter onto {base}: {str(err).splitlines()[0]}") from None
     if quant is not None:
+        print(f"base {base} held in {quant.describe()} as in training (quantization in {SUMMARY}); "
+              "the adapter stays unmerged", flush=True)
         # QLoRA: the 4-bit base as training held it, adapter beside it. Merging would round base + adapter to
         # 4 bits again; the export merges into the dequantized base instead (the same weights, in full precision).
         return adapted

@@ -2,7 +2,8 @@
 
 A checkpoint restores the optimizer and scheduler state, which carry the learning rate, weight decay and
 AdamW constants the run was started with; without this module a changed value would be silently ignored.
-Each field of ``TrainingParams`` (and the LoRA and quantization settings) has one policy, documented in docs/RELIABILITY.md:
+Each field of ``TrainingParams`` (and the LoRA and quantization settings) has one policy, documented in
+docs/RELIABILITY.md:
 
 - APPLIED from the resume step and announced in one line ("changed on resume: learning_rate 0.003 -> 0.0003");
 - REFUSED in one line naming the field (they change the data order or the model's shape);

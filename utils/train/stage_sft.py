@@ -194,7 +194,8 @@ def _run_info(cfg: SFTTrainingConfig, inputs: SFTInputs, fingerprint: str, dirs:
             "data_weights": weights, "template": dirs[0].manifest["template"]}
 
 
-def _plan(cfg: SFTTrainingConfig, dirs: list[DataDir], weights: list[float], weights_from: str, inputs: SFTInputs) -> RunPlan:
+def _plan(cfg: SFTTrainingConfig, dirs: list[DataDir], weights: list[float], weights_from: str,
+          inputs: SFTInputs) -> RunPlan:
     plan = RunPlan()
     plan.add("model", str(inputs.model_path), "--model_path")
     if cfg.quantization is not None:
