@@ -1,4 +1,4 @@
-"""The QLoRA comparison: ratios QLoRA / LoRA from the runs' windows and peaks, its table, and the peak memory each run reports."""
+"""The QLoRA comparison: ratios QLoRA / LoRA, its table, and the peak memory each run reports."""
 from __future__ import annotations
 
 from pathlib import Path
