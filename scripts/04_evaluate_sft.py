@@ -5,8 +5,9 @@
         --eval_set data/demo/instruct/test.jsonl --retention_corpus data/demo/corpus \\
         --output_dir checkpoints/sft_industrial/tiny/eval
 
---model_path is a LoRA adapter directory (loaded onto the base named in its adapter_config.json)
-or a full model directory. Measures validation loss/perplexity per source, exact match and format
+--model_path is a LoRA adapter directory (loaded onto the base named in its adapter_config.json; an
+adapter trained on a 4-bit base, QLoRA, gets the base loaded in 4 bits as in training) or a full model
+directory. Measures validation loss/perplexity per source, exact match and format
 compliance per task family, eval-prompt samples, diversity/repetition/length/coherence of the
 responses and perplexity on a raw-text corpus (domain retention); with --base_model_path every
 metric for both models and the difference. Writes eval_report.json, eval_report.md,

@@ -5,7 +5,9 @@
 
 A LoRA final/ is merged into its base (adapter_config.json's base_model_name_or_path, else the
 training summary's model_path; --base_model_path overrides when the base moved); a full-model final/
-is re-saved. The output loads with plain transformers: AutoModelForCausalLM + AutoTokenizer +
+is re-saved. An adapter trained on a 4-bit base (QLoRA) is merged into that base quantized as in training
+and dequantized to --dtype: the weights it was trained against (the saved model holds no 4-bit layers).
+The output loads with plain transformers: AutoModelForCausalLM + AutoTokenizer +
 apply_chat_template. Eval results come from --eval_report or <model_path>/../eval/eval_report.json.
 """
 from __future__ import annotations
@@ -38,6 +40,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = export_model(args.model_path, args.output_dir, eval_report=args.eval_report,
                           base_model_path=args.base_model_path, dtype=args.dtype)
     how = f"merged the adapter into {result.base_model}" if result.base_model else "re-saved the full model"
+    if result.quantization:
+        how += (f" (QLoRA: the base quantized to 4-bit {result.quantization.get('bnb_4bit_quant_type')} as in "
+                "training, then dequantized)")
     print(f"{how}; reloaded with plain transformers, max logit difference {result.max_logit_diff:.1e}")
     print(f"eval results: {result.eval_report or 'none (pass --eval_report to add them to the card)'}")
     print(f"wrote {result.output_dir} (model card: {Path(result.output_dir) / 'README.md'})")

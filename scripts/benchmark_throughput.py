@@ -2,6 +2,7 @@
 
     python scripts/benchmark_throughput.py                        # the default `make bench` run
     python scripts/benchmark_throughput.py --sizes tiny small smollm2 --seq 512 1024 --steps 30 --repeats 2
+    python scripts/benchmark_throughput.py --qlora --threads 1  # QLoRA vs LoRA: memory, speed, loss
 
 Every trainer trains the same initial weights on the same prepared examples, in the same steps, with
 AdamW, the same constant learning rate, clipping and number of steps, each in a fresh process.
@@ -46,6 +47,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--num_proc", type=int, default=defaults.num_proc, help="processes of the prep race")
     parser.add_argument("--no_prep", action="store_true", help="skip the data preparation race")
     parser.add_argument("--work_dir", type=Path, default=defaults.work_dir, help="data, weights and run logs")
+    parser.add_argument("--qlora", action="store_true", help="instead: this trainer's QLoRA (4-bit base) against "
+                        "LoRA on small and SmolLM2-135M (--sizes narrows it); prints a table, writes qlora.json")
+    parser.add_argument("--gradient_checkpointing", action="store_true",
+                        help="with --qlora: both runs recompute activations in backward")
     parser.add_argument("--report", type=Path, default=Path("docs/BENCHMARKS.md"), help="Markdown report")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--prep-child", nargs=5, help=argparse.SUPPRESS)
@@ -65,11 +70,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_prep_child(Path(config), model, tokenizer, int(num_proc), Path(result))
     if args.steps <= args.warmup:
         raise UserError(f"--steps {args.steps} must be larger than --warmup {args.warmup}")
-    if any(t != "ours" for t in args.trainers) or not args.no_prep:
-        _require_trl()
-    from utils.bench.benchmark import run_benchmark
-    from utils.bench.report import write_report
-
     settings = BenchSettings(sizes=args.sizes, seqs=args.seq, trainers=args.trainers, steps=args.steps,
                              warmup=args.warmup, examples_per_step=args.examples_per_step,
                              smollm2_examples_per_step=args.smollm2_examples_per_step,
@@ -77,6 +77,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                              ours_micro=args.ours_micro, baseline_micro=args.baseline_micro,
                              ours_params=args.ours_params,
                              prep=not args.no_prep, num_proc=args.num_proc, work_dir=args.work_dir)
+    if args.qlora:
+        return _qlora(settings, args.gradient_checkpointing)
+    if any(t != "ours" for t in args.trainers) or not args.no_prep:
+        _require_trl()
+    from utils.bench.benchmark import run_benchmark
+    from utils.bench.report import write_report
+
     results = run_benchmark(settings)
     results["command"] = "python scripts/benchmark_throughput.py " + " ".join(sys.argv[1:] if argv is None else argv)
     args.work_dir.mkdir(parents=True, exist_ok=True)
@@ -93,6 +100,18 @@ def _json_object(text: str) -> dict:
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f"give a JSON object of training_params, e.g. {{\"bf16\": true}}: {text}")
     return value
+
+
+def _qlora(settings, checkpointing: bool) -> int:
+    from utils.bench.qlora import qlora_table, run_qlora_comparison
+    from utils.parallel.quantization import require_bitsandbytes
+
+    require_bitsandbytes("--qlora")
+    result = run_qlora_comparison(settings, checkpointing)
+    settings.work_dir.mkdir(parents=True, exist_ok=True)
+    (settings.work_dir / f"qlora{'_gc' if checkpointing else ''}.json").write_text(json.dumps(result, indent=1))
+    print(qlora_table(result))
+    return 0
 
 
 def _require_trl() -> None:

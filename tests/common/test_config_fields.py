@@ -17,7 +17,7 @@ from utils.data.sources import FORMATS, TYPES
 from utils.data.templates import TEMPLATES, TRAIN_ON
 from utils.data.text_sources import _READERS, TextSource
 from utils.train.config_docs import _child_class, _config_classes, _local_ref
-from utils.train.params import SCHEDULERS, TrainingParams
+from utils.train.params import COMPUTE_DTYPES, QUANT_TYPES, SCHEDULERS, QuantizationParams, TrainingParams
 
 JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean", list: "array", dict: "object",
               tuple: "array", type(None): "null"}
@@ -30,6 +30,8 @@ CODE_ENUMS = {
     ("pretrain", "training_params.scheduler"): SCHEDULERS,
     ("sft_training", "training_params.scheduler"): SCHEDULERS,
     ("text_source", "type"): tuple(_READERS),
+    ("sft_training", "quantization.bnb_4bit_quant_type"): QUANT_TYPES,
+    ("sft_training", "quantization.bnb_4bit_compute_dtype"): tuple(COMPUTE_DTYPES),
 }
 
 
@@ -97,7 +99,7 @@ def all_pairs():
 PAIRS = all_pairs()
 
 
-DOCUMENTED = [p for p in PAIRS if p[3] is TrainingParams]
+DOCUMENTED = [p for p in PAIRS if p[3] in (TrainingParams, QuantizationParams)]
 """Levels whose dataclass is the source of the descriptions (other dataclasses' docstrings are notes for readers)."""
 
 

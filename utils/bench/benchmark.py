@@ -96,6 +96,8 @@ class Case:
     examples_per_step: int
     learning_rate: float
     lora: dict | None = None
+    quantization: dict | None = None
+    gradient_checkpointing: bool = False
 
 
 # ------------------------------------------------------------------------------------- data and models
@@ -189,7 +191,7 @@ def run_one(case: Case, trainer: str, repeat: int, settings: BenchSettings) -> d
                    example_order(case.data_dir, settings.steps * case.examples_per_step, 1234),
                    case.examples_per_step, settings.steps, case.seq, case.learning_rate, 1234, case.lora,
                    settings.threads, micro_examples(case, trainer, settings),
-                   settings.ours_params if trainer == "ours" else {})
+                   settings.ours_params if trainer == "ours" else {}, case.quantization, case.gradient_checkpointing)
     (work / "spec.json").write_text(json.dumps(asdict(spec)))
     start = time.perf_counter()
     _check_call([sys.executable, str(SCRIPT), "--child", str(work / "spec.json")], work / "log.txt",

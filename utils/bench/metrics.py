@@ -133,5 +133,17 @@ def window_stats(records: list[StepRecord], warmup: int) -> WindowStats:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, in MiB (Linux reports KiB)."""
+    """Peak resident memory of this process so far, in MiB.
+
+    Linux's ``VmHWM`` (the high-water mark of this process's own memory map): ``ru_maxrss`` of a process
+    started by fork/vfork + exec begins at its parent's peak, so every benchmark child reported at least the
+    parent's. ``ru_maxrss`` (KiB on Linux) is the fallback elsewhere.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

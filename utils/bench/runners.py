@@ -46,6 +46,8 @@ class RunSpec:
     threads: int | None = None
     micro_examples: int | None = None  # examples per micro-batch (accumulation makes up the step)
     params: dict = field(default_factory=dict)  # this trainer: training_params on top of the bench's (levers)
+    quantization: dict | None = None   # the SFT config's quantization block (QLoRA), this trainer only
+    gradient_checkpointing: bool = False  # this trainer only (the QLoRA comparison)
 
     @classmethod
     def load(cls, path: Path) -> "RunSpec":
@@ -92,9 +94,11 @@ def run_ours(spec: RunSpec) -> RunResult:
         "warmup_steps": 0, "scheduler": "constant", "weight_decay": 0.0, "adam_beta1": 0.9,
         "adam_beta2": 0.95, "max_grad_norm": 1.0, "logging_steps": 1, "eval_steps": 0,
         "save_steps": 0, "save_total_limit": 1, "eval_max_batches": 1, "bf16": "auto", "seed": spec.seed,
-        **spec.params}}
+        "gradient_checkpointing": spec.gradient_checkpointing, **spec.params}}
     if spec.lora:
         config["lora_config"] = spec.lora
+    if spec.quantization:
+        config["quantization"] = spec.quantization
     (work / "config.json").write_text(json.dumps(config, indent=2))
     cfg = load_config(work / "config.json", "sft_training", SFTTrainingConfig)
     run_sft(cfg, SFTInputs(model_path=spec.model_dir, tokenizer_path=spec.tokenizer_dir, data_dirs=[spec.data_dir],

@@ -18,6 +18,7 @@ from utils.common.atomic import atomic_dir, check_owner, exclusive, refuse_insid
 from utils.common.errors import UserError
 from utils.data.tokenizer import copy_tokenizer_files
 from utils.model.modeling import load_model
+from utils.parallel.quantization import bnb_config, dequantized, prepare_4bit
 
 ADAPTER_CONFIG = "adapter_config.json"
 SUMMARY = "training_summary.json"
@@ -45,6 +46,8 @@ class ExportResult:
     eval_report: Path | None
     max_logit_diff: float | None
     """Largest |logit| difference between the in-memory model and the reloaded export."""
+    quantization: dict | None = None
+    """The 4-bit settings whose dequantized base the adapter was merged into (QLoRA); None otherwise."""
 
 
 def read_final(model_path: str | Path) -> FinalDir:
@@ -106,7 +109,7 @@ def load_merged(final: FinalDir, base: str):
         raise UserError(f"base model {base}: this is a LoRA adapter, not a model; pass --base_model_path "
                         "with the model the adapter was trained on")
     try:
-        model = load_model(base)
+        model = _load_base(base, quantization(final))
     except UserError as err:
         raise UserError(f"{err}; pass --base_model_path with the model the adapter was trained on") from None
     try:
@@ -117,6 +120,21 @@ def load_merged(final: FinalDir, base: str):
         raise UserError(f"{final.path}: the adapter does not fit base {base} ({detail}); "
                         "pass --base_model_path with the model it was trained on") from None
     return peft_model.merge_and_unload()
+
+
+def quantization(final: FinalDir) -> dict | None:
+    """The quantization block the adapter was trained with (QLoRA), from training_summary.json; else None."""
+    config = final.summary.get("config")
+    saved = config.get("quantization") if isinstance(config, dict) else None
+    return saved if isinstance(saved, dict) else None
+
+
+def _load_base(base: str, quant: dict | None):
+    """The base in full precision; after QLoRA, the base quantized as in training and dequantized again: the
+    weights the adapter was trained against, in plain layers that the merge adds the adapter to exactly."""
+    if quant is None:
+        return load_model(base)
+    return dequantized(prepare_4bit(load_model(base, quantization_config=bnb_config(quant)), base))
 
 
 def find_eval_report(model_path: Path, explicit: str | None) -> Path | None:
@@ -156,7 +174,7 @@ def _export(final: FinalDir, base, report: Path | None, out: Path, dtype: str) -
         card = model_card(final, base, _data_sources(final.summary), _read_json(report) if report else None, out)
         (tmp / "README.md").write_text(card, encoding="utf-8")
         diff = verify_export(model, tmp)
-    return ExportResult(out, base, report, diff)
+    return ExportResult(out, base, report, diff, quantization(final) if base else None)
 
 
 def _save_model(model, final_path: Path, tmp: Path) -> None:
@@ -230,6 +248,10 @@ def _origin(final: FinalDir, base: str | None) -> str:
         lora = final.adapter_config
         how = (f"a LoRA adapter (r={lora.get('r')}, alpha={lora.get('lora_alpha')}, "
                f"targets {', '.join(sorted(lora.get('target_modules') or []))}) merged into the weights")
+        quant = quantization(final)
+        if quant:
+            how += (f"; trained on the base held in 4 bits ({quant.get('bnb_4bit_quant_type')}, QLoRA), so merged "
+                    "into that base dequantized: the weights the adapter was trained against")
     else:
         how = "full fine-tuning"
     return (f"Supervised fine-tune of base model {base_name} ({how}), exported from `{final.path}` "

@@ -25,6 +25,8 @@ from utils.model.modeling import check_vocab_fits, load_model
 from utils.monitor.run_plan import RunPlan
 from utils.parallel.accelerator import fast_bf16_available
 from utils.sampling.example_store import ExampleStore, load_sft_store
+from utils.train.params import QuantizationParams
+from utils.train.qlora import load_base
 from utils.train.stage_sft import EvaluationConfig, SFTTrainingConfig
 
 SUMMARY = "training_summary.json"
@@ -101,7 +103,8 @@ def _load_adapter(path: Path, trust_remote_code: bool):
     if not base or (base.startswith(("/", ".", "checkpoints")) and not Path(base).exists()):
         raise UserError(f"{config_file}: base_model_name_or_path {base!r} not found; run from the directory "
                         "training ran in, or set that field to the base model's directory")
-    model = load_model(base, trust_remote_code=trust_remote_code)
+    quant = _quantization(path)
+    model = load_base(base, quant, trust_remote_code)
     # peft costs seconds to import; deferred so callers that skip this stay fast
     from peft import PeftModel
 
@@ -109,8 +112,20 @@ def _load_adapter(path: Path, trust_remote_code: bool):
         adapted = PeftModel.from_pretrained(model, str(path))
     except (OSError, ValueError, RuntimeError) as err:
         raise UserError(f"{path}: cannot load the LoRA adapter onto {base}: {str(err).splitlines()[0]}") from None
+    if quant is not None:
+        print(f"base {base} held in {quant.describe()} as in training (quantization in {SUMMARY}); "
+              "the adapter stays unmerged", flush=True)
+        # QLoRA: the 4-bit base as training held it, adapter beside it. Merging would round base + adapter to
+        # 4 bits again; the export merges into the dequantized base instead (the same weights, in full precision).
+        return adapted
     # merged once, so every forward runs at plain-model speed; equal to base + adapter up to fp32 rounding
     return adapted.merge_and_unload()
+
+
+def _quantization(path: Path) -> QuantizationParams | None:
+    """The quantization block training ran with (training_summary.json beside the adapter), or None."""
+    saved = read_summary(path).get("config", {}).get("quantization")
+    return from_dict(QuantizationParams, saved, "quantization.") if isinstance(saved, dict) else None
 
 
 # ---------------------------------------------------------------------- resolution

@@ -178,3 +178,26 @@ def _read_gguf(path: Path):
         raise UserError(f"{path}: cannot convert this GGUF file ({str(err).splitlines()[0]}); "
                         "transformers reads GGUF only for the architectures it lists as supported") from None
     return tokenizer, model
+
+
+_EIGHT_BITS_OR_MORE = {"F64", "F32", "F16", "BF16", "Q8_0", "Q8_1", "Q8_K", "I8", "I16", "I32", "I64"}
+
+
+def low_bit_types(path: str | Path) -> list[str]:
+    """The tensor types below 8 bits (Q4_1, Q5_K, ...) of the GGUF behind ``path``: a .gguf file, or a
+    directory converted from one (its ``gguf_source.json``); [] for anything else or a source now gone."""
+    path = Path(path)
+    if path.is_dir() and (path / SOURCE_FILE).is_file():
+        try:
+            path = Path(json.loads((path / SOURCE_FILE).read_text(encoding="utf-8"))["path"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return []
+    if path.suffix != ".gguf" or not path.is_file():
+        return []
+    import gguf  # only a GGUF base needs it
+
+    try:
+        kinds = {t.tensor_type.name for t in gguf.GGUFReader(str(path)).tensors}
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path}: cannot read this GGUF file ({str(err).splitlines()[0]})") from None
+    return sorted(kinds - _EIGHT_BITS_OR_MORE)

@@ -55,24 +55,47 @@ def build_model(arch: ModelArchitecture, tokenizer, seed: int) -> torch.nn.Modul
     return LlamaForCausalLM(config)
 
 
-def load_model(path: str, trust_remote_code: bool = False, dtype: torch.dtype = torch.float32):
-    """An HF causal LM from a local directory (or hub name); errors name the path and the fix."""
-    # transformers costs seconds to import; deferred so callers that skip this stay fast
-    from transformers import AutoModelForCausalLM
-
+def model_dir(path: str) -> str:
+    """The local directory (absolute) or hub name that ``path`` loads from; a .gguf file is converted once."""
     local = Path(path)
     check_readable(local, "model")
     if local.suffix == ".gguf":
-
         local = hf_dir_for_gguf(local)
     elif not local.exists() and (local.is_absolute() or path.startswith((".", "checkpoints", "data"))):
         raise UserError(f"{path}: model not found; train one first (e.g. `make pretrain-tiny`) "
                         "or pass an HF model directory")
-    if local.exists():
-        local = local.resolve()  # adapters record this path: absolute, so they load from any directory
+    # adapters record this path: absolute, so they load from any directory
+    return str(local.resolve()) if local.exists() else path
+
+
+def load_model(path: str, trust_remote_code: bool = False, dtype: torch.dtype = torch.float32,
+               quantization_config=None):
+    """An HF causal LM from a local directory (or hub name); errors name the path and the fix.
+
+    ``quantization_config`` (a transformers ``BitsAndBytesConfig``) loads the linear layers quantized.
+    """
+    # transformers costs seconds to import; deferred so callers that skip this stay fast
+    from transformers import AutoModelForCausalLM
+
+    local = model_dir(path)
+    extra = {"quantization_config": quantization_config} if quantization_config is not None else {}
     try:
-        return AutoModelForCausalLM.from_pretrained(str(local), dtype=dtype,
-                                                    trust_remote_code=trust_remote_code)
+        return AutoModelForCausalLM.from_pretrained(local, dtype=dtype, trust_remote_code=trust_remote_code,
+                                                    **extra)
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path}: cannot load model: {str(err).splitlines()[0]}") from None
+
+
+def empty_model(path: str, trust_remote_code: bool = False):
+    """The model's module tree without weights (on the meta device): its layer types, at no loading cost."""
+    # transformers and accelerate cost seconds to import; deferred so callers that skip this stay fast
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(model_dir(path), trust_remote_code=trust_remote_code)
+        with init_empty_weights():
+            return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
         raise UserError(f"{path}: cannot load model: {str(err).splitlines()[0]}") from None
     except Exception as err:  # safetensors' SafetensorError: a truncated or damaged weights file

@@ -1,6 +1,6 @@
 """LoRA wrapping: which layers get adapters, and the peft model that trains only them.
 
-Quantized (QLoRA) loading would sit beside this: it changes how the base weights are held, not the loop.
+Quantized (QLoRA) loading sits beside this (quantization.py): it changes how the base weights are held, not the loop.
 """
 from __future__ import annotations
 

@@ -10,6 +10,10 @@ from utils.parallel.accelerator import fast_bf16_available
 
 SCHEDULERS = ("cosine", "linear", "constant")
 """Learning-rate decays after warm-up (``lr_lambda``); the schema lists the same names."""
+QUANT_TYPES = ("nf4", "fp4")
+"""bitsandbytes 4-bit data types; the schema lists the same names."""
+COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
+"""dtypes 4-bit weights are dequantized to for each matmul; the schema lists the same names."""
 
 
 @dataclass
@@ -96,6 +100,32 @@ class TrainingParams:
 
     def autocast_dtype(self) -> torch.dtype | None:
         return torch.bfloat16 if self.bf16 else torch.float16 if self.fp16 else None
+
+
+@dataclass
+class QuantizationParams:
+    """quantization of the SFT config: a 4-bit base under the LoRA adapter (QLoRA, bitsandbytes). Each field's
+    docstring is its description: config/schemas/sft_training.schema.json repeats it word for word."""
+
+    load_in_4bit: bool = True
+    """Hold the base model's linear layers in 4 bits (bitsandbytes Linear4bit) while LoRA trains in full
+    precision on top; the only mode (leave the block out, or set it to null, for a full-precision base)."""
+    bnb_4bit_quant_type: str = "nf4"
+    """4-bit data type: nf4 (NormalFloat, made for normally distributed weights; lower error) or fp4."""
+    bnb_4bit_use_double_quant: bool = True
+    """Quantize the per-block scales as well (about 0.4 bits less per weight)."""
+    bnb_4bit_compute_dtype: str = "float32"
+    """dtype the 4-bit weights are dequantized to for each matmul: float32 (exact on every device), or
+    bfloat16/float16 (faster on GPUs)."""
+    requantize_gguf: bool = False
+    """Allow a GGUF base whose weights are already quantized below 8 bits (e.g. Q4_1): its dequantized weights
+    are rounded to 4 bits a second time, which costs accuracy (docs/BENCHMARKS.md measures it on SmolLM2-135M);
+    without it such a base is refused."""
+
+    def describe(self) -> str:
+        """One line for the run plan and the logs."""
+        return (f"4-bit {self.bnb_4bit_quant_type}{', double quantization' if self.bnb_4bit_use_double_quant else ''}, "
+                f"compute {self.bnb_4bit_compute_dtype}")
 
 
 def lr_lambda(params: TrainingParams, total_steps: int):

@@ -2,7 +2,8 @@
 
 A checkpoint restores the optimizer and scheduler state, which carry the learning rate, weight decay and
 AdamW constants the run was started with; without this module a changed value would be silently ignored.
-Each field of ``TrainingParams`` (and the LoRA settings) has one policy, documented in docs/RELIABILITY.md:
+Each field of ``TrainingParams`` (and the LoRA and quantization settings) has one policy, documented in
+docs/RELIABILITY.md:
 
 - APPLIED from the resume step and announced in one line ("changed on resume: learning_rate 0.003 -> 0.0003");
 - REFUSED in one line naming the field (they change the data order or the model's shape);
@@ -52,6 +53,11 @@ def check_changes(path: Path, saved: dict, config: dict, params: TrainingParams,
         raise UserError(f"{path}: lora_config differs from the checkpoint's ({lora_before} then, "
                         f"{config.get('lora_config')} now); it cannot change on resume — put it back, "
                         "or start a new --output_dir")
+    quant_before = (saved.get("config") or {}).get("quantization")  # checkpoints before QLoRA: none
+    if quant_before != config.get("quantization"):
+        raise UserError(f"{path}: quantization differs from the checkpoint's ({quant_before} then, "
+                        f"{config.get('quantization')} now); the base weights' precision cannot change on resume "
+                        "— put it back, or start a new --output_dir")
     return {k: (before[k], now[k]) for k in APPLIED if k in before and before[k] != now[k]}
 
 

@@ -17,7 +17,7 @@ from utils.common.errors import UserError
 from utils.data.shards import verify_data_dir
 from utils.data.templates import get_template
 from utils.model.generation import GenerationSettings, generate_responses
-from utils.model.modeling import check_vocab_fits, load_model
+from utils.model.modeling import check_vocab_fits
 from utils.monitor.plots import plot_training
 from utils.monitor.run_plan import RunPlan
 from utils.parallel.lora import LoraSettings
@@ -25,7 +25,8 @@ from utils.parallel.state_dict import unwrap_lm
 from utils.sampling.example_store import ExampleStore, load_sft_store
 from utils.train.cli import RunInputs
 from utils.train.loop import best_record, evaluate, fit
-from utils.train.params import TrainingParams
+from utils.train.params import QuantizationParams, TrainingParams
+from utils.train.qlora import check_quantizable, describe_base, load_base
 from utils.train.run_setup import adapt_model, build_run, own_output, start_stage
 
 
@@ -43,9 +44,15 @@ class SFTTrainingConfig:
     name: str
     training_params: TrainingParams
     lora_config: LoraSettings | None = None
+    quantization: QuantizationParams | None = None
     data_weights: dict = field(default_factory=dict)
     evaluation_config: EvaluationConfig = field(default_factory=EvaluationConfig)
     description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.quantization is not None and self.lora_config is None:
+            raise ValueError("quantization: a 4-bit base cannot be fine-tuned in full (its weights are frozen "
+                             "4-bit integers); add a lora_config block (QLoRA) or remove quantization")
 
 
 @dataclass
@@ -114,6 +121,9 @@ class SFTInputs(RunInputs):
 def run_sft(cfg: SFTTrainingConfig, inputs: SFTInputs) -> str | None:
     """Train; write checkpoints, metrics, samples, final/ and a plot; return the summary."""
     accelerator, tokenizer, fingerprint = start_stage(cfg.training_params, inputs.tokenizer_path)
+    if cfg.quantization is not None:  # refused before the output directory is claimed
+        check_quantizable(cfg.quantization, cfg.lora_config, inputs.model_path, accelerator,
+                          inputs.trust_remote_code)
     with accelerator.main_process_first():
         dirs = load_data_dirs(inputs.data_dirs, fingerprint)
     model = _model(cfg, inputs, tokenizer)  # inputs that cannot train are refused before anything is written
@@ -127,7 +137,7 @@ def _train(cfg: SFTTrainingConfig, inputs: SFTInputs, accelerator, tokenizer, fi
     weights, weights_from = resolve_weights(dirs, inputs.data_weights, cfg.data_weights)
     resume = resolve_resume(inputs.resume_from_checkpoint, output_dir, accelerator.is_main_process)
     dirs, weights = _checkpoint_order(resume, dirs, weights, accelerator.is_main_process)
-    plan = _plan(dirs, weights, weights_from, inputs)
+    plan = _plan(cfg, dirs, weights, weights_from, inputs)
     run_info = _run_info(cfg, inputs, fingerprint, dirs, weights)
     run, state = build_run(accelerator, model, [d.train for d in dirs], _val_stores(dirs), weights, params,
                            output_dir, run_info, resume, plan, max(int(d.train.lengths.max()) for d in dirs))
@@ -167,7 +177,7 @@ def _checkpoint_order(resume, dirs: list[DataDir], weights: list[float], main: b
 
 
 def _model(cfg: SFTTrainingConfig, inputs: SFTInputs, tokenizer):
-    model = load_model(inputs.model_path, trust_remote_code=inputs.trust_remote_code)
+    model = load_base(inputs.model_path, cfg.quantization, inputs.trust_remote_code)
     check_vocab_fits(model, tokenizer, inputs.model_path, inputs.tokenizer_path)
     model, cfg.lora_config = adapt_model(model, cfg.lora_config, inputs.model_path)
     return model
@@ -186,9 +196,12 @@ def _run_info(cfg: SFTTrainingConfig, inputs: SFTInputs, fingerprint: str, dirs:
             "data_weights": weights, "template": dirs[0].manifest["template"]}
 
 
-def _plan(dirs: list[DataDir], weights: list[float], weights_from: str, inputs: SFTInputs) -> RunPlan:
+def _plan(cfg: SFTTrainingConfig, dirs: list[DataDir], weights: list[float], weights_from: str,
+          inputs: SFTInputs) -> RunPlan:
     plan = RunPlan()
     plan.add("model", str(inputs.model_path), "--model_path")
+    if cfg.quantization is not None:
+        plan.add("base weights", describe_base(cfg.quantization, inputs.model_path), "quantization")
     total = sum(weights)
     for d, w in zip(dirs, weights):
         plan.add(f"data {d.path.name}", f"{len(d.train):,} train / {len(d.val):,} val, "

@@ -1,0 +1,47 @@
+"""QLoRA wiring of the SFT stage: refuse a base that cannot be held in 4 bits before anything is written, then
+load it quantized (utils/parallel/quantization.py holds the 4-bit parts)."""
+from __future__ import annotations
+
+from accelerate.utils import DistributedType
+
+from utils.common.config import to_dict
+from utils.common.errors import UserError
+from utils.model.architectures import default_lora_targets
+from utils.model.gguf import low_bit_types
+from utils.model.modeling import empty_model, load_model
+from utils.parallel.lora import LoraSettings
+from utils.parallel.quantization import bnb_config, check_targets, prepare_4bit, require_bitsandbytes
+from utils.train.params import QuantizationParams
+
+
+def check_quantizable(quant: QuantizationParams, lora: LoraSettings, model_path: str, accelerator,
+                      trust_remote_code: bool = False) -> None:
+    """Everything that would stop a 4-bit run, checked without loading weights: one line each."""
+    require_bitsandbytes()
+    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        raise UserError(f"quantization: a 4-bit base is not supported under {accelerator.distributed_type.value} "
+                        "(its sharding needs matching storage dtypes, untested here); launch with DDP "
+                        "(config/accelerate/multi_gpu.yaml) or one process, or remove the quantization block")
+    low = low_bit_types(model_path)
+    if low and not quant.requantize_gguf:
+        raise UserError(f"--model_path {model_path}: this GGUF is already quantized ({', '.join(low)}); 4-bit "
+                        "loading would round its weights a second time. Set quantization.requantize_gguf: true "
+                        "to accept that, or train plain LoRA on it (remove the quantization block)")
+    skeleton = empty_model(model_path, trust_remote_code)
+    targets = lora.target_modules if lora.target_modules is not None else default_lora_targets(skeleton)
+    check_targets(skeleton, list(targets))
+
+
+def load_base(model_path: str, quant: QuantizationParams | None, trust_remote_code: bool = False):
+    """The base model: in 4 bits under ``quant``, else as saved (fp32)."""
+    if quant is None:
+        return load_model(model_path, trust_remote_code=trust_remote_code)
+    model = load_model(model_path, trust_remote_code=trust_remote_code,
+                       quantization_config=bnb_config(to_dict(quant)))
+    return prepare_4bit(model, model_path)
+
+
+def describe_base(quant: QuantizationParams, model_path: str) -> str:
+    """The run plan's line on how the base weights are held."""
+    low = low_bit_types(model_path)
+    return quant.describe() + (f" (re-quantized from GGUF {', '.join(low)}: requantize_gguf)" if low else "")
