@@ -22,7 +22,7 @@ from utils.model.architectures import check_model, default_lora_targets
 from utils.model.attention import use_packed_attention
 from utils.model.loss import SupervisedLoss
 from utils.model.modeling import count_parameters
-from utils.monitor.metrics_log import MetricsLogger, NullLogger
+from utils.monitor.trackers import RunLogger, make_trackers
 from utils.monitor.run_plan import RunPlan
 from utils.parallel.accelerator import make_accelerator
 from utils.parallel.lora import LoraSettings, apply_lora
@@ -34,9 +34,11 @@ from utils.train.params import TrainingParams, build_optimizer, lr_lambda
 from utils.train.resume_policy import apply_changes, check_changes, describe, describe_weights
 
 
-def start_stage(params: TrainingParams, tokenizer_path: str) -> tuple[object, object, str]:
-    """How both stages begin: the accelerator, the seed, the tokenizer and its fingerprint."""
-    accelerator = make_accelerator(params.mixed_precision())
+def start_stage(params: TrainingParams, tokenizer_path: str, output_dir: Path) -> tuple[object, object, str]:
+    """How both stages begin: the accelerator (with the trackers of report_to), the seed, the tokenizer and its
+    fingerprint."""
+    trackers = make_trackers(params.report_to, Path(output_dir), Path(output_dir).name)
+    accelerator = make_accelerator(params.mixed_precision(), trackers)
     set_seed(params.seed)
     tokenizer = load_tokenizer(tokenizer_path)
     return accelerator, tokenizer, tokenizer_fingerprint(hf_dir_for(tokenizer_path))
@@ -156,7 +158,7 @@ def build_run(accelerator, model, stores, val_stores, weights, params: TrainingP
                         total_steps)
         if accelerator.is_main_process:
             print(f"resuming from {resume.name} (step {state.step} of {total_steps})", flush=True)
-    logger = MetricsLogger(output_dir, state.step) if accelerator.is_main_process else NullLogger()
+    logger = RunLogger(accelerator, state.step, run_info.get("config"))
     run = TrainRun(accelerator, loss_module, optimizer, scheduler, planner, stores, val_stores, params,
                    total_steps, output_dir, logger, {**run_info, "plan": plan.as_dict()},
                    start_time=time.perf_counter())

@@ -113,7 +113,7 @@ class SFTInputs(RunInputs):
 
 def run_sft(cfg: SFTTrainingConfig, inputs: SFTInputs) -> str | None:
     """Train; write checkpoints, metrics, samples, final/ and a plot; return the summary."""
-    accelerator, tokenizer, fingerprint = start_stage(cfg.training_params, inputs.tokenizer_path)
+    accelerator, tokenizer, fingerprint = start_stage(cfg.training_params, inputs.tokenizer_path, inputs.output_dir)
     with accelerator.main_process_first():
         dirs = load_data_dirs(inputs.data_dirs, fingerprint)
     model = _model(cfg, inputs, tokenizer)  # inputs that cannot train are refused before anything is written
