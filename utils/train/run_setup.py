@@ -6,6 +6,7 @@ import contextlib
 import copy
 import os
 import shutil
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -14,7 +15,7 @@ import torch
 from accelerate.utils import set_seed
 
 from utils.checkpoint.checkpoints import list_checkpoints, load_checkpoint, load_training_state
-from utils.common.atomic import check_owner, exclusive, mark_owner
+from utils.common.atomic import check_owner, exclusive, mark_owner, write_json_atomic
 from utils.common.errors import UserError
 from utils.data.fingerprint import tokenizer_fingerprint
 from utils.data.tokenizer import hf_dir_for, load_tokenizer
@@ -68,6 +69,7 @@ def own_output(accelerator, inputs: RunInputs, kind: str):
             try:
                 stack.enter_context(exclusive(inputs.output_dir))
                 _claim(inputs, kind)
+                record_command(inputs.output_dir)
             except UserError as err:
                 failure = err
         if accelerator.num_processes > 1:
@@ -79,7 +81,15 @@ def own_output(accelerator, inputs: RunInputs, kind: str):
         yield
 
 
-_RUN_OUTPUTS = ("final", "metrics.jsonl", "samples.jsonl", "tensorboard", "loss.png")
+COMMAND = "command.json"
+"""The command line that started the run (argv, interpreter, working directory): how to run it again or resume it."""
+
+
+def record_command(output_dir: Path) -> None:
+    write_json_atomic(Path(output_dir) / COMMAND, {"argv": sys.argv, "python": sys.executable, "cwd": os.getcwd()})
+
+
+_RUN_OUTPUTS = ("final", "metrics.jsonl", "samples.jsonl", "tensorboard", "loss.png", COMMAND)
 """What a training run writes besides its checkpoints: --overwrite_output_dir deletes these too."""
 
 
