@@ -34,7 +34,7 @@ def guarded(outputs: int):
             try:
                 return fn(*args, **kwargs)
             except Exception as err:  # the page must outlive any bad file or model
-                import gradio as gr
+                import gradio as gr  # an optional extra (requirements-studio.txt), loaded with the page
 
                 return tuple([gr.skip()] * (outputs - 1) + [_message(err)])
         return inner
@@ -176,7 +176,7 @@ class Studio:
 
 def build_app(studio: Studio):
     """The Gradio Blocks of the studio."""
-    import gradio as gr
+    import gradio as gr  # an optional extra (requirements-studio.txt): the handlers above work without it
 
     with gr.Blocks(title="SFT Studio") as app:
         gr.Markdown(f"# SFT Studio\n`{studio.root}` — runs under `{studio.checkpoints}`, "

@@ -121,11 +121,11 @@ class CurveCache:
 
 def plot_runs(tails: dict[str, MetricsTail]):
     """A matplotlib figure: one panel per PANELS key plus per-source eval loss, one line per run."""
+    # matplotlib loads only when a plot is drawn
     import matplotlib
 
     matplotlib.use("Agg")
-    # matplotlib loads only when a plot is drawn
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after use("Agg"): no display needed
 
     fig, axes = plt.subplots(2, 3, figsize=(12, 6), dpi=80)
     flat = list(axes.flat)
