@@ -66,6 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     studio = Studio(root, Path(args.checkpoints) if args.checkpoints else None,
                     Path(args.data) if args.data else None, python=sys.executable)
     app = build_app(studio)
+    # the tabs load tokenizers and models; importing transformers now keeps the first clicks quick
+    import transformers  # noqa: F401
     shown = f"[{args.host}]" if ":" in args.host else args.host
     print(f"studio: http://{shown}:{port}  (runs {studio.checkpoints}, corpora {studio.data}; Ctrl-C stops the "
           "page, not the runs it started)", flush=True)

@@ -56,6 +56,7 @@ class Studio:
         self.launched: list[launch.Launched] = []
         self._log_offsets: dict[str, int] = {}
         self._log_text: dict[str, str] = {}
+        self._curves_seen: tuple = ()
 
     # ------------------------------------------------------------------ runs
     def run_list(self) -> list[runs.Run]:
@@ -74,9 +75,14 @@ class Studio:
             parts.append(runs.describe(run) if run else f"### {name}\n\n⚠️ no longer there (deleted or moved)")
         return "\n\n".join(parts)
 
-    def run_curves(self, selected: list[str]):
-        """(figure, latest-values rows, messages) for the selected runs; only new metrics bytes are read."""
+    def run_curves(self, selected: list[str], only_changes: bool = False):
+        """(figure, latest-values rows, messages) for the selected runs; only new metrics bytes are read.
+        With ``only_changes``, None when neither the selection nor any run's metrics changed (nothing to redraw)."""
         tails = {name: self.curves.get(Path(name)) for name in selected or []}
+        seen = tuple((name, t.offset, len(t.messages), Path(name).exists()) for name, t in tails.items())
+        if only_changes and seen == self._curves_seen:
+            return None
+        self._curves_seen = seen
         notes = [m for t in tails.values() for m in t.messages[-5:]]
         missing = [n for n in selected or [] if not Path(n).exists()]
         notes += [f"{n}: no longer there (deleted or moved)" for n in missing]
@@ -144,6 +150,8 @@ class Studio:
                 yield history, base_history + [{"role": "assistant", "content": base_reply}], status
             base_history = base_history + [{"role": "assistant", "content": base_reply}]
             status += f"; base {base_path}"
+        if not reply.strip():
+            status += "; the reply is empty or only whitespace (an untrained or tiny model often ends at once)"
         yield history, base_history, status
 
     # ------------------------------------------------------------------ launch
@@ -200,14 +208,18 @@ def build_app(studio: Studio):
                 return rows, gr.update(choices=names, value=keep), ""
 
             @guarded(4)
-            def show_runs(selected):
-                figure, rows, notes = studio.run_curves(selected)
+            def show_runs(selected, only_changes=False):
+                shown = studio.run_curves(selected, only_changes)
+                if shown is None:
+                    return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+                figure, rows, notes = shown
                 return figure, rows, studio.run_details(selected), notes
 
-            refresh.click(list_runs, pick, [table, pick, runs_status])
-            app.load(list_runs, pick, [table, pick, runs_status])
-            pick.change(show_runs, pick, [plot, latest, details, runs_status])
-            timer.tick(show_runs, pick, [plot, latest, details, runs_status])
+            shown = [plot, latest, details, runs_status]
+            refresh.click(list_runs, pick, [table, pick, runs_status]).then(show_runs, pick, shown)
+            app.load(list_runs, pick, [table, pick, runs_status]).then(show_runs, pick, shown)
+            pick.input(show_runs, pick, shown)
+            timer.tick(lambda selected: show_runs(selected, True), pick, [plot, latest, details, runs_status])
         with gr.Tab("Data"):
             data_status = gr.Markdown(elem_id="data-status")
             corpus = gr.Dropdown(label="prepared corpus", elem_id="data-corpus")
@@ -268,7 +280,7 @@ def build_app(studio: Studio):
             system = gr.Textbox(label="system prompt", lines=1)
             with gr.Row():
                 max_new = gr.Slider(1, 1024, value=64, step=1, label="max new tokens")
-                temperature = gr.Slider(0, 2, value=0, step=0.05, label="temperature (0 = greedy)")
+                temperature = gr.Slider(0, 2, value=0, step=0.05, label="temperature (0 = greedy)", elem_id="chat-temperature")
                 top_p = gr.Slider(0.05, 1, value=1, step=0.05, label="top p")
             with gr.Row():
                 tuned_box = gr.Chatbot(label="model", elem_id="chat-tuned", height=320)
