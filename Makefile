@@ -32,7 +32,7 @@ TOKENIZER_STAMP := $(TOKENIZER)/tokenizer.json
 
 .PHONY: help install demo-data tokenizer-train-mix pretrain-tiny pretrain-small pretrain-base \
 	prepare-sft-corpus sft-train-tiny sft-train-small sft-train-base sft-custom \
-	sft-eval sft-pipeline-complete cpt-ift-pipeline smollm2-skill sft-export bench bench-profile docs-config test clean
+	sft-eval sft-pipeline-complete cpt-ift-pipeline smollm2-skill sft-export studio bench bench-profile docs-config test clean
 
 help: ## list the targets, in pipeline order
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_.-]+:.*## / {printf "  \033[1m%-24s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -206,6 +206,18 @@ smollm2-skill: $(DEMO) ## a real pretrained model learns the demo skills: LoRA o
 SMOL_EVAL_EXAMPLES ?= 240
 SMOL_TRAIN_ARGS ?=
 
+STUDIO_HOST ?= 127.0.0.1
+STUDIO_PORT ?= 7860
+STUDIO_STAMP := $(VENV)/.studio-$(shell cat requirements-studio.txt | cksum | cut -d' ' -f1)
+
+$(STUDIO_STAMP): requirements-studio.txt $(STAMP)
+	$(PIP) install -r requirements-studio.txt
+	rm -f $(VENV)/.studio-*
+	touch $@
+
+studio: $(STUDIO_STAMP) ## the local web UI over runs, corpora, evaluations, chat and launches (STUDIO_HOST, STUDIO_PORT; another host needs STUDIO_TOKEN)
+	$(PY) scripts/studio.py --host $(STUDIO_HOST) --port $(STUDIO_PORT)
+
 bench: $(TOKENIZER_STAMP) ## throughput against TRL SFTTrainer and the HF Trainer on the same data -> docs/BENCHMARKS.md
 	$(PIP) install -r requirements-bench.txt
 	$(PY) scripts/benchmark_throughput.py
@@ -216,7 +228,7 @@ bench-profile: $(TOKENIZER_STAMP) ## where one training step of the small preset
 docs-config: $(STAMP) ## regenerate docs/CONFIG.md from the JSON Schemas and config defaults
 	$(PY) -m utils.train.config_docs > docs/CONFIG.md.tmp && mv docs/CONFIG.md.tmp docs/CONFIG.md
 
-test: $(STAMP) ## run the test suite (CPU, tiny models; reads ../shared/data when present)
+test: $(STAMP) $(STUDIO_STAMP) ## run the test suite (CPU, tiny models; reads ../shared/data when present)
 	$(PY) -m pytest -q tests
 
 clean: ## remove generated data and checkpoints (keeps .venv)
