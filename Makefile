@@ -208,6 +208,7 @@ SMOL_TRAIN_ARGS ?=
 
 STUDIO_HOST ?= 127.0.0.1
 STUDIO_PORT ?= 7860
+STUDIO_ARGS ?=
 STUDIO_STAMP := $(VENV)/.studio-$(shell cat requirements-studio.txt | cksum | cut -d' ' -f1)
 
 $(STUDIO_STAMP): requirements-studio.txt $(STAMP)
@@ -216,7 +217,7 @@ $(STUDIO_STAMP): requirements-studio.txt $(STAMP)
 	touch $@
 
 studio: $(STUDIO_STAMP) ## the local web UI over runs, corpora, evaluations, chat and launches (STUDIO_HOST, STUDIO_PORT; another host needs STUDIO_TOKEN)
-	$(PY) scripts/studio.py --host $(STUDIO_HOST) --port $(STUDIO_PORT)
+	$(PY) scripts/studio.py --host $(STUDIO_HOST) --port $(STUDIO_PORT) $(STUDIO_ARGS)
 
 bench: $(TOKENIZER_STAMP) ## throughput against TRL SFTTrainer and the HF Trainer on the same data -> docs/BENCHMARKS.md
 	$(PIP) install -r requirements-bench.txt

@@ -61,6 +61,12 @@ def hold_lock(run_dir: Path) -> subprocess.Popen:
 
 
 @pytest.fixture
+def lock_holder():
+    """``hold_lock`` for tests in other modules."""
+    return hold_lock
+
+
+@pytest.fixture
 def running_run(studio_home, tmp_path):
     """A copy of the interrupted run whose lock a live process holds, removed afterwards."""
     run = studio_home / "checkpoints" / "sft" / f"running_{tmp_path.name[-8:]}"

@@ -49,7 +49,7 @@ def test_model_that_fails_to_load_is_one_line(tmp_path, studio_home):
         chat.load_chat_model(tmp_path / "gone")
 
 
-def test_commands_of_each_stage():
+def test_commands_of_each_stage(tmp_path):
     argv = launch.build_argv(launch.StageRequest("sft", "out", "config/sft_training/lora_tiny.json", "tok", "m",
                                                  "d1 d2", extra="--max_steps 3"), python="py")
     assert argv == ["py", "scripts/03_sft_industrial.py", "--config", "config/sft_training/lora_tiny.json",
@@ -65,6 +65,10 @@ def test_commands_of_each_stage():
         launch.build_argv(launch.StageRequest("export", "o", model_path="m", extra="--x 'open"))
     assert "config/sft_training/lora_tiny.json" in launch.shipped_configs(ROOT, "sft")
     assert launch.shipped_configs(ROOT, "export") == []
+    elsewhere = launch.shipped_configs(tmp_path, "sft")
+    assert f"{ROOT}/config/sft_training/lora_tiny.json" in elsewhere, "run from another directory: absolute paths"
+    assert launch.build_argv(launch.StageRequest("export", "o", model_path="m"), "py", tmp_path)[1] == \
+        f"{ROOT}/scripts/05_export_model.py"
 
 
 def wait_for(predicate, timeout: float = 240.0) -> bool:

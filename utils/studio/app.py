@@ -160,7 +160,7 @@ class Studio:
 
     def preview(self, *fields) -> str:
         request = launch.StageRequest(*fields)
-        return "`" + shlex.join(launch.build_argv(request, self.python or "python")) + "`"
+        return "`" + shlex.join(launch.build_argv(request, self.python or "python", self.root)) + "`"
 
     def start(self, *fields) -> tuple[str, str]:
         request = launch.StageRequest(*fields)
@@ -312,8 +312,8 @@ def build_app(studio: Studio):
                                  elem_id="launch-config")
             out_dir = gr.Textbox(label="output dir", elem_id="launch-output")
             tok = gr.Textbox(label="tokenizer path", value="checkpoints/tokenizer/spm8k_demo")
-            model_path = gr.Textbox(label="model path")
-            data_dirs = gr.Textbox(label="data dirs (space-separated)")
+            model_path = gr.Textbox(label="model path", elem_id="launch-model")
+            data_dirs = gr.Textbox(label="data dirs (space-separated)", elem_id="launch-data")
             base_path = gr.Textbox(label="base model path (evaluation)")
             eval_set = gr.Textbox(label="eval set (evaluation)")
             extra = gr.Textbox(label="more flags", placeholder="--max_steps 20 --overwrite_output_dir")

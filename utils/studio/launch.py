@@ -46,16 +46,26 @@ class StageRequest:
     """Further flags, shell-quoted (e.g. ``--max_steps 20 --overwrite_output_dir``)."""
 
 
-def shipped_configs(root: Path, stage: str) -> list[str]:
-    """The configs a stage ships with (config/<folder>/*.json), relative to the project root."""
+CODE = Path(__file__).resolve().parents[2]
+"""The repository: its scripts/ and config/ (the studio's --root may be another project directory)."""
+
+
+def _code_path(relative: str, cwd: Path | None) -> str:
+    """``relative`` as the command gives it: as is when run from the repository, else absolute."""
+    return relative if cwd is None or Path(cwd).resolve() == CODE else str(CODE / relative)
+
+
+def shipped_configs(cwd: Path | None, stage: str) -> list[str]:
+    """The configs a stage ships with (config/<folder>/*.json), as a command run in ``cwd`` names them."""
     folder = STAGES[stage][1]
     if folder is None:
         return []
-    return sorted(str(p.relative_to(root)) for p in (Path(root) / folder).glob("*.json"))
+    return sorted(_code_path(str(p.relative_to(CODE)), cwd) for p in (CODE / folder).glob("*.json"))
 
 
-def build_argv(request: StageRequest, python: str = sys.executable) -> list[str]:
-    """The command line of ``request``; a UserError naming the missing field when one is required."""
+def build_argv(request: StageRequest, python: str = sys.executable, cwd: Path | None = None) -> list[str]:
+    """The command line of ``request`` run in ``cwd``; a UserError naming the missing field when one is
+    required."""
     if request.stage not in STAGES:
         raise UserError(f"stage {request.stage!r}: unknown; choose one of {', '.join(STAGES)}")
     need = {"prepare": ("config", "tokenizer_path"), "pretrain": ("config", "tokenizer_path"),
@@ -64,7 +74,7 @@ def build_argv(request: StageRequest, python: str = sys.executable) -> list[str]
     for name in ("output_dir",) + need:
         if not getattr(request, name).strip():
             raise UserError(f"{request.stage}: --{name} is required; fill it in")
-    argv = [python, STAGES[request.stage][0]]
+    argv = [python, _code_path(STAGES[request.stage][0], cwd)]
     for flag in ("config", "model_path", "base_model_path", "tokenizer_path", "eval_set", "output_dir"):
         value = getattr(request, flag).strip()
         if value and not (flag == "config" and request.stage in ("eval", "export")):
@@ -96,7 +106,7 @@ class Launched:
 
 def launch(request: StageRequest, project_root: Path, python: str = sys.executable) -> Launched:
     """Start the stage detached (new session, stdin closed, output to its log); return at once."""
-    argv = build_argv(request, python)
+    argv = build_argv(request, python, project_root)
     out = Path(request.output_dir)
     if not out.is_absolute():
         out = Path(project_root) / out
