@@ -132,6 +132,7 @@ def test_every_tab_in_a_browser(page, home, tmp_path):
     segments, _caption = ExampleBrowser().render(home / "data" / "sft_processed" / "chat", "train", 0)
     marked = [e.text for e in page.find_elements(By.CSS_SELECTOR, "#data-example .token.highlighted")]
     assert marked == [text.strip() for text, label in segments if label] and len(marked) == 2
+    page.execute_script("document.getElementById('data-caption').scrollIntoView()")
     shoot(page, tmp_path, "data")
     # Evaluation: the report's metrics, family table and plots
     open_tab(page, "Evaluation")
