@@ -33,8 +33,8 @@ TOKENIZER_STAMP := $(TOKENIZER)/tokenizer.json
 
 .PHONY: help install demo-data tokenizer-train-mix pretrain-tiny pretrain-small pretrain-base \
 	prepare-sft-corpus sft-train-tiny sft-train-small sft-train-base sft-custom \
-	sft-eval sft-pipeline-complete cpt-ift-pipeline smollm2-skill qlora smollm2-qlora sft-export bench bench-profile \
-	bench-qlora docs-config test clean
+	sft-eval sft-pipeline-complete cpt-ift-pipeline smollm2-skill qlora smollm2-qlora sft-export studio bench \
+	bench-profile bench-qlora docs-config test clean
 
 help: ## list the targets, in pipeline order
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_.-]+:.*## / {printf "  \033[1m%-24s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -221,6 +221,19 @@ smollm2-qlora: $(QLORA_STAMP) ## smollm2-skill with QLoRA: SmolLM2-135M held in 
 	$(MAKE) --no-print-directory smollm2-skill SMOL_CONFIG=config/sft_training/qlora_smollm2.json \
 		SMOL_DIR=checkpoints/sft_industrial/smollm2_qlora SMOL_LABEL="+ QLoRA SFT"
 
+STUDIO_HOST ?= 127.0.0.1
+STUDIO_PORT ?= 7860
+STUDIO_ARGS ?=
+STUDIO_STAMP := $(VENV)/.studio-$(shell cat requirements-studio.txt | cksum | cut -d' ' -f1)
+
+$(STUDIO_STAMP): requirements-studio.txt $(STAMP)
+	$(PIP) install -r requirements-studio.txt
+	rm -f $(VENV)/.studio-*
+	touch $@
+
+studio: $(STUDIO_STAMP) ## the local web UI over runs, corpora, evaluations, chat and launches (STUDIO_HOST, STUDIO_PORT; another host needs STUDIO_TOKEN)
+	$(PY) scripts/studio.py --host $(STUDIO_HOST) --port $(STUDIO_PORT) $(STUDIO_ARGS)
+
 bench: $(TOKENIZER_STAMP) ## throughput against TRL SFTTrainer and the HF Trainer on the same data -> docs/BENCHMARKS.md
 	$(PIP) install -r requirements-bench.txt
 	$(PY) scripts/benchmark_throughput.py
@@ -234,7 +247,7 @@ bench-qlora: $(TOKENIZER_STAMP) $(QLORA_STAMP) ## QLoRA against LoRA (small, Smo
 docs-config: $(STAMP) ## regenerate docs/CONFIG.md from the JSON Schemas and config defaults
 	$(PY) -m utils.train.config_docs > docs/CONFIG.md.tmp && mv docs/CONFIG.md.tmp docs/CONFIG.md
 
-test: $(STAMP) $(QLORA_STAMP) ## run the test suite (CPU, tiny models; reads ../shared/data when present)
+test: $(STAMP) $(QLORA_STAMP) $(STUDIO_STAMP) ## run the test suite (CPU, tiny models; reads ../shared/data when present)
 	$(PY) -m pytest -q tests
 
 clean: ## remove generated data and checkpoints (keeps .venv)

@@ -47,6 +47,7 @@ def run_training(out_dir: Path, *, batch: int | None = None, tokens: int | None 
     from utils.parallel.lora import LoraSettings, apply_lora
     from utils.parallel.accelerator import make_accelerator
     from utils.monitor.run_plan import RunPlan
+    from utils.monitor.trackers import make_trackers
     from utils.train.run_setup import build_run
     from utils.train.params import TrainingParams
     from utils.train.loop import fit
@@ -63,7 +64,7 @@ def run_training(out_dir: Path, *, batch: int | None = None, tokens: int | None 
                                                target_modules=["q_proj", "v_proj", "gate_proj"]))
     stores = [random_store("a", 60, 1, learnable=learnable), random_store("b", 30, 2, learnable=learnable)]
     val = [random_store("a", 6, 3), random_store("b", 6, 4)]
-    accelerator = make_accelerator(params.mixed_precision())
+    accelerator = make_accelerator(params.mixed_precision(), make_trackers(params.report_to, out_dir, "test"))
     run, state = build_run(accelerator, model, stores, val, list(weights), params, out_dir,
                            {"data_hashes": "synthetic", "tokenizer_sha256": "none"}, resume, RunPlan(), 40)
     state = fit(run, state)

@@ -128,7 +128,7 @@ def run_profile(spec_case, out_dir: Path, warmup: int = 2, steps: int = 1, micro
                             per_device_train_batch_size=micro,
                             gradient_accumulation_steps=spec_case.examples_per_step // micro, warmup_steps=0,
                             scheduler="constant", adam_beta2=0.95, logging_steps=1, seed=1234, **(params or {}))
-    accelerator, _, _ = start_stage(params, spec_case.tokenizer_dir)
+    accelerator, _, _ = start_stage(params, spec_case.tokenizer_dir, out_dir)
     data_dir = Path(spec_case.data_dir)
     store = load_sft_store(data_dir, "train", load_manifest(data_dir))
     model = load_model(spec_case.model_dir)

@@ -7,12 +7,13 @@ from accelerate import Accelerator
 from utils.common.errors import UserError
 
 
-def make_accelerator(mixed_precision: str) -> Accelerator:
-    """An Accelerator for ``mixed_precision`` ("bf16", "fp16" or "no") on the GPU, or on CPU without one."""
+def make_accelerator(mixed_precision: str, log_with: list | None = None) -> Accelerator:
+    """An Accelerator for ``mixed_precision`` ("bf16", "fp16" or "no") on the GPU, or on CPU without one, logging
+    to the trackers ``log_with`` (started later by ``init_trackers``)."""
     if mixed_precision == "fp16" and not torch.cuda.is_available():
         raise UserError("training_params.fp16: float16 training needs a GPU; use bf16 on CPU")
     # cpu=True also makes accelerate set up gloo when torchrun starts several CPU processes
-    return Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
+    return Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available(), log_with=log_with)
 
 
 def fast_bf16_available() -> bool:

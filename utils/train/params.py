@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -75,6 +75,10 @@ class TrainingParams:
     load_best_model_at_end: bool = False
     """Publish the checkpoint with the lowest eval/loss as final/ instead of the last step's weights; that
     checkpoint is kept through rotation. Needs eval_steps > 0 and save_steps a multiple of eval_steps."""
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    """Experiment trackers that get the metrics besides metrics.jsonl (the transformers convention, through
+    accelerate): tensorboard (written to tensorboard/ in the run directory), wandb, mlflow, trackio; [] = none.
+    A tracker that is not installed is refused before the run starts."""
 
     def __post_init__(self) -> None:
         if (self.per_device_train_batch_size is None) == (self.micro_batch_tokens is None):

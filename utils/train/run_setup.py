@@ -6,6 +6,7 @@ import contextlib
 import copy
 import os
 import shutil
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -14,7 +15,7 @@ import torch
 from accelerate.utils import set_seed
 
 from utils.checkpoint.checkpoints import list_checkpoints, load_checkpoint, load_training_state
-from utils.common.atomic import check_owner, exclusive, mark_owner
+from utils.common.atomic import check_owner, exclusive, mark_owner, write_json_atomic
 from utils.common.errors import UserError
 from utils.data.fingerprint import tokenizer_fingerprint
 from utils.data.tokenizer import hf_dir_for, load_tokenizer
@@ -22,7 +23,7 @@ from utils.model.architectures import check_model, default_lora_targets
 from utils.model.attention import use_packed_attention
 from utils.model.loss import SupervisedLoss
 from utils.model.modeling import count_parameters
-from utils.monitor.metrics_log import MetricsLogger, NullLogger
+from utils.monitor.trackers import RunLogger, make_trackers
 from utils.monitor.run_plan import RunPlan
 from utils.parallel.accelerator import make_accelerator
 from utils.parallel.lora import LoraSettings, apply_lora
@@ -34,9 +35,11 @@ from utils.train.params import TrainingParams, build_optimizer, lr_lambda
 from utils.train.resume_policy import apply_changes, check_changes, describe, describe_weights
 
 
-def start_stage(params: TrainingParams, tokenizer_path: str) -> tuple[object, object, str]:
-    """How both stages begin: the accelerator, the seed, the tokenizer and its fingerprint."""
-    accelerator = make_accelerator(params.mixed_precision())
+def start_stage(params: TrainingParams, tokenizer_path: str, output_dir: Path) -> tuple[object, object, str]:
+    """How both stages begin: the accelerator (with the trackers of report_to), the seed, the tokenizer and its
+    fingerprint."""
+    trackers = make_trackers(params.report_to, Path(output_dir), Path(output_dir).name)
+    accelerator = make_accelerator(params.mixed_precision(), trackers)
     set_seed(params.seed)
     tokenizer = load_tokenizer(tokenizer_path)
     return accelerator, tokenizer, tokenizer_fingerprint(hf_dir_for(tokenizer_path))
@@ -66,6 +69,7 @@ def own_output(accelerator, inputs: RunInputs, kind: str):
             try:
                 stack.enter_context(exclusive(inputs.output_dir))
                 _claim(inputs, kind)
+                record_command(inputs.output_dir)
             except UserError as err:
                 failure = err
         if accelerator.num_processes > 1:
@@ -77,7 +81,15 @@ def own_output(accelerator, inputs: RunInputs, kind: str):
         yield
 
 
-_RUN_OUTPUTS = ("final", "metrics.jsonl", "samples.jsonl", "tensorboard", "loss.png")
+COMMAND = "command.json"
+"""The command line that started the run (argv, interpreter, working directory): how to run it again or resume it."""
+
+
+def record_command(output_dir: Path) -> None:
+    write_json_atomic(Path(output_dir) / COMMAND, {"argv": sys.argv, "python": sys.executable, "cwd": os.getcwd()})
+
+
+_RUN_OUTPUTS = ("final", "metrics.jsonl", "samples.jsonl", "tensorboard", "loss.png", COMMAND)
 """What a training run writes besides its checkpoints: --overwrite_output_dir deletes these too."""
 
 
@@ -156,7 +168,7 @@ def build_run(accelerator, model, stores, val_stores, weights, params: TrainingP
                         total_steps)
         if accelerator.is_main_process:
             print(f"resuming from {resume.name} (step {state.step} of {total_steps})", flush=True)
-    logger = MetricsLogger(output_dir, state.step) if accelerator.is_main_process else NullLogger()
+    logger = RunLogger(accelerator, state.step, run_info.get("config"))
     run = TrainRun(accelerator, loss_module, optimizer, scheduler, planner, stores, val_stores, params,
                    total_steps, output_dir, logger, {**run_info, "plan": plan.as_dict()},
                    start_time=time.perf_counter())

@@ -50,7 +50,7 @@ class PretrainInputs(RunInputs):
 
 def run_pretraining(cfg: PretrainConfig, inputs: PretrainInputs) -> str | None:
     """Train, save final/ and return the summary to print (None on non-main ranks)."""
-    accelerator, tokenizer, fingerprint = start_stage(cfg.training_params, inputs.tokenizer_path)
+    accelerator, tokenizer, fingerprint = start_stage(cfg.training_params, inputs.tokenizer_path, inputs.output_dir)
     if inputs.model_path:  # an unsupported architecture is refused before anything is written
         check_model_dir(inputs.model_path)
     with own_output(accelerator, inputs, "pretrain"):

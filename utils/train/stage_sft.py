@@ -120,7 +120,7 @@ class SFTInputs(RunInputs):
 
 def run_sft(cfg: SFTTrainingConfig, inputs: SFTInputs) -> str | None:
     """Train; write checkpoints, metrics, samples, final/ and a plot; return the summary."""
-    accelerator, tokenizer, fingerprint = start_stage(cfg.training_params, inputs.tokenizer_path)
+    accelerator, tokenizer, fingerprint = start_stage(cfg.training_params, inputs.tokenizer_path, inputs.output_dir)
     if cfg.quantization is not None:  # refused before the output directory is claimed
         check_quantizable(cfg.quantization, cfg.lora_config, inputs.model_path, accelerator,
                           inputs.trust_remote_code)

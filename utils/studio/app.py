@@ -1,0 +1,342 @@
+"""The Gradio page: five tabs over the project's folders (Runs, Data, Evaluation, Chat, Launch).
+
+Each handler is a plain method of ``Studio`` (tested without a browser); ``build_app`` wires them to Gradio.
+A handler never lets an exception reach Gradio: a damaged file, a run deleted while shown or a model that does
+not load becomes a line in the tab's status box, and the server keeps serving.
+"""
+from __future__ import annotations
+
+import functools
+import shlex
+import traceback
+from pathlib import Path
+
+from utils.common.errors import UserError
+from utils.studio import chat, curves, data_view, evals, launch, runs
+
+REFRESH_S = 3.0
+"""How often the Runs and Launch tabs re-read what changed (new metrics bytes, new log bytes)."""
+
+
+def _message(err: BaseException) -> str:
+    if isinstance(err, UserError):
+        return f"⚠️ {err}"
+    where = traceback.extract_tb(err.__traceback__)[-1] if err.__traceback__ else None
+    at = f" (at {Path(where.filename).name}:{where.lineno})" if where else ""
+    return f"⚠️ {type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}{at}"
+
+
+def guarded(outputs: int):
+    """Run the handler; on any error keep the other outputs as they are and put the message in the last one."""
+    def wrap(fn):
+        @functools.wraps(fn)
+        def inner(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except Exception as err:  # the page must outlive any bad file or model
+                import gradio as gr  # an optional extra (requirements-studio.txt), loaded with the page
+
+                return tuple([gr.skip()] * (outputs - 1) + [_message(err)])
+        return inner
+    return wrap
+
+
+class Studio:
+    """What the page reads: the project root, its checkpoints/ and data/sft_processed/, and the caches."""
+
+    def __init__(self, project_root: Path, checkpoints: Path | None = None, data: Path | None = None,
+                 python: str | None = None) -> None:
+        self.root = Path(project_root).resolve()
+        self.checkpoints = Path(checkpoints or self.root / "checkpoints").resolve()
+        self.data = Path(data or self.root / "data" / "sft_processed").resolve()
+        self.python = python
+        self.curves = curves.CurveCache()
+        self.examples = data_view.ExampleBrowser()
+        self.models = chat.ModelCache()
+        self.launched: list[launch.Launched] = []
+        self._log_offsets: dict[str, int] = {}
+        self._log_text: dict[str, str] = {}
+        self._curves_seen: tuple = ()
+
+    # ------------------------------------------------------------------ runs
+    def run_list(self) -> list[runs.Run]:
+        return runs.discover(self.checkpoints)
+
+    def runs_table(self) -> tuple[list[list], list[str]]:
+        found = self.run_list()
+        return runs.overview_rows(found), [r.name for r in found]
+
+    def run_details(self, selected: list[str]) -> str:
+        if not selected:
+            return "Pick one or more runs above to see their details and curves."
+        parts = []
+        for name in selected:
+            run = runs.read_run(Path(name))
+            parts.append(runs.describe(run) if run else f"### {name}\n\n⚠️ no longer there (deleted or moved)")
+        return "\n\n".join(parts)
+
+    def run_curves(self, selected: list[str], only_changes: bool = False):
+        """(figure, latest-values rows, messages) for the selected runs; only new metrics bytes are read.
+        With ``only_changes``, None when neither the selection nor any run's metrics changed (nothing to redraw)."""
+        tails = {name: self.curves.get(Path(name)) for name in selected or []}
+        seen = tuple((name, t.offset, len(t.messages), Path(name).exists()) for name, t in tails.items())
+        if only_changes and seen == self._curves_seen:
+            return None
+        self._curves_seen = seen
+        notes = [m for t in tails.values() for m in t.messages[-5:]]
+        missing = [n for n in selected or [] if not Path(n).exists()]
+        notes += [f"{n}: no longer there (deleted or moved)" for n in missing]
+        return curves.plot_runs(tails), curves.latest_rows(tails), "\n".join(f"⚠️ {m}" for m in notes)
+
+    # ------------------------------------------------------------------ data
+    def corpora(self) -> list[str]:
+        return [str(p) for p in data_view.find_corpora(self.data)]
+
+    def corpus(self, path: str):
+        if not path:
+            return "No prepared corpus under " + str(self.data), [], [], [], None, 0, ""
+        summary = data_view.corpus_summary(Path(path))
+        count = data_view.num_examples(Path(path), "train")
+        return (data_view.summary_markdown(summary), summary["splits"], summary["sources"], summary["drops"],
+                summary["histogram"], count, "")
+
+    def example(self, path: str, split: str, index) -> tuple[list, str, str]:
+        if not path:
+            return [], "", ""
+        segments, caption = self.examples.render(Path(path), split, int(index or 0))
+        return segments, caption, ""
+
+    # ------------------------------------------------------------------ evaluation
+    def reports(self) -> list[str]:
+        return [str(p) for p in evals.find_reports(self.checkpoints)]
+
+    def report(self, path: str):
+        if not path:
+            return "No evaluation report under " + str(self.checkpoints), [], [], [], [], [], ""
+        report = evals.load_report(Path(path))
+        return (evals.header_markdown(report, Path(path)), evals.metric_rows(report), evals.family_rows(report),
+                evals.source_rows(report), evals.plots(Path(path)), evals.generations(Path(path)), "")
+
+    # ------------------------------------------------------------------ chat
+    def model_list(self) -> list[str]:
+        return [str(p) for p in chat.find_models(self.checkpoints)]
+
+    def chat(self, model: str, message: str, history: list, base_history: list, with_base: bool, system: str,
+             max_new_tokens, temperature, top_p):
+        """Stream (history, base history, status) while the reply (and the base's) is generated."""
+        if not model:
+            raise UserError("pick a model first")
+        if not (message or "").strip():
+            raise UserError("type a message first")
+        settings = dict(max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_p=float(top_p))
+        loaded = self.models.get(model)
+        history = list(history or []) + [{"role": "user", "content": message}]
+        messages = chat.to_messages(history[:-1], message, system)
+        reply = ""
+        for reply in chat.stream_reply(loaded, messages, **settings):
+            yield history + [{"role": "assistant", "content": reply}], base_history, f"{loaded.note}; generating"
+        history = history + [{"role": "assistant", "content": reply}]
+        status = loaded.note
+        if with_base:
+            base_path = chat.base_of(Path(model))
+            if not base_path:
+                yield history, base_history, status + "; no base model recorded for this model"
+                return
+            base = self.models.get(base_path, tokenizer_dir=model)
+            base_history = list(base_history or []) + [{"role": "user", "content": message}]
+            base_reply = ""
+            for base_reply in chat.stream_reply(base, chat.to_messages(base_history[:-1], message, system),
+                                                **settings):
+                yield history, base_history + [{"role": "assistant", "content": base_reply}], status
+            base_history = base_history + [{"role": "assistant", "content": base_reply}]
+            status += f"; base {base_path}"
+        if not reply.strip():
+            status += "; the reply is empty or only whitespace (an untrained or tiny model often ends at once)"
+        yield history, base_history, status
+
+    # ------------------------------------------------------------------ launch
+    def configs(self, stage: str) -> list[str]:
+        return launch.shipped_configs(self.root, stage) if stage in launch.STAGES else []
+
+    def preview(self, *fields) -> str:
+        request = launch.StageRequest(*fields)
+        return "`" + shlex.join(launch.build_argv(request, self.python or "python", self.root)) + "`"
+
+    def start(self, *fields) -> tuple[str, str]:
+        request = launch.StageRequest(*fields)
+        started = launch.launch(request, self.root, *([self.python] if self.python else []))
+        self.launched.append(started)
+        return (f"started pid {started.pid}, output in `{started.log}`:\n\n`{started.command}`\n\n"
+                "It runs on when the studio closes; its run shows under Runs.", "")
+
+    def launch_log(self) -> str:
+        """The latest launch's log (new bytes only), with whether it still runs."""
+        if not self.launched:
+            return ""
+        last = self.launched[-1]
+        key = str(last.log)
+        text, self._log_offsets[key] = launch.read_log(last.log, self._log_offsets.get(key, 0))
+        self._log_text[key] = (self._log_text.get(key, "") + text)[-200_000:]
+        alive = launch.is_alive(last.pid)
+        state = f"[pid {last.pid} {'running' if alive else 'ended'}]"
+        return launch.tail_text(self._log_text[key]) + "\n" + state
+
+
+def build_app(studio: Studio):
+    """The Gradio Blocks of the studio."""
+    import gradio as gr  # an optional extra (requirements-studio.txt): the handlers above work without it
+
+    with gr.Blocks(title="SFT Studio") as app:
+        gr.Markdown(f"# SFT Studio\n`{studio.root}` — runs under `{studio.checkpoints}`, "
+                    f"corpora under `{studio.data}`")
+        timer = gr.Timer(REFRESH_S)
+        with gr.Tab("Runs"):
+            runs_status = gr.Markdown(elem_id="runs-status")
+            table = gr.Dataframe(headers=["run", "kind", "state", "step", "checkpoints"], interactive=False,
+                                 elem_id="runs-table", label="runs")
+            pick = gr.Dropdown(label="runs to show and compare", multiselect=True, elem_id="runs-pick")
+            refresh = gr.Button("refresh")
+            plot = gr.Plot(label="curves", elem_id="runs-plot")
+            latest = gr.Dataframe(headers=["run", "step", "loss", "eval/loss", "lr", "tokens/s"],
+                                  interactive=False, label="latest values", elem_id="runs-latest")
+            details = gr.Markdown(elem_id="runs-details")
+
+            @guarded(3)
+            def list_runs(current):
+                rows, names = studio.runs_table()
+                keep = [n for n in current or [] if n in names] or names[:1]
+                return rows, gr.update(choices=names, value=keep), ""
+
+            @guarded(4)
+            def show_runs(selected, only_changes=False):
+                shown = studio.run_curves(selected, only_changes)
+                if shown is None:
+                    return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+                figure, rows, notes = shown
+                return figure, rows, studio.run_details(selected), notes
+
+            shown = [plot, latest, details, runs_status]
+            refresh.click(list_runs, pick, [table, pick, runs_status]).then(show_runs, pick, shown)
+            app.load(list_runs, pick, [table, pick, runs_status]).then(show_runs, pick, shown)
+            pick.input(show_runs, pick, shown)
+            timer.tick(lambda selected: show_runs(selected, True), pick, [plot, latest, details, runs_status])
+        with gr.Tab("Data"):
+            data_status = gr.Markdown(elem_id="data-status")
+            corpus = gr.Dropdown(label="prepared corpus", elem_id="data-corpus")
+            summary = gr.Markdown(elem_id="data-summary")
+            splits = gr.Dataframe(headers=data_view.SPLIT_HEADERS, interactive=False, label="splits",
+                                  elem_id="data-splits")
+            sources = gr.Dataframe(headers=data_view.SOURCE_HEADERS, interactive=False, label="mixture",
+                                   elem_id="data-sources")
+            drops = gr.Dataframe(headers=data_view.DROP_HEADERS, interactive=False, label="drops by reason",
+                                 elem_id="data-drops")
+            histogram = gr.Image(label="tokens per example", type="filepath", elem_id="data-histogram")
+            with gr.Row():
+                split = gr.Radio(["train", "val"], value="train", label="split")
+                index = gr.Number(value=0, precision=0, minimum=0, label="example")
+                count = gr.Number(value=0, precision=0, label="examples in train", interactive=False)
+            caption = gr.Markdown(elem_id="data-caption")
+            example = gr.HighlightedText(label="as the model sees it; trained tokens highlighted",
+                                         color_map={"trained": "#f5b041"}, elem_id="data-example",
+                                         show_legend=True)
+
+            @guarded(2)
+            def list_corpora():
+                names = studio.corpora()
+                return gr.update(choices=names, value=names[0] if names else None), ""
+
+            corpus_outputs = [summary, splits, sources, drops, histogram, count, data_status]
+            app.load(list_corpora, None, [corpus, data_status])
+            corpus.change(guarded(7)(studio.corpus), corpus, corpus_outputs)
+            for trigger in (corpus.change, split.change, index.change):
+                trigger(guarded(3)(studio.example), [corpus, split, index], [example, caption, data_status])
+        with gr.Tab("Evaluation"):
+            eval_status = gr.Markdown(elem_id="eval-status")
+            report = gr.Dropdown(label="evaluation report", elem_id="eval-report")
+            header = gr.Markdown(elem_id="eval-header")
+            metrics = gr.Dataframe(headers=evals.METRIC_HEADERS, interactive=False, label="metrics",
+                                   elem_id="eval-metrics")
+            families = gr.Dataframe(headers=evals.FAMILY_HEADERS, interactive=False, label="per task family",
+                                    elem_id="eval-families")
+            retention = gr.Dataframe(headers=evals.SOURCE_HEADERS, interactive=False,
+                                     label="validation loss per source (retention)", elem_id="eval-sources")
+            gallery = gr.Gallery(label="plots", columns=3, elem_id="eval-plots")
+            generated = gr.Dataframe(headers=evals.GENERATION_HEADERS, interactive=False, wrap=True,
+                                     label="generations, tuned beside base", elem_id="eval-generations")
+
+            @guarded(2)
+            def list_reports():
+                names = studio.reports()
+                return gr.update(choices=names, value=names[0] if names else None), ""
+
+            app.load(list_reports, None, [report, eval_status])
+            report.change(guarded(7)(studio.report), report,
+                          [header, metrics, families, retention, gallery, generated, eval_status])
+        with gr.Tab("Chat"):
+            chat_status = gr.Markdown(elem_id="chat-status")
+            with gr.Row():
+                model = gr.Dropdown(label="model (final/ or export)", elem_id="chat-model", scale=3)
+                with_base = gr.Checkbox(label="base model beside it", value=False)
+            system = gr.Textbox(label="system prompt", lines=1)
+            with gr.Row():
+                max_new = gr.Slider(1, 1024, value=64, step=1, label="max new tokens")
+                temperature = gr.Slider(0, 2, value=0, step=0.05, label="temperature (0 = greedy)", elem_id="chat-temperature")
+                top_p = gr.Slider(0.05, 1, value=1, step=0.05, label="top p")
+            with gr.Row():
+                tuned_box = gr.Chatbot(label="model", elem_id="chat-tuned", height=320)
+                base_box = gr.Chatbot(label="base model", elem_id="chat-base", height=320)
+            message = gr.Textbox(label="message", elem_id="chat-message")
+            send = gr.Button("send", elem_id="chat-send")
+            clear = gr.Button("clear")
+
+            @guarded(2)
+            def list_models():
+                names = studio.model_list()
+                return gr.update(choices=names, value=names[0] if names else None), ""
+
+            def talk(*args):
+                try:
+                    yield from studio.chat(*args)
+                except Exception as err:  # a model that fails to load is a message, not a dead page
+                    yield gr.skip(), gr.skip(), _message(err)
+
+            app.load(list_models, None, [model, chat_status])
+            inputs = [model, message, tuned_box, base_box, with_base, system, max_new, temperature, top_p]
+            send.click(talk, inputs, [tuned_box, base_box, chat_status])
+            message.submit(talk, inputs, [tuned_box, base_box, chat_status])
+            clear.click(lambda: ([], [], ""), None, [tuned_box, base_box, chat_status])
+        with gr.Tab("Launch"):
+            launch_status = gr.Markdown(elem_id="launch-status")
+            stage = gr.Dropdown(list(launch.STAGES), value="sft", label="stage", elem_id="launch-stage")
+            config = gr.Dropdown(label="config (shipped, or type a path)", allow_custom_value=True,
+                                 elem_id="launch-config")
+            out_dir = gr.Textbox(label="output dir", elem_id="launch-output")
+            tok = gr.Textbox(label="tokenizer path", value="checkpoints/tokenizer/spm8k_demo")
+            model_path = gr.Textbox(label="model path", elem_id="launch-model")
+            data_dirs = gr.Textbox(label="data dirs (space-separated)", elem_id="launch-data")
+            base_path = gr.Textbox(label="base model path (evaluation)")
+            eval_set = gr.Textbox(label="eval set (evaluation)")
+            extra = gr.Textbox(label="more flags", placeholder="--max_steps 20 --overwrite_output_dir")
+            command = gr.Markdown(elem_id="launch-command")
+            go = gr.Button("start", elem_id="launch-start")
+            log = gr.Textbox(label="output", lines=16, max_lines=16, autoscroll=True, elem_id="launch-log")
+            fields = [stage, out_dir, config, tok, model_path, data_dirs, base_path, eval_set, extra]
+
+            @guarded(2)
+            def stage_configs(name):
+                found = studio.configs(name)
+                return gr.update(choices=found, value=found[0] if found else ""), ""
+
+            def preview(*values):
+                try:
+                    return studio.preview(*values)
+                except Exception as err:  # an incomplete form shows what is missing
+                    return _message(err)
+
+            stage.change(stage_configs, stage, [config, launch_status])
+            app.load(stage_configs, stage, [config, launch_status])
+            for field in fields:
+                field.change(preview, fields, command)
+            go.click(guarded(2)(studio.start), fields, [command, launch_status])
+            timer.tick(guarded(2)(lambda: (studio.launch_log(), "")), None, [log, launch_status])
+    return app
