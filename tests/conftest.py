@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from paths import ROOT, SHARED_DATA
+
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
-SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
 def _toy_text() -> str:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from paths import ROOT
 from utils.common.config import read_json, validate
 from utils.data.prepare import load_dataset_config, prepare_corpus
 

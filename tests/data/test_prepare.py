@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from paths import ROOT
 from scripts_loader import load_script
 from utils.common.errors import run_cli
 from utils.data.fingerprint import tokenizer_fingerprint

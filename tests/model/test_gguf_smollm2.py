@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from paths import ROOT
 from scripts_loader import load_script
 from utils.model.gguf import SOURCE_FILE, candidate_dirs, gguf_source, hf_dir_for_gguf, is_converted, packaged_gguf
 

@@ -84,6 +84,11 @@ def load_model(path: str, trust_remote_code: bool = False, dtype: torch.dtype = 
                                                     **extra)
     except (OSError, ValueError) as err:
         raise UserError(f"{path}: cannot load model: {str(err).splitlines()[0]}") from None
+    except Exception as err:  # safetensors' SafetensorError: a truncated or damaged weights file
+        if type(err).__name__ != "SafetensorError":
+            raise
+        raise UserError(f"{_damaged_weights(Path(local))}: truncated or damaged weights ({str(err).splitlines()[0]}); "
+                        "copy or download the model again") from None
 
 
 def empty_model(path: str, trust_remote_code: bool = False):
@@ -98,11 +103,6 @@ def empty_model(path: str, trust_remote_code: bool = False):
             return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
         raise UserError(f"{path}: cannot load model: {str(err).splitlines()[0]}") from None
-    except Exception as err:  # safetensors' SafetensorError: a truncated or damaged weights file
-        if type(err).__name__ != "SafetensorError":
-            raise
-        raise UserError(f"{_damaged_weights(local)}: truncated or damaged weights ({str(err).splitlines()[0]}); "
-                        "copy or download the model again") from None
 
 
 def _damaged_weights(local: Path) -> Path:
