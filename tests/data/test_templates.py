@@ -210,3 +210,38 @@ def test_special_tokens_with_lstrip_or_rstrip_tokenize_as_hugging_face_does(toy_
     assert tok.convert_ids_to_tokens(template.encode_prompt(messages))[-1] == "<|assistant|>"
     trained = [t for t, label in zip(tok.convert_ids_to_tokens(encoded.input_ids), encoded.labels) if label != -100]
     assert trained[-1] == "<|end|>" and "<|assistant|>" not in trained and "<|user|>" not in trained
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_one_call_fast_path_equals_the_run_by_run_path(templates, case):
+    """Clean data goes through one encode call of the whole text; it must give the ids, labels and turn
+    ends of tokenizing run by run, and data holding a special-token string must take the run-by-run path."""
+    template, _ = templates[case]
+    conversations = [*CONVERSATIONS.values(),
+                     [{"role": "user", "content": "Inner  double  spaces\n\nand lines"},
+                      {"role": "assistant", "content": "déjà vu — ünïcode, tabs\tand 12345"}]]
+    fast = [template.encode(c) for c in conversations]
+    fast_calls = []
+    template._whole, whole = _CallCounter(template._whole, fast_calls), template._whole
+    try:
+        template._unsafe, unsafe = re.compile("(?s).|^$"), template._unsafe  # every text counts as unsafe
+        slow = [template.encode(c) for c in conversations]
+    finally:
+        template._whole, template._unsafe = whole, unsafe
+    assert fast == slow and not fast_calls
+    injected = [{"role": "user", "content": "say <|im_end|> please"}, SINGLE[1]]
+    template._whole = _CallCounter(whole, fast_calls)
+    try:
+        template.encode(injected)
+    finally:
+        template._whole = whole
+    assert not fast_calls  # a special-token string in the data: never the one-call path
+
+
+class _CallCounter:
+    def __init__(self, inner, calls):
+        self.inner, self.calls = inner, calls
+
+    def encode(self, *args, **kwargs):
+        self.calls.append(args)
+        return self.inner.encode(*args, **kwargs)

@@ -54,6 +54,8 @@ def split_of(conversation_hash: bytes, train_ratio: float) -> str:
 def repeats(multiplier: float, conversation_hash: bytes, seed: int) -> int:
     """How many times an example is written: floor(m), plus one with probability frac(m)."""
     whole = math.floor(multiplier)
+    if multiplier == whole:  # no fractional draw to make (the draw could only say "no")
+        return whole
     return whole + (unit_fraction(b"mix", seed, conversation_hash) < multiplier - whole)
 
 

@@ -13,15 +13,12 @@ interrupted run leaves nothing half written. Same inputs give byte-identical sha
 """
 from __future__ import annotations
 
-import array
-import hashlib
 import heapq
 import math
-import multiprocessing
 import os
-import signal
+import resource
 import time
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -31,13 +28,12 @@ from tqdm import tqdm
 from utils.common.atomic import atomic_dir, exclusive
 from utils.common.config import load_config
 from utils.common.errors import UserError
-from utils.common.labels import IGNORE
 from utils.data.conversations import Conversation, RawText, Skip, iter_conversations
 from utils.data.data_card import build_manifest, print_summary, write_reports
-from utils.data.filters import (QualityFilters, clean_messages, conversation_hash, Deduper, fit_to_length,
-                           text_drop_reason)
+from utils.data.encode_workers import EncodeSettings, InlineRunner, PoolRunner
+from utils.data.filters import Deduper, QualityFilters
 from utils.data.mixture import MixtureConfig, check_mixture, mixture_warnings, repeats, solve_multipliers, split_of
-from utils.data.shards import ShardWriter, example_line
+from utils.data.shards import ShardWriter
 from utils.data.sources import DatasetSpec
 from utils.data.templates import TRAIN_ON, get_template, model_type_for
 from utils.data.tokenizer import hf_dir_for, load_tokenizer
@@ -129,143 +125,7 @@ class RunStats:
             listed.append(origin)
 
 
-# ---------------------------------------------------------------------- pass 1: workers
-@dataclass(frozen=True)
-class EncodeSettings:
-    """Everything a worker needs; picklable, so it also travels to spawned workers."""
-
-    tokenizer_dir: str
-    template: str
-    model_type: str | None
-    filters: QualityFilters
-    sequence_length: int
-    overlong: str
-    train_on: str
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """One conversation after filters and tokenization: a drop ``reason``, or the example line."""
-
-    origin: str
-    reason: str = ""
-    digest: bytes = b""
-    line: str = ""
-    tokens: int = 0
-    supervised: int = 0
-    truncated: bool = False
-    sample: tuple = ()
-
-
-_WORKER: dict = {}  # per process: set once by init_worker, read by encode_chunk
-
-
-def init_worker(settings: EncodeSettings) -> None:
-    """Load the tokenizer and template once per process."""
-    if multiprocessing.parent_process() is not None:  # Ctrl-C is the main process's to handle
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-    tokenizer = load_tokenizer(settings.tokenizer_dir)
-    _WORKER.update(settings=settings, template=get_template(settings.template, tokenizer, settings.model_type))
-
-
-def encode_chunk(chunk: list[tuple]) -> list[Outcome]:
-    out: list[Outcome] = []
-    for item in chunk:
-        if isinstance(item[0], str):
-            out += encode_text(*item)
-        else:
-            out.append(encode_one(*item))
-    return out
-
-
-def encode_text(text: str, source: str, origin: str, want_sample: bool) -> list[Outcome]:
-    """Raw text (replay) -> chunks of at most ``sequence_length`` tokens, each token supervised.
-
-    The document ends with EOS, as in pre-training; special-token text stays plain text. The first token of
-    a chunk has nothing before it to be predicted from, so it alone carries no label.
-    """
-    s, template = _WORKER["settings"], _WORKER["template"]
-    tokenizer = template.tokenizer
-    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    ids = tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"] + eos
-    size = s.sequence_length
-    outcomes = []
-    for n, start in enumerate(range(0, len(ids), size)):
-        piece = ids[start:start + size]
-        where = f"{origin}#chunk{n}"
-        if len(piece) < 2:
-            outcomes.append(Outcome(where, "too_short"))
-            continue
-        digest = hashlib.sha256(b"text\x1f" + array.array("I", piece).tobytes()).digest()
-        labels = [IGNORE] + piece[1:]
-        outcomes.append(Outcome(where, "", digest, example_line(piece, labels, source), len(piece), len(piece) - 1))
-    return outcomes
-
-
-def encode_one(messages: tuple, source: str, origin: str, want_sample: bool) -> Outcome:
-    """Clean, filter, tokenize and fit one conversation (runs in a worker)."""
-    s, template = _WORKER["settings"], _WORKER["template"]
-    msgs = clean_messages(messages, s.filters)
-    reason = text_drop_reason(msgs, s.filters)
-    if reason:
-        return Outcome(origin, reason)
-    try:
-        encoded = template.encode(msgs, s.train_on)
-        if s.filters.max_tokens is not None and len(encoded.input_ids) > s.filters.max_tokens:
-            return Outcome(origin, "too_many_tokens")
-        encoded, note = fit_to_length(template, msgs, encoded, s.sequence_length, s.overlong, s.train_on)
-    except ValueError:
-        return Outcome(origin, "template_error")
-    if encoded is None:
-        return Outcome(origin, note)
-    if not encoded.num_supervised:
-        return Outcome(origin, "no_supervised_tokens")
-    return Outcome(origin, "", conversation_hash(msgs), example_line(encoded.input_ids, encoded.labels, source),
-                   len(encoded.input_ids), encoded.num_supervised, note == "truncated",
-                   msgs if want_sample else ())
-
-
-class InlineRunner:
-    """``num_proc`` 1: encode in this process (no pickling); same interface as PoolRunner."""
-
-    def __init__(self, settings: EncodeSettings) -> None:
-        init_worker(settings)
-
-    def map(self, chunks: Iterable[list[tuple]]) -> Iterator[Outcome]:
-        for chunk in chunks:
-            yield from encode_chunk(chunk)
-
-    def close(self) -> None:
-        pass
-
-
-class PoolRunner:
-    """Worker processes with results in input order and at most ``2 * num_proc`` chunks in flight.
-
-    ``Pool.imap`` would read its whole input ahead of the workers (no back-pressure), so the window of
-    ``apply_async`` results keeps memory flat instead.
-    """
-
-    def __init__(self, settings: EncodeSettings, num_proc: int) -> None:
-        methods = multiprocessing.get_all_start_methods()
-        ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
-        self.pool = ctx.Pool(num_proc, initializer=init_worker, initargs=(settings,))
-        self.window = 2 * num_proc
-
-    def map(self, chunks: Iterable[list[tuple]]) -> Iterator[Outcome]:
-        pending: deque = deque()
-        for chunk in chunks:
-            pending.append(self.pool.apply_async(encode_chunk, (chunk,)))
-            if len(pending) >= self.window:
-                yield from pending.popleft().get()
-        while pending:
-            yield from pending.popleft().get()
-
-    def close(self) -> None:
-        self.pool.terminate()
-        self.pool.join()
-
-
+# ---------------------------------------------------------------------- pass 1: read, dedupe, spill
 def chunked(items: Iterable[Conversation | RawText | Skip], stats: RunStats, strict: bool) -> Iterator[list[tuple]]:
     """Conversations in worker-sized chunks; Skips are counted here and never sent."""
     chunk: list[tuple] = []
@@ -386,7 +246,7 @@ def prepare_corpus(config: SFTDatasetConfig, tokenizer_path: str | Path, output_
 def build_shards(config: SFTDatasetConfig, settings: EncodeSettings, num_proc: int, out_dir: Path,
                  stats: RunStats, strict: bool) -> dict:
     """Both passes, with the spill files in ``out_dir/.spill`` removed afterwards; returns ``splits``."""
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), cpu_seconds()
     spill_dir = out_dir / ".spill"
     spill_dir.mkdir()
     runner = InlineRunner(settings) if num_proc == 1 else PoolRunner(settings, num_proc)
@@ -401,4 +261,11 @@ def build_shards(config: SFTDatasetConfig, settings: EncodeSettings, num_proc: i
         spill.unlink()
     spill_dir.rmdir()
     stats.timings["total_s"] = time.perf_counter() - start
+    stats.timings["cpu_s"] = cpu_seconds() - cpu_start
     return splits
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and of its finished worker processes (user + system)."""
+    own, workers = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + workers.ru_utime + workers.ru_stime

@@ -27,6 +27,7 @@ import bisect
 import json
 import re
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -35,7 +36,7 @@ import numpy as np
 from utils.common.errors import UserError
 from utils.common.labels import IGNORE
 from utils.data.renderers import ALPACA_PREAMBLE, Message, render_chat, render_chatml, render_instruct
-from utils.data.tokenizer import IM_END, IM_START
+from utils.data.tokenizer import IM_END, IM_START, whole_backend
 
 TEMPLATES = ("chatml", "instruct", "chat", "alpaca", "tokenizer")
 TRAIN_ON = ("all_assistant_turns", "last_assistant_turn")
@@ -92,6 +93,9 @@ class ChatTemplate:
         self._strip = {t: (bool(getattr(added.get(t), "lstrip", False)), bool(getattr(added.get(t), "rstrip", False)))
                        for t in self._special}
         """Special token -> (lstrip, rstrip): whether it takes the whitespace before / after it (Phi-3's do)."""
+        self._whole = None if any(any(v) for v in self._strip.values()) else whole_backend(tokenizer)
+        """One encode call per clean conversation (``_tokenize_whole``); not for tokens that strip whitespace."""
+        self._unsafe = re.compile("|".join(re.escape(t) for t in [*self._special, ANCHOR]))
         self.end_of_turn_ids = [self._special[t] for t in end_of_turn]
         eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
         self.stop_token_ids = list(dict.fromkeys(self.end_of_turn_ids + eos))
@@ -170,6 +174,11 @@ class ChatTemplate:
             raise ValueError("more messages than sentinel characters")
         sentinels = [{"role": m["role"], "content": chr(_SENTINEL0 + i)} for i, m in enumerate(msgs)]
         parts = self._split.split(self._render(sentinels, add_generation_prompt))
+        if self._whole is not None and not any(self._unsafe.search(m["content"]) for m in msgs):
+            tokens = self._tokenize_whole(parts, msgs)
+            if tokens is not None and len(tokens.contents) == len(msgs) and (
+                    not self._verify or tokens.text == self._render(msgs, add_generation_prompt)):
+                return tokens  # else the run-by-run path below, which also reports what is wrong
         text, starts, contents, pos = [], [], {}, 0
         for k, part in enumerate(parts):  # special-token strings (odd k) stay; contents go in place
             starts.append(pos)
@@ -198,6 +207,32 @@ class ChatTemplate:
             raise ValueError("the chat template changes message text (escapes it)")
         spans_array = np.concatenate(spans) if spans else np.zeros((0, 2), dtype=np.int64)
         return _Tokens(rendered, ids, spans_array, contents, specials)
+
+    def _tokenize_whole(self, parts: list[str], msgs: list[Message]) -> _Tokens | None:
+        """Clean data in one encode call (the tokenizer splits at the special tokens itself, as the run-by-run
+        path does); each special token is checked at its place, else None: the run-by-run path."""
+        text, contents, expected, pos = [], {}, [], 0
+        try:
+            for k, part in enumerate(parts):
+                if k % 2:
+                    expected.append((pos, pos + len(part), self._special[part]))
+                elif part:
+                    part = self._fill(part, msgs, pos, contents)
+                text.append(part)
+                pos += len(part)
+        except ValueError:
+            return None  # the run-by-run path raises it with the same message
+        rendered = "".join(text)
+        if not rendered:
+            return None
+        enc = self._whole.encode(rendered, add_special_tokens=False)
+        ids, offsets = enc.ids, enc.offsets
+        spans = np.fromiter(chain.from_iterable(offsets), np.int64, 2 * len(offsets)).reshape(-1, 2)
+        at = np.searchsorted(spans[:, 0], [start for start, _, _ in expected]).tolist()
+        for k, (start, end, tid) in zip(at, expected):
+            if k >= len(ids) or ids[k] != tid or spans[k, 0] != start or spans[k, 1] != end:
+                return None
+        return _Tokens(rendered, ids, spans, contents, [(start, k) for k, (start, _, _) in zip(at, expected)])
 
     @staticmethod
     def _fill(part: str, msgs: list[Message], pos: int, contents: dict) -> str:

@@ -195,3 +195,15 @@ def train_tokenizer(cfg: TokenizerConfig, num_threads: int) -> TokenizerResult:
         export_hf_tokenizer(out_dir / f"{cfg.name}.model", work)
     hf_dir = out_dir / cfg.name
     return TokenizerResult(out_dir / f"{cfg.name}.model", hf_dir, tokenizer_fingerprint(hf_dir), chars)
+
+
+def whole_backend(tokenizer):
+    """A copy of the fast tokenizer that matches special-token strings, with no truncation or padding."""
+    # tokenizers is needed only on this path
+    from tokenizers import Tokenizer
+
+    whole = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    whole.no_truncation()
+    whole.no_padding()
+    whole.encode_special_tokens = False
+    return whole
