@@ -4,11 +4,14 @@ Both start from the same raw rows and end with tokenized examples and assistant-
 with the same number of worker processes, timed inside their process (imports excluded):
 
 * ours: read, clean, filter, deduplicate, tokenize with the chat template and loss mask, mix and
-  write shards (the stage's own ``timings.total_s`` from ``training_state.json``);
+  write shards (the stage's own ``timings.total_s`` and ``cpu_s`` from ``training_state.json``);
 * TRL: the same rows as ``messages`` (user = instruction + blank line + input, as ours builds them),
   ``datasets.Dataset.from_list``, then ``SFTTrainer`` preparation (chat template with generation
   markers, ``assistant_only_loss=True``, ``dataset_num_proc``), timed as the SFTTrainer construction
   minus the construction on a one-row dataset.
+
+Both sides also record CPU seconds (user + system, of the process and its finished workers) over the
+same span: on a machine other jobs share, wall-clock seconds follow the load and CPU seconds far less.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from pathlib import Path
 
 from utils.bench.metrics import peak_rss_mb
 from utils.common.config import read_json
+from utils.data.prepare import cpu_seconds
 from utils.data.tokenizer import load_tokenizer
 
 
@@ -54,25 +58,28 @@ def trl_prepare(config_path: Path, model_dir: str, tokenizer_dir: str, seq: int,
                      dataset_num_proc=num_proc if num_proc > 1 else None, report_to="none",
                      use_cpu=True, bf16=False)
 
-    def build(dataset) -> float:
-        start = time.perf_counter()
+    def build(dataset) -> tuple[float, float]:
+        start, cpu = time.perf_counter(), cpu_seconds()
         SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
-        return time.perf_counter() - start
+        return time.perf_counter() - start, cpu_seconds() - cpu
 
-    overhead = build(Dataset.from_list([{"messages": [{"role": "user", "content": "Hi"},
-                                                      {"role": "assistant", "content": "Hello"}]}]))
-    start = time.perf_counter()
+    overhead, overhead_cpu = build(Dataset.from_list([{"messages": [{"role": "user", "content": "Hi"},
+                                                                    {"role": "assistant", "content": "Hello"}]}]))
+    start, cpu = time.perf_counter(), cpu_seconds()
     rows = raw_conversations(config_path)
     dataset = Dataset.from_list(rows)
-    load_s = time.perf_counter() - start
-    seconds = load_s + build(dataset) - overhead
+    load_s, load_cpu = time.perf_counter() - start, cpu_seconds() - cpu
+    build_s, build_cpu = build(dataset)
+    seconds, cpu_s = load_s + build_s - overhead, load_cpu + build_cpu - overhead_cpu
     return {"examples": len(rows), "seconds": seconds, "examples_per_s": len(rows) / seconds,
-            "peak_rss_mb": peak_rss_mb(), "num_proc": num_proc}
+            "cpu_s": cpu_s, "examples_per_cpu_s": len(rows) / cpu_s, "peak_rss_mb": peak_rss_mb(),
+            "num_proc": num_proc}
 
 
 def ours_prepare_result(data_dir: Path, num_proc: int) -> dict:
     """What the prepare stage recorded about its own run (rows read, in-process seconds)."""
     state = json.loads((data_dir / "training_state.json").read_text())
     rows = sum(source["read"] for source in state["sources"].values())
-    seconds = state["timings"]["total_s"]
-    return {"examples": rows, "seconds": seconds, "examples_per_s": rows / seconds, "num_proc": num_proc}
+    seconds, cpu_s = state["timings"]["total_s"], state["timings"]["cpu_s"]
+    return {"examples": rows, "seconds": seconds, "examples_per_s": rows / seconds, "cpu_s": cpu_s,
+            "examples_per_cpu_s": rows / cpu_s, "num_proc": num_proc}

@@ -87,10 +87,16 @@ def prep_table(prep: dict | None) -> str:
     if not prep:
         return "(data preparation race skipped: --no_prep)"
     ours, trl = prep["ours"], prep["trl"]
-    rows = [[name, side["num_proc"], f"{side['examples']:,}", f"{side['seconds']:.1f}", f"{side['examples_per_s']:,.0f}"]
+    rows = [[name, side["num_proc"], f"{side['examples']:,}", f"{side['seconds']:.1f}", f"{side['examples_per_s']:,.0f}",
+             f"{side['cpu_s']:.1f}" if "cpu_s" in side else "-",
+             f"{side['examples_per_cpu_s']:,.0f}" if "cpu_s" in side else "-"]
             for name, side in (("02_prepare_sft_corpus.py", ours), ("TRL SFTTrainer tokenization", trl))]
-    table = markdown_table(["preparation", "processes", "examples", "seconds", "examples/s"], rows, align="lrrrr")
-    return "\n".join(table) + f"\n\nspeed-up: {prep['speedup']:.2f}x"
+    table = markdown_table(["preparation", "processes", "examples", "seconds", "examples/s", "CPU s",
+                            "examples per CPU-s"], rows, align="lrrrrrr")
+    line = f"speed-up: {prep['speedup']:.2f}x (wall clock)"
+    if "cpu_s" in ours and "cpu_s" in trl:
+        line += f", {ours['examples_per_cpu_s'] / trl['examples_per_cpu_s']:.2f}x (per CPU-second)"
+    return "\n".join(table) + "\n\n" + line
 
 
 def render(results: dict, chart: str) -> str:
