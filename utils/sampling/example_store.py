@@ -19,6 +19,9 @@ import numpy as np
 from utils.common.errors import UserError
 from utils.common.labels import IGNORE
 
+TARGET_BLOCK = 65536
+"""Examples per block when counting supervised targets."""
+
 
 @dataclass
 class ExampleStore:
@@ -40,10 +43,19 @@ class ExampleStore:
 
     @property
     def supervised_targets(self) -> np.ndarray:
-        """Per example, the positions trained after the shift (labels[1:] != -100)."""
-        sup = (self.labels != IGNORE).astype(np.int64)
-        sup[self.offsets[:-1]] = 0  # an example's first label is never a target
-        return np.add.reduceat(sup, self.offsets[:-1]) if len(self) else np.zeros(0, np.int64)
+        """Per example, the positions trained after the shift (labels[1:] != -100).
+
+        Counted a block of examples at a time, so that memory stays flat however large the store is.
+        """
+        out = np.zeros(len(self), np.int64)
+        for first in range(0, len(self), TARGET_BLOCK):
+            last = min(first + TARGET_BLOCK, len(self))
+            lo, hi = int(self.offsets[first]), int(self.offsets[last])
+            starts = np.asarray(self.offsets[first:last]) - lo
+            sup = np.asarray(self.labels[lo:hi]) != IGNORE
+            sup[starts] = False  # an example's first label is never a target
+            out[first:last] = np.add.reduceat(sup.astype(np.int32), starts) if hi > lo else 0
+        return out
 
     def get(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         lo, hi = self.offsets[i], self.offsets[i + 1]
@@ -87,11 +99,7 @@ def load_sft_store(data_dir: Path, split: str, manifest: dict) -> ExampleStore:
     paths = {n: cache / f"{split}-{key}-{n}.npy" for n in ("tokens", "labels", "offsets", "sources")}
     names_path = cache / f"{split}-{key}-source_names.json"
     if not all(p.exists() for p in paths.values()) or not names_path.exists():
-        arrays, names = _parse_shards(data_dir, shards)
-        for name, arr in arrays.items():
-            tmp = paths[name].with_name(paths[name].name + f".tmp{os.getpid()}.npy")
-            np.save(tmp, arr)
-            os.replace(tmp, paths[name])
+        names = _write_cache(data_dir, shards, paths)
         tmp = names_path.with_name(names_path.name + f".tmp{os.getpid()}")
         tmp.write_text(json.dumps(names))
         os.replace(tmp, names_path)  # like the arrays: a crash never leaves a half-written cache file
@@ -100,33 +108,75 @@ def load_sft_store(data_dir: Path, split: str, manifest: dict) -> ExampleStore:
                         loaded["sources"], tuple(json.loads(names_path.read_text())))
 
 
-def _parse_shards(data_dir: Path, shards: list[dict]) -> tuple[dict[str, np.ndarray], list[str]]:
-    tokens, labels, offsets, sources, names = [], [], [0], [], {}
-    for shard in shards:
-        path = data_dir / shard["file"]
-        with open(path, encoding="utf-8") as handle:
-            for lineno, line in enumerate(handle, 1):
-                try:
-                    row = json.loads(line)
-                    ids = np.asarray(row["input_ids"], dtype=np.int32)
-                    lab = np.asarray(row["labels"], dtype=np.int32)
-                    source = names.setdefault(str(row.get("source", "")), len(names))
-                except (ValueError, KeyError, TypeError) as err:
-                    raise UserError(f"{path}:{lineno}: malformed shard line ({err}); "
-                                    "re-run the prepare stage") from None
-                if ids.shape != lab.shape or ids.ndim != 1 or not len(ids):
-                    raise UserError(f"{path}:{lineno}: input_ids and labels differ in length; "
-                                    "re-run the prepare stage")
-                tokens.append(ids)
-                labels.append(lab)
-                offsets.append(offsets[-1] + len(ids))
-                sources.append(source)
-    empty = np.zeros(0, np.int32)
-    arrays = {"tokens": np.concatenate(tokens) if tokens else empty,
-              "labels": np.concatenate(labels) if labels else empty,
-              "offsets": np.asarray(offsets, dtype=np.int64),
-              "sources": np.asarray(sources, dtype=np.int32)}
-    return arrays, list(names)
+class _NpyStream:
+    """A 1-D .npy file written front to back; its header (which holds the length) is written last."""
+
+    HEADER = 128  # bytes reserved for the magic string and the header (numpy pads to 64-byte multiples)
+
+    def __init__(self, path: Path, dtype) -> None:
+        self.path, self.dtype = path, np.dtype(dtype)
+        self.tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        self.handle = open(self.tmp, "wb", buffering=1 << 20)
+        self.handle.write(b" " * self.HEADER)
+        self.written = 0
+
+    def write(self, values: np.ndarray) -> None:
+        self.handle.write(np.asarray(values, dtype=self.dtype).tobytes())
+        self.written += len(values)
+
+    def close(self) -> None:
+        header = repr({"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
+                       "shape": (self.written,)}).encode("latin1")
+        preamble = b"\x93NUMPY\x01\x00"
+        size = self.HEADER - len(preamble) - 2
+        self.handle.seek(0)
+        self.handle.write(preamble + size.to_bytes(2, "little") + header.ljust(size - 1) + b"\n")
+        self.handle.close()
+        os.replace(self.tmp, self.path)  # a crash never leaves a half-written cache file
+
+
+def _write_cache(data_dir: Path, shards: list[dict], paths: dict[str, Path]) -> list[str]:
+    """Parse the shards once into the .npy cache, streaming: memory does not grow with the corpus."""
+    streams = {name: _NpyStream(paths[name], dtype) for name, dtype in
+               (("tokens", np.int32), ("labels", np.int32), ("offsets", np.int64), ("sources", np.int32))}
+    names: dict[str, int] = {}
+    end = 0
+    streams["offsets"].write(np.zeros(1, np.int64))
+    try:
+        for shard in shards:
+            path = data_dir / shard["file"]
+            ends, sources = [], []  # per shard: memory bounded by shard_size, not by the corpus
+            with open(path, encoding="utf-8") as handle:
+                for lineno, line in enumerate(handle, 1):
+                    ids, lab, source = _parse_line(line, f"{path}:{lineno}")
+                    end += len(ids)
+                    streams["tokens"].write(ids)
+                    streams["labels"].write(lab)
+                    ends.append(end)
+                    sources.append(names.setdefault(source, len(names)))
+            streams["offsets"].write(np.asarray(ends, np.int64))
+            streams["sources"].write(np.asarray(sources, np.int32))
+        for stream in streams.values():
+            stream.close()
+    finally:
+        for stream in streams.values():
+            if not stream.handle.closed:
+                stream.handle.close()
+                stream.tmp.unlink(missing_ok=True)
+    return list(names)
+
+
+def _parse_line(line: str, where: str) -> tuple[np.ndarray, np.ndarray, str]:
+    try:
+        row = json.loads(line)
+        ids = np.asarray(row["input_ids"], dtype=np.int32)
+        lab = np.asarray(row["labels"], dtype=np.int32)
+        source = str(row.get("source", ""))
+    except (ValueError, KeyError, TypeError) as err:
+        raise UserError(f"{where}: malformed shard line ({err}); re-run the prepare stage") from None
+    if ids.shape != lab.shape or ids.ndim != 1 or not len(ids):
+        raise UserError(f"{where}: input_ids and labels differ in length; re-run the prepare stage")
+    return ids, lab, source
 
 
 def window_store(name: str, stream: np.ndarray, window: int) -> ExampleStore:
