@@ -34,7 +34,7 @@ TOKENIZER_STAMP := $(TOKENIZER)/tokenizer.json
 .PHONY: help install demo-data tokenizer-train-mix pretrain-tiny pretrain-small pretrain-base \
 	prepare-sft-corpus sft-train-tiny sft-train-small sft-train-base sft-custom \
 	sft-eval sft-pipeline-complete cpt-ift-pipeline smollm2-skill qlora smollm2-qlora sft-export studio bench \
-	bench-profile bench-qlora docs-config test clean
+	bench-profile bench-qlora bench-scaling bench-gpu docs-config test clean
 
 help: ## list the targets, in pipeline order
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_.-]+:.*## / {printf "  \033[1m%-24s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -243,6 +243,13 @@ bench-profile: $(TOKENIZER_STAMP) ## where one training step of the small preset
 
 bench-qlora: $(TOKENIZER_STAMP) $(QLORA_STAMP) ## QLoRA against LoRA (small, SmolLM2-135M): peak memory, tokens/s, loss
 	$(PY) scripts/benchmark_throughput.py --qlora
+
+bench-scaling: $(TOKENIZER_STAMP) ## cost as the corpus grows: prepare and train 10k, 100k, 1M generated conversations -> docs/BENCHMARKS.md, docs/scaling.png
+	$(PY) scripts/benchmark_scaling.py $(SCALING_ARGS)
+
+bench-gpu: $(TOKENIZER_STAMP) ## the GPU checks (varlen packed attention, bf16 MFU, TRL, resume, FSDP2); refuses without a GPU
+	$(PIP) install -r requirements-bench.txt
+	$(PY) scripts/benchmark_gpu.py $(GPU_ARGS)
 
 docs-config: $(STAMP) ## regenerate docs/CONFIG.md from the JSON Schemas and config defaults
 	$(PY) -m utils.train.config_docs > docs/CONFIG.md.tmp && mv docs/CONFIG.md.tmp docs/CONFIG.md

@@ -36,10 +36,10 @@ SCRIPT = ROOT / "scripts" / "benchmark_throughput.py"
 SHARED_INSTRUCT = ROOT.parent / "shared" / "data" / "instruct"
 DEMO_INSTRUCT = ROOT / "data" / "demo" / "instruct" / "train.jsonl"
 DEMO_TOKENIZER = ROOT / "checkpoints" / "tokenizer" / "spm8k_demo"
-PRESETS = ("tiny", "small")
+PRESETS = ("tiny", "small", "base")  # base: GPU advised (make bench-gpu)
 SMOLLM2 = "smollm2"
 # Learning rates in the range each setting is trained with (full fine-tuning from scratch; LoRA).
-LEARNING_RATES = {"tiny": 1e-3, "small": 5e-4, SMOLLM2: 5e-4}
+LEARNING_RATES = {"tiny": 1e-3, "small": 5e-4, "base": 3e-4, SMOLLM2: 5e-4}
 SMOLLM2_LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "bias": "none",
                 "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
 SINGLE_TURN_SETS = [  # (name, path under ../shared/data/instruct, response field)

@@ -57,15 +57,19 @@ def model_shape(model: torch.nn.Module) -> ModelShape:
     return ModelShape(total, trainable, config.num_hidden_layers, heads * head_dim)
 
 
-def matmul_peak_flops(size: int = 2048, dtype: torch.dtype = torch.float32, seconds: float = 3.0) -> float:
+def matmul_peak_flops(size: int = 2048, dtype: torch.dtype = torch.float32, seconds: float = 3.0,
+                      device: str = "cpu") -> float:
     """Best FLOP/s of a square ``size`` matmul over about ``seconds`` (the MFU denominator)."""
-    a = torch.randn(size, size, dtype=dtype)
-    b = torch.randn(size, size, dtype=dtype)
-    torch.mm(a, b)  # warm-up: thread pool, packing buffers
+    a = torch.randn(size, size, dtype=dtype, device=device)
+    b = torch.randn(size, size, dtype=dtype, device=device)
+    sync = torch.cuda.synchronize if a.is_cuda else (lambda: None)
+    torch.mm(a, b)  # warm-up: thread pool, packing buffers, kernel selection
+    sync()
     best, deadline = 0.0, time.perf_counter() + seconds
     while time.perf_counter() < deadline:
         start = time.perf_counter()
         torch.mm(a, b)
+        sync()
         best = max(best, 2 * size ** 3 / (time.perf_counter() - start))
     return best
 

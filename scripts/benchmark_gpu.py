@@ -1,0 +1,66 @@
+"""GPU checks, ready for when a GPU is at hand (make bench-gpu; about 5-8 minutes on one GPU).
+
+    python scripts/benchmark_gpu.py                       # every check
+    python scripts/benchmark_gpu.py --checks varlen peak  # some of them
+
+Checks (utils/bench/gpu.py): packed attention through the varlen flash kernel against examples run
+alone (bf16, forward and backward); the bf16 matmul peak; the base preset's throughput and MFU against
+TRL padding-free in bf16 on the same data, with peak GPU memory; a run killed after a checkpoint and
+resumed; FSDP2 on one GPU (train, checkpoint, kill, resume). Writes the GPU section of --report.
+Refuses in one line when torch sees no CUDA GPU.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from utils.common.cli_values import int_at_least  # noqa: E402
+from utils.common.errors import UserError, run_cli  # noqa: E402
+
+CHECKS = ("varlen", "peak", "throughput", "resume", "fsdp2")  # utils.bench.gpu.CHECKS (torch-free here)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checks", nargs="+", choices=CHECKS, default=list(CHECKS), help="checks to run, in order")
+    parser.add_argument("--steps", type=int_at_least("--steps", 5), default=12,
+                        help="optimizer steps of each throughput run (the first 3 not timed)")
+    parser.add_argument("--work_dir", type=Path, help="where data and runs go (default: a temporary directory, "
+                        "removed at the end)")
+    parser.add_argument("--report", type=Path, default=Path("docs/BENCHMARKS.md"),
+                        help="Markdown file whose GPU section is rewritten")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    from utils.bench.gpu import report, require_gpu, run_checks  # torch: after the flags are checked
+    from utils.bench.scaling import write_section
+
+    gpu = require_gpu()
+    if args.work_dir is not None and args.work_dir.exists() and any(args.work_dir.iterdir()):
+        raise UserError(f"--work_dir {args.work_dir}: not empty; give a new or empty directory")
+    work = (args.work_dir or Path(tempfile.mkdtemp(prefix="sft-bench-gpu-"))).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        checks = run_checks(args.checks, work, args.steps)
+    finally:
+        if args.work_dir is None:
+            shutil.rmtree(work, ignore_errors=True)
+    command = "python scripts/benchmark_gpu.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    text = report(checks, gpu, command.strip(), str(datetime.date.today()))
+    write_section(args.report, text, begin="<!-- gpu:begin", end="<!-- gpu:end -->",
+                  writer="scripts/benchmark_gpu.py")
+    print(text)
+    return 0 if all(c.passed for c in checks) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

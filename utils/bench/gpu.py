@@ -1,0 +1,237 @@
+"""The GPU checks of ``make bench-gpu`` (scripts/benchmark_gpu.py): each returns one ``Check``.
+
+* ``varlen``: packed attention through torch's varlen flash kernel (``torch.nn.attention.varlen``, one
+  kernel call for the whole packed row) against every example run alone through SDPA, forward and
+  backward, in bf16; and the time of both.
+* ``peak``: the GPU's bf16 matmul peak (the MFU denominator).
+* ``throughput``: ``scripts/benchmark_throughput.py`` on the base preset, this trainer against TRL
+  padding-free in bf16, on the same data: supervised tokens/s, MFU, peak GPU memory.
+* ``resume``: a tiny-preset SFT run killed (SIGKILL) after its first checkpoint, resumed with ``auto``.
+* ``fsdp2``: the same run under ``accelerate launch`` with FSDP2 on one GPU: train, checkpoint, resume.
+
+The reference side of ``varlen`` (examples alone) and the comparison run on CPU too, so the tests check
+them without a GPU.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from utils.bench.scaling import ROOT, dataset_config, generate, tiny_model, training_config
+from utils.common.errors import UserError
+from utils.common.markdown import markdown_table
+
+CHECKS = ("varlen", "peak", "throughput", "resume", "fsdp2")
+
+
+@dataclass
+class Check:
+    """The outcome of one check: passed or not, a short line, and the figures it measured."""
+
+    name: str
+    passed: bool
+    summary: str
+    figures: dict = field(default_factory=dict)
+
+
+def require_gpu() -> str:
+    """The GPU's name; a UserError (one line) when torch sees no CUDA device."""
+    if not torch.cuda.is_available():
+        raise UserError("bench-gpu: no CUDA GPU visible to torch (torch.cuda.is_available() is False); "
+                        "run it on a machine with a GPU and a CUDA build of torch")
+    return torch.cuda.get_device_name(0)
+
+
+# ------------------------------------------------------------------------------------- varlen attention
+def alone(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bounds: list[int]) -> torch.Tensor:
+    """Reference: each example of the packed row through causal SDPA by itself. Tensors are [N, H, D]."""
+    outs = []
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        q, k, v = (t[a:b].transpose(0, 1) for t in (query, key, value))
+        outs.append(F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                                   enable_gqa=q.shape[0] != k.shape[0]).transpose(0, 1))
+    return torch.cat(outs)
+
+
+def varlen(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bounds: list[int]) -> torch.Tensor:
+    """The whole packed row in one varlen flash-attention call (CUDA), causal inside each example."""
+    from torch.nn.attention.varlen import varlen_attn
+
+    cu = torch.tensor(bounds, dtype=torch.int32, device=query.device)
+    longest = max(b - a for a, b in zip(bounds[:-1], bounds[1:]))
+    return varlen_attn(query, key, value, cu, cu, longest, longest, window_size=(-1, 0),
+                       enable_gqa=query.shape[1] != key.shape[1])
+
+
+def compare_with_alone(packed: Callable, bounds: list[int], heads: int = 8, kv_heads: int = 4, dim: int = 64,
+                       device: str = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0) -> dict:
+    """Largest differences of output and input gradients between ``packed`` and ``alone``."""
+    gen = torch.Generator().manual_seed(seed)
+    n = bounds[-1]
+    shapes = ((n, heads, dim), (n, kv_heads, dim), (n, kv_heads, dim))
+    base = [torch.randn(s, generator=gen).to(device, dtype) for s in shapes]
+    grad = torch.randn((n, heads, dim), generator=gen).to(device, dtype)
+    results = []
+    for fn in (packed, alone):
+        inputs = [t.clone().requires_grad_(True) for t in base]
+        out = fn(*inputs, bounds)
+        out.backward(grad)
+        results.append((out.detach().float(), [t.grad.float() for t in inputs]))
+    (out_p, grads_p), (out_a, grads_a) = results
+    return {"max_abs_out": float((out_p - out_a).abs().max()),
+            "max_abs_grad": max(float((gp - ga).abs().max()) for gp, ga in zip(grads_p, grads_a)),
+            "scale": float(out_a.abs().max())}
+
+
+def time_fwd_bwd(fn: Callable, bounds: list[int], device: str, dtype: torch.dtype, repeats: int = 20) -> float:
+    """Median seconds of one forward+backward of ``fn`` over a packed row."""
+    n = bounds[-1]
+    q = torch.randn(n, 12, 64, device=device, dtype=dtype, requires_grad=True)
+    k, v = (torch.randn(n, 12, 64, device=device, dtype=dtype, requires_grad=True) for _ in range(2))
+    times = []
+    for _ in range(repeats + 3):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn(q, k, v, bounds).sum().backward()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return sorted(times[3:])[len(times[3:]) // 2]
+
+
+def check_varlen(tolerance: float = 2e-2) -> Check:
+    bounds = [0, 37, 300, 301, 812, 1500, 2048]
+    diff = compare_with_alone(varlen, bounds, device="cuda", dtype=torch.bfloat16)
+    rows = [0] + [64 * (k + 1) + 40 * (k % 3) for k in range(24)]
+    bounds_many = [sum(rows[:k + 1]) for k in range(len(rows))]
+    fast = time_fwd_bwd(varlen, bounds_many, "cuda", torch.bfloat16)
+    loop = time_fwd_bwd(alone, bounds_many, "cuda", torch.bfloat16)
+    ok = diff["max_abs_out"] <= tolerance * max(diff["scale"], 1) and diff["max_abs_grad"] <= 4 * tolerance
+    return Check("varlen", ok, f"varlen flash attention vs examples alone (bf16): out diff {diff['max_abs_out']:.2e}, "
+                 f"grad diff {diff['max_abs_grad']:.2e}; fwd+bwd {fast * 1e3:.2f} ms vs {loop * 1e3:.2f} ms "
+                 f"per-example loop ({len(rows) - 1} examples, {bounds_many[-1]} tokens)",
+                 {**diff, "varlen_ms": fast * 1e3, "loop_ms": loop * 1e3})
+
+
+# ------------------------------------------------------------------------------------- the other checks
+def check_peak() -> Check:
+    from utils.bench.metrics import matmul_peak_flops
+
+    peak = matmul_peak_flops(size=8192, dtype=torch.bfloat16, device="cuda")
+    return Check("peak", peak > 0, f"bf16 matmul peak {peak / 1e12:.1f} TFLOP/s (8192^3)", {"bf16_flops": peak})
+
+
+def check_throughput(work: Path, steps: int) -> Check:
+    """The throughput bench on the base preset: this trainer and TRL padding-free, bf16, same data."""
+    out = work / "throughput"
+    command = [sys.executable, "scripts/benchmark_throughput.py", "--sizes", "base", "--seq", "1024",
+               "--trainers", "ours", "trl_bf16", "--no_prep", "--steps", str(steps), "--warmup", "3",
+               "--work_dir", str(out), "--report", str(out / "report.md")]
+    run_logged(command, work / "throughput.log", timeout=300)
+    results = json.loads((out / "results.json").read_text())
+    peak = results["matmul_peaks"].get("bf16", results["matmul_peak_flops"])
+    runs = {r["trainer"]: r for r in results["runs"]}
+    figures = {name: {"supervised_per_s": r["window"]["supervised_per_s"],
+                      "mfu": r["window"]["model_flops_per_s"] / peak, "peak_gpu_mb": r.get("peak_gpu_mb"),
+                      "mean_loss": r["window"]["mean_loss"]} for name, r in runs.items()}
+    ours, trl = figures.get("ours"), figures.get("trl_bf16")
+    ratio = ours["supervised_per_s"] / trl["supervised_per_s"] if ours and trl else float("nan")
+    return Check("throughput", bool(ours and trl), f"base@1024 bf16: {ratio:.2f}x TRL padding-free, MFU "
+                 f"{ours['mfu']:.1%} (TRL {trl['mfu']:.1%}), peak GPU {ours['peak_gpu_mb']:,.0f} MiB "
+                 f"(TRL {trl['peak_gpu_mb']:,.0f})" if ours and trl else "a run is missing", figures)
+
+
+def small_run(work: Path, steps: int, save_steps: int) -> tuple[Path, Path, Path, Path]:
+    """A generated corpus, its prepared dir, a tiny model and a training config; for the resume checks."""
+    tokenizer = (ROOT / "checkpoints" / "tokenizer" / "spm8k_demo").resolve()
+    jsonl, data = work / "conv.jsonl", work / "prepared"
+    if not (data / "manifest.json").exists():
+        generate(jsonl, 2000)
+        (work / "dataset.json").write_text(json.dumps(dataset_config(jsonl)))
+        run_logged([sys.executable, "scripts/02_prepare_sft_corpus.py", "--config", str(work / "dataset.json"),
+                    "--tokenizer_path", str(tokenizer), "--output_dir", str(data), "--force"],
+                   work / "prepare.log", timeout=300)
+    config = training_config(steps)
+    config["training_params"].update(save_steps=save_steps, logging_steps=1)
+    (work / "training.json").write_text(json.dumps(config))
+    model = work / "tiny_model" if (work / "tiny_model" / "config.json").exists() else tiny_model(work, tokenizer)
+    return tokenizer, data, model, work / "training.json"
+
+
+def train_command(work: Path, run: Path, launcher: list[str]) -> list[str]:
+    """03_sft_industrial.py on the corpus, model and config ``small_run`` wrote into ``work``."""
+    tokenizer = (ROOT / "checkpoints" / "tokenizer" / "spm8k_demo").resolve()
+    return [*launcher, "scripts/03_sft_industrial.py", "--config", str(work / "training.json"),
+            "--model_path", str(work / "tiny_model"), "--data_dirs", str(work / "prepared"),
+            "--tokenizer_path", str(tokenizer), "--output_dir", str(run)]
+
+
+def check_resume(work: Path, launcher: list[str], name: str, steps: int = 20, save_steps: int = 5) -> Check:
+    """Train, SIGKILL after the first checkpoint is complete, resume with ``auto``: the run must finish."""
+    small_run(work, steps, save_steps)
+    run = work / f"run_{name}"
+    command = train_command(work, run, launcher)
+    with open(work / f"{name}_1.log", "w") as log:
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+        deadline = time.time() + 240
+        while proc.poll() is None and time.time() < deadline:
+            if (run / f"checkpoint-{save_steps}" / "checksums.json").exists():
+                os.killpg(proc.pid, signal.SIGKILL)
+                break
+            time.sleep(0.2)
+        proc.wait()
+    killed = proc.returncode == -signal.SIGKILL
+    run_logged(command + ["--resume_from_checkpoint", "auto"], work / f"{name}_2.log", timeout=240)
+    summary = json.loads((run / "final" / "training_summary.json").read_text())
+    done = summary.get("steps") == steps
+    return Check(name, killed and done, f"killed after checkpoint-{save_steps}: {killed}; resumed to step "
+                 f"{summary.get('steps')} of {steps}", {"killed": killed, "steps": summary.get("steps")})
+
+
+def run_logged(command: list[str], log: Path, timeout: int) -> None:
+    with open(log, "w") as out:
+        try:
+            code = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, timeout=timeout).returncode
+        except subprocess.TimeoutExpired:
+            raise UserError(f"{Path(command[1]).name} ran past {timeout}s; see {log}") from None
+    if code != 0:
+        tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
+        raise UserError(f"{Path(command[1]).name} failed (exit {code}): {tail[0][:300]}; full log in {log}")
+
+
+def run_checks(names: list[str], work: Path, steps: int) -> list[Check]:
+    """The checks asked for, in order; a failing one is recorded and the others still run."""
+    launchers = {"resume": [sys.executable],
+                 "fsdp2": [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                           "config/accelerate/fsdp.yaml", "--num_processes", "1"]}
+    out = []
+    for name in names:
+        try:
+            if name == "varlen":
+                out.append(check_varlen())
+            elif name == "peak":
+                out.append(check_peak())
+            elif name == "throughput":
+                out.append(check_throughput(work, steps))
+            else:
+                out.append(check_resume(work, launchers[name], name))
+        except (UserError, RuntimeError, OSError, KeyError, ValueError) as err:
+            out.append(Check(name, False, f"error: {str(err).splitlines()[0][:300]}"))
+        print(f"[bench-gpu] {name}: {'ok' if out[-1].passed else 'FAILED'}: {out[-1].summary}", flush=True)
+    return out
+
+
+def report(checks: list[Check], gpu: str, command: str, date: str) -> str:
+    """The Markdown section of docs/BENCHMARKS.md for one run."""
+    rows = [[c.name, "yes" if c.passed else "**no**", c.summary] for c in checks]
+    table = "\n".join(markdown_table(["check", "passed", "result"], rows))
+    return f"### GPU checks\n\n`{command}` ({date}, {gpu})\n\n{table}"
