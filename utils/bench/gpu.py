@@ -27,6 +27,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from utils.bench.metrics import matmul_peak_flops
 from utils.bench.scaling import ROOT, dataset_config, generate, tiny_model, training_config
 from utils.common.errors import UserError
 from utils.common.markdown import markdown_table
@@ -65,7 +66,7 @@ def alone(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bounds: l
 
 def varlen(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bounds: list[int]) -> torch.Tensor:
     """The whole packed row in one varlen flash-attention call (CUDA), causal inside each example."""
-    from torch.nn.attention.varlen import varlen_attn
+    from torch.nn.attention.varlen import varlen_attn  # a CUDA kernel: imported only where it runs
 
     cu = torch.tensor(bounds, dtype=torch.int32, device=query.device)
     longest = max(b - a for a, b in zip(bounds[:-1], bounds[1:]))
@@ -124,8 +125,6 @@ def check_varlen(tolerance: float = 2e-2) -> Check:
 
 # ------------------------------------------------------------------------------------- the other checks
 def check_peak() -> Check:
-    from utils.bench.metrics import matmul_peak_flops
-
     peak = matmul_peak_flops(size=8192, dtype=torch.bfloat16, device="cuda")
     return Check("peak", peak > 0, f"bf16 matmul peak {peak / 1e12:.1f} TFLOP/s (8192^3)", {"bf16_flops": peak})
 

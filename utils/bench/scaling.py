@@ -152,10 +152,11 @@ def report_table(results: list[SizeResult]) -> str:
 
 def plot(results: list[SizeResult], path: Path) -> None:
     """Log-log: seconds and MiB against conversations, with a linear-growth guide."""
+    # matplotlib costs a second to import; only the final plot needs it
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after choosing the Agg backend (no display needed)
 
     n = [r.conversations for r in results]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
