@@ -38,6 +38,9 @@ def test_the_streamed_cache_holds_every_example_and_counts_targets_in_blocks(tmp
         assert store.supervised_targets[i] == sum(label != IGNORE for label in labels[1:])
     again = load_sft_store(tmp_path, "train", manifest)  # read back from the cache
     assert np.array_equal(again.tokens, store.tokens) and np.array_equal(again.offsets, store.offsets)
+    assert store.targets is not None  # counted while the cache was written: loading touches no labels
+    counted = example_store.ExampleStore("x", store.tokens, store.labels, store.offsets)
+    assert counted.supervised_targets.tolist() == store.supervised_targets.tolist()  # blocks of 4
     assert not list((tmp_path / ".cache").glob("*.tmp*"))
 
 

@@ -40,6 +40,7 @@ class SizeResult:
     prepare_rss_mb: float
     output_mb: float
     examples: int
+    tokens: int
     train_startup_s: float
     train_startup_cpu_s: float
     train_rss_mb: float
@@ -136,15 +137,17 @@ def measure_size(count: int, steps: int, work: Path, tokenizer: Path, model: Pat
     first = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
     size = sum(p.stat().st_size for p in data.iterdir() if p.is_file())
     return SizeResult(count, state["timings"]["total_s"], state["timings"]["cpu_s"], prep[2], size / 2**20,
-                      manifest["splits"]["train"]["conversations"] + manifest["splits"]["val"]["conversations"],
-                      train[3], first["process_cpu_s"], train[2], train[0])
+                      sum(manifest["splits"][split]["conversations"] for split in ("train", "val")),
+                      sum(manifest["splits"][split]["total_tokens"] for split in ("train", "val")), train[3], first["process_cpu_s"], train[2], train[0])
 
 
 def report_table(results: list[SizeResult]) -> str:
-    headers = ["conversations", "prepare s", "prepare CPU s", "CPU µs / conversation", "prepare peak RSS MiB",
-               "output MiB", "train start-up s", "start-up CPU s", "train peak RSS MiB"]
-    rows = [[f"{r.conversations:,}", f"{r.prepare_s:.1f}", f"{r.prepare_cpu_s:.1f}",
-             f"{r.prepare_cpu_s / r.conversations * 1e6:.0f}", f"{r.prepare_rss_mb:,.0f}", f"{r.output_mb:,.1f}",
+    headers = ["conversations", "tokens", "prepare s", "prepare CPU s", "CPU µs / conversation",
+               "CPU µs / 100 tokens", "prepare peak RSS MiB", "output MiB", "train start-up s", "start-up CPU s",
+               "train peak RSS MiB"]
+    rows = [[f"{r.conversations:,}", f"{r.tokens:,}", f"{r.prepare_s:.1f}", f"{r.prepare_cpu_s:.1f}",
+             f"{r.prepare_cpu_s / r.conversations * 1e6:.0f}", f"{r.prepare_cpu_s / max(r.tokens, 1) * 1e8:.0f}",
+             f"{r.prepare_rss_mb:,.0f}", f"{r.output_mb:,.1f}",
              f"{r.train_startup_s:.1f}", f"{r.train_startup_cpu_s:.1f}", f"{r.train_rss_mb:,.0f}"]
             for r in results]
     return "\n".join(markdown_table(headers, rows, align="r" * len(headers)))

@@ -33,6 +33,7 @@ class ExampleStore:
     offsets: np.ndarray     # int64, len = num_examples + 1
     source_ids: np.ndarray | None = None   # int32 per example: index into source_names
     source_names: tuple[str, ...] = ()
+    targets: np.ndarray | None = None      # int32 per example: supervised_targets, when counted already
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -45,8 +46,11 @@ class ExampleStore:
     def supervised_targets(self) -> np.ndarray:
         """Per example, the positions trained after the shift (labels[1:] != -100).
 
-        Counted a block of examples at a time, so that memory stays flat however large the store is.
+        SFT stores count them while their cache is written; otherwise they are counted a block of
+        examples at a time, so that memory stays flat however large the store is.
         """
+        if self.targets is not None:
+            return np.asarray(self.targets, dtype=np.int64)
         out = np.zeros(len(self), np.int64)
         for first in range(0, len(self), TARGET_BLOCK):
             last = min(first + TARGET_BLOCK, len(self))
@@ -96,7 +100,7 @@ def load_sft_store(data_dir: Path, split: str, manifest: dict) -> ExampleStore:
     shards = manifest["splits"].get(split, {}).get("shards", [])
     key = hashlib.sha256("".join(s["sha256"] for s in shards).encode()).hexdigest()[:16]
     cache = _cache_dir(data_dir)
-    paths = {n: cache / f"{split}-{key}-{n}.npy" for n in ("tokens", "labels", "offsets", "sources")}
+    paths = {n: cache / f"{split}-{key}-{n}.npy" for n in ("tokens", "labels", "offsets", "sources", "targets")}
     names_path = cache / f"{split}-{key}-source_names.json"
     if not all(p.exists() for p in paths.values()) or not names_path.exists():
         names = _write_cache(data_dir, shards, paths)
@@ -105,7 +109,7 @@ def load_sft_store(data_dir: Path, split: str, manifest: dict) -> ExampleStore:
         os.replace(tmp, names_path)  # like the arrays: a crash never leaves a half-written cache file
     loaded = {n: np.load(p, mmap_mode="r") for n, p in paths.items()}
     return ExampleStore(data_dir.name, loaded["tokens"], loaded["labels"], loaded["offsets"],
-                        loaded["sources"], tuple(json.loads(names_path.read_text())))
+                        loaded["sources"], tuple(json.loads(names_path.read_text())), loaded["targets"])
 
 
 class _NpyStream:
@@ -138,14 +142,15 @@ class _NpyStream:
 def _write_cache(data_dir: Path, shards: list[dict], paths: dict[str, Path]) -> list[str]:
     """Parse the shards once into the .npy cache, streaming: memory does not grow with the corpus."""
     streams = {name: _NpyStream(paths[name], dtype) for name, dtype in
-               (("tokens", np.int32), ("labels", np.int32), ("offsets", np.int64), ("sources", np.int32))}
+               (("tokens", np.int32), ("labels", np.int32), ("offsets", np.int64), ("sources", np.int32),
+                ("targets", np.int32))}
     names: dict[str, int] = {}
     end = 0
     streams["offsets"].write(np.zeros(1, np.int64))
     try:
         for shard in shards:
             path = data_dir / shard["file"]
-            ends, sources = [], []  # per shard: memory bounded by shard_size, not by the corpus
+            ends, sources, targets = [], [], []  # per shard: memory bounded by shard_size, not the corpus
             with open(path, encoding="utf-8") as handle:
                 for lineno, line in enumerate(handle, 1):
                     ids, lab, source = _parse_line(line, f"{path}:{lineno}")
@@ -154,8 +159,10 @@ def _write_cache(data_dir: Path, shards: list[dict], paths: dict[str, Path]) -> 
                     streams["labels"].write(lab)
                     ends.append(end)
                     sources.append(names.setdefault(source, len(names)))
+                    targets.append(int(np.count_nonzero(lab[1:] != IGNORE)))
             streams["offsets"].write(np.asarray(ends, np.int64))
             streams["sources"].write(np.asarray(sources, np.int32))
+            streams["targets"].write(np.asarray(targets, np.int32))
         for stream in streams.values():
             stream.close()
     finally:
