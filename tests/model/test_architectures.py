@@ -11,6 +11,26 @@ from utils.model.attention import use_packed_attention
 from utils.model.modeling import decoder_and_head
 
 
+def _gguf_header(path, architecture: str):
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(path), architecture)
+    writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_a_gguf_of_an_unsupported_architecture_is_refused_from_its_header(tmp_path):
+    with pytest.raises(UserError, match=r"bloom\.gguf: model_type 'bloom' is not supported"):
+        check_model_dir(_gguf_header(tmp_path / "bloom.gguf", "bloom"))
+    check_model_dir(_gguf_header(tmp_path / "neox.gguf", "gptneox"))  # GGUF's name for gpt_neox: supported
+    check_model_dir(_gguf_header(tmp_path / "llama.gguf", "llama"))
+
+
 @pytest.mark.parametrize("model_type", ("llama",) + ARCHITECTURES)
 def test_an_example_packed_with_others_equals_the_example_alone(model_type):
     """Three examples in one row (positions restarting at 0 for each: GPT-2's absolute positions too) give

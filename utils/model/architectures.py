@@ -47,9 +47,12 @@ def check_model_type(model_type, where: str) -> str:
 def check_model_dir(path: str | Path) -> None:
     """Refuse an unsupported local HF model directory from its config.json alone (before a stage writes).
 
-    Hub names, .gguf files and directories without a readable config.json are left to the loader, whose
-    errors name them, and to ``check_model`` once loaded.
+    A .gguf file is checked from its header's ``general.architecture``. Hub names and directories without a
+    readable config.json are left to the loader, whose errors name them, and to ``check_model`` once loaded.
     """
+    if Path(path).suffix == ".gguf" and Path(path).is_file():
+        check_model_type(_gguf_model_type(Path(path)), str(path))
+        return
     config = Path(path) / "config.json"
     if not config.is_file():
         return
@@ -58,6 +61,24 @@ def check_model_dir(path: str | Path) -> None:
     except (OSError, ValueError, AttributeError):
         return
     check_model_type(model_type, str(path))
+
+
+_GGUF_TYPES = {"gptneox": "gpt_neox"}
+"""GGUF ``general.architecture`` names that differ from the transformers ``model_type`` they convert to."""
+
+
+def _gguf_model_type(path: Path) -> str | None:
+    """The transformers ``model_type`` of a GGUF file, from its header alone (no tensor is read)."""
+    import gguf  # only a GGUF base needs it
+
+    try:
+        field = gguf.GGUFReader(str(path)).get_field("general.architecture")
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path}: cannot read this GGUF file ({str(err).splitlines()[0]})") from None
+    if field is None:
+        return None
+    name = field.contents()
+    return _GGUF_TYPES.get(name, name)
 
 
 def model_type_of(model) -> str:
