@@ -186,19 +186,23 @@ def build_app(studio: Studio):
     """The Gradio Blocks of the studio."""
     import gradio as gr  # an optional extra (requirements-studio.txt): the handlers above work without it
 
+    def grid(headers: list[str], label: str, elem_id: str, **extra):
+        return gr.Dataframe(headers=headers, interactive=False, label=label, elem_id=elem_id, **extra)
+
+    def first_chosen(names: list[str]):
+        return gr.update(choices=names, value=names[0] if names else None)
+
     with gr.Blocks(title="SFT Studio") as app:
         gr.Markdown(f"# SFT Studio\n`{studio.root}` — runs under `{studio.checkpoints}`, "
                     f"corpora under `{studio.data}`")
         timer = gr.Timer(REFRESH_S)
         with gr.Tab("Runs"):
             runs_status = gr.Markdown(elem_id="runs-status")
-            table = gr.Dataframe(headers=["run", "kind", "state", "step", "checkpoints"], interactive=False,
-                                 elem_id="runs-table", label="runs")
+            table = grid(["run", "kind", "state", "step", "checkpoints"], "runs", "runs-table")
             pick = gr.Dropdown(label="runs to show and compare", multiselect=True, elem_id="runs-pick")
             refresh = gr.Button("refresh")
             plot = gr.Plot(label="curves", elem_id="runs-plot")
-            latest = gr.Dataframe(headers=["run", "step", "loss", "eval/loss", "lr", "tokens/s"],
-                                  interactive=False, label="latest values", elem_id="runs-latest")
+            latest = grid(["run", "step", "loss", "eval/loss", "lr", "tokens/s"], "latest values", "runs-latest")
             details = gr.Markdown(elem_id="runs-details")
 
             @guarded(3)
@@ -224,12 +228,9 @@ def build_app(studio: Studio):
             data_status = gr.Markdown(elem_id="data-status")
             corpus = gr.Dropdown(label="prepared corpus", elem_id="data-corpus")
             summary = gr.Markdown(elem_id="data-summary")
-            splits = gr.Dataframe(headers=data_view.SPLIT_HEADERS, interactive=False, label="splits",
-                                  elem_id="data-splits")
-            sources = gr.Dataframe(headers=data_view.SOURCE_HEADERS, interactive=False, label="mixture",
-                                   elem_id="data-sources")
-            drops = gr.Dataframe(headers=data_view.DROP_HEADERS, interactive=False, label="drops by reason",
-                                 elem_id="data-drops")
+            splits = grid(data_view.SPLIT_HEADERS, "splits", "data-splits")
+            sources = grid(data_view.SOURCE_HEADERS, "mixture", "data-sources")
+            drops = grid(data_view.DROP_HEADERS, "drops by reason", "data-drops")
             histogram = gr.Image(label="tokens per example", type="filepath", elem_id="data-histogram")
             with gr.Row():
                 split = gr.Radio(["train", "val"], value="train", label="split")
@@ -243,7 +244,7 @@ def build_app(studio: Studio):
             @guarded(2)
             def list_corpora():
                 names = studio.corpora()
-                return gr.update(choices=names, value=names[0] if names else None), ""
+                return first_chosen(names), ""
 
             corpus_outputs = [summary, splits, sources, drops, histogram, count, data_status]
             app.load(list_corpora, None, [corpus, data_status])
@@ -254,20 +255,16 @@ def build_app(studio: Studio):
             eval_status = gr.Markdown(elem_id="eval-status")
             report = gr.Dropdown(label="evaluation report", elem_id="eval-report")
             header = gr.Markdown(elem_id="eval-header")
-            metrics = gr.Dataframe(headers=evals.METRIC_HEADERS, interactive=False, label="metrics",
-                                   elem_id="eval-metrics")
-            families = gr.Dataframe(headers=evals.FAMILY_HEADERS, interactive=False, label="per task family",
-                                    elem_id="eval-families")
-            retention = gr.Dataframe(headers=evals.SOURCE_HEADERS, interactive=False,
-                                     label="validation loss per source (retention)", elem_id="eval-sources")
+            metrics = grid(evals.METRIC_HEADERS, "metrics", "eval-metrics")
+            families = grid(evals.FAMILY_HEADERS, "per task family", "eval-families")
+            retention = grid(evals.SOURCE_HEADERS, "validation loss per source (retention)", "eval-sources")
             gallery = gr.Gallery(label="plots", columns=3, elem_id="eval-plots")
-            generated = gr.Dataframe(headers=evals.GENERATION_HEADERS, interactive=False, wrap=True,
-                                     label="generations, tuned beside base", elem_id="eval-generations")
+            generated = grid(evals.GENERATION_HEADERS, "generations, tuned beside base", "eval-generations", wrap=True)
 
             @guarded(2)
             def list_reports():
                 names = studio.reports()
-                return gr.update(choices=names, value=names[0] if names else None), ""
+                return first_chosen(names), ""
 
             app.load(list_reports, None, [report, eval_status])
             report.change(guarded(7)(studio.report), report,
@@ -292,7 +289,7 @@ def build_app(studio: Studio):
             @guarded(2)
             def list_models():
                 names = studio.model_list()
-                return gr.update(choices=names, value=names[0] if names else None), ""
+                return first_chosen(names), ""
 
             def talk(*args):
                 try:
