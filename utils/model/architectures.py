@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 from utils.common.errors import UserError
+from utils.model.gguf import gguf_architecture
 
 _LLAMA_LIKE = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -69,15 +70,7 @@ _GGUF_TYPES = {"gptneox": "gpt_neox"}
 
 def _gguf_model_type(path: Path) -> str | None:
     """The transformers ``model_type`` of a GGUF file, from its header alone (no tensor is read)."""
-    import gguf  # only a GGUF base needs it
-
-    try:
-        field = gguf.GGUFReader(str(path)).get_field("general.architecture")
-    except (OSError, ValueError) as err:
-        raise UserError(f"{path}: cannot read this GGUF file ({str(err).splitlines()[0]})") from None
-    if field is None:
-        return None
-    name = field.contents()
+    name = gguf_architecture(path)
     return _GGUF_TYPES.get(name, name)
 
 

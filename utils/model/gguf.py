@@ -194,10 +194,21 @@ def low_bit_types(path: str | Path) -> list[str]:
             return []
     if path.suffix != ".gguf" or not path.is_file():
         return []
+    kinds = {t.tensor_type.name for t in _reader(path).tensors}
+    return sorted(kinds - _EIGHT_BITS_OR_MORE)
+
+
+def gguf_architecture(path: Path) -> str | None:
+    """The ``general.architecture`` of a GGUF file's header (None when it has none)."""
+    field = _reader(path).get_field("general.architecture")
+    return None if field is None else field.contents()
+
+
+def _reader(path: Path):
+    """The GGUF file's header and tensor index (memory-mapped; no tensor data is read)."""
     import gguf  # only a GGUF base needs it
 
     try:
-        kinds = {t.tensor_type.name for t in gguf.GGUFReader(str(path)).tensors}
+        return gguf.GGUFReader(str(path))
     except (OSError, ValueError) as err:
         raise UserError(f"{path}: cannot read this GGUF file ({str(err).splitlines()[0]})") from None
-    return sorted(kinds - _EIGHT_BITS_OR_MORE)
