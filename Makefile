@@ -252,7 +252,7 @@ bench-gpu: $(TOKENIZER_STAMP) ## the GPU checks (varlen packed attention, bf16 M
 	$(PY) scripts/benchmark_gpu.py $(GPU_ARGS)
 
 docs-config: $(STAMP) ## regenerate docs/CONFIG.md from the JSON Schemas and config defaults
-	$(PY) -m utils.train.config_docs > docs/CONFIG.md.tmp && mv docs/CONFIG.md.tmp docs/CONFIG.md
+	$(PY) scripts/config_docs.py > docs/CONFIG.md.tmp && mv docs/CONFIG.md.tmp docs/CONFIG.md
 
 test: $(STAMP) $(QLORA_STAMP) $(STUDIO_STAMP) ## run the test suite (CPU, tiny models; reads ../shared/data when present)
 	$(PY) -m pytest -q tests

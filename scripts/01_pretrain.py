@@ -18,8 +18,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from utils.common.config import load_config  # noqa: E402
 from utils.common.cli_values import output_dir  # noqa: E402
 from utils.common.errors import run_cli  # noqa: E402
-from utils.train.cli import add_run_args, apply_overrides  # noqa: E402
-from utils.train.stage_pretrain import PretrainConfig, PretrainInputs, run_pretraining  # noqa: E402
+from utils.train.cli import PretrainInputs, add_run_args, apply_overrides  # noqa: E402
+from utils.train.config import PretrainConfig  # noqa: E402
+from utils.train.stage_pretrain import run_pretraining  # noqa: E402
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -16,7 +16,7 @@ from typing import Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from utils.common.cli_values import output_dir, positive_int  # noqa: E402
-from utils.common.errors import UserError, run_cli  # noqa: E402
+from utils.common.errors import run_cli  # noqa: E402
 from utils.data.prepare import default_num_proc, load_dataset_config, prepare_corpus  # noqa: E402
 
 
@@ -35,8 +35,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.num_proc < 1:
-        raise UserError(f"--num_proc: {args.num_proc} is not a positive number of processes")
     config = load_dataset_config(args.config)
     manifest = prepare_corpus(config, args.tokenizer_path, args.output_dir, force=args.force,
                               num_proc=args.num_proc, strict=args.strict, config_path=args.config)

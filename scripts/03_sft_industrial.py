@@ -19,8 +19,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from utils.common.config import load_config  # noqa: E402
 from utils.common.cli_values import check_weights, output_dir, weight  # noqa: E402
 from utils.common.errors import run_cli  # noqa: E402
-from utils.train.cli import add_run_args, apply_overrides  # noqa: E402
-from utils.train.stage_sft import SFTInputs, SFTTrainingConfig, run_sft  # noqa: E402
+from utils.train.cli import SFTInputs, add_run_args, apply_overrides  # noqa: E402
+from utils.train.config import SFTTrainingConfig  # noqa: E402
+from utils.train.stage_sft import run_sft  # noqa: E402
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -40,11 +41,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     check_weights("--data_weights", args.data_weights)
     cfg = load_config(args.config, "sft_training", SFTTrainingConfig)
-    apply_overrides(cfg.training_params, args)
+    overrides = apply_overrides(cfg.training_params, args)
     inputs = SFTInputs(model_path=args.model_path, data_dirs=args.data_dirs, data_weights=args.data_weights,
                        tokenizer_path=args.tokenizer_path, output_dir=Path(args.output_dir),
                        resume_from_checkpoint=args.resume_from_checkpoint, trust_remote_code=args.trust_remote_code,
-                       overwrite_output_dir=args.overwrite_output_dir)
+                       overwrite_output_dir=args.overwrite_output_dir, overrides=overrides)
     summary = run_sft(cfg, inputs)
     if summary:
         print(summary)

@@ -68,13 +68,7 @@ def parse_args(argv: Sequence[str] | None) -> EvalRequest:
                    help="auto: bf16 autocast where fast (bf16 GPUs/CPUs), else fp32")
     p.add_argument("--trust_remote_code", action="store_true", help="allow model code from the checkpoint")
     p.add_argument("--no_progress", action="store_true", help="no progress bars")
-    args = p.parse_args(argv)
-    for name in ("max_eval_examples", "retention_max_tokens", "retention_window", "max_new_tokens",
-                 "batch_size", "eval_batch_tokens"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            p.error(f"--{name} must be at least 1")
-    return EvalRequest(**vars(args))
+    return EvalRequest(**vars(p.parse_args(argv)))
 
 
 def _evaluate(path: str, inputs, args: EvalRequest, label: str):

@@ -147,9 +147,6 @@ def _in_eval(step: int, patch) -> None:
             return orig(run)
         return evaluate
     _wrap(patch, train_loop, "evaluate", make)
-    import utils.train.stage_sft as stage_sft  # the evaluation before training is called from there
-
-    patch(stage_sft, "evaluate", train_loop.evaluate)
 
 
 def _before_publish(step: int, patch) -> None:

@@ -44,13 +44,15 @@ def run_training(out_dir: Path, *, batch: int | None = None, tokens: int | None 
     """Train the tiny model on two weighted sources; returns (state, model state_dict)."""
     from accelerate.utils import set_seed
 
-    from utils.parallel.lora import LoraSettings, apply_lora
+    from utils.parallel.lora import LoraSettings
     from utils.parallel.accelerator import make_accelerator
     from utils.monitor.run_plan import RunPlan
     from utils.monitor.trackers import make_trackers
-    from utils.train.run_setup import build_run
-    from utils.train.params import TrainingParams
+    from utils.train.config import TrainingParams
     from utils.train.loop import fit
+    from utils.train.resume import find_checkpoint, restore
+    from utils.train.run import TrainData, build_run
+    from utils.train.start import ready_to_train
 
     settings = dict(learning_rate=lr, max_steps=steps, per_device_train_batch_size=batch,
                     micro_batch_tokens=tokens, gradient_accumulation_steps=accum, warmup_steps=1,
@@ -58,16 +60,14 @@ def run_training(out_dir: Path, *, batch: int | None = None, tokens: int | None 
                     seed=seed, bf16=False, max_grad_norm=1.0)
     params = TrainingParams(**{**settings, **overrides})
     set_seed(seed)
-    model = tiny_llama(seed)
-    if lora:
-        model = apply_lora(model, LoraSettings(r=4, lora_alpha=8, lora_dropout=0.1,
-                                               target_modules=["q_proj", "v_proj", "gate_proj"]))
+    settings = LoraSettings(r=4, lora_alpha=8, lora_dropout=0.1, target_modules=["q_proj", "v_proj", "gate_proj"])
+    model, _ = ready_to_train(tiny_llama(seed), settings if lora else None, params, "tiny llama")
     stores = [random_store("a", 60, 1, learnable=learnable), random_store("b", 30, 2, learnable=learnable)]
     val = [random_store("a", 6, 3), random_store("b", 6, 4)]
     accelerator = make_accelerator(params.mixed_precision(), make_trackers(params.report_to, out_dir, "test"))
-    run, state = build_run(accelerator, model, stores, val, list(weights), params, out_dir,
-                           {"data_hashes": "synthetic", "tokenizer_sha256": "none"}, resume, RunPlan(), 40)
-    state = fit(run, state)
-    run.logger.close()
+    checkpoint, _ = find_checkpoint(str(resume) if resume else None, out_dir, True)
+    run = build_run(accelerator, model, TrainData(stores, list(weights), val, 40), params, output_dir=out_dir,
+                    run_info={"data_hashes": "synthetic", "tokenizer_sha256": "none"}, plan=RunPlan())
+    state = fit(run, restore(run, checkpoint))
     lm = run.accelerator.unwrap_model(run.loss_module).model
     return state, {k: v.detach().clone() for k, v in lm.state_dict().items()}

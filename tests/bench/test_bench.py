@@ -73,9 +73,9 @@ def test_example_order_is_what_the_planner_draws():
                           num_bins=1, examples_per_bin=4)
     stream = MixtureSampler([len(store)], [1.0], 7)
     for _ in range(6):
-        plan = planner.next_step()
+        batches = planner.next_step()
         expected = [stream.next() for _ in range(4)]
-        assert sorted(plan.bins[0]) == sorted(expected)
+        assert sorted(batches.bins[0]) == sorted(expected)
 
 
 def test_counting_collator_counts_like_the_packer():

@@ -31,16 +31,18 @@ def test_profile_of_a_step_adds_up(tmp_path, bf16):
 
     from utils.monitor.run_plan import RunPlan
     from utils.parallel.accelerator import make_accelerator
-    from utils.train.params import TrainingParams
-    from utils.train.run_setup import build_run
+    from utils.train.config import TrainingParams
+    from utils.train.run import TrainData, build_run
+    from utils.train.start import ready_to_train
 
     params = TrainingParams(max_steps=3, per_device_train_batch_size=4, gradient_accumulation_steps=2,
                             logging_steps=1, bf16=bf16)
     set_seed(0)
-    run, _ = build_run(make_accelerator(params.mixed_precision()), tiny_llama(), [random_store("a", 40, 1)], [],
-                       [1.0], params, tmp_path, {"data_hashes": "x", "tokenizer_sha256": "x"}, None, RunPlan(), 40)
+    model, _ = ready_to_train(tiny_llama(), None, params, "tiny llama")
+    data = TrainData([random_store("a", 40, 1)], [1.0], [], 40)
+    run = build_run(make_accelerator(params.mixed_precision()), model, data, params, output_dir=tmp_path,
+                    run_info={"data_hashes": "x", "tokenizer_sha256": "x"}, plan=RunPlan())
     result = profile_step(run, warmup=1, steps=2)
-    run.logger.close()
     assert set(result.seconds) <= set(GROUPS)
     for group in ("matmul", "attention", "loss", "optimizer", "elementwise"):
         assert result.seconds[group] > 0, group

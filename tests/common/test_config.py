@@ -52,7 +52,7 @@ def _pretrain_cfg(tmp_path, **training_params):
 
 
 def test_bad_value_names_file_and_field(tmp_path):
-    from utils.train.stage_pretrain import PretrainConfig
+    from utils.train.config import PretrainConfig
 
     path = _pretrain_cfg(tmp_path, learning_rate=-1)
     with pytest.raises(UserError) as err:
@@ -84,7 +84,7 @@ def test_invalid_json_names_line_and_column(tmp_path):
 
 
 def test_cross_field_check_is_one_line(tmp_path):
-    from utils.train.stage_pretrain import PretrainConfig
+    from utils.train.config import PretrainConfig
 
     path = _pretrain_cfg(tmp_path, micro_batch_tokens=512)  # and per_device_train_batch_size: both set
     with pytest.raises(UserError, match=r"cfg.json: training_params: set exactly one of"):
@@ -102,9 +102,10 @@ def test_cli_bad_config_exits_2_without_traceback(tmp_path):
 
 
 def test_config_docs_are_current():
-    from utils.train.config_docs import render
+    from scripts_loader import load_script
+    from utils.common.config_docs import render
 
-    assert (ROOT / "docs" / "CONFIG.md").read_text(encoding="utf-8") == render(), \
+    assert (ROOT / "docs" / "CONFIG.md").read_text(encoding="utf-8") == render(load_script("config_docs").KINDS), \
         "docs/CONFIG.md is stale: run `make docs-config`"
 
 

@@ -16,8 +16,9 @@ from utils.common.config import field_docstrings, load_schema
 from utils.data.sources import FORMATS, TYPES
 from utils.data.templates import TEMPLATES, TRAIN_ON
 from utils.data.text_sources import _READERS, TextSource
-from utils.train.config_docs import _child_class, _config_classes, _local_ref
-from utils.train.params import COMPUTE_DTYPES, QUANT_TYPES, SCHEDULERS, QuantizationParams, TrainingParams
+from scripts_loader import load_script
+from utils.common.config_docs import child_class, local_ref
+from utils.train.config import COMPUTE_DTYPES, QUANT_TYPES, SCHEDULERS, QuantizationParams, TrainingParams
 
 JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean", list: "array", dict: "object",
               tuple: "array", type(None): "null"}
@@ -74,21 +75,21 @@ def default_of(field: dataclasses.Field):
 
 def pairs(schema_name: str, node: dict, root: dict, cls, prefix: str = ""):
     """(path, schema node, dataclass) for every object level that has a dataclass behind it."""
-    node = _local_ref(node, root)
+    node = local_ref(node, root)
     if cls is not None and dataclasses.is_dataclass(cls):
         yield prefix, node, cls
     for name, sub in node.get("properties", {}).items():
-        sub = _local_ref(sub, root)
-        child = _child_class(cls, name)
+        sub = local_ref(sub, root)
+        child = child_class(cls, name)
         if "properties" in sub:
             yield from pairs(schema_name, sub, root, child, f"{prefix}{name}.")
-        elif isinstance(sub.get("items"), dict) and _local_ref(sub["items"], root).get("properties"):
+        elif isinstance(sub.get("items"), dict) and local_ref(sub["items"], root).get("properties"):
             yield from pairs(schema_name, sub["items"], root, child, f"{prefix}{name}[].")
 
 
 def all_pairs():
     out = []
-    for schema_name, _title, cls, _where in _config_classes():
+    for schema_name, _title, cls, _where in load_script("config_docs").KINDS:
         schema = load_schema(schema_name)
         out += [(schema_name, path, node, level) for path, node, level in pairs(schema_name, schema, schema, cls)]
     text = load_schema("text_source")
@@ -111,7 +112,7 @@ def test_field_docstrings_are_the_schema_descriptions(schema_name, path, node, c
         f"{cls.__name__} fields without a docstring: {sorted({f.name for f in dataclasses.fields(cls)} - set(docs))}"
     root = load_schema(schema_name)
     for name, doc in docs.items():
-        described = _local_ref(node["properties"][name], root).get("description")
+        described = local_ref(node["properties"][name], root).get("description")
         assert described == doc, (f"{schema_name}.schema.json {path}{name}: description {described!r}, "
                                   f"docstring of {cls.__name__}.{name} {doc!r}; the docstring is the source: "
                                   "copy it into the schema")
@@ -132,7 +133,7 @@ def test_dataclass_and_schema_agree(schema_name, path, node, cls):
     required = set(node.get("required", []))
     root = load_schema(schema_name)
     for name, field in fields.items():
-        sub = _local_ref(props[name], root)
+        sub = local_ref(props[name], root)
         allowed, declared = schema_types(sub), json_types(hints[name])
         assert allowed <= declared, f"{where}.{name}: schema allows {sorted(allowed)}, " \
                                     f"the dataclass type {hints[name]} holds {sorted(declared)}"
@@ -153,8 +154,8 @@ def test_enums_written_in_code_match_the_schema(schema_name, dotted):
     node = root
     for part in dotted.split("."):
         name = part.removesuffix("[]")
-        node = _local_ref(_local_ref(node, root)["properties"][name], root)
+        node = local_ref(local_ref(node, root)["properties"][name], root)
         if part.endswith("[]"):
-            node = _local_ref(node["items"], root)
+            node = local_ref(node["items"], root)
     assert tuple(node["enum"]) == tuple(CODE_ENUMS[(schema_name, dotted)]), \
         f"{schema_name}.schema.json {dotted}: enum {node['enum']} vs the code's {CODE_ENUMS[(schema_name, dotted)]}"

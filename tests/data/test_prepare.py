@@ -12,7 +12,8 @@ from scripts_loader import load_script
 from utils.common.errors import run_cli
 from utils.data.fingerprint import tokenizer_fingerprint
 from utils.data.mixture import MixtureConfig, repeats, solve_multipliers, split_of
-from utils.data.shards import iter_shard_examples, verify_data_dir
+from shard_helpers import shard_examples
+from utils.data.shards import verify_data_dir
 
 SCRIPT = ROOT / "scripts" / "02_prepare_sft_corpus.py"
 TOPICS = ["apple", "river", "piano", "cloud", "garden", "pencil", "train", "mountain", "coffee", "window"]
@@ -100,7 +101,7 @@ def test_cli_end_to_end_then_same_bytes_in_process(tmp_path, data_dir, toy_token
     assert chat["skipped_by_reason"] == {"invalid_json": 1}
     state = json.loads((cli_out / "training_state.json").read_text())
     assert state["skipped_rows"][0]["origin"].endswith("chat.jsonl:6")
-    for example in iter_shard_examples(cli_out, "train"):
+    for example in shard_examples(cli_out, "train"):
         assert len(example["input_ids"]) == len(example["labels"]) <= 128
         assert example["labels"][-2] == 5 and example["input_ids"][-2] == 5  # <|im_end|> trained
     card = (cli_out / "DATA_CARD.md").read_text()
@@ -158,7 +159,7 @@ def test_adding_a_source_moves_no_example_between_splits(tmp_path, data_dir, toy
         config = make_config(tmp_path, data_dir, datasets=datasets)
         out = tmp_path / name
         assert run(script, config, out, toy_tokenizer_dir) == 0
-        return {tuple(e["input_ids"]) for e in iter_shard_examples(out, "val") if e["source"] == "alpaca"}
+        return {tuple(e["input_ids"]) for e in shard_examples(out, "val") if e["source"] == "alpaca"}
 
     alone = val_set(base["datasets"][1:2], "alone")
     assert alone and alone == val_set(base["datasets"], "all")
@@ -205,5 +206,5 @@ def test_weights_repeat_train_examples_but_never_val(tmp_path, data_dir, toy_tok
     chat, alpaca = manifest["sources"]["chat"], manifest["sources"]["alpaca"]
     assert chat["written_train"] == 2 * chat["kept_train"] and chat["written_val"] == chat["kept_val"] > 0
     assert alpaca["written_train"] == alpaca["written_val"] == 0
-    train = [e["input_ids"] for e in iter_shard_examples(out, "train")]
+    train = [e["input_ids"] for e in shard_examples(out, "train")]
     assert train[0] != train[1]  # copies of an example are spread out, not back to back

@@ -8,7 +8,7 @@ import pytest
 from scripts_loader import load_script
 from utils.common.errors import run_cli
 from utils.common.labels import IGNORE
-from utils.data.shards import iter_shard_examples
+from shard_helpers import shard_examples
 from utils.data.tokenizer import load_tokenizer
 
 SEQ = 64
@@ -63,7 +63,7 @@ def test_every_token_of_replay_text_is_supervised_and_chunks_fit(tmp_path, data_
     out, manifest = prepare(script, tmp_path, data_dir, toy_tokenizer_dir)
     tok = load_tokenizer(str(toy_tokenizer_dir))
     by_source = {}
-    for ex in iter_shard_examples(out, "train"):
+    for ex in shard_examples(out, "train"):
         by_source.setdefault(ex["source"], []).append(ex)
     for name in ("books", "notes"):
         for ex in by_source[name]:
@@ -89,7 +89,7 @@ def test_replay_text_never_becomes_control_tokens(tmp_path, data_dir, toy_tokeni
     tok = load_tokenizer(str(toy_tokenizer_dir))
     special = set(tok.all_special_ids) - {tok.eos_token_id}
     im_end = tok.convert_tokens_to_ids("<|im_end|>")
-    for ex in iter_shard_examples(out, "train"):
+    for ex in shard_examples(out, "train"):
         if ex["source"] != "chat":
             assert not special & set(ex["input_ids"]) and im_end not in ex["input_ids"]
 

@@ -7,9 +7,9 @@ import pytest
 
 from utils.common.atomic import write_json_atomic
 from utils.common.errors import UserError
-from utils.data.fingerprint import sha256_file
-from utils.data.shards import (FORMAT_VERSION, ShardWriter, example_line, iter_shard_examples, load_manifest,
-                          verify_data_dir)
+from utils.common.hashing import sha256_file
+from shard_helpers import shard_examples
+from utils.data.shards import FORMAT_VERSION, ShardWriter, example_line, load_manifest, parse_example, verify_data_dir
 
 
 def make_dir(tmp_path, n_train=5, n_val=2, shard_size=2, tokenizer_sha="abc"):
@@ -39,9 +39,9 @@ def test_writer_rotates_shards_and_hashes_them(tmp_path):
 
 def test_reader_streams_examples_in_order(tmp_path):
     make_dir(tmp_path)
-    examples = list(iter_shard_examples(tmp_path, "train"))
+    examples = list(shard_examples(tmp_path, "train"))
     assert [e["input_ids"][1] for e in examples] == [10, 11, 12, 13, 14]
-    assert len(list(iter_shard_examples(tmp_path, "val"))) == 2
+    assert len(list(shard_examples(tmp_path, "val"))) == 2
     assert verify_data_dir(tmp_path, "abc")["sequence_length"] == 16
 
 
@@ -76,4 +76,16 @@ def test_bad_manifest_and_bad_lines_are_user_errors(tmp_path):
     make_dir(tmp_path)
     (tmp_path / "val_00000.jsonl").write_text('{"input_ids":[1],"labels":[],"source":"x"}\n')
     with pytest.raises(UserError, match=r"val_00000.jsonl:1: not a valid example"):
-        list(iter_shard_examples(tmp_path, "val"))
+        list(shard_examples(tmp_path, "val"))
+
+
+@pytest.mark.parametrize("line", ['{"input_ids":[1],"labels":[],"source":"x"}', '{"input_ids":[],"labels":[],"source":"x"}',
+                                  '{"input_ids":[1],"labels":[1]}', '{"input_ids":[[1]],"labels":[[1]],"source":"x"}',
+                                  '{"input_ids":["a"],"labels":[1],"source":"x"}', '[1, 2]', '{nope'])
+def test_the_one_shard_parser_refuses_what_breaks_the_contract(line):
+    with pytest.raises(UserError) as err:
+        parse_example(line, "train_00000.jsonl:7")
+    assert str(err.value).startswith("train_00000.jsonl:7: not a valid example")
+    assert "re-run the prepare stage" in str(err.value)
+    ids, labels, source = parse_example(example_line([5, 6], [-100, 6], "s"), "x")
+    assert ids.tolist() == [5, 6] and labels.tolist() == [-100, 6] and source == "s"

@@ -28,8 +28,7 @@ JSON_TYPES = {"integer": int, "number": (int, float), "string": str, "boolean": 
 
 def config_class(schema: str):
     from utils.data.prepare import SFTDatasetConfig
-    from utils.train.stage_pretrain import PretrainConfig
-    from utils.train.stage_sft import SFTTrainingConfig
+    from utils.train.config import PretrainConfig, SFTTrainingConfig
     from utils.data.tokenizer import TokenizerConfig
 
     return {"tokenizer": TokenizerConfig, "pretrain": PretrainConfig, "sft_dataset": SFTDatasetConfig,

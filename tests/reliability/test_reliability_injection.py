@@ -16,7 +16,7 @@ import pytest
 
 from reliability_helpers import ROOT, script, write_json
 from utils.common.errors import run_cli
-from utils.data.shards import iter_shard_examples
+from shard_helpers import shard_examples
 from utils.data.templates import get_template, special_token_ids
 from utils.data.tokenizer import load_tokenizer
 
@@ -67,7 +67,7 @@ def prepare(case: str, tokenizer_dir, tmp_path, real_cli: bool = False):
         assert proc.returncode == 0, proc.stderr[-2000:]
     else:
         assert run_cli(script("02_prepare_sft_corpus").main, [*argv, "--num_proc", "1"]) == 0
-    return tok, get_template(template, tok), attack, convs, list(iter_shard_examples(out, "train"))
+    return tok, get_template(template, tok), attack, convs, list(shard_examples(out, "train"))
 
 
 def skeleton(conversation: list[dict]) -> list[dict]:

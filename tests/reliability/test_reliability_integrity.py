@@ -102,7 +102,7 @@ def test_a_checkpoint_from_other_data_is_refused(work, tmp_path, capsys):
     shard = changed / "train_00000.jsonl"
     shard.write_text(shard.read_text().replace('"input_ids":[', '"input_ids":[5,', 1)
                      .replace('"labels":[', '"labels":[-100,', 1))
-    from utils.data.fingerprint import sha256_file
+    from utils.common.hashing import sha256_file
 
     manifest["splits"]["train"]["shards"][0]["sha256"] = sha256_file(shard)
     write_json(changed / "manifest.json", manifest)

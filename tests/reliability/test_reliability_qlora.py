@@ -5,6 +5,7 @@ full-precision base with plain peft, and every refusal is one line with nothing 
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import sys
@@ -42,10 +43,10 @@ def test_base_loads_in_4_bits_under_the_adapter(work):
 
     from utils.parallel.lora import LoraSettings, apply_lora
     from utils.parallel.quantization import quantized_layers
-    from utils.train.params import QuantizationParams
-    from utils.train.qlora import load_base
+    from utils.parallel.quantization import load_base
+    from utils.train.config import QuantizationParams
 
-    model = load_base(str(work / "model"), QuantizationParams(), False)
+    model = load_base(str(work / "model"), dataclasses.asdict(QuantizationParams()), False)
     layers = quantized_layers(model)
     assert len(layers) == 2 * 7, layers  # every projection of both layers; the output head stays full precision
     assert all(isinstance(model.get_submodule(n), bnb.nn.Linear4bit) for n in layers)
@@ -179,7 +180,7 @@ def test_an_already_quantized_gguf_base_is_refused(work, capsys):
 def test_quantization_without_lora_is_refused_by_the_config_loader(work):
     from utils.common.config import load_config
     from utils.common.errors import UserError
-    from utils.train.stage_sft import SFTTrainingConfig
+    from utils.train.config import SFTTrainingConfig
 
     path = qlora_config(work, "q_cfg", lora=False)
     with pytest.raises(UserError, match="cannot be fine-tuned in full"):

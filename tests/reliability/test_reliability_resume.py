@@ -127,8 +127,8 @@ def test_same_seed_gives_identical_metrics(tmp_path):
 
 
 def test_different_seed_gives_a_different_data_order_with_the_same_mixture():
-    from utils.train.run_setup import make_planner
-    from utils.train.params import TrainingParams
+    from utils.train.config import TrainingParams
+    from utils.train.steps import make_planner
 
     stores = [random_store("a", 60, 1), random_store("b", 30, 2)]
 

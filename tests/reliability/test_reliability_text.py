@@ -6,7 +6,7 @@ import json
 
 from reliability_helpers import script, write_json
 from utils.common.errors import run_cli
-from utils.data.shards import iter_shard_examples
+from shard_helpers import shard_examples
 from utils.data.tokenizer import load_tokenizer
 
 PHI3 = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
@@ -56,7 +56,7 @@ def test_prepared_ids_equal_hugging_face_tokenization_under_stripping_special_to
     assert code == 0
     trimmed = [[{**m, "content": m["content"].strip()} for m in r] for r in ROWS]
     want = sorted(tok(tok.apply_chat_template(r, tokenize=False), add_special_tokens=False)["input_ids"] for r in trimmed)
-    got = sorted(e["input_ids"] for e in iter_shard_examples(out, "train"))
+    got = sorted(e["input_ids"] for e in shard_examples(out, "train"))
     assert got == want
     roles = set(tok.convert_tokens_to_ids(["<|system|>", "<|user|>", "<|assistant|>"]))
     newline = tok.convert_tokens_to_ids("<0x0A>")
@@ -128,5 +128,5 @@ def test_a_markdown_transcript_with_an_unclosed_code_fence_is_skipped_naming_the
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["sources"]["md"]["skipped_by_reason"] == {"unclosed_code_fence": 1}
     tok = load_tokenizer(toy_tokenizer_dir)
-    texts = [tok.decode(e["input_ids"]) for e in iter_shard_examples(out, "train")]
+    texts = [tok.decode(e["input_ids"]) for e in shard_examples(out, "train")]
     assert len(texts) == 1 and "welcome" in texts[0] and "secret" not in texts[0]

@@ -51,8 +51,7 @@ def test_example_highlights_exactly_the_trained_tokens(studio_home, toy_tokenize
     rendered, caption = data_view.ExampleBrowser().render(corpus, "train", 1)
     assert rendered == segments
     assert caption.startswith("source chat:") and "trained (highlighted)" in caption
-    marked = data_view.marked_text(segments)
-    assert marked.count("[[") == 2 and "<|im_end|>]]" in marked
+    assert all(t.endswith("<|im_end|>") for t, label in segments if label), "each trained run ends its turn"
 
 
 def test_example_out_of_range_and_damaged_shard_are_messages(tmp_path, studio_home):

@@ -7,19 +7,20 @@ from safetensors.torch import load_file
 
 from train_helpers import run_training
 from utils.train import loop
-from utils.train.params import TrainingParams
+from utils.train.config import TrainingParams
+from utils.train.run import best_checkpoint
 
 SCRIPTED = {2: 3.0, 4: 1.0, 6: 2.0}  # eval/loss by step: the best is step 4, neither first nor last
 
 
 @pytest.fixture
 def scripted_eval(monkeypatch):
-    """Evaluation reports SCRIPTED losses (evaluations happen at steps 2, 4, 6, in that order)."""
-    real, calls = loop.evaluate, []
+    """Evaluation reports SCRIPTED losses at steps 2, 4, 6 (the one before training is left as it is)."""
+    real = loop.evaluate
 
     def scripted(run):
-        calls.append(run)
-        return {**real(run), "eval/loss": SCRIPTED[2 * len(calls)]}
+        step = run.scheduler.last_epoch
+        return {**real(run), **({"eval/loss": SCRIPTED[step]} if step else {})}
 
     monkeypatch.setattr(loop, "evaluate", scripted)
 
@@ -35,7 +36,7 @@ def test_best_checkpoint_becomes_the_model_and_survives_rotation(tmp_path, scrip
     for name, tensor in saved.items():
         assert torch.equal(weights[name], tensor), name
     assert any(not torch.equal(weights[n], last[n]) for n in saved)
-    assert loop.best_record(state, TrainingParams(**_params())) == {"step": 4, "eval_loss": 1.0, "last_step": 6}
+    assert best_checkpoint(state, TrainingParams(**_params())) == {"step": 4, "eval_loss": 1.0, "last_step": 6}
 
 
 def test_without_the_option_the_last_step_is_the_model(tmp_path, scripted_eval):

@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from utils.train.loop import TrainRun, optimizer_step, train_step
+from utils.train.loop import optimizer_step, train_step
+from utils.train.run import TrainRun
 
 GROUPS = ("matmul", "cast", "attention", "loss", "optimizer", "elementwise", "host")
 LABELS = {"matmul": "matmuls (mm, addmm, bmm)", "cast": "dtype casts (_to_copy and its copy_)",
@@ -80,12 +81,12 @@ def profile_step(run: TrainRun, warmup: int = 2, steps: int = 1) -> StepProfile:
     for _ in range(warmup):
         train_step(run, run.planner.next_step())
         optimizer_step(run)
-    plans = [run.planner.next_step() for _ in range(steps)]
+    drawn = [run.planner.next_step() for _ in range(steps)]
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         start = time.perf_counter()
-        for plan in plans:
+        for batches in drawn:
             with record_function("forward_backward"):
-                train_step(run, plan)
+                train_step(run, batches)
             with record_function(_OPTIMIZER_REGION):
                 optimizer_step(run)
         wall = time.perf_counter() - start
@@ -118,26 +119,23 @@ def run_profile(spec_case, out_dir: Path, warmup: int = 2, steps: int = 1, micro
     from utils.monitor.run_plan import RunPlan
     from utils.data.shards import load_manifest
     from utils.model.modeling import load_model
-    from utils.parallel.lora import LoraSettings, apply_lora
+    from utils.parallel.lora import LoraSettings
     from utils.sampling.example_store import load_sft_store
-    from utils.train.params import TrainingParams
-    from utils.train.run_setup import build_run, start_stage
+    from utils.train.cli import RunInputs
+    from utils.train.config import TrainingParams
+    from utils.train.run import TrainData, build_run
+    from utils.train.start import ready_to_train, start_run
 
     micro = micro_examples_of(spec_case, "ours", BenchSettings(ours_micro=micro_examples))
     params = TrainingParams(learning_rate=spec_case.learning_rate, max_steps=warmup + steps,
                             per_device_train_batch_size=micro,
                             gradient_accumulation_steps=spec_case.examples_per_step // micro, warmup_steps=0,
                             scheduler="constant", adam_beta2=0.95, logging_steps=1, seed=1234, **(params or {}))
-    accelerator, _, _ = start_stage(params, spec_case.tokenizer_dir, out_dir)
+    start = start_run(params, RunInputs(tokenizer_path=spec_case.tokenizer_dir, output_dir=out_dir))
     data_dir = Path(spec_case.data_dir)
     store = load_sft_store(data_dir, "train", load_manifest(data_dir))
-    model = load_model(spec_case.model_dir)
-    if spec_case.lora:
-        model = apply_lora(model, LoraSettings(**spec_case.lora))
-    run, _ = build_run(accelerator, model, [store], [], [1.0], params, out_dir,
-                       {"data_hashes": "bench", "tokenizer_sha256": "bench"}, None, RunPlan(),
-                       int(store.lengths.max()))
-    try:
-        return profile_step(run, warmup, steps)
-    finally:
-        run.logger.close()
+    lora = LoraSettings(**spec_case.lora) if spec_case.lora else None
+    model, _ = ready_to_train(load_model(spec_case.model_dir), lora, params, spec_case.model_dir)
+    run = build_run(start.accelerator, model, TrainData([store], [1.0], [], int(store.lengths.max())), params,
+                    output_dir=out_dir, run_info={"data_hashes": "bench", "tokenizer_sha256": "bench"}, plan=RunPlan())
+    return profile_step(run, warmup, steps)

@@ -22,7 +22,9 @@ from utils.data.shards import load_manifest
 from utils.data.tokenizer import load_tokenizer
 from utils.parallel.lora import LoraSettings, apply_lora
 from utils.sampling.example_store import load_sft_store
-from utils.train.stage_sft import SFTInputs, SFTTrainingConfig, run_sft
+from utils.train.cli import SFTInputs
+from utils.train.config import SFTTrainingConfig
+from utils.train.stage_sft import run_sft
 
 TRAINERS = ("ours", "trl", "trl_packed", "trl_bf16", "hf")
 

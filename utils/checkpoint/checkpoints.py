@@ -18,7 +18,6 @@ before checksums.json existed resume unverified.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -32,6 +31,7 @@ import torch
 
 from utils.common.atomic import fsync_tree, publish_dir, write_failure
 from utils.common.errors import UserError, one_line
+from utils.common.hashing import sha256_file
 from utils.model.modeling import load_weights_into
 from utils.parallel.state_dict import lm_state_dict, unwrap_lm
 
@@ -108,18 +108,10 @@ def resolve_resume(spec: str | None, output_dir: Path, announce: bool = True) ->
     return path
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _record_checksums(ckpt: Path) -> None:
     """sha256 of every file of the checkpoint (written before COMPLETE)."""
     files = sorted(p for p in ckpt.rglob("*") if p.is_file() and p.name not in (CHECKSUMS, COMPLETE))
-    sums = {p.relative_to(ckpt).as_posix(): _sha256(p) for p in files}
+    sums = {p.relative_to(ckpt).as_posix(): sha256_file(p) for p in files}
     (ckpt / CHECKSUMS).write_text(json.dumps({"sha256": sums}, indent=1, sort_keys=True) + "\n")
 
 
@@ -143,7 +135,7 @@ def verify_checkpoint(ckpt: Path) -> str | None:
         if ".." in Path(name).parts or Path(name).is_absolute():
             return f"{CHECKSUMS} names a file outside the checkpoint ({name})"
         try:
-            actual = _sha256(path)
+            actual = sha256_file(path)
         except FileNotFoundError:
             return f"{name} is missing"
         except OSError as err:

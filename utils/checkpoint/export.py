@@ -18,7 +18,7 @@ from utils.common.atomic import atomic_dir, check_owner, exclusive, refuse_insid
 from utils.common.errors import UserError
 from utils.data.tokenizer import copy_tokenizer_files
 from utils.model.modeling import load_model
-from utils.parallel.quantization import bnb_config, dequantized, prepare_4bit
+from utils.parallel.quantization import load_base
 
 ADAPTER_CONFIG = "adapter_config.json"
 SUMMARY = "training_summary.json"
@@ -109,7 +109,7 @@ def load_merged(final: FinalDir, base: str):
         raise UserError(f"base model {base}: this is a LoRA adapter, not a model; pass --base_model_path "
                         "with the model the adapter was trained on")
     try:
-        model = _load_base(base, quantization(final))
+        model = load_base(base, quantization(final), dequantize=True)
     except UserError as err:
         raise UserError(f"{err}; pass --base_model_path with the model the adapter was trained on") from None
     try:
@@ -127,14 +127,6 @@ def quantization(final: FinalDir) -> dict | None:
     config = final.summary.get("config")
     saved = config.get("quantization") if isinstance(config, dict) else None
     return saved if isinstance(saved, dict) else None
-
-
-def _load_base(base: str, quant: dict | None):
-    """The base in full precision; after QLoRA, the base quantized as in training and dequantized again: the
-    weights the adapter was trained against, in plain layers that the merge adds the adapter to exactly."""
-    if quant is None:
-        return load_model(base)
-    return dequantized(prepare_4bit(load_model(base, quantization_config=bnb_config(quant)), base))
 
 
 def find_eval_report(model_path: Path, explicit: str | None) -> Path | None:

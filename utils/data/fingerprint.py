@@ -16,6 +16,7 @@ import hashlib
 from pathlib import Path
 
 from utils.common.errors import UserError
+from utils.common.hashing import sha256_file
 
 TOKENIZER_FILES = (
     "added_tokens.json",
@@ -28,17 +29,6 @@ TOKENIZER_FILES = (
     "tokenizer_config.json",
     "vocab.json",
 )
-_CHUNK = 1 << 20
-
-
-def sha256_file(path: str | Path) -> str:
-    """SHA256 hex digest of a file's bytes, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
 
 def tokenizer_fingerprint(path: str | Path) -> str:
     """SHA256 of a tokenizer ``.model`` file or of the tokenizer files of a directory."""

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from utils.common.atomic import atomic_dir, exclusive
 from utils.common.config import load_config
 from utils.common.errors import UserError
-from utils.data.conversations import Conversation, RawText, Skip, iter_conversations
+from utils.data.conversations import Conversation, RawText, Skip, check_dataset, iter_conversations
 from utils.data.data_card import build_manifest, print_summary, write_reports
 from utils.data.encode_workers import EncodeSettings, InlineRunner, PoolRunner
 from utils.data.filters import Deduper, QualityFilters
@@ -224,6 +224,8 @@ def prepare_corpus(config: SFTDatasetConfig, tokenizer_path: str | Path, output_
     hf_dir = hf_dir_for(tokenizer_path)
     model_type = model_type_for(hf_dir)
     template = get_template(config.template, load_tokenizer(hf_dir), model_type)  # fail before reading
+    for spec in config.datasets:  # missing files and bad patterns: before the output is touched
+        check_dataset(spec, Path.cwd())
     num_proc = max(1, num_proc or default_num_proc())
     settings = EncodeSettings(str(hf_dir), config.template, model_type, config.quality_filters,
                               config.output_params.sequence_length, config.output_params.overlong,

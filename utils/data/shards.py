@@ -18,10 +18,11 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Iterator
+
+import numpy as np
 
 from utils.common.errors import UserError
-from utils.data.fingerprint import sha256_file
+from utils.common.hashing import sha256_file
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -143,29 +144,21 @@ def verify_data_dir(data_dir: str | Path, expected_tokenizer_sha: str | None = N
     return manifest
 
 
-def iter_shard_examples(data_dir: str | Path, split: str) -> Iterator[dict]:
-    """Stream the examples of a split in shard order: dicts with input_ids, labels, source."""
-    if split not in SPLITS:
-        raise UserError(f"split '{split}': unknown; use one of {', '.join(SPLITS)}")
-    data_dir = Path(data_dir)
-    manifest = load_manifest(data_dir)
-    for shard in manifest["splits"].get(split, {}).get("shards", []):
-        path = data_dir / shard["file"]
-        try:
-            handle = open(path, encoding="utf-8")
-        except OSError as err:
-            raise UserError(f"{path}: cannot read ({err.strerror}); {RERUN}") from None
-        with handle:
-            for number, line in enumerate(handle, start=1):
-                yield _parse_example(line, f"{path}:{number}")
+def parse_example(line: str, where: str) -> tuple[np.ndarray, np.ndarray, str]:
+    """One shard line -> (input_ids, labels, source): every reader of the shards parses them here.
 
-
-def _parse_example(line: str, where: str) -> dict:
+    A line that is not the contract (``example_line``: equal-length, non-empty integer lists and a source name) is a
+    UserError naming ``where`` (file:line).
+    """
     try:
-        example = json.loads(line)
-        ok = len(example["input_ids"]) == len(example["labels"]) and isinstance(example["source"], str)
-    except (ValueError, KeyError, TypeError):
+        row = json.loads(line)
+        ids = np.asarray(row["input_ids"], dtype=np.int32)
+        labels = np.asarray(row["labels"], dtype=np.int32)
+        source = row["source"]
+        ok = ids.ndim == 1 and ids.shape == labels.shape and len(ids) > 0 and isinstance(source, str)
+    except (ValueError, KeyError, TypeError, OverflowError):
         ok = False
     if not ok:
-        raise UserError(f"{where}: not a valid example (input_ids, labels of equal length, source); {RERUN}")
-    return example
+        raise UserError(f"{where}: not a valid example (input_ids and labels: token ids of equal length; "
+                        f"source: a name); {RERUN}")
+    return ids, labels, source

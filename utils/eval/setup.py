@@ -24,10 +24,9 @@ from utils.model.attention import use_packed_attention
 from utils.model.modeling import check_vocab_fits, load_model
 from utils.monitor.run_plan import RunPlan
 from utils.parallel.accelerator import fast_bf16_available
+from utils.parallel.quantization import load_base
 from utils.sampling.example_store import ExampleStore, load_sft_store
-from utils.train.params import QuantizationParams
-from utils.train.qlora import load_base
-from utils.train.stage_sft import EvaluationConfig, SFTTrainingConfig
+from utils.train.config import EvaluationConfig, QuantizationParams, SFTTrainingConfig
 
 SUMMARY = "training_summary.json"
 
@@ -104,7 +103,7 @@ def _load_adapter(path: Path, trust_remote_code: bool):
         raise UserError(f"{config_file}: base_model_name_or_path {base!r} not found; run from the directory "
                         "training ran in, or set that field to the base model's directory")
     quant = _quantization(path)
-    model = load_base(base, quant, trust_remote_code)
+    model = load_base(base, dataclasses.asdict(quant) if quant else None, trust_remote_code)
     # peft costs seconds to import; deferred so callers that skip this stay fast
     from peft import PeftModel
 

@@ -28,9 +28,6 @@ LORA_TARGETS: dict[str, tuple[str, ...]] = {
 }
 """Supported ``model_type`` -> every linear layer of its attention and MLP (the default LoRA targets)."""
 
-CONV1D_TYPES = {"gpt2"}
-"""Types whose linear layers are transformers' ``Conv1D`` (weights stored [in, out]): LoRA needs fan_in_fan_out."""
-
 
 def _refusal(where: str, model_type) -> UserError:
     return UserError(

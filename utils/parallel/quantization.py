@@ -19,6 +19,7 @@ import importlib.util
 import torch
 
 from utils.common.errors import UserError
+from utils.model.modeling import load_model
 
 REQUIREMENTS = "requirements-qlora.txt"
 
@@ -39,6 +40,18 @@ def bnb_config(settings: dict):
     kwargs = {k: v for k, v in settings.items() if k == "load_in_4bit" or k.startswith("bnb_4bit_")}
     kwargs["bnb_4bit_compute_dtype"] = getattr(torch, kwargs.get("bnb_4bit_compute_dtype", "float32"))
     return BitsAndBytesConfig(**kwargs)
+
+
+def load_base(model_path: str, quantization: dict | None, trust_remote_code: bool = False,
+              dequantize: bool = False):
+    """The base model: as saved without ``quantization`` (a config's quantization block, as training_summary.json
+    saves it); with it, held in 4 bits as training holds it (QLoRA), and with ``dequantize`` in plain layers
+    again: the weights the adapter was trained against, which a merge adds the adapter to exactly."""
+    if quantization is None:
+        return load_model(model_path, trust_remote_code=trust_remote_code)
+    model = load_model(model_path, trust_remote_code=trust_remote_code, quantization_config=bnb_config(quantization))
+    model = prepare_4bit(model, model_path)
+    return dequantized(model) if dequantize else model
 
 
 def check_targets(skeleton, target_modules: list[str]) -> None:

@@ -18,6 +18,7 @@ import numpy as np
 
 from utils.common.errors import UserError
 from utils.common.labels import IGNORE
+from utils.data.shards import parse_example
 
 TARGET_BLOCK = 65536
 """Examples per block when counting supervised targets."""
@@ -153,7 +154,7 @@ def _write_cache(data_dir: Path, shards: list[dict], paths: dict[str, Path]) -> 
             ends, sources, targets = [], [], []  # per shard: memory bounded by shard_size, not the corpus
             with open(path, encoding="utf-8") as handle:
                 for lineno, line in enumerate(handle, 1):
-                    ids, lab, source = _parse_line(line, f"{path}:{lineno}")
+                    ids, lab, source = parse_example(line, f"{path}:{lineno}")
                     end += len(ids)
                     streams["tokens"].write(ids)
                     streams["labels"].write(lab)
@@ -171,19 +172,6 @@ def _write_cache(data_dir: Path, shards: list[dict], paths: dict[str, Path]) -> 
                 stream.handle.close()
                 stream.tmp.unlink(missing_ok=True)
     return list(names)
-
-
-def _parse_line(line: str, where: str) -> tuple[np.ndarray, np.ndarray, str]:
-    try:
-        row = json.loads(line)
-        ids = np.asarray(row["input_ids"], dtype=np.int32)
-        lab = np.asarray(row["labels"], dtype=np.int32)
-        source = str(row.get("source", ""))
-    except (ValueError, KeyError, TypeError) as err:
-        raise UserError(f"{where}: malformed shard line ({err}); re-run the prepare stage") from None
-    if ids.shape != lab.shape or ids.ndim != 1 or not len(ids):
-        raise UserError(f"{where}: input_ids and labels differ in length; re-run the prepare stage")
-    return ids, lab, source
 
 
 def window_store(name: str, stream: np.ndarray, window: int) -> ExampleStore:

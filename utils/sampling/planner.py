@@ -1,6 +1,6 @@
-"""Deterministic weighted sampling across data sources and the plan of every optimizer step.
+"""Deterministic weighted sampling across data sources, and the micro-batches of every optimizer step.
 
-The plan is global: step N holds the same examples, in the same micro-batches, whatever
+The draw is global: step N holds the same examples, in the same micro-batches, whatever
 the number of processes; each rank takes its share of the step's micro-batches. Its
 whole state is a few integers (saved in checkpoints), so a run resumes mid-epoch
 without replaying any data.
@@ -77,7 +77,7 @@ class MixtureSampler:
 
 
 @dataclass
-class StepPlan:
+class StepBatches:
     """The micro-batches of one optimizer step; bins[j] runs on rank j % world, micro-step j // world."""
 
     bins: list[list[tuple[int, int]]]
@@ -105,7 +105,7 @@ class StepPlanner:
     bin_tokens: int | None = None
     carry: list[tuple[int, int]] = field(default_factory=list)
 
-    def next_step(self) -> StepPlan:
+    def next_step(self) -> StepBatches:
         if self.examples_per_bin is not None:
             items = [self.sampler.next() for _ in range(self.num_bins * self.examples_per_bin)]
             groups = balanced_groups(self._lens(items), self.num_bins, self.examples_per_bin)
@@ -113,7 +113,7 @@ class StepPlanner:
             items, groups = self._fill_by_tokens()
         bins = [[items[i] for i in g] for g in groups]
         bins.sort(key=lambda b: -sum(self.lengths[s][i] for s, i in b))
-        return StepPlan(bins, num_tokens=sum(self._lens(items)),
+        return StepBatches(bins, num_tokens=sum(self._lens(items)),
                         num_supervised=int(sum(self.supervised[s][i] for s, i in items)))
 
     def _lens(self, items: list[tuple[int, int]]) -> list[int]:

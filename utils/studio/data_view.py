@@ -9,7 +9,7 @@ from pathlib import Path
 
 from utils.common.errors import UserError
 from utils.data.data_card import HISTOGRAM
-from utils.data.shards import load_manifest
+from utils.data.shards import load_manifest, parse_example
 from utils.data.tokenizer import load_tokenizer
 
 IGNORE = -100
@@ -72,12 +72,8 @@ def read_example(data_dir: Path, split: str, index: int) -> dict:
                 line = next(itertools.islice(handle, index, None), None)
             if line is None:
                 raise UserError(f"{path}: has fewer lines than the manifest says; re-run the prepare stage")
-            try:
-                example = json.loads(line)
-                assert len(example["input_ids"]) == len(example["labels"])
-            except (ValueError, KeyError, TypeError, AssertionError):
-                raise UserError(f"{path}:{index + 1}: not a valid example; re-run the prepare stage") from None
-            return example
+            ids, labels, source = parse_example(line, f"{path}:{index + 1}")
+            return {"input_ids": ids.tolist(), "labels": labels.tolist(), "source": source}
         index -= count
     raise UserError(f"{split} example {index}: out of range")
 
@@ -101,11 +97,6 @@ def highlight(input_ids: list[int], labels: list[int], decode) -> list[tuple[str
         segments.append((piece, "trained" if labels[start] != IGNORE else None))
         done_text, start = text, k
     return segments
-
-
-def marked_text(segments: list[tuple[str, str | None]], marks: tuple[str, str] = ("[[", "]]")) -> str:
-    """The data card's notation: trained text wrapped in ``[[`` and ``]]``."""
-    return "".join(f"{marks[0]}{t}{marks[1]}" if label else t for t, label in segments)
 
 
 class ExampleBrowser:

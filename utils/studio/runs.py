@@ -22,7 +22,6 @@ from utils.common.atomic import owner_of
 SKIP = {"tensorboard", "data_cache", "final", "__pycache__", ".git"}
 """Directories inside a run that are never runs themselves (checkpoint-N are skipped by name)."""
 TRAINING = {"pretrain", "sft", "run"}
-STATES = ("running", "finished", "interrupted")
 
 
 @dataclass

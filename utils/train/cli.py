@@ -1,12 +1,13 @@
-"""Command-line options shared by the training stages (01 pre-training/CPT, 03 SFT), and what they become."""
+"""Command-line options shared by the training stages (01 pre-training/CPT, 03 SFT), and the typed inputs the
+scripts fill from their flags (a stage never sees an argparse Namespace)."""
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from utils.common.cli_values import positive_int, seed
-from utils.train.params import TrainingParams
+from utils.train.config import TrainingParams
 
 
 @dataclass(kw_only=True)
@@ -23,6 +24,30 @@ class RunInputs:
     """Allow model code from the checkpoint."""
     overwrite_output_dir: bool = False
     """Start a new run in an output_dir that holds another run's checkpoints, deleting them and final/."""
+    overrides: dict = field(default_factory=dict)
+    """{field: flag} of the training params set on the command line, for the run record."""
+
+
+@dataclass(kw_only=True)
+class SFTInputs(RunInputs):
+    """What scripts/03_sft_industrial.py passes besides the config."""
+
+    model_path: str
+    """HF model dir, pre-training output, or .gguf file."""
+    data_dirs: list[str]
+    """Prepared corpora (scripts/02_prepare_sft_corpus.py); each directory's name names its source."""
+    data_weights: list[float] | None = None
+    """Sampling weight per data dir (else the config's data_weights, else proportional to size)."""
+
+
+@dataclass(kw_only=True)
+class PretrainInputs(RunInputs):
+    """What scripts/01_pretrain.py passes besides the config."""
+
+    config_path: str
+    """The config file, named in errors."""
+    model_path: str | None = None
+    """Continue pre-training this HF checkpoint (CPT) instead of building the config's preset."""
 
 
 def add_run_args(parser: argparse.ArgumentParser) -> None:

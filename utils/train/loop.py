@@ -1,10 +1,10 @@
 """The one training loop, shared by pre-training/CPT (01) and SFT (03).
 
-Each optimizer step: take this rank's micro-batches of the global step plan →
+Each optimizer step: take this rank's micro-batches of the step the planner drew →
 forward/backward (gradients synchronised on the last one) → clip → optimizer and
 scheduler step → log (the only host synchronisation) → evaluate / checkpoint.
 The loss of every micro-batch is divided by the supervised tokens of the WHOLE step
-(all micro-batches, all ranks), known in advance from the plan, so the update does not
+(all micro-batches, all ranks), known in advance from the draw, so the update does not
 depend on how the step is split: batch 8 x accumulation 1 == batch 2 x accumulation 4.
 """
 from __future__ import annotations
@@ -14,68 +14,64 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
+from tqdm import tqdm
 
 from utils.checkpoint.checkpoints import save_checkpoint
 from utils.common.errors import Stopped, UserError
 from utils.common.labels import perplexity
 from utils.model.loss import loss_sums
 from utils.model.modeling import load_weights_into
+from utils.monitor.trackers import RunLogger
 from utils.parallel.state_dict import unwrap_lm
 from utils.sampling.example_store import ExampleStore
 from utils.sampling.packing import PackedBatch, pack
-from utils.sampling.planner import StepPlanner
-from utils.train.params import TrainingParams
+from utils.sampling.planner import StepBatches
+from utils.train.config import TrainingParams
 from utils.train.preemption import StopSignals, signal_name
+from utils.train.run import TrainRun
 
 
 @dataclass
 class TrainState:
-    """What a checkpoint needs to continue exactly where the run stopped."""
+    """Where the run is: what a checkpoint saves (``to_record``) and a resume reads back (``from_record``)."""
 
     step: int = 0
     tokens_seen: int = 0
     supervised_seen: int = 0
     loss_history: list[float] = field(default_factory=list)
-    planner: dict = field(default_factory=dict)
     last_eval: dict = field(default_factory=dict)
     best_step: int = 0
     """load_best_model_at_end: the saved step with the lowest eval/loss so far (0: none yet)."""
     best_eval_loss: float | None = None
+    initial_eval: dict = field(default_factory=dict)
+    """The evaluation before the first step (not saved: a resumed run has none)."""
 
+    def to_record(self, run: TrainRun) -> dict:
+        """training_state.json of a checkpoint: this state, the sampler position and the run's record."""
+        return {"step": self.step, "tokens_seen": self.tokens_seen, "supervised_seen": self.supervised_seen,
+                "loss_history": self.loss_history, "planner": run.planner.state_dict(), "last_eval": self.last_eval,
+                "best_step": self.best_step, "best_eval_loss": self.best_eval_loss,
+                "total_steps": run.total_steps, "world_size": run.accelerator.num_processes, **run.run_info}
 
-@dataclass
-class TrainRun:
-    """Everything the loop touches, wired by a stage script."""
-
-    accelerator: object
-    loss_module: torch.nn.Module          # SupervisedLoss, prepared by accelerate
-    optimizer: torch.optim.Optimizer      # prepared by accelerate
-    scheduler: torch.optim.lr_scheduler.LambdaLR
-    planner: StepPlanner
-    stores: list[ExampleStore]
-    val_stores: list[ExampleStore]
-    params: TrainingParams
-    total_steps: int
-    output_dir: Path
-    logger: object
-    run_info: dict                         # saved into training_state.json of each checkpoint
-    start_time: float                      # time.perf_counter() at set-up: metrics' elapsed_s counts from it
-    on_eval: Callable[[int], dict] | None = None   # e.g. generation samples
-    progress: object = None
+    @classmethod
+    def from_record(cls, saved: dict) -> TrainState:
+        """The state ``to_record`` saved (checkpoints from before best-checkpoint tracking have none)."""
+        return cls(step=saved["step"], tokens_seen=saved["tokens_seen"], supervised_seen=saved["supervised_seen"],
+                   loss_history=saved["loss_history"], last_eval=saved.get("last_eval", {}),
+                   best_step=saved.get("best_step", 0), best_eval_loss=saved.get("best_eval_loss"))
 
 
 def collate(stores: list[ExampleStore], items: list[tuple[int, int]]) -> PackedBatch:
     return pack([(*stores[s].get(i), s) for s, i in items])
 
 
-def train_step(run: TrainRun, plan) -> torch.Tensor:
+def train_step(run: TrainRun, batches: StepBatches) -> torch.Tensor:
     """Forward/backward over this rank's micro-batches; returns the local loss sum (no sync)."""
     acc = run.accelerator
-    my_bins = plan.for_rank(acc.process_index, acc.num_processes)
-    scale = acc.num_processes / max(1, plan.num_supervised)  # DDP averages over ranks
+    my_bins = batches.for_rank(acc.process_index, acc.num_processes)
+    scale = acc.num_processes / max(1, batches.num_supervised)  # DDP averages over ranks
     local = torch.zeros((), device=acc.device)
     for i, items in enumerate(my_bins):
         batch = collate(run.stores, items).to(acc.device)
@@ -169,46 +165,49 @@ def _check_weights_finite(run: TrainRun, step: int) -> None:
 
 
 def fit(run: TrainRun, state: TrainState) -> TrainState:
-    """Run from ``state.step`` to ``run.total_steps``; returns the final state.
+    """Evaluate once before the first step, then run from ``state.step`` to ``run.total_steps``; returns the final
+    state. Metrics go to the trackers of report_to, progress to a bar on the main process.
 
     SIGTERM/SIGINT end the step in progress, write its checkpoint and raise Stopped (exit 143/130).
     """
-    with StopSignals() as signals:
-        return _fit(run, state, signals)
+    acc = run.accelerator
+    logger = RunLogger(acc, state.step, run.run_info.get("config"))
+    try:
+        with _out_of_memory_hint():
+            if run.val_stores and state.step == 0:
+                state.initial_eval = evaluate(run)
+            bar = tqdm(total=run.total_steps, initial=state.step, desc=run.label, disable=not acc.is_main_process)
+            with bar as progress, StopSignals() as signals:
+                return _fit(run, state, signals, _Window(run, logger, progress))
+    finally:
+        logger.close()
 
 
-def _fit(run: TrainRun, state: TrainState, signals: StopSignals) -> TrainState:
+def _fit(run: TrainRun, state: TrainState, signals: StopSignals, window: _Window) -> TrainState:
     acc, params = run.accelerator, run.params
     run.loss_module.train()
-    pending: list[tuple[torch.Tensor, int, int]] = []  # (local loss sum, step supervised, step tokens)
-    window_start, window_tokens = time.perf_counter(), 0
     while state.step < run.total_steps:
-        plan = run.planner.next_step()
-        pending.append((train_step(run, plan), plan.num_supervised, plan.num_tokens))
+        batches = run.planner.next_step()
+        window.add(train_step(run, batches), batches)
         grad_norm = optimizer_step(run)
         state.step += 1
-        state.tokens_seen += plan.num_tokens
-        state.supervised_seen += plan.num_supervised
-        window_tokens += plan.num_tokens
-        if run.progress is not None:
-            run.progress.update(1)
+        state.tokens_seen += batches.num_tokens
+        state.supervised_seen += batches.num_supervised
+        window.progress.update(1)
         at_end = state.step == run.total_steps
         if state.step % params.logging_steps == 0 or at_end or _due(state.step, params.save_steps):
-            elapsed = time.perf_counter() - window_start
-            _flush_losses(run, state, pending, grad_norm, window_tokens / max(elapsed, 1e-9))
-            pending, window_start, window_tokens = [], time.perf_counter(), 0
+            window.flush(state, grad_norm)
         evaluated = _due(state.step, params.eval_steps) or at_end
         if evaluated:
-            state.last_eval = {**evaluate(run), **(run.on_eval(state.step) if run.on_eval else {})}
-            run.logger.log({"step": state.step, **state.last_eval})
+            state.last_eval = {**evaluate(run), **(run.on_eval(run, state.step) if run.on_eval else {})}
+            window.logger.log({"step": state.step, **state.last_eval})
         saved = _due(state.step, params.save_steps) or at_end
         if saved:
             _save(run, state, evaluated)
         signum = signals.agreed(acc)
         if signum:
-            if pending:
-                elapsed = time.perf_counter() - window_start
-                _flush_losses(run, state, pending, grad_norm, window_tokens / max(elapsed, 1e-9))
+            if window.pending:
+                window.flush(state, grad_norm)
             if not saved:
                 _save(run, state, evaluated)
             raise Stopped(f"{signal_name(signum)} received: finished step {state.step} of {run.total_steps} and wrote "
@@ -221,11 +220,10 @@ def _fit(run: TrainRun, state: TrainState, signals: StopSignals) -> TrainState:
 
 def _save(run: TrainRun, state: TrainState, evaluated: bool) -> None:
     _check_weights_finite(run, state.step)
-    state.planner = run.planner.state_dict()
     if run.params.load_best_model_at_end and evaluated:
         _track_best(state)
     save_checkpoint(run.accelerator, run.output_dir, state.step, run.loss_module, run.optimizer,
-                    run.scheduler, _state_json(run, state), run.params.save_total_limit,
+                    run.scheduler, state.to_record(run), run.params.save_total_limit,
                     keep=state.best_step or None)
 
 
@@ -233,13 +231,6 @@ def _track_best(state: TrainState) -> None:
     loss = state.last_eval.get("eval/loss")
     if loss is not None and (state.best_eval_loss is None or loss < state.best_eval_loss):
         state.best_step, state.best_eval_loss = state.step, loss
-
-
-def best_record(state: TrainState, params: TrainingParams) -> dict | None:
-    """What the training summary says about load_best_model_at_end (None when it is off)."""
-    if not params.load_best_model_at_end:
-        return None
-    return {"step": state.best_step, "eval_loss": state.best_eval_loss, "last_step": state.step}
 
 
 def restore_best(run: TrainRun, state: TrainState) -> None:
@@ -258,24 +249,45 @@ def _due(step: int, every: int) -> bool:
     return every > 0 and step % every == 0
 
 
-def _flush_losses(run: TrainRun, state: TrainState, pending, grad_norm, tokens_per_s: float) -> None:
-    sums = run.accelerator.reduce(torch.stack([p[0] for p in pending]), "sum").tolist()
-    losses = [s / max(1, p[1]) for s, p in zip(sums, pending)]
-    _check_finite(losses, state.step - len(losses) + 1, run.output_dir)
-    state.loss_history.extend(losses)
-    run.logger.log({
-        "step": state.step, "loss": losses[-1], "lr": run.scheduler.get_last_lr()[0],
-        "grad_norm": float(grad_norm), "tokens": state.tokens_seen,
-        "supervised_tokens": state.supervised_seen, "tokens_per_s": tokens_per_s,
-        "elapsed_s": time.perf_counter() - run.start_time,
-        "process_cpu_s": time.process_time(),  # with elapsed_s: how much of the wall time was ours
-    })
-    if run.progress is not None:
-        run.progress.set_postfix(loss=f"{losses[-1]:.4f}", tok_s=f"{tokens_per_s:,.0f}")
+class _Window:
+    """The steps since the last log line: their loss sums stay on the device until ``flush`` (the only sync)."""
+
+    def __init__(self, run: TrainRun, logger: RunLogger, progress) -> None:
+        self.run, self.logger, self.progress = run, logger, progress
+        self.pending: list[tuple[torch.Tensor, int]] = []  # (local loss sum, step supervised tokens)
+        self.start, self.tokens = time.perf_counter(), 0
+
+    def add(self, loss_sum: torch.Tensor, batches: StepBatches) -> None:
+        self.pending.append((loss_sum, batches.num_supervised))
+        self.tokens += batches.num_tokens
+
+    def flush(self, state: TrainState, grad_norm: torch.Tensor) -> None:
+        run = self.run
+        tokens_per_s = self.tokens / max(time.perf_counter() - self.start, 1e-9)
+        sums = run.accelerator.reduce(torch.stack([p[0] for p in self.pending]), "sum").tolist()
+        losses = [s / max(1, p[1]) for s, p in zip(sums, self.pending)]
+        _check_finite(losses, state.step - len(losses) + 1, run.output_dir)
+        state.loss_history.extend(losses)
+        self.logger.log({
+            "step": state.step, "loss": losses[-1], "lr": run.scheduler.get_last_lr()[0],
+            "grad_norm": float(grad_norm), "tokens": state.tokens_seen,
+            "supervised_tokens": state.supervised_seen, "tokens_per_s": tokens_per_s,
+            "elapsed_s": time.perf_counter() - run.start_time,
+            "process_cpu_s": time.process_time(),  # with elapsed_s: how much of the wall time was ours
+        })
+        self.progress.set_postfix(loss=f"{losses[-1]:.4f}", tok_s=f"{tokens_per_s:,.0f}")
+        self.pending, self.start, self.tokens = [], time.perf_counter(), 0
 
 
-def _state_json(run: TrainRun, state: TrainState) -> dict:
-    return {"step": state.step, "tokens_seen": state.tokens_seen, "supervised_seen": state.supervised_seen,
-            "loss_history": state.loss_history, "planner": state.planner, "last_eval": state.last_eval,
-            "best_step": state.best_step, "best_eval_loss": state.best_eval_loss,
-            "total_steps": run.total_steps, "world_size": run.accelerator.num_processes, **run.run_info}
+@contextlib.contextmanager
+def _out_of_memory_hint():
+    """Out of memory (CUDA, or the CPU's allocator) ends in one line saying what to lower."""
+    try:
+        yield
+    except (torch.OutOfMemoryError, RuntimeError) as err:
+        if not isinstance(err, torch.OutOfMemoryError) and "can't allocate memory" not in str(err) \
+                and "out of memory" not in str(err):
+            raise
+        raise UserError("out of memory: lower training_params.micro_batch_tokens (or "
+                        "per_device_train_batch_size), turn on gradient_checkpointing, or lower "
+                        "lora_config.r") from None

@@ -1,17 +1,16 @@
-"""QLoRA wiring of the SFT stage: refuse a base that cannot be held in 4 bits before anything is written, then
-load it quantized (utils/parallel/quantization.py holds the 4-bit parts)."""
+"""QLoRA in the SFT stage: refuse a base that cannot be held in 4 bits before anything is written, and say how
+the base is held (utils/parallel/quantization.py holds the 4-bit parts and loads the base)."""
 from __future__ import annotations
 
 from accelerate.utils import DistributedType
 
-from utils.common.config import to_dict
 from utils.common.errors import UserError
 from utils.model.architectures import default_lora_targets
 from utils.model.gguf import low_bit_types
-from utils.model.modeling import empty_model, load_model
+from utils.model.modeling import empty_model
 from utils.parallel.lora import LoraSettings
-from utils.parallel.quantization import bnb_config, check_targets, prepare_4bit, require_bitsandbytes
-from utils.train.params import QuantizationParams
+from utils.parallel.quantization import check_targets, require_bitsandbytes
+from utils.train.config import QuantizationParams
 
 
 def check_quantizable(quant: QuantizationParams, lora: LoraSettings, model_path: str, accelerator,
@@ -30,15 +29,6 @@ def check_quantizable(quant: QuantizationParams, lora: LoraSettings, model_path:
     skeleton = empty_model(model_path, trust_remote_code)
     targets = lora.target_modules if lora.target_modules is not None else default_lora_targets(skeleton)
     check_targets(skeleton, list(targets))
-
-
-def load_base(model_path: str, quant: QuantizationParams | None, trust_remote_code: bool = False):
-    """The base model: in 4 bits under ``quant``, else as saved (fp32)."""
-    if quant is None:
-        return load_model(model_path, trust_remote_code=trust_remote_code)
-    model = load_model(model_path, trust_remote_code=trust_remote_code,
-                       quantization_config=bnb_config(to_dict(quant)))
-    return prepare_4bit(model, model_path)
 
 
 def describe_base(quant: QuantizationParams, model_path: str) -> str:

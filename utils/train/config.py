@@ -1,15 +1,23 @@
-"""Training parameters shared by pre-training/CPT and SFT, and what is derived from them."""
+"""The training configs as typed dataclasses: config/pretrain/*.json and config/sft_training/*.json.
+
+Each dataclass is what the code uses; config/schemas/ say what JSON is allowed (tests/common/test_config_fields.py
+holds the two together field by field). Evaluation, the studio and the benchmarks read a run's saved config
+through these types without importing a training stage.
+"""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
 
+from utils.data.pretrain_data import PretrainData
+from utils.model.generation import GenerationSettings
+from utils.model.modeling import ModelArchitecture
 from utils.parallel.accelerator import fast_bf16_available
+from utils.parallel.lora import LoraSettings
 
 SCHEDULERS = ("cosine", "linear", "constant")
-"""Learning-rate decays after warm-up (``lr_lambda``); the schema lists the same names."""
+"""Learning-rate decays after warm-up (``optim.lr_lambda``); the schema lists the same names."""
 QUANT_TYPES = ("nf4", "fp4")
 """bitsandbytes 4-bit data types; the schema lists the same names."""
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
@@ -94,16 +102,9 @@ class TrainingParams:
             raise ValueError("load_best_model_at_end needs eval_steps > 0 and save_steps a multiple of "
                              f"eval_steps (got eval_steps {self.eval_steps}, save_steps {self.save_steps})")
 
-    def micro_batches_per_step(self, world_size: int) -> int:
-        """Micro-batches in one optimizer step, over all ranks."""
-        return self.gradient_accumulation_steps * world_size
-
     def mixed_precision(self) -> str:
         """accelerate's name for the precision: "bf16", "fp16" or "no"."""
         return "bf16" if self.bf16 else "fp16" if self.fp16 else "no"
-
-    def autocast_dtype(self) -> torch.dtype | None:
-        return torch.bfloat16 if self.bf16 else torch.float16 if self.fp16 else None
 
 
 @dataclass
@@ -132,34 +133,40 @@ class QuantizationParams:
                 f"compute {self.bnb_4bit_compute_dtype}")
 
 
-def lr_lambda(params: TrainingParams, total_steps: int):
-    """Multiplier of the peak learning rate at each step: linear warm-up, then decay."""
-    warmup, floor = params.warmup_steps, params.min_lr_ratio
+@dataclass
+class EvaluationConfig:
+    """evaluation_config of the SFT config: prompts sampled at each evaluation (samples.jsonl) and by stage 4."""
 
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        if params.scheduler == "constant":
-            return 1.0
-        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-        if params.scheduler == "linear":
-            return floor + (1 - floor) * (1 - progress)
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return factor
+    eval_prompts: list[str] = field(default_factory=list)
+    system_prompt: str | None = None
+    generation_config: GenerationSettings = field(default_factory=GenerationSettings)
 
 
-def build_optimizer(model: torch.nn.Module, params: TrainingParams):
-    """AdamW (decay on matrices only) and its LambdaLR schedule factory."""
-    decay, no_decay = [], []
-    for _name, p in model.named_parameters():
-        if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": params.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    foreach_ok = all(p.device.type in ("cuda", "cpu") for p in decay + no_decay)
-    # fused: one kernel per tensor, ~5x faster than foreach on CPU (docs/BENCHMARKS.md); plain tensors only
-    fused_ok = foreach_ok and all(p.is_floating_point() and type(p.data) is torch.Tensor for p in decay + no_decay)
-    return torch.optim.AdamW(groups, lr=params.learning_rate, betas=(params.adam_beta1, params.adam_beta2),
-                             eps=params.adam_epsilon, fused=fused_ok or None,
-                             foreach=None if fused_ok else foreach_ok)
+@dataclass
+class SFTTrainingConfig:
+    """config/sft_training/*.json (schema: config/schemas/sft_training.schema.json)."""
+
+    name: str
+    training_params: TrainingParams
+    lora_config: LoraSettings | None = None
+    quantization: QuantizationParams | None = None
+    data_weights: dict = field(default_factory=dict)
+    evaluation_config: EvaluationConfig = field(default_factory=EvaluationConfig)
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.quantization is not None and self.lora_config is None:
+            raise ValueError("quantization: a 4-bit base cannot be fine-tuned in full (its weights are frozen "
+                             "4-bit integers); add a lora_config block (QLoRA) or remove quantization")
+
+
+@dataclass
+class PretrainConfig:
+    """config/pretrain/*.json (schema: config/schemas/pretrain.schema.json)."""
+
+    name: str
+    data: PretrainData
+    training_params: TrainingParams
+    model: ModelArchitecture = field(default_factory=ModelArchitecture)
+    lora_config: LoraSettings | None = None
+    description: str = ""

@@ -1,19 +1,15 @@
 """docs/CONFIG.md, generated from the JSON Schemas (what is allowed) and the dataclasses (defaults).
 
-Regenerate with ``make docs-config``; a test fails when the committed file is stale.
+``scripts/config_docs.py`` names the config kinds and writes the file (``make docs-config``); a test fails when
+the committed file is stale.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import typing
-from typing import Any
 
 from utils.common.config import load_schema
-from utils.data.prepare import SFTDatasetConfig
-from utils.data.tokenizer import TokenizerConfig
-from utils.train.stage_pretrain import PretrainConfig
-from utils.train.stage_sft import SFTTrainingConfig
 
 HEADER = """# Configuration reference
 
@@ -23,14 +19,8 @@ A value outside what is listed stops the stage with one line naming the file and
 """
 
 
-def _config_classes() -> list[tuple[str, str, type, str]]:
-    return [
-        ("tokenizer", "Tokenizer training", TokenizerConfig, "config/tokenizer/*.json → scripts/00_train_tokenizer.py"),
-        ("pretrain", "Pre-training and CPT", PretrainConfig, "config/pretrain/*.json → scripts/01_pretrain.py"),
-        ("sft_dataset", "SFT dataset preparation", SFTDatasetConfig,
-         "config/sft_datasets/*.json → scripts/02_prepare_sft_corpus.py"),
-        ("sft_training", "SFT training", SFTTrainingConfig, "config/sft_training/*.json → scripts/03_sft_industrial.py"),
-    ]
+ConfigKind = tuple[str, str, type, str]
+"""(schema name, section title, config dataclass, which files and which stage)."""
 
 
 def _resolve(node: dict) -> dict:
@@ -44,7 +34,7 @@ def _resolve(node: dict) -> dict:
     return {**target, **{k: v for k, v in node.items() if k != "$ref"}}
 
 
-def _local_ref(node: dict, root: dict) -> dict:
+def local_ref(node: dict, root: dict) -> dict:
     ref = node.get("$ref", "")
     if ref.startswith("#/"):
         target = root
@@ -83,7 +73,7 @@ def _default_text(cls: type | None, name: str) -> str:
     return f"`{json.dumps(value, default=str)}`"
 
 
-def _child_class(cls: type | None, name: str) -> type | None:
+def child_class(cls: type | None, name: str) -> type | None:
     if cls is None or not dataclasses.is_dataclass(cls):
         return None
     hint = typing.get_type_hints(cls).get(name)
@@ -95,25 +85,25 @@ def _child_class(cls: type | None, name: str) -> type | None:
 
 
 def _rows(node: dict, root: dict, cls: type | None, prefix: str, out: list[str]) -> None:
-    node = _local_ref(node, root)
+    node = local_ref(node, root)
     for name, sub in node.get("properties", {}).items():
-        sub = _local_ref(sub, root)
+        sub = local_ref(sub, root)
         path = f"{prefix}{name}"
         description = " ".join(sub.get("description", "").split())
-        items = _local_ref(sub.get("items", {}), root) if isinstance(sub.get("items"), dict) else {}
+        items = local_ref(sub.get("items", {}), root) if isinstance(sub.get("items"), dict) else {}
         type_text = _type_text(sub) + (f" of {_type_text(items)}" if items and "array" in str(sub.get("type")) else "")
         out.append(f"| `{path}` | {type_text} | {_default_text(cls, name)} | {description} |")
-        child = _child_class(cls, name)
+        child = child_class(cls, name)
         if "properties" in sub:
             _rows(sub, root, child, f"{path}.", out)
         elif items.get("properties"):
             _rows(items, root, child, f"{path}[].", out)
 
 
-def render() -> str:
-    """The whole CONFIG.md text."""
+def render(kinds: list[ConfigKind]) -> str:
+    """The whole CONFIG.md text, a section per config kind."""
     parts = [HEADER]
-    for schema_name, title, cls, where in _config_classes():
+    for schema_name, title, cls, where in kinds:
         schema = load_schema(schema_name)
         rows = ["| field | type | default | description |", "|---|---|---|---|"]
         _rows(schema, schema, cls, "", rows)
@@ -121,11 +111,3 @@ def render() -> str:
         parts.append(f"## {title}\n\n{where} — schema `config/schemas/{schema_name}.schema.json`"
                      f"{'; required: ' + required if required else ''}.\n\n" + "\n".join(rows) + "\n")
     return "\n".join(parts)
-
-
-def main() -> Any:
-    print(render(), end="")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,116 @@
+"""A training run put together: model, optimizer, schedule and step planner prepared by accelerate (``build_run``),
+and what a run leaves at its end (``finish``: final/, the loss plot)."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from accelerate import Accelerator
+
+from utils.checkpoint.final_model import save_final
+from utils.model.loss import SupervisedLoss
+from utils.model.modeling import count_parameters
+from utils.monitor.plots import plot_training
+from utils.monitor.run_plan import RunPlan
+from utils.sampling.example_store import ExampleStore
+from utils.sampling.planner import StepPlanner
+from utils.train.config import TrainingParams
+from utils.train.optim import build_optimizer
+from utils.train.steps import plan_steps
+
+
+@dataclass
+class TrainData:
+    """What a run trains and validates on."""
+
+    stores: list[ExampleStore]
+    """One store per source, in sampling order."""
+    weights: list[float]
+    """Sampling weight of each store."""
+    val_stores: list[ExampleStore]
+    longest: int
+    """Tokens of the longest training example (a micro-batch token budget must hold it)."""
+
+
+@dataclass
+class TrainRun:
+    """Everything the loop touches, made by ``build_run``."""
+
+    accelerator: Accelerator
+    loss_module: torch.nn.Module          # SupervisedLoss, prepared by accelerate
+    optimizer: torch.optim.Optimizer      # prepared by accelerate
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    planner: StepPlanner
+    stores: list[ExampleStore]
+    val_stores: list[ExampleStore]
+    params: TrainingParams
+    total_steps: int
+    output_dir: Path
+    run_info: dict                         # saved into training_state.json of each checkpoint
+    start_time: float                      # time.perf_counter() at set-up: metrics' elapsed_s counts from it
+    label: str = "training"                # the progress bar's name
+    on_eval: Callable[["TrainRun", int], dict] | None = None   # after each evaluation, e.g. generation samples
+
+
+def build_run(accelerator: Accelerator, model, data: TrainData, params: TrainingParams, *, output_dir: Path,
+              run_info: dict, plan: RunPlan, label: str = "training", on_eval=None) -> TrainRun:
+    """Plan the steps, build optimizer and schedule, prepare them with the model; the derived numbers go into
+    ``plan``. ``model`` is ready to train (``start.ready_to_train``)."""
+    world = accelerator.num_processes
+    planner, total_steps, steps_from = plan_steps(data.stores, data.weights, params, world, data.longest)
+    loss_module = SupervisedLoss(model, num_sources=max(len(data.stores), len(data.val_stores)))
+    optimizer, scheduler = build_optimizer(loss_module, params, total_steps)
+    loss_module, optimizer = accelerator.prepare(loss_module, optimizer)
+    _describe(plan, params, world, total_steps, steps_from, model)
+    return TrainRun(accelerator, loss_module, optimizer, scheduler, planner, data.stores, data.val_stores, params,
+                    total_steps, output_dir, {**run_info, "plan": plan.as_dict()}, start_time=time.perf_counter(),
+                    label=label, on_eval=on_eval)
+
+
+def _describe(plan: RunPlan, params: TrainingParams, world: int, total_steps: int, steps_from: str, model) -> None:
+    accum = params.gradient_accumulation_steps
+    plan.add("world size", world, "accelerate")
+    if params.micro_batch_tokens:
+        plan.add("micro-batch tokens", params.micro_batch_tokens, "training_params.micro_batch_tokens")
+        plan.add("tokens per optimizer step (max)", params.micro_batch_tokens * accum * world,
+                 "micro-batch tokens x accumulation x world size")
+    else:
+        plan.add("examples per micro-batch", params.per_device_train_batch_size,
+                 "training_params.per_device_train_batch_size")
+        plan.add("examples per optimizer step", params.per_device_train_batch_size * accum * world,
+                 "batch x accumulation x world size")
+    plan.add("gradient accumulation", accum, "training_params.gradient_accumulation_steps")
+    plan.add("total optimizer steps", total_steps, steps_from)
+    trainable, total = count_parameters(model)
+    plan.add("trainable parameters", trainable, "LoRA adapter" if hasattr(model, "peft_config") else "full model")
+    if hasattr(model, "peft_config"):
+        targets = sorted(model.peft_config["default"].target_modules)
+        plan.add("LoRA targets", ", ".join(targets), "lora_config.target_modules (absent: every attention and "
+                 f"MLP layer of {model.config.model_type})")
+    plan.add("total parameters", total, "model")
+    plan.add("precision", "bf16" if params.bf16 else "fp16" if params.fp16 else "fp32", "training_params")
+    if params.bf16:
+        plan.add("attention", "float32 inside bf16 autocast" if params.attention_fp32 else "bf16",
+                 "training_params.attention_fp32")
+
+
+def finish(run: TrainRun, state, tokenizer_path: str, summary: dict, merge_adapter: bool, title: str,
+           stop_token_ids: list[int] | None = None) -> Path | None:
+    """Write final/ (weights, tokenizer, ``summary`` with the best checkpoint) and, on the main process, the
+    loss plot; returns final/ (None on other ranks)."""
+    final = save_final(run.accelerator, run.loss_module, run.output_dir / "final", tokenizer_path,
+                       {**summary, "best_checkpoint": best_checkpoint(state, run.params)}, merge_adapter=merge_adapter,
+                       stop_token_ids=stop_token_ids)
+    if run.accelerator.is_main_process:
+        plot_training(run.output_dir / "metrics.jsonl", run.output_dir / "loss.png", title)
+    return final
+
+
+def best_checkpoint(state, params: TrainingParams) -> dict | None:
+    """What the training summary says about load_best_model_at_end (None when it is off)."""
+    if not params.load_best_model_at_end:
+        return None
+    return {"step": state.best_step, "eval_loss": state.best_eval_loss, "last_step": state.step}
