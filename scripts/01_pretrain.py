@@ -41,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                             output_dir=Path(args.output_dir or f"checkpoints/pretrain/{cfg.name}"),
                             resume_from_checkpoint=args.resume_from_checkpoint,
                             trust_remote_code=args.trust_remote_code, overrides=overrides,
-                            overwrite_output_dir=args.overwrite_output_dir)
+                            overwrite_output_dir=args.overwrite_output_dir, sharding=args.sharding)
     summary = run_pretraining(cfg, inputs)
     if summary:
         print(summary)

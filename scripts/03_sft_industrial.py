@@ -45,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     inputs = SFTInputs(model_path=args.model_path, data_dirs=args.data_dirs, data_weights=args.data_weights,
                        tokenizer_path=args.tokenizer_path, output_dir=Path(args.output_dir),
                        resume_from_checkpoint=args.resume_from_checkpoint, trust_remote_code=args.trust_remote_code,
-                       overwrite_output_dir=args.overwrite_output_dir, overrides=overrides)
+                       overwrite_output_dir=args.overwrite_output_dir, overrides=overrides, sharding=args.sharding)
     summary = run_sft(cfg, inputs)
     if summary:
         print(summary)

@@ -20,6 +20,7 @@ counting across resumes). Each fault fires once:
                          N, computed before the update, is still finite)
     term@update:N        SIGTERM to this process right after the update of step N (int@: SIGINT)
     term-rank1@update:N  the same, only on rank 1 of several processes (the others get no signal)
+    kill-rank1@update:N  SIGKILL of rank 1 alone right after the update of step N (the launcher then stops the rest)
 """
 from __future__ import annotations
 
@@ -193,6 +194,8 @@ FAULTS = {
     "term@update": lambda step, patch: _after_update(step, patch, _signal(signal.SIGTERM)),
     "int@update": lambda step, patch: _after_update(step, patch, _signal(signal.SIGINT)),
     "term-rank1@update": lambda step, patch: _after_update(step, patch, _signal(signal.SIGTERM, rank=1)),
+    "kill-rank1@update": lambda step, patch: _after_update(
+        step, patch, lambda run: _die() if run.accelerator.process_index == 1 else None),
 }
 
 

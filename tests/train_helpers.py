@@ -52,7 +52,7 @@ def run_training(out_dir: Path, *, batch: int | None = None, tokens: int | None 
     from utils.train.loop import fit
     from utils.train.resume import find_checkpoint, restore
     from utils.train.run import TrainData, build_run
-    from utils.train.start import ready_to_train
+    from utils.train.start import RunStart, ready_to_train
 
     settings = dict(learning_rate=lr, max_steps=steps, per_device_train_batch_size=batch,
                     micro_batch_tokens=tokens, gradient_accumulation_steps=accum, warmup_steps=1,
@@ -66,7 +66,8 @@ def run_training(out_dir: Path, *, batch: int | None = None, tokens: int | None 
     val = [random_store("a", 6, 3), random_store("b", 6, 4)]
     accelerator = make_accelerator(params.mixed_precision(), make_trackers(params.report_to, out_dir, "test"))
     checkpoint, _ = find_checkpoint(str(resume) if resume else None, out_dir, True)
-    run = build_run(accelerator, model, TrainData(stores, list(weights), val, 40), params, output_dir=out_dir,
+    data = TrainData(stores, list(weights), val, 40)
+    run = build_run(RunStart(accelerator, None, ""), model, data, params, output_dir=out_dir,
                     run_info={"data_hashes": "synthetic", "tokenizer_sha256": "none"}, plan=RunPlan())
     state = fit(run, restore(run, checkpoint))
     lm = run.accelerator.unwrap_model(run.loss_module).model

@@ -64,6 +64,21 @@ def test_matmul_peak_is_positive():
     assert matmul_peak_flops(size=64, seconds=0.05) > 0
 
 
+def test_the_mfu_peak_is_measured_where_the_runs_train(monkeypatch):
+    import torch
+
+    from utils.bench import benchmark
+
+    calls = []
+    monkeypatch.setattr(benchmark, "matmul_peak_flops", lambda **kw: calls.append(kw) or 1.0)
+    assert benchmark.measure_peaks({"fp32": torch.float32, "bf16": torch.bfloat16}, "cuda") == {"fp32": 1.0, "bf16": 1.0}
+    assert [(c["device"], c["size"], c["dtype"]) for c in calls] == [("cuda", 8192, torch.float32),
+                                                                      ("cuda", 8192, torch.bfloat16)]
+    calls.clear()
+    benchmark.measure_peaks({"fp32": torch.float32}, "cpu")
+    assert calls == [{"size": 2048, "dtype": torch.float32, "device": "cpu"}]
+
+
 def test_example_order_is_what_the_planner_draws():
     """TRL and the HF Trainer get the sampler's stream in order: step k must hold the same examples."""
     from utils.sampling.planner import MixtureSampler, StepPlanner

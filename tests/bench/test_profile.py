@@ -33,14 +33,15 @@ def test_profile_of_a_step_adds_up(tmp_path, bf16):
     from utils.parallel.accelerator import make_accelerator
     from utils.train.config import TrainingParams
     from utils.train.run import TrainData, build_run
-    from utils.train.start import ready_to_train
+    from utils.train.start import RunStart, ready_to_train
 
     params = TrainingParams(max_steps=3, per_device_train_batch_size=4, gradient_accumulation_steps=2,
                             logging_steps=1, bf16=bf16)
     set_seed(0)
     model, _ = ready_to_train(tiny_llama(), None, params, "tiny llama")
     data = TrainData([random_store("a", 40, 1)], [1.0], [], 40)
-    run = build_run(make_accelerator(params.mixed_precision()), model, data, params, output_dir=tmp_path,
+    start = RunStart(make_accelerator(params.mixed_precision()), None, "")
+    run = build_run(start, model, data, params, output_dir=tmp_path,
                     run_info={"data_hashes": "x", "tokenizer_sha256": "x"}, plan=RunPlan())
     result = profile_step(run, warmup=1, steps=2)
     assert set(result.seconds) <= set(GROUPS)

@@ -68,3 +68,64 @@ def test_fp32_attention_packed_equals_alone_under_bf16():
         for i, example in enumerate(examples):
             lo, hi = int(together.cu_seq_lens[i]), int(together.cu_seq_lens[i + 1])
             assert torch.allclose(logits[lo:hi], _logits(model, pack([example])).float(), atol=3e-2)
+
+
+# --- the CUDA varlen path, checked on the CPU with stand-ins that keep each kernel's contract -----------------
+def _reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k, *, window=None, scale=None):
+    """What a varlen flash kernel computes: [N, H, D] tensors, causal per example (key i-window+1..i)."""
+    from utils.model.attention import _band
+
+    outs = []
+    for a, b in zip(cu_q.tolist()[:-1], cu_q.tolist()[1:]):
+        qs, ks, vs = (t[a:b].transpose(0, 1) for t in (q, k, v))
+        mask = _band(b - a, b - a, window, q.device) if window else None
+        outs.append(torch.nn.functional.scaled_dot_product_attention(
+            qs, ks, vs, attn_mask=mask, is_causal=mask is None, scale=scale,
+            enable_gqa=qs.shape[0] != ks.shape[0]).transpose(0, 1))
+    return torch.cat(outs)
+
+
+def torch_2_13(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, window_size=(-1, -1), enable_gqa=False):
+    assert window_size[1] == 0 and (enable_gqa or q.shape[1] == k.shape[1])
+    return _reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale=scale,
+                             window=window_size[0] + 1 if window_size[0] >= 0 else None)
+
+
+def torch_2_11(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, window_size=(-1, -1)):
+    assert q.shape[1] == k.shape[1], "no enable_gqa: the heads must have been repeated"
+    return torch_2_13(q, k, v, cu_q, cu_k, max_q, max_k, scale=scale, window_size=window_size, enable_gqa=False)
+
+
+def torch_2_10(q, k, v, cu_q, cu_k, max_q, max_k, is_causal=False):
+    assert is_causal and q.shape[1] == k.shape[1]
+    return _reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k)
+
+
+@pytest.mark.parametrize("fn", [torch_2_13, torch_2_11, torch_2_10], ids=["enable_gqa", "no_gqa", "is_causal"])
+@pytest.mark.parametrize("window", [None, 7], ids=["causal", "sliding_window"])
+def test_one_varlen_call_equals_each_example_alone(fn, window):
+    import inspect
+
+    from utils.model.attention import VarlenKernel, _per_example, _varlen
+
+    kernel = VarlenKernel("stand-in", fn, frozenset(inspect.signature(fn).parameters))
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, h, 30, 8, generator=gen) for h in (4, 2, 2))
+    bounds = torch.tensor([0, 5, 18, 30], dtype=torch.int32)
+    out = _varlen(kernel, q, k, v, bounds, 8 ** -0.5, window)
+    expected = _per_example(None, q, k, v, bounds, 8 ** -0.5, 0.0, window)
+    assert out.shape == (1, 30, 4, 8)
+    assert torch.allclose(out, expected, atol=1e-6)
+
+
+def test_the_kernel_is_chosen_once_and_named_in_the_plan(monkeypatch):
+    from utils.model import attention
+
+    assert attention.describe("cpu", fp32=True) == "SDPA per example, float32 inside bf16 autocast"
+    attention.cuda_kernel.cache_clear()
+    try:
+        name = attention.describe("cuda", fp32=False)  # this torch's varlen_attn (a CUDA kernel, not run here)
+        assert name.startswith("varlen flash (torch ") and name.endswith(" varlen_attn)")
+        assert attention.cuda_kernel() is attention.cuda_kernel()
+    finally:
+        attention.cuda_kernel.cache_clear()

@@ -31,6 +31,7 @@ from utils.bench.metrics import matmul_peak_flops
 from utils.bench.scaling import ROOT, dataset_config, generate, tiny_model, training_config
 from utils.common.errors import UserError
 from utils.common.markdown import markdown_table
+from utils.model import attention
 
 CHECKS = ("varlen", "peak", "throughput", "resume", "fsdp2")
 
@@ -65,13 +66,10 @@ def alone(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bounds: l
 
 
 def varlen(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bounds: list[int]) -> torch.Tensor:
-    """The whole packed row in one varlen flash-attention call (CUDA), causal inside each example."""
-    from torch.nn.attention.varlen import varlen_attn  # a CUDA kernel: imported only where it runs
-
-    cu = torch.tensor(bounds, dtype=torch.int32, device=query.device)
-    longest = max(b - a for a, b in zip(bounds[:-1], bounds[1:]))
-    return varlen_attn(query, key, value, cu, cu, longest, longest, window_size=(-1, 0),
-                       enable_gqa=query.shape[1] != key.shape[1])
+    """The trainer's own packed attention on CUDA (one varlen flash call for the row, the kernel this torch
+    offers: ``attention.cuda_kernel``), causal inside each example. Tensors are [N, H, D]."""
+    q, k, v = (t.transpose(0, 1)[None] for t in (query, key, value))
+    return attention._varlen(attention.cuda_kernel(), q, k, v, torch.tensor(bounds, dtype=torch.int32), None, None)[0]
 
 
 def compare_with_alone(packed: Callable, bounds: list[int], heads: int = 8, kv_heads: int = 4, dim: int = 64,
@@ -117,7 +115,7 @@ def check_varlen(tolerance: float = 2e-2) -> Check:
     fast = time_fwd_bwd(varlen, bounds_many, "cuda", torch.bfloat16)
     loop = time_fwd_bwd(alone, bounds_many, "cuda", torch.bfloat16)
     ok = diff["max_abs_out"] <= tolerance * max(diff["scale"], 1) and diff["max_abs_grad"] <= 4 * tolerance
-    return Check("varlen", ok, f"varlen flash attention vs examples alone (bf16): out diff {diff['max_abs_out']:.2e}, "
+    return Check("varlen", ok, f"{attention.cuda_kernel().name} vs examples alone (bf16): out diff {diff['max_abs_out']:.2e}, "
                  f"grad diff {diff['max_abs_grad']:.2e}; fwd+bwd {fast * 1e3:.2f} ms vs {loop * 1e3:.2f} ms "
                  f"per-example loop ({len(rows) - 1} examples, {bounds_many[-1]} tokens)",
                  {**diff, "varlen_ms": fast * 1e3, "loop_ms": loop * 1e3})

@@ -136,6 +136,6 @@ def run_profile(spec_case, out_dir: Path, warmup: int = 2, steps: int = 1, micro
     store = load_sft_store(data_dir, "train", load_manifest(data_dir))
     lora = LoraSettings(**spec_case.lora) if spec_case.lora else None
     model, _ = ready_to_train(load_model(spec_case.model_dir), lora, params, spec_case.model_dir)
-    run = build_run(start.accelerator, model, TrainData([store], [1.0], [], int(store.lengths.max())), params,
+    run = build_run(start, model, TrainData([store], [1.0], [], int(store.lengths.max())), params,
                     output_dir=out_dir, run_info={"data_hashes": "bench", "tokenizer_sha256": "bench"}, plan=RunPlan())
     return profile_step(run, warmup, steps)

@@ -115,7 +115,8 @@ def render(results: dict, chart: str) -> str:
 
 Machine: {m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads){', GPU ' + m['gpu'] if m['gpu'] else ''};
 Python {m['python']}; {versions}.
-Matmul peak measured in this run (the MFU denominator, in the precision of each run): {peaks_text}.
+Matmul peak measured in this run on the {results.get('peak_device', 'cpu').upper()} (the MFU denominator, in the
+precision of each run): {peaks_text}.
 {s['steps']} optimizer steps per run, the first {s['warmup']} not timed; {s['repeats']} run(s) per trainer and case
 (medians shown); tokens/s are per wall-clock second over the timed steps; "per CPU-s" divides by the
 process CPU time instead (all its threads), which other jobs on a shared machine disturb far less.

@@ -3,7 +3,8 @@
 Layout of ``<output_dir>/checkpoint-<step>/``::
 
     adapter_model.safetensors + adapter_config.json   (LoRA)  or  model.safetensors + config.json
-    optimizer.pt, scheduler.pt                         (torch.save of state dicts; loaded weights_only)
+    optimizer.pt                                       (the full optimizer state, keyed by parameter name)
+    scheduler.pt                                       (torch.save of state dicts; loaded weights_only)
     rng_state_<rank>.pt                                (python, numpy, torch, cuda RNG of each rank)
     training_state.json                                (step, tokens, loss history, sampler, config, hashes)
     checksums.json                                     (sha256 of every file above, verified on resume)
@@ -12,6 +13,8 @@ Layout of ``<output_dir>/checkpoint-<step>/``::
 It is written in ``.checkpoint-<step>.tmp`` beside the final name, synced, then renamed; rotation renames
 an old checkpoint to ``.checkpoint-<step>.deleting`` before deleting it. So ``checkpoint-<step>`` is always
 whole: a crash (SIGKILL, power loss) at any moment leaves the newest complete one for ``auto`` to find.
+Weights and optimizer state are gathered from every rank first (under FSDP2 each rank holds a shard), so a
+checkpoint holds the whole run whatever the number of ranks that wrote it, and resumes on any other number.
 A file whose bytes changed after the write (bit rot, an edit) no longer matches checksums.json: resuming from
 that checkpoint is refused naming the file, and ``auto`` takes the newest intact one. Checkpoints written
 before checksums.json existed resume unverified.
@@ -33,7 +36,7 @@ from utils.common.atomic import fsync_tree, publish_dir, write_failure
 from utils.common.errors import UserError, one_line
 from utils.common.hashing import sha256_file
 from utils.model.modeling import load_weights_into
-from utils.parallel.state_dict import lm_state_dict, unwrap_lm
+from utils.parallel.state_dict import lm_state_dict, load_optimizer, optimizer_state, unwrap_lm
 
 COMPLETE = "COMPLETE"
 CHECKSUMS = "checksums.json"
@@ -147,7 +150,8 @@ def verify_checkpoint(ckpt: Path) -> str | None:
 
 def save_checkpoint(accelerator, output_dir: Path, step: int, model, optimizer, scheduler,
                     state: dict, save_total_limit: int | None, keep: int | None = None) -> Path:
-    """Write checkpoint-<step> atomically on the main process (RNG from every rank).
+    """Write checkpoint-<step> atomically on the main process (RNG from every rank). Every rank must call it: the
+    weights and optimizer state are gathered first.
 
     A failed write (disk full, read-only target) removes the temp dir on every rank and raises the same
     UserError everywhere, so no rank waits forever for the others; the previous checkpoint is untouched.
@@ -155,6 +159,7 @@ def save_checkpoint(accelerator, output_dir: Path, step: int, model, optimizer, 
     final = Path(output_dir) / f"checkpoint-{step}"
     tmp = Path(output_dir) / f".checkpoint-{step}.tmp"
     main = accelerator.is_main_process
+    weights, optim = lm_state_dict(accelerator, model), optimizer_state(model, optimizer)
     failure = _attempt(lambda: _fresh_dir(tmp)) if main else None
     failure = _agree(accelerator, failure)
     if failure is None:
@@ -162,7 +167,7 @@ def save_checkpoint(accelerator, output_dir: Path, step: int, model, optimizer, 
             lambda: torch.save(rng_state(), tmp / f"rng_state_{accelerator.process_index}.pt")))
     if failure is None and main:
         def write_and_publish() -> None:
-            _write_main_files(accelerator, tmp, model, optimizer, scheduler, state)
+            _write_main_files(unwrap_lm(accelerator, model), tmp, weights, optim, scheduler, state)
             fsync_tree(tmp)
             publish_dir(tmp, final)
 
@@ -208,10 +213,9 @@ def _agree(accelerator, failure: str | None) -> str | None:
     return failure
 
 
-def _write_main_files(accelerator, tmp: Path, model, optimizer, scheduler, state: dict) -> None:
-    unwrap_lm(accelerator, model).save_pretrained(str(tmp), safe_serialization=True,
-                                                  state_dict=lm_state_dict(accelerator, model))
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+def _write_main_files(lm, tmp: Path, weights: dict, optim: dict, scheduler, state: dict) -> None:
+    lm.save_pretrained(str(tmp), safe_serialization=True, state_dict=weights)
+    torch.save(optim, tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     (tmp / "training_state.json").write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
     _record_checksums(tmp)
@@ -258,7 +262,8 @@ def load_checkpoint(accelerator, path: Path, model, optimizer, scheduler) -> dic
         rng_file = path / "rng_state_0.pt"
     try:
         load_weights_into(unwrap_lm(accelerator, model), path)
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu"))
+        load_optimizer(model, optimizer, torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu"),
+                       str(path))
         scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
         set_rng_state(torch.load(rng_file, weights_only=True))
     except UserError:

@@ -1,8 +1,11 @@
 """Varlen attention for padding-free packed rows, registered with transformers as ``packed_sdpa``.
 
 A packed row holds several examples; attention must stay inside each. Building an
-[N x N] block-diagonal mask costs O(N^2) memory and compute for mostly-masked scores,
-so instead each example's slice runs through SDPA with ``is_causal=True``. Example
+[N x N] block-diagonal mask costs O(N^2) memory and compute for mostly-masked scores. On a GPU the whole
+row goes through one varlen flash-attention call per layer (causal inside each example): torch's
+``varlen_attn`` where this torch has it, else flash-attn's ``flash_attn_varlen_func`` when installed, else
+each example through SDPA held to its flash backend (never the cuDNN one, which builds a plan for every new
+length). On the CPU each example's slice runs through SDPA with ``is_causal=True``. Example
 bounds come from ``cu_seq_lens_q`` (computed on the host by the packer, so no device
 sync); without them (generation, padded batches) this is plain SDPA with the usual mask.
 A sliding window (Mistral, and Qwen2 / Phi-3 configs that set one) is honoured in both cases: an example
@@ -13,6 +16,10 @@ tensors on the CPU: PyTorch's CPU flash-attention kernels run float32 faster tha
 backward, measured in docs/BENCHMARKS.md), and the projections around it stay bf16 matmuls.
 """
 from __future__ import annotations
+
+import functools
+import inspect
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +41,14 @@ def packed_sdpa_attention(module, query, key, value, attention_mask, scaling=Non
     if bounds is None or attention_mask is not None or query.shape[0] != 1:
         return sdpa_attention_forward(module, query, key, value, attention_mask,
                                       scaling=scaling, dropout=dropout, **kwargs)
+    kernel = cuda_kernel() if query.is_cuda else None
+    if kernel is not None and kernel.fn is not None and not (dropout and module.training):
+        return _varlen(kernel, query, key, value, bounds, scaling, window), None
+    if kernel is not None:  # no varlen kernel: SDPA per example, held to the flash backend
+        from torch.nn.attention import SDPBackend, sdpa_kernel  # CUDA only; imported where it runs
+
+        with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]):
+            return _per_example(module, query, key, value, bounds, scaling, dropout, window), None
     return _per_example(module, query, key, value, bounds, scaling, dropout, window), None
 
 
@@ -51,7 +66,7 @@ def _per_example(module, query, key, value, bounds, scaling, dropout, window=Non
     bounds = bounds.tolist() if torch.is_tensor(bounds) else list(bounds)
     lengths = [b - a for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
     gqa = query.shape[1] != key.shape[1]
-    drop = dropout if module.training else 0.0
+    drop = dropout if module is not None and module.training else 0.0
     # split (not slicing): its backward is one concatenation, where each slice's backward would
     # zero-fill and add a full-size gradient per example (quadratic in examples per row)
     outs = [
@@ -62,6 +77,85 @@ def _per_example(module, query, key, value, bounds, scaling, dropout, window=Non
         for q, k, v in zip(query.split(lengths, 2), key.split(lengths, 2), value.split(lengths, 2))
     ]
     return torch.cat(outs, dim=2).transpose(1, 2).contiguous()
+
+
+class VarlenKernel(NamedTuple):
+    """The packed-attention kernel of this machine's GPU: ``fn`` (None: per-example SDPA, flash backend) and the
+    keywords it takes (torch's ``varlen_attn`` gained ``window_size``, ``scale`` and ``enable_gqa`` over releases;
+    before ``window_size`` it had ``is_causal``)."""
+
+    name: str
+    fn: Callable | None
+    takes: frozenset = frozenset()
+    layout: str = "torch"
+    """Argument names: torch's ``varlen_attn`` or flash-attn's ``flash_attn_varlen_func``."""
+
+
+@functools.lru_cache(maxsize=1)
+def cuda_kernel() -> VarlenKernel:
+    """Chosen once per process: torch's varlen flash attention, else flash-attn's, else SDPA per example."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn  # CUDA flash kernel; absent in older torch
+    except ImportError:
+        varlen_attn = None
+    if varlen_attn is not None:
+        return VarlenKernel(f"varlen flash (torch {torch.__version__.split('+')[0]} varlen_attn)", varlen_attn,
+                            frozenset(inspect.signature(varlen_attn).parameters))
+    try:
+        from flash_attn import flash_attn_varlen_func  # optional package: used when installed
+    except ImportError:
+        return VarlenKernel("SDPA per example, flash backend (no varlen kernel in this torch)", None)
+    return VarlenKernel("varlen flash (flash-attn flash_attn_varlen_func)", flash_attn_varlen_func,
+                        frozenset({"window_size", "softmax_scale", "causal"}), layout="flash_attn")
+
+
+def describe(device: torch.device | str, fp32: bool) -> str:
+    """The resolved plan's line on packed attention for ``device``."""
+    if torch.device(device).type == "cuda":
+        return cuda_kernel().name
+    return "SDPA per example" + (", float32 inside bf16 autocast" if fp32 else "")
+
+
+def _varlen(kernel: VarlenKernel, query, key, value, bounds, scaling, window) -> torch.Tensor:
+    """One kernel call over the packed row: [1, H, N, D] in, [1, N, H, D] out. A row the kernel cannot express
+    (a window or a scale it has no keyword for) goes through SDPA per example instead."""
+    starts = bounds.tolist() if torch.is_tensor(bounds) else list(bounds)
+    longest = max(b - a for a, b in zip(starts[:-1], starts[1:]))
+    windowed = bool(window and longest > window)
+    default_scale = scaling is None or abs(scaling - query.shape[-1] ** -0.5) < 1e-9
+    if kernel.layout == "flash_attn":
+        args = {"softmax_scale": scaling, "causal": True, "window_size": (window - 1 if windowed else -1, 0)}
+    elif "window_size" in kernel.takes or ("is_causal" in kernel.takes and not windowed):
+        args = ({"window_size": (window - 1 if windowed else -1, 0)} if "window_size" in kernel.takes
+                else {"is_causal": True})  # key i - window + 1 .. i, as _band
+        if "scale" in kernel.takes:
+            args["scale"] = scaling
+        elif not default_scale:
+            args = None
+    else:
+        args = None
+    if args is None:
+        return _per_example(None, query, key, value, bounds, scaling, 0.0, window)
+    q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # [N, heads, D]
+    gqa = q.shape[1] != k.shape[1]
+    if kernel.layout == "torch" and "enable_gqa" in kernel.takes:
+        args["enable_gqa"] = gqa
+    elif gqa and kernel.layout == "torch":  # no enable_gqa: every query head gets its key/value head
+        k, v = (t.repeat_interleave(q.shape[1] // t.shape[1], dim=1) for t in (k, v))
+    return kernel.fn(q, k, v, *(_on_device(bounds, q.device),) * 2, longest, longest, **args).unsqueeze(0)
+
+
+_device_bounds: list = [None, None]
+"""(host bounds, their copy on the GPU): every layer of one forward gets the same host tensor, copied once."""
+
+
+def _on_device(bounds, device: torch.device) -> torch.Tensor:
+    if _device_bounds[0] is not bounds:
+        host = torch.as_tensor(bounds, dtype=torch.int32)
+        if device.type == "cuda":
+            host = host.pin_memory()  # then the copy below does not wait for the GPU's queued work
+        _device_bounds[:] = [bounds, host.to(device, non_blocking=True)]
+    return _device_bounds[1]
 
 
 def _band(q_len: int, k_len: int, window: int, device) -> torch.Tensor:

@@ -6,6 +6,8 @@ off unless asked for.
 """
 from __future__ import annotations
 
+import contextlib
+
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -143,7 +145,23 @@ def decoder_and_head(model):
 
 
 def load_weights_into(model, path: Path) -> None:
-    """Load checkpoint weights (adapter or full, safetensors only) into ``model`` in place."""
+    """Load checkpoint weights (adapter or full, safetensors only) into ``model`` in place; a model sharded by
+    FSDP2 takes the full tensors as replicated and keeps its shard of each."""
+    with _replicated_inputs(model):
+        _load_weights(model, path)
+
+
+def _replicated_inputs(model):
+    """Plain tensors loaded into sharded (DTensor) parameters count as replicated on every rank."""
+    # deferred: torch.distributed's tensor module is needed only for sharded models
+    from torch.distributed.tensor import DTensor
+    from torch.distributed.tensor.experimental import implicit_replication
+
+    sharded = any(isinstance(p, DTensor) for p in model.parameters())
+    return implicit_replication() if sharded else contextlib.nullcontext()
+
+
+def _load_weights(model, path: Path) -> None:
     # safetensors is needed only when loading weights
     from safetensors.torch import load_file
 

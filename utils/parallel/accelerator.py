@@ -1,4 +1,5 @@
-"""The accelerate set-up: one process, DDP, FSDP or DeepSpeed, chosen by ``accelerate launch`` outside."""
+"""The accelerate set-up: one process or DDP (chosen by ``accelerate launch`` or torchrun outside); sharded runs
+use the trainer's own FSDP2 (fsdp.py) on top of it."""
 from __future__ import annotations
 
 import torch

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from utils.common.cli_values import positive_int, seed
+from utils.parallel.fsdp import SHARDINGS
 from utils.train.config import TrainingParams
 
 
@@ -26,6 +27,8 @@ class RunInputs:
     """Start a new run in an output_dir that holds another run's checkpoints, deleting them and final/."""
     overrides: dict = field(default_factory=dict)
     """{field: flag} of the training params set on the command line, for the run record."""
+    sharding: str = "none"
+    """--sharding: none (a whole model per rank) or fsdp2 (weights, gradients and optimizer state sharded)."""
 
 
 @dataclass(kw_only=True)
@@ -51,7 +54,7 @@ class PretrainInputs(RunInputs):
 
 
 def add_run_args(parser: argparse.ArgumentParser) -> None:
-    """--resume_from_checkpoint, --overwrite_output_dir, --max_steps, --seed, --trust_remote_code."""
+    """--resume_from_checkpoint, --overwrite_output_dir, --max_steps, --seed, --trust_remote_code, --sharding."""
     parser.add_argument("--resume_from_checkpoint",
                         help="a checkpoint-N dir, or 'auto' for the newest complete, intact one")
     parser.add_argument("--overwrite_output_dir", action="store_true",
@@ -59,6 +62,10 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max_steps", type=positive_int("--max_steps"), help="override training_params.max_steps")
     parser.add_argument("--seed", type=seed("--seed"), help="override training_params.seed")
     parser.add_argument("--trust_remote_code", action="store_true", help="allow model code from the checkpoint")
+    parser.add_argument("--sharding", choices=SHARDINGS, default="none",
+                        help="fsdp2: shard weights, gradients and optimizer state over the processes (torch FSDP2; "
+                        "implied by `accelerate launch --config_file config/accelerate/fsdp.yaml`); none: a whole "
+                        "model per process (DDP), the default")
 
 
 def apply_overrides(params: TrainingParams, args: argparse.Namespace) -> dict:

@@ -12,18 +12,21 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Iterator
 
 import torch
+from torch.distributed.tensor import DTensor
 from tqdm import tqdm
 
 from utils.checkpoint.checkpoints import save_checkpoint
 from utils.common.errors import Stopped, UserError
-from utils.common.labels import perplexity
+from utils.common.labels import IGNORE, perplexity
 from utils.model.loss import loss_sums
 from utils.model.modeling import load_weights_into
 from utils.monitor.trackers import RunLogger
+from utils.parallel.fsdp import local, set_gradient_sync
 from utils.parallel.state_dict import unwrap_lm
 from utils.sampling.example_store import ExampleStore
 from utils.sampling.packing import PackedBatch, pack
@@ -76,7 +79,8 @@ def train_step(run: TrainRun, batches: StepBatches) -> torch.Tensor:
     for i, items in enumerate(my_bins):
         batch = collate(run.stores, items).to(acc.device)
         last = i == len(my_bins) - 1
-        sync = contextlib.nullcontext() if last else acc.no_sync(run.loss_module)
+        sync = contextlib.nullcontext() if last else acc.no_sync(run.loss_module)  # DDP
+        set_gradient_sync(run.loss_module, last)  # FSDP2: reduce-scatter on the last micro-batch only
         with sync, acc.autocast():
             loss_sum, _ = run.loss_module(batch.input_ids, batch.position_ids, batch.targets, batch.source_ids,
                                              batch.cu_seq_lens)
@@ -90,6 +94,8 @@ def optimizer_step(run: TrainRun) -> torch.Tensor:
     grad_norm = torch.zeros((), device=acc.device)
     if run.params.max_grad_norm > 0:
         grad_norm = acc.clip_grad_norm_(run.loss_module.parameters(), run.params.max_grad_norm)
+        if isinstance(grad_norm, DTensor):  # the norm over every rank's shard (one scalar)
+            grad_norm = grad_norm.full_tensor()
     run.optimizer.step()
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
@@ -99,14 +105,25 @@ def optimizer_step(run: TrainRun) -> torch.Tensor:
 def evaluate(run: TrainRun) -> dict:
     """Token-weighted validation loss and perplexity, overall and per source."""
     acc = run.accelerator
-    bins = _val_bins(run.val_stores, run.params.micro_batch_tokens or 0, run.params)
-    mine = (collate(run.val_stores, items) for j, items in enumerate(bins)
-            if j % acc.num_processes == acc.process_index)
     run.loss_module.eval()
-    sums, counts = loss_sums(run.loss_module, mine, len(run.val_stores), acc.device, acc.autocast)
+    sums, counts = loss_sums(run.loss_module, _my_val_batches(run), len(run.val_stores), acc.device, acc.autocast)
     run.loss_module.train()
     sums, counts = acc.reduce(sums, "sum"), acc.reduce(counts, "sum")
     return _eval_record(run.val_stores, sums.tolist(), counts.tolist())
+
+
+def _my_val_batches(run: TrainRun) -> Iterator[PackedBatch]:
+    """This rank's share of the validation micro-batches. Sharded, every rank runs as many forwards as the busiest
+    (each forward all-gathers the weights): a rank short of one adds a batch with no targets."""
+    acc = run.accelerator
+    bins = list(_val_bins(run.val_stores, run.params.micro_batch_tokens or 0, run.params))
+    mine = bins[acc.process_index::acc.num_processes]
+    for items in mine:
+        yield collate(run.val_stores, items)
+    if run.sharded:
+        for _ in range(-(-len(bins) // acc.num_processes) - len(mine)):
+            batch = collate(run.val_stores, bins[0])
+            yield replace(batch, targets=torch.full_like(batch.targets, IGNORE), num_supervised=0)
 
 
 def _val_bins(stores, budget: int, params: TrainingParams):
@@ -155,8 +172,8 @@ def _check_weights_finite(run: TrainRun, step: int) -> None:
     acc = run.accelerator
     bad = torch.zeros((), device=acc.device)
     for p in run.loss_module.parameters():
-        if p.requires_grad:
-            bad += (~torch.isfinite(p.detach())).sum()
+        if p.requires_grad:  # this rank's shard of a sharded weight: the ranks together check them all
+            bad += (~torch.isfinite(local(p).detach())).sum()
     if acc.reduce(bad, "sum").item():
         raise UserError(
             f"weights became NaN or inf at step {step}: training stopped before writing a checkpoint; the "

@@ -2,8 +2,6 @@
 the base is held (utils/parallel/quantization.py holds the 4-bit parts and loads the base)."""
 from __future__ import annotations
 
-from accelerate.utils import DistributedType
-
 from utils.common.errors import UserError
 from utils.model.architectures import default_lora_targets
 from utils.model.gguf import low_bit_types
@@ -13,14 +11,14 @@ from utils.parallel.quantization import check_targets, require_bitsandbytes
 from utils.train.config import QuantizationParams
 
 
-def check_quantizable(quant: QuantizationParams, lora: LoraSettings, model_path: str, accelerator,
+def check_quantizable(quant: QuantizationParams, lora: LoraSettings, model_path: str, sharding: str,
                       trust_remote_code: bool = False) -> None:
     """Everything that would stop a 4-bit run, checked without loading weights: one line each."""
     require_bitsandbytes()
-    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-        raise UserError(f"quantization: a 4-bit base is not supported under {accelerator.distributed_type.value} "
-                        "(its sharding needs matching storage dtypes, untested here); launch with DDP "
-                        "(config/accelerate/multi_gpu.yaml) or one process, or remove the quantization block")
+    if sharding != "none":
+        raise UserError(f"quantization: a 4-bit base is not supported with {sharding} sharding (its sharding needs "
+                        "matching storage dtypes, untested here); launch with DDP (config/accelerate/multi_gpu.yaml) "
+                        "or one process, or remove the quantization block")
     low = low_bit_types(model_path)
     if low and not quant.requantize_gguf:
         raise UserError(f"--model_path {model_path}: this GGUF is already quantized ({', '.join(low)}); 4-bit "

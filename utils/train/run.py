@@ -11,14 +11,17 @@ import torch
 from accelerate import Accelerator
 
 from utils.checkpoint.final_model import save_final
+from utils.model.attention import describe as describe_attention
 from utils.model.loss import SupervisedLoss
 from utils.model.modeling import count_parameters
 from utils.monitor.plots import plot_training
 from utils.monitor.run_plan import RunPlan
+from utils.parallel.fsdp import shard
 from utils.sampling.example_store import ExampleStore
 from utils.sampling.planner import StepPlanner
 from utils.train.config import TrainingParams
 from utils.train.optim import build_optimizer
+from utils.train.start import RunStart
 from utils.train.steps import plan_steps
 
 
@@ -53,24 +56,37 @@ class TrainRun:
     start_time: float                      # time.perf_counter() at set-up: metrics' elapsed_s counts from it
     label: str = "training"                # the progress bar's name
     on_eval: Callable[["TrainRun", int], dict] | None = None   # after each evaluation, e.g. generation samples
+    sharded: bool = False                  # FSDP2: every rank holds a shard of the weights and optimizer state
 
 
-def build_run(accelerator: Accelerator, model, data: TrainData, params: TrainingParams, *, output_dir: Path,
+def build_run(start: RunStart, model, data: TrainData, params: TrainingParams, *, output_dir: Path,
               run_info: dict, plan: RunPlan, label: str = "training", on_eval=None) -> TrainRun:
-    """Plan the steps, build optimizer and schedule, prepare them with the model; the derived numbers go into
-    ``plan``. ``model`` is ready to train (``start.ready_to_train``)."""
+    """Plan the steps, build optimizer and schedule, prepare them with the model (FSDP2 over every rank when the
+    run is sharded, else accelerate: DDP or one process); the derived numbers go into ``plan``. ``model`` is ready
+    to train (``start.ready_to_train``)."""
+    accelerator, sharded = start.accelerator, start.sharding == "fsdp2"
     world = accelerator.num_processes
     planner, total_steps, steps_from = plan_steps(data.stores, data.weights, params, world, data.longest)
     loss_module = SupervisedLoss(model, num_sources=max(len(data.stores), len(data.val_stores)))
-    optimizer, scheduler = build_optimizer(loss_module, params, total_steps)
-    loss_module, optimizer = accelerator.prepare(loss_module, optimizer)
-    _describe(plan, params, world, total_steps, steps_from, model)
+    if sharded:
+        loss_module = shard(loss_module.to(accelerator.device), accelerator.device, start.reshard_after_forward)
+        optimizer, scheduler = build_optimizer(loss_module, params, total_steps)
+    else:
+        optimizer, scheduler = build_optimizer(loss_module, params, total_steps)
+        loss_module, optimizer = accelerator.prepare(loss_module, optimizer)
+    _describe(plan, params, world, total_steps, steps_from, model, accelerator.device)
+    if sharded:
+        plan.add("sharding", f"FSDP2 over {world} rank(s): weights, gradients, optimizer state", start.sharding_from)
+        plan.add("gathered weights after forward", "freed" if start.reshard_after_forward else "kept for backward",
+                 "fsdp_reshard_after_forward (default: freed)")
+        plan.add("checkpoints", "full state dicts keyed by name (resume on any world size)", "this trainer")
     return TrainRun(accelerator, loss_module, optimizer, scheduler, planner, data.stores, data.val_stores, params,
                     total_steps, output_dir, {**run_info, "plan": plan.as_dict()}, start_time=time.perf_counter(),
-                    label=label, on_eval=on_eval)
+                    label=label, on_eval=on_eval, sharded=sharded)
 
 
-def _describe(plan: RunPlan, params: TrainingParams, world: int, total_steps: int, steps_from: str, model) -> None:
+def _describe(plan: RunPlan, params: TrainingParams, world: int, total_steps: int, steps_from: str, model,
+              device: torch.device) -> None:
     accum = params.gradient_accumulation_steps
     plan.add("world size", world, "accelerate")
     if params.micro_batch_tokens:
@@ -92,9 +108,8 @@ def _describe(plan: RunPlan, params: TrainingParams, world: int, total_steps: in
                  f"MLP layer of {model.config.model_type})")
     plan.add("total parameters", total, "model")
     plan.add("precision", "bf16" if params.bf16 else "fp16" if params.fp16 else "fp32", "training_params")
-    if params.bf16:
-        plan.add("attention", "float32 inside bf16 autocast" if params.attention_fp32 else "bf16",
-                 "training_params.attention_fp32")
+    plan.add("attention", describe_attention(device, bool(params.bf16 and params.attention_fp32)),
+             f"packed rows on {device.type} (training_params.attention_fp32)")
 
 
 def finish(run: TrainRun, state, tokenizer_path: str, summary: dict, merge_adapter: bool, title: str,

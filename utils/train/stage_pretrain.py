@@ -31,6 +31,10 @@ def run_pretraining(cfg: PretrainConfig, inputs: PretrainInputs) -> str | None:
     accelerator, main = start.accelerator, start.accelerator.is_main_process
     if inputs.model_path:  # an unsupported architecture is refused before anything is written
         check_model_dir(inputs.model_path)
+    if cfg.lora_config is not None and start.sharding != "none":
+        raise UserError(f"{inputs.config_path}: lora_config with --sharding {start.sharding}: pre-training merges the "
+                        "adapter into final/, which this trainer does not do for a sharded model (untested); "
+                        "train this CPT without sharding, or fine-tune the full model sharded")
     with own_output(accelerator, inputs, "pretrain"):
         train, val, stats = _windows(cfg, inputs, start)
         supervised = cfg.data.supervised
@@ -48,7 +52,7 @@ def run_pretraining(cfg: PretrainConfig, inputs: PretrainInputs) -> str | None:
         data = TrainData([train] + [d.train for d in dirs], [cfg.data.text_weight] + [s.weight for s in supervised],
                          [s for s in [val] + [d.val for d in dirs] if len(s)],
                          max([cfg.data.sequence_length] + [int(d.manifest["sequence_length"]) for d in dirs]))
-        run = build_run(accelerator, model, data, params, output_dir=output_dir, run_info=run_info, plan=plan,
+        run = build_run(start, model, data, params, output_dir=output_dir, run_info=run_info, plan=plan,
                         label="pre-training")
         state = restore(run, checkpoint)
         if main:

@@ -17,6 +17,7 @@ from utils.data.templates import get_template
 from utils.model.generation import generate_responses
 from utils.model.modeling import check_vocab_fits
 from utils.monitor.run_plan import RunPlan
+from utils.parallel.fsdp import gathered
 from utils.parallel.quantization import load_base
 from utils.parallel.state_dict import unwrap_lm
 from utils.train.cli import SFTInputs
@@ -39,7 +40,7 @@ def run_sft(cfg: SFTTrainingConfig, inputs: SFTInputs) -> str | None:
     start = start_run(params, inputs)
     accelerator, main = start.accelerator, start.accelerator.is_main_process
     if cfg.quantization is not None:
-        check_quantizable(cfg.quantization, cfg.lora_config, inputs.model_path, accelerator,
+        check_quantizable(cfg.quantization, cfg.lora_config, inputs.model_path, start.sharding,
                           inputs.trust_remote_code)
     corpora = load_corpora(inputs.data_dirs, start.fingerprint, accelerator, inputs.data_weights, cfg.data_weights)
     model = load_base(inputs.model_path, to_dict(cfg.quantization) if cfg.quantization else None,
@@ -54,7 +55,7 @@ def run_sft(cfg: SFTTrainingConfig, inputs: SFTInputs) -> str | None:
         samples = _EvalSamples(cfg.evaluation_config, get_template(template["name"], start.tokenizer),
                                start.tokenizer, output_dir / SAMPLES) if cfg.evaluation_config.eval_prompts else None
         data = TrainData([d.train for d in corpora.dirs], corpora.weights, corpora.val_stores, corpora.longest)
-        run = build_run(accelerator, model, data, params, output_dir=output_dir, run_info=run_info, plan=plan,
+        run = build_run(start, model, data, params, output_dir=output_dir, run_info=run_info, plan=plan,
                         label="sft", on_eval=samples)
         state = restore(run, checkpoint)
         if main:
@@ -123,14 +124,17 @@ class _EvalSamples:
         self.cfg, self.template, self.tokenizer, self.path = cfg, template, tokenizer, path
 
     def __call__(self, run, step: int) -> dict:
-        if not run.accelerator.is_main_process:
+        main = run.accelerator.is_main_process
+        if not main and not run.sharded:  # sharded, every rank takes part in each forward
             return {}
         model = unwrap_lm(run.accelerator, run.loss_module)
         system = [{"role": "system", "content": self.cfg.system_prompt}] if self.cfg.system_prompt else []
         conversations = [system + [{"role": "user", "content": p}] for p in self.cfg.eval_prompts]
-        with torch.random.fork_rng(devices=[]):  # sampling must not move the training RNG
+        with torch.random.fork_rng(devices=[]), gathered(run.loss_module):  # sampling must not move the training RNG
             results = generate_responses(model, self.tokenizer, self.template, conversations,
                                          self.cfg.generation_config)
+        if not main:
+            return {}
         with open(self.path, "a", encoding="utf-8") as handle:
             for prompt, result in zip(self.cfg.eval_prompts, results):
                 handle.write(json.dumps({"step": step, "prompt": prompt, "response": result.text,

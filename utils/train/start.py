@@ -6,8 +6,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 
+from utils.common.errors import UserError
 from utils.data.fingerprint import tokenizer_fingerprint
 from utils.data.tokenizer import hf_dir_for, load_tokenizer
 from utils.model.architectures import check_model, default_lora_targets
@@ -28,16 +29,47 @@ class RunStart:
     tokenizer: object
     fingerprint: str
     """sha256 of the tokenizer files (utils/data/fingerprint.py): the prepared data must carry the same."""
+    sharding: str = "none"
+    """fsdp2 when --sharding asks for it or accelerate was launched with an FSDP config; else none."""
+    sharding_from: str = "--sharding"
+    reshard_after_forward: bool = True
+    """FSDP2: free each layer's gathered weights after its forward (gathered again for backward)."""
 
 
 def start_run(params: TrainingParams, inputs: RunInputs) -> RunStart:
-    """The accelerator (with the trackers of report_to), the seed, the tokenizer and its fingerprint."""
+    """The accelerator (with the trackers of report_to), the sharding, the seed, the tokenizer and its fingerprint."""
     output_dir = Path(inputs.output_dir)
     trackers = make_trackers(params.report_to, output_dir, output_dir.name)
     accelerator = make_accelerator(params.mixed_precision(), trackers)
+    sharding, sharding_from, reshard = _sharding(accelerator, inputs.sharding)
     set_seed(params.seed)
     tokenizer = load_tokenizer(inputs.tokenizer_path)
-    return RunStart(accelerator, tokenizer, tokenizer_fingerprint(hf_dir_for(inputs.tokenizer_path)))
+    return RunStart(accelerator, tokenizer, tokenizer_fingerprint(hf_dir_for(inputs.tokenizer_path)),
+                    sharding, sharding_from, reshard)
+
+
+def _sharding(accelerator: Accelerator, asked: str) -> tuple[str, str, bool]:
+    """(sharding, where it came from, reshard after forward). FSDP from accelerate's launch config is this trainer's
+    own FSDP2 (the code the CPU tests run): the plugin settings it does not apply are refused, never ignored.
+    DeepSpeed has never run here and is refused."""
+    kind = accelerator.distributed_type
+    if kind == DistributedType.DEEPSPEED:
+        raise UserError("accelerate launch: DeepSpeed is not supported by this trainer; for sharded training launch "
+                        "with --config_file config/accelerate/fsdp.yaml (FSDP2), see docs/DISTRIBUTED.md")
+    if kind != DistributedType.FSDP:
+        return asked, "--sharding", True
+    plugin = accelerator.state.fsdp_plugin
+    refused = {
+        "fsdp_version": plugin.fsdp_version != 2,
+        "fsdp_activation_checkpointing (use training_params.gradient_checkpointing)": plugin.activation_checkpointing,
+        "fsdp_offload_params": type(plugin.cpu_offload).__name__ == "CPUOffloadPolicy",
+        "mixed_precision (training_params.bf16/fp16 set the precision)": plugin.mixed_precision_policy is not None}
+    wrong = [name for name, bad in refused.items() if bad]
+    if wrong:
+        raise UserError(f"accelerate FSDP config: {', '.join(wrong)} — not applied by this trainer's FSDP2; use "
+                        "config/accelerate/fsdp.yaml's values (fsdp_version 2, no offload, no activation "
+                        "checkpointing, mixed_precision 'no')")
+    return "fsdp2", "accelerate config (distributed_type FSDP)", bool(plugin.reshard_after_forward)
 
 
 def ready_to_train(model, lora: LoraSettings | None, params: TrainingParams, where: str):

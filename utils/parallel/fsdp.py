@@ -1,0 +1,126 @@
+"""Sharded training with torch's FSDP2 (``fully_shard``): parameters, gradients and optimizer state split over the
+ranks, on GPUs (NCCL) and on CPUs (gloo) alike.
+
+The trainer shards the model itself rather than through accelerate's FSDP plugin, so the code that runs on a
+GPU cluster is the code the CPU tests run: every decoder layer is one FSDP unit (all-gathered for its forward
+and backward, freed after), so are the input embedding and the output head when they do not share a weight;
+the rest is the root unit. Precision is as on one
+device: fp32 master weights, bf16/fp16 autocast from training_params.
+
+What needs every rank (collectives) is here: the full state dict of the weights and of the optimizer (both keyed
+by parameter name, so a checkpoint does not depend on the number of ranks that wrote it and resumes on any
+other number), and loading them back.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                     get_optimizer_state_dict, set_optimizer_state_dict)
+from torch.distributed.tensor import DTensor
+
+from utils.common.errors import UserError
+
+SHARDINGS = ("none", "fsdp2")
+"""--sharding values: none (one copy of the model per rank: DDP, or one process), fsdp2 (fully_shard)."""
+
+
+def shard(module: torch.nn.Module, device: torch.device, reshard_after_forward: bool = True) -> torch.nn.Module:
+    """Apply ``fully_shard`` to every decoder layer of ``module``'s model, then to ``module`` (the root)."""
+    # deferred: torch.distributed.fsdp is imported only by sharded runs
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    _ensure_process_group(device)
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+    layers = decoder_layers(module)
+    if not layers:
+        raise UserError("--sharding fsdp2: found no decoder layers to shard in this model (its _no_split_modules "
+                        "name none of its modules); train it without --sharding")
+    for unit in layers + _untied_ends(module):
+        fully_shard(unit, mesh=mesh, reshard_after_forward=reshard_after_forward)
+    fully_shard(module, mesh=mesh, reshard_after_forward=reshard_after_forward)
+    return module
+
+
+def _untied_ends(module: torch.nn.Module) -> list[torch.nn.Module]:
+    """The input embedding and the output head as units of their own when they do not share a weight: the root
+    unit (gathered for the whole forward) then holds only the final norm. Tied, they stay in the root."""
+    lm = getattr(module, "model", module)
+    base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+    if not hasattr(base, "get_input_embeddings"):
+        return []
+    embed, head = base.get_input_embeddings(), base.get_output_embeddings()
+    if embed is None or head is None or embed.weight is head.weight:
+        return []
+    return [embed, head]
+
+
+def decoder_layers(module: torch.nn.Module) -> list[torch.nn.Module]:
+    """The transformer blocks, found by the class names transformers lists in ``_no_split_modules``."""
+    names: set[str] = set()
+    for sub in module.modules():
+        names |= set(getattr(sub, "_no_split_modules", None) or ())
+    return [sub for sub in module.modules() if type(sub).__name__ in names]
+
+
+def _ensure_process_group(device: torch.device) -> None:
+    """A one-process run gets a process group of its own: fully_shard needs one, even for a world of 1."""
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=dist.HashStore(), rank=0,
+                                world_size=1)
+
+
+def is_sharded(module: torch.nn.Module) -> bool:
+    return any(isinstance(p, DTensor) for p in module.parameters())
+
+
+@contextlib.contextmanager
+def gathered(module: torch.nn.Module) -> Iterator[None]:
+    """Within the block a sharded ``module``'s own weights (embeddings, final norm, head) stay gathered, so its
+    inner model can run outside the root's forward (generation); the decoder layers gather their own."""
+    if not hasattr(module, "unshard"):
+        yield
+        return
+    module.unshard()
+    try:
+        yield
+    finally:
+        module.reshard()
+
+
+def set_gradient_sync(module: torch.nn.Module, enabled: bool) -> None:
+    """A sharded ``module``'s next backward reduce-scatters its gradients only when ``enabled`` (the last
+    micro-batch of a step): accumulation without communication, as DDP's ``no_sync``. Others: nothing."""
+    if hasattr(module, "set_requires_gradient_sync"):
+        module.set_requires_gradient_sync(enabled)
+
+
+def local(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a sharded tensor; a plain tensor as it is."""
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+
+def full_model_state(module: torch.nn.Module) -> dict:
+    """The full weights, gathered: every rank must call it; rank 0 gets them on the CPU, the others {}. A tied
+    weight (the output head sharing the embedding) is kept once, under its first name, as an unsharded
+    model's save does."""
+    state = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    first = {name for name, _ in module.named_parameters()}
+    tied = {name for name, _ in module.named_parameters(remove_duplicate=False)} - first
+    return {k: v for k, v in state.items() if k not in tied}
+
+
+def full_optimizer_state(module: torch.nn.Module, optimizer) -> dict:
+    """The full optimizer state keyed by parameter name: every rank must call it; rank 0 gets it, the others {}.
+    Unsharded modules (one process, DDP) give the same layout, so any checkpoint resumes on any world size."""
+    return get_optimizer_state_dict(module, optimizer, options=StateDictOptions(full_state_dict=True,
+                                                                                cpu_offload=True))
+
+
+def load_optimizer_state(module: torch.nn.Module, optimizer, state: dict) -> None:
+    """Put a ``full_optimizer_state`` (read from disk on every rank) into ``optimizer``: each rank keeps its shard."""
+    set_optimizer_state_dict(module, optimizer, state, options=StateDictOptions(full_state_dict=True))
