@@ -14,22 +14,36 @@ STAMP := $(VENV)/.installed-$(shell (cat requirements.txt; echo $(TEST_MODEL_PAC
 QLORA_STAMP := $(VENV)/.qlora-$(shell cat requirements-qlora.txt | cksum | cut -d' ' -f1)
 NPROC ?= $(shell nproc 2>/dev/null || echo 1)
 
-TOKENIZER_CONFIG ?= config/tokenizer/demo.json
-TOKENIZER ?= checkpoints/tokenizer/spm8k_demo
-PRETRAIN_SIZE ?= tiny
-
-SFT_DATASET_CONFIG ?= config/sft_datasets/demo.json
-SFT_TOKENIZER ?= $(TOKENIZER)
-SFT_DATA_OUT ?= data/sft_processed/$(basename $(notdir $(SFT_DATASET_CONFIG)))
-SFT_TRAINING_CONFIG ?= config/sft_training/lora_tiny.json
-SFT_MODEL_PATH ?= checkpoints/pretrain/tiny/final
-SFT_DATA_DIRS ?= $(SFT_DATA_OUT)
-SFT_DATA_WEIGHTS ?=
-SFT_OUTPUT_DIR ?= checkpoints/sft_industrial/$(basename $(notdir $(SFT_TRAINING_CONFIG)))
-SFT_RESUME ?=
-
+# The demo main job (sft-pipeline-complete, cpt-ift-pipeline) keeps its own tokenizer, pre-trained model, corpus
+# and runs (the demo_job names), whatever the user made last with the targets below; they never touch each other.
+DEMO_TOKENIZER := checkpoints/tokenizer/spm8k_demo
+DEMO_TOKENIZER_STAMP := $(DEMO_TOKENIZER)/tokenizer.json
 DEMO := data/demo/manifest.json
-TOKENIZER_STAMP := $(TOKENIZER)/tokenizer.json
+DEMO_PRETRAIN := checkpoints/pretrain/demo_job
+DEMO_CORPUS := data/sft_processed/demo_job
+DEMO_SFT := checkpoints/sft_industrial/demo_job
+DEMO_SFT_CONFIG ?= config/sft_training/full_tiny.json
+DEMO_EVAL := $(DEMO_SFT)/eval/eval_report.json
+
+# The user-facing targets follow the user's last step: the last trained tokenizer (checkpoints/tokenizer/LAST,
+# written by scripts/00_train_tokenizer.py), the last prepared corpus (data/sft_processed/LAST) and the last SFT run
+# (checkpoints/sft_industrial/LAST), each written by the target that made it; scripts/targets.py prints every value
+# with where it came from.
+TOKENIZER_CONFIG ?= config/tokenizer/spm8k_demo.json
+LAST_TOKENIZER_NAME := $(strip $(shell cat checkpoints/tokenizer/LAST 2>/dev/null))
+TOKENIZER ?= $(or $(if $(LAST_TOKENIZER_NAME),$(wildcard checkpoints/tokenizer/$(LAST_TOKENIZER_NAME))),$(DEMO_TOKENIZER))
+TOKENIZER_PREREQ := $(if $(filter $(DEMO_TOKENIZER),$(TOKENIZER)),$(DEMO_TOKENIZER_STAMP))
+PRETRAIN_ARGS ?=
+TRAIN_ARGS ?=
+EVAL_ARGS ?=
+PREPARE_ARGS ?=
+
+# scripts/targets.py gets only the variables the user gave (command line or environment); it resolves the rest
+TARGET_VARS := SFT_DATASET_CONFIG SFT_TOKENIZER SFT_DATA_OUT SFT_TRAINING_CONFIG SFT_MODEL_PATH SFT_DATA_DIRS \
+	SFT_DATA_WEIGHTS SFT_OUTPUT_DIR SFT_RESUME SFT_EVAL_MODEL SFT_EVAL_BASE SFT_EVAL_SET SFT_EVAL_RETENTION \
+	SFT_EVAL_OUT SFT_EVAL_MAX_EXAMPLES TOKENIZER
+given = $(if $(filter command line environment environment override override,$(origin $(1))),--$(1)='$($(1))')
+TARGET_ARGS = $(foreach v,$(TARGET_VARS),$(call given,$(v))) --num_proc $(NPROC)
 
 .PHONY: help install demo-data tokenizer-train-mix pretrain-tiny pretrain-small pretrain-base \
 	prepare-sft-corpus sft-train-tiny sft-train-small sft-train-base sft-custom \
@@ -71,120 +85,99 @@ demo-data: $(DEMO) ## generate the embedded demo data (stdlib docs corpus, verif
 $(DEMO): $(STAMP) scripts/generate_demo_data.py $(wildcard utils/demo/*.py)
 	$(PY) scripts/generate_demo_data.py --output_dir data/demo --force
 
-tokenizer-train-mix: $(TOKENIZER_STAMP) ## train the SentencePiece tokenizer on a weighted text mix; export it for transformers
+tokenizer-train-mix: $(DEMO) ## train the SentencePiece tokenizer of TOKENIZER_CONFIG (spm8k_demo.json; spm32k.json: the SFT guide's 32k); it becomes the default tokenizer
+	$(PY) scripts/targets.py tokenizer --TOKENIZER_CONFIG='$(TOKENIZER_CONFIG)'
 
-$(TOKENIZER_STAMP): $(DEMO) $(TOKENIZER_CONFIG)
-	$(PY) scripts/00_train_tokenizer.py --config $(TOKENIZER_CONFIG)
+checkpoints/tokenizer/%/tokenizer.json: config/tokenizer/%.json $(DEMO)
+	$(PY) scripts/00_train_tokenizer.py --config $<
 
-pretrain-tiny: ## pre-train the tiny (~6M) preset on the demo corpus (a few minutes on CPU)
-	$(MAKE) --no-print-directory checkpoints/pretrain/tiny/final/config.json PRETRAIN_SIZE=tiny
-pretrain-small: $(TOKENIZER_STAMP) ## pre-train the small (~42M with a 32k vocab) preset
-	$(PY) scripts/01_pretrain.py --config config/pretrain/small.json --tokenizer_path $(TOKENIZER)
-pretrain-base: $(TOKENIZER_STAMP) ## pre-train the base (~124M with a 32k vocab) preset (GPU advised)
-	$(PY) scripts/01_pretrain.py --config config/pretrain/base.json --tokenizer_path $(TOKENIZER)
-
-checkpoints/pretrain/tiny/final/config.json: $(TOKENIZER_STAMP) config/pretrain/tiny.json
+pretrain-tiny: $(DEMO) $(TOKENIZER_PREREQ) ## pre-train the tiny (~6M) preset with TOKENIZER (the last trained one) -> checkpoints/pretrain/tiny
 	$(PY) scripts/01_pretrain.py --config config/pretrain/tiny.json --tokenizer_path $(TOKENIZER) \
-		--output_dir checkpoints/pretrain/tiny --overwrite_output_dir
+		--output_dir checkpoints/pretrain/tiny --overwrite_output_dir $(PRETRAIN_ARGS)
+pretrain-small: $(DEMO) $(TOKENIZER_PREREQ) ## pre-train the small (~42M with a 32k vocab) preset with TOKENIZER -> checkpoints/pretrain/small
+	$(PY) scripts/01_pretrain.py --config config/pretrain/small.json --tokenizer_path $(TOKENIZER) $(PRETRAIN_ARGS)
+pretrain-base: $(DEMO) $(TOKENIZER_PREREQ) ## pre-train the base (~124M with a 32k vocab) preset with TOKENIZER (GPU advised) -> checkpoints/pretrain/base
+	$(PY) scripts/01_pretrain.py --config config/pretrain/base.json --tokenizer_path $(TOKENIZER) $(PRETRAIN_ARGS)
 
-prepare-sft-corpus: $(STAMP) ## clean, template, mask and shard SFT data (SFT_DATASET_CONFIG, SFT_TOKENIZER, SFT_DATA_OUT)
-	$(PY) scripts/02_prepare_sft_corpus.py --config $(SFT_DATASET_CONFIG) --tokenizer_path $(SFT_TOKENIZER) \
-		--output_dir $(SFT_DATA_OUT) --num_proc $(NPROC) --force
+$(DEMO_PRETRAIN)/final/config.json: $(DEMO_TOKENIZER_STAMP) config/pretrain/tiny.json
+	$(PY) scripts/01_pretrain.py --config config/pretrain/tiny.json --tokenizer_path $(DEMO_TOKENIZER) \
+		--output_dir $(DEMO_PRETRAIN) --overwrite_output_dir $(PRETRAIN_ARGS)
 
-data/sft_processed/demo/manifest.json: $(TOKENIZER_STAMP) config/sft_datasets/demo.json
-	$(PY) scripts/02_prepare_sft_corpus.py --config config/sft_datasets/demo.json --tokenizer_path $(TOKENIZER) \
-		--output_dir data/sft_processed/demo --num_proc $(NPROC) --force
+prepare-sft-corpus: $(STAMP) $(TOKENIZER_PREREQ) ## clean, template, mask and shard SFT_DATASET_CONFIG (default demo) with the last tokenizer; it becomes the corpus sft-train-* use
+	$(PY) scripts/targets.py prepare $(TARGET_ARGS) --extra '$(PREPARE_ARGS)'
 
-SFT_ARGS = --tokenizer_path $(SFT_TOKENIZER) --data_dirs $(SFT_DATA_DIRS) \
-	$(if $(SFT_DATA_WEIGHTS),--data_weights $(SFT_DATA_WEIGHTS)) \
-	$(if $(SFT_RESUME),--resume_from_checkpoint $(SFT_RESUME))
+$(DEMO_CORPUS)/manifest.json: $(DEMO_TOKENIZER_STAMP) config/sft_datasets/demo.json $(DEMO)
+	$(PY) scripts/02_prepare_sft_corpus.py --config config/sft_datasets/demo.json --tokenizer_path $(DEMO_TOKENIZER) \
+		--output_dir $(DEMO_CORPUS) --num_proc $(NPROC) --force
 
-DEMO_SFT_CONFIG ?= config/sft_training/full_tiny.json
+sft-train-tiny: $(STAMP) ## LoRA SFT of the tiny pre-trained model (lora_tiny.json) on the last prepared corpus; SFT_* override each default
+	$(PY) scripts/targets.py train tiny $(TARGET_ARGS) --extra '$(TRAIN_ARGS)'
+sft-train-small: $(STAMP) ## LoRA SFT of the small pre-trained model (lora_small.json) on the last prepared corpus
+	$(PY) scripts/targets.py train small $(TARGET_ARGS) --extra '$(TRAIN_ARGS)'
+sft-train-base: $(STAMP) ## LoRA SFT of the base pre-trained model (lora_base.json) on the last prepared corpus
+	$(PY) scripts/targets.py train base $(TARGET_ARGS) --extra '$(TRAIN_ARGS)'
 
-sft-train-tiny: ## SFT of the tiny pre-trained model on the demo corpus (DEMO_SFT_CONFIG: full_tiny.json, or lora_tiny.json)
-	$(MAKE) --no-print-directory checkpoints/sft_industrial/tiny/final/training_summary.json
-checkpoints/sft_industrial/tiny/final/training_summary.json: checkpoints/pretrain/tiny/final/config.json \
-		data/sft_processed/demo/manifest.json $(DEMO_SFT_CONFIG)
+sft-custom: $(STAMP) $(TOKENIZER_PREREQ) ## prepare SFT_DATASET_CONFIG, then train SFT_TRAINING_CONFIG on SFT_MODEL_PATH (defaults: the tiny ones)
+	$(PY) scripts/targets.py prepare $(TARGET_ARGS) --extra '$(PREPARE_ARGS)'
+	$(PY) scripts/targets.py train tiny $(TARGET_ARGS) --extra '$(TRAIN_ARGS)' \
+		$(if $(call given,SFT_OUTPUT_DIR),,--SFT_OUTPUT_DIR=checkpoints/sft_industrial/$(basename $(notdir $(or $(SFT_TRAINING_CONFIG),lora_tiny))))
+
+sft-eval: $(STAMP) ## evaluate the model the last sft-train-* wrote, beside its base: val loss/ppl, exact match per task, format, retention
+	$(PY) scripts/targets.py eval $(TARGET_ARGS) --extra '$(EVAL_ARGS)'
+
+$(DEMO_SFT)/final/training_summary.json: $(DEMO_PRETRAIN)/final/config.json $(DEMO_CORPUS)/manifest.json $(DEMO_SFT_CONFIG)
 	$(PY) scripts/03_sft_industrial.py --config $(DEMO_SFT_CONFIG) \
-		--model_path checkpoints/pretrain/tiny/final --data_dirs data/sft_processed/demo \
-		--tokenizer_path $(TOKENIZER) --output_dir checkpoints/sft_industrial/tiny --overwrite_output_dir
-
-sft-train-small: $(STAMP) ## LoRA SFT of the small preset (SFT_MODEL_PATH, SFT_DATA_DIRS)
-	$(PY) scripts/03_sft_industrial.py --config config/sft_training/lora_small.json \
-		--model_path $(SFT_MODEL_PATH) $(SFT_ARGS) --output_dir checkpoints/sft_industrial/small
-sft-train-base: $(STAMP) ## LoRA SFT of the base preset (SFT_MODEL_PATH, SFT_DATA_DIRS)
-	$(PY) scripts/03_sft_industrial.py --config config/sft_training/lora_base.json \
-		--model_path $(SFT_MODEL_PATH) $(SFT_ARGS) --output_dir checkpoints/sft_industrial/base
-
-sft-custom: $(STAMP) ## prepare SFT_DATASET_CONFIG, then train SFT_TRAINING_CONFIG on SFT_MODEL_PATH
-	$(MAKE) --no-print-directory prepare-sft-corpus
-	$(PY) scripts/03_sft_industrial.py --config $(SFT_TRAINING_CONFIG) --model_path $(SFT_MODEL_PATH) \
-		$(SFT_ARGS) --output_dir $(SFT_OUTPUT_DIR)
-
-SFT_EVAL_MODEL ?= checkpoints/sft_industrial/tiny/final
-SFT_EVAL_BASE ?= checkpoints/pretrain/tiny/final
-SFT_EVAL_SET ?= data/demo/instruct/test.jsonl
-SFT_EVAL_RETENTION ?= data/demo/corpus
-SFT_EVAL_MAX_EXAMPLES ?=
-SFT_EVAL_OUT ?= checkpoints/sft_industrial/tiny/eval
-
-sft-eval: $(STAMP) ## evaluate an SFT model beside its base: val loss/ppl, exact match per task, format, retention (SFT_EVAL_MODEL, SFT_EVAL_BASE)
-	$(PY) scripts/04_evaluate_sft.py --model_path $(SFT_EVAL_MODEL) \
-		$(if $(SFT_EVAL_BASE),--base_model_path $(SFT_EVAL_BASE)) --data_dirs $(SFT_DATA_DIRS) \
-		--eval_set $(SFT_EVAL_SET) --retention_corpus $(SFT_EVAL_RETENTION) \
-		$(if $(SFT_EVAL_MAX_EXAMPLES),--max_eval_examples $(SFT_EVAL_MAX_EXAMPLES)) --output_dir $(SFT_EVAL_OUT)
-
-DEMO_SFT := checkpoints/sft_industrial/tiny
-DEMO_EVAL := $(DEMO_SFT)/eval/eval_report.json
+		--model_path $(DEMO_PRETRAIN)/final --data_dirs $(DEMO_CORPUS) \
+		--tokenizer_path $(DEMO_TOKENIZER) --output_dir $(DEMO_SFT) --overwrite_output_dir $(TRAIN_ARGS)
 
 $(DEMO_EVAL): $(DEMO_SFT)/final/training_summary.json
-	$(PY) scripts/04_evaluate_sft.py --model_path $(DEMO_SFT)/final --base_model_path checkpoints/pretrain/tiny/final \
-		--data_dirs data/sft_processed/demo --eval_set data/demo/instruct/test.jsonl \
+	$(PY) scripts/04_evaluate_sft.py --model_path $(DEMO_SFT)/final --base_model_path $(DEMO_PRETRAIN)/final \
+		--data_dirs $(DEMO_CORPUS) --eval_set data/demo/instruct/test.jsonl \
 		--rephrased_set data/demo/instruct/test_rephrased.jsonl \
-		--retention_corpus data/demo/corpus/docstrings --output_dir $(DEMO_SFT)/eval
+		--retention_corpus data/demo/corpus/docstrings --output_dir $(DEMO_SFT)/eval $(EVAL_ARGS)
 
 sft-pipeline-complete: $(DEMO_EVAL) ## the whole demo: data -> tokenizer -> pre-train -> prepare -> SFT -> eval -> summary
 	$(PY) scripts/pipeline_summary.py --output $(DEMO_SFT)/SUMMARY.md \
 		--column "pretrained=$(DEMO_EVAL):base" --column "SFT=$(DEMO_EVAL):tuned" \
-		--artefact "demo data=data/demo" --artefact "tokenizer=$(TOKENIZER)" \
-		--artefact "pre-trained model=checkpoints/pretrain/tiny/final" \
-		--artefact "SFT corpus=data/sft_processed/demo" --artefact "data card=data/sft_processed/demo/DATA_CARD.md" \
+		--artefact "demo data=data/demo" --artefact "tokenizer=$(DEMO_TOKENIZER)" \
+		--artefact "pre-trained model=$(DEMO_PRETRAIN)/final" \
+		--artefact "SFT corpus=$(DEMO_CORPUS)" --artefact "data card=$(DEMO_CORPUS)/DATA_CARD.md" \
 		--artefact "SFT model=$(DEMO_SFT)/final" --artefact "training curves=$(DEMO_SFT)/loss.png" \
 		--artefact "evaluation=$(DEMO_SFT)/eval/eval_report.md"
 
-CPT_DIR := checkpoints/cpt/tiny
-IFT_DIR := checkpoints/sft_industrial/cpt_ift
+CPT_DIR := checkpoints/cpt/demo_job
+IFT_DIR := checkpoints/sft_industrial/demo_job_cpt_ift
 
-$(CPT_DIR)/final/config.json: checkpoints/pretrain/tiny/final/config.json config/pretrain/cpt_lora_tiny.json
-	$(PY) scripts/01_pretrain.py --config config/pretrain/cpt_lora_tiny.json --tokenizer_path $(TOKENIZER) \
-		--model_path checkpoints/pretrain/tiny/final --output_dir $(CPT_DIR) --overwrite_output_dir
-data/sft_processed/demo_hybrid/manifest.json: $(TOKENIZER_STAMP) config/sft_datasets/demo_hybrid.json
-	$(PY) scripts/02_prepare_sft_corpus.py --config config/sft_datasets/demo_hybrid.json --tokenizer_path $(TOKENIZER) \
-		--output_dir data/sft_processed/demo_hybrid --num_proc $(NPROC) --force
-$(IFT_DIR)/final/adapter_config.json: $(CPT_DIR)/final/config.json data/sft_processed/demo_hybrid/manifest.json \
+$(CPT_DIR)/final/config.json: $(DEMO_PRETRAIN)/final/config.json config/pretrain/cpt_lora_tiny.json
+	$(PY) scripts/01_pretrain.py --config config/pretrain/cpt_lora_tiny.json --tokenizer_path $(DEMO_TOKENIZER) \
+		--model_path $(DEMO_PRETRAIN)/final --output_dir $(CPT_DIR) --overwrite_output_dir $(PRETRAIN_ARGS)
+data/sft_processed/demo_job_hybrid/manifest.json: $(DEMO_TOKENIZER_STAMP) config/sft_datasets/demo_hybrid.json
+	$(PY) scripts/02_prepare_sft_corpus.py --config config/sft_datasets/demo_hybrid.json --tokenizer_path $(DEMO_TOKENIZER) \
+		--output_dir data/sft_processed/demo_job_hybrid --num_proc $(NPROC) --force
+$(IFT_DIR)/final/adapter_config.json: $(CPT_DIR)/final/config.json data/sft_processed/demo_job_hybrid/manifest.json \
 		config/sft_training/lora_post_cpt.json
 	$(PY) scripts/03_sft_industrial.py --config config/sft_training/lora_post_cpt.json --model_path $(CPT_DIR)/final \
-		--data_dirs data/sft_processed/demo_hybrid --tokenizer_path $(TOKENIZER) --output_dir $(IFT_DIR) \
-		--overwrite_output_dir
-$(CPT_DIR)/eval/eval_report.json: $(CPT_DIR)/final/config.json data/sft_processed/demo_hybrid/manifest.json
-	$(PY) scripts/04_evaluate_sft.py --model_path $(CPT_DIR)/final --base_model_path checkpoints/pretrain/tiny/final \
-		--data_dirs data/sft_processed/demo_hybrid --eval_set data/demo/instruct/test.jsonl \
-		--retention_corpus data/demo/corpus/pydoc --output_dir $(CPT_DIR)/eval
+		--data_dirs data/sft_processed/demo_job_hybrid --tokenizer_path $(DEMO_TOKENIZER) --output_dir $(IFT_DIR) \
+		--overwrite_output_dir $(TRAIN_ARGS)
+$(CPT_DIR)/eval/eval_report.json: $(CPT_DIR)/final/config.json data/sft_processed/demo_job_hybrid/manifest.json
+	$(PY) scripts/04_evaluate_sft.py --model_path $(CPT_DIR)/final --base_model_path $(DEMO_PRETRAIN)/final \
+		--data_dirs data/sft_processed/demo_job_hybrid --eval_set data/demo/instruct/test.jsonl \
+		--retention_corpus data/demo/corpus/pydoc --output_dir $(CPT_DIR)/eval $(EVAL_ARGS)
 $(IFT_DIR)/eval/eval_report.json: $(IFT_DIR)/final/adapter_config.json
 	$(PY) scripts/04_evaluate_sft.py --model_path $(IFT_DIR)/final --base_model_path $(CPT_DIR)/final \
-		--data_dirs data/sft_processed/demo_hybrid --eval_set data/demo/instruct/test.jsonl \
-		--retention_corpus data/demo/corpus/pydoc --output_dir $(IFT_DIR)/eval
+		--data_dirs data/sft_processed/demo_job_hybrid --eval_set data/demo/instruct/test.jsonl \
+		--retention_corpus data/demo/corpus/pydoc --output_dir $(IFT_DIR)/eval $(EVAL_ARGS)
 
 cpt-ift-pipeline: $(CPT_DIR)/eval/eval_report.json $(IFT_DIR)/eval/eval_report.json ## domain adaptation: CPT (LoRA) on the language reference, then conservative IFT on a 90/10 hybrid mix
 	$(PY) scripts/pipeline_summary.py --output $(IFT_DIR)/SUMMARY.md \
 		--column "before CPT=$(CPT_DIR)/eval/eval_report.json:base" \
 		--column "after CPT=$(CPT_DIR)/eval/eval_report.json:tuned" \
 		--column "after IFT=$(IFT_DIR)/eval/eval_report.json:tuned" \
-		--artefact "CPT model=$(CPT_DIR)/final" --artefact "hybrid corpus=data/sft_processed/demo_hybrid" \
+		--artefact "CPT model=$(CPT_DIR)/final" --artefact "hybrid corpus=data/sft_processed/demo_job_hybrid" \
 		--artefact "IFT adapter=$(IFT_DIR)/final"
 
-SFT_EXPORT_MODEL ?= checkpoints/sft_industrial/tiny/final
-SFT_EXPORT_DIR ?= checkpoints/export/tiny
+SFT_EXPORT_MODEL ?= $(DEMO_SFT)/final
+SFT_EXPORT_DIR ?= checkpoints/export/demo_job
 SFT_EXPORT_EVAL ?=
 SFT_EXPORT_BASE ?=
 
@@ -234,20 +227,20 @@ $(STUDIO_STAMP): requirements-studio.txt $(STAMP)
 studio: $(STUDIO_STAMP) ## the local web UI over runs, corpora, evaluations, chat and launches (STUDIO_HOST, STUDIO_PORT; another host needs STUDIO_TOKEN)
 	$(PY) scripts/studio.py --host $(STUDIO_HOST) --port $(STUDIO_PORT) $(STUDIO_ARGS)
 
-bench: $(TOKENIZER_STAMP) ## throughput against TRL SFTTrainer and the HF Trainer on the same data -> docs/BENCHMARKS.md
+bench: $(DEMO_TOKENIZER_STAMP) ## throughput against TRL SFTTrainer and the HF Trainer on the same data -> docs/BENCHMARKS.md
 	$(PIP) install -r requirements-bench.txt
 	$(PY) scripts/benchmark_throughput.py
 
-bench-profile: $(TOKENIZER_STAMP) ## where one training step of the small preset @ 1024 spends its time (torch.profiler)
+bench-profile: $(DEMO_TOKENIZER_STAMP) ## where one training step of the small preset @ 1024 spends its time (torch.profiler)
 	$(PY) scripts/profile_train_step.py --size small --seq 1024
 
-bench-qlora: $(TOKENIZER_STAMP) $(QLORA_STAMP) ## QLoRA against LoRA (small, SmolLM2-135M): peak memory, tokens/s, loss
+bench-qlora: $(DEMO_TOKENIZER_STAMP) $(QLORA_STAMP) ## QLoRA against LoRA (small, SmolLM2-135M): peak memory, tokens/s, loss
 	$(PY) scripts/benchmark_throughput.py --qlora
 
-bench-scaling: $(TOKENIZER_STAMP) ## cost as the corpus grows: prepare and train 10k, 100k, 1M generated conversations -> docs/BENCHMARKS.md, docs/scaling.png
+bench-scaling: $(DEMO_TOKENIZER_STAMP) ## cost as the corpus grows: prepare and train 10k, 100k, 1M generated conversations -> docs/BENCHMARKS.md, docs/scaling.png
 	$(PY) scripts/benchmark_scaling.py $(SCALING_ARGS)
 
-bench-gpu: $(TOKENIZER_STAMP) ## the GPU checks (varlen packed attention, bf16 MFU, TRL, resume, FSDP2); refuses without a GPU
+bench-gpu: $(DEMO_TOKENIZER_STAMP) ## the GPU checks (varlen packed attention, bf16 MFU, TRL, resume, FSDP2); refuses without a GPU
 	$(PIP) install -r requirements-bench.txt
 	$(PY) scripts/benchmark_gpu.py $(GPU_ARGS)
 

@@ -17,7 +17,7 @@ from utils.data.tokenizer import TokenizerConfig, load_tokenizer, train_tokenize
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--config", required=True, help="tokenizer config, e.g. config/tokenizer/demo.json")
+    parser.add_argument("--config", required=True, help="tokenizer config, e.g. config/tokenizer/spm8k_demo.json")
     parser.add_argument("--output_dir", help="override the config's output_dir")
     parser.add_argument("--num_threads", type=int, default=os.cpu_count() or 1)
     return parser.parse_args(argv)

@@ -35,7 +35,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    cfg = load_config(args.config, "pretrain", PretrainConfig)
+    cfg = load_config(args.config, "pretrain", PretrainConfig, args.set)
     overrides = apply_overrides(cfg.training_params, args)
     inputs = PretrainInputs(config_path=args.config, tokenizer_path=args.tokenizer_path, model_path=args.model_path,
                             output_dir=Path(args.output_dir or f"checkpoints/pretrain/{cfg.name}"),

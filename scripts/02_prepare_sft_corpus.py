@@ -9,15 +9,19 @@ Writes train_*.jsonl / val_*.jsonl shards, manifest.json, DATA_CARD.md and train
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.common.cli_values import output_dir, positive_int  # noqa: E402
+from utils.common.cli_values import mapping, output_dir, positive_int  # noqa: E402
 from utils.common.errors import run_cli  # noqa: E402
-from utils.data.prepare import default_num_proc, load_dataset_config, prepare_corpus  # noqa: E402
+from utils.data.prepare import default_num_proc, load_dataset_config, prepare_corpus, with_local_copies  # noqa: E402
+
+COPIES_ENV = "SFT_LOCAL_COPIES"
+"""HUB_NAME=FILE pairs for machines without network, applied to every config that names those hub datasets."""
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -30,12 +34,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--num_proc", type=positive_int("--num_proc"), default=default_num_proc(),
                         help="tokenizer worker processes (default: all cores)")
     parser.add_argument("--strict", action="store_true", help="stop at the first malformed row")
+    parser.add_argument("--local_copy", action="append", type=mapping("--local_copy"), default=[],
+                        metavar="HUB_NAME=FILE", help="read hub dataset HUB_NAME (a huggingface entry's dataset_name) "
+                        "from a local .json/.jsonl/.parquet/.csv copy (repeatable; also the environment variable "
+                        f"{COPIES_ENV}, comma-separated)")
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     config = load_dataset_config(args.config)
+    config = with_local_copies(config, dict(args.local_copy), "--local_copy")  # the flag wins over the environment
+    copies = dict(mapping(COPIES_ENV)(item) for item in os.environ.get(COPIES_ENV, "").split(",") if item.strip())
+    hub = {d.dataset_name for d in config.datasets if d.type == "huggingface"}
+    config = with_local_copies(config, {k: v for k, v in copies.items() if k in hub}, COPIES_ENV)
     manifest = prepare_corpus(config, args.tokenizer_path, args.output_dir, force=args.force,
                               num_proc=args.num_proc, strict=args.strict, config_path=args.config)
     train = manifest["splits"]["train"]

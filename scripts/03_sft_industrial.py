@@ -16,7 +16,7 @@ from typing import Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.common.config import load_config  # noqa: E402
+from utils.common.config import load_config, load_eval_prompts  # noqa: E402
 from utils.common.cli_values import check_weights, output_dir, weight  # noqa: E402
 from utils.common.errors import run_cli  # noqa: E402
 from utils.train.cli import SFTInputs, add_run_args, apply_overrides  # noqa: E402
@@ -33,6 +33,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="sampling weight per data dir (finite, >= 0, at least one > 0)")
     parser.add_argument("--tokenizer_path", required=True, help="HF tokenizer dir (or its .model)")
     parser.add_argument("--output_dir", type=output_dir(), required=True, help="where checkpoints and final/ go")
+    parser.add_argument("--eval_prompts", help='JSON file {"eval_prompts": [...]}: the prompts answered at each '
+                        "evaluation (samples.jsonl), instead of the config's evaluation_config.eval_prompts")
     add_run_args(parser)
     return parser.parse_args(argv)
 
@@ -40,8 +42,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     check_weights("--data_weights", args.data_weights)
-    cfg = load_config(args.config, "sft_training", SFTTrainingConfig)
+    cfg = load_config(args.config, "sft_training", SFTTrainingConfig, args.set)
     overrides = apply_overrides(cfg.training_params, args)
+    if args.eval_prompts:
+        cfg.evaluation_config.eval_prompts = load_eval_prompts(args.eval_prompts)
+        overrides["evaluation_config.eval_prompts"] = f"--eval_prompts {args.eval_prompts}"
     inputs = SFTInputs(model_path=args.model_path, data_dirs=args.data_dirs, data_weights=args.data_weights,
                        tokenizer_path=args.tokenizer_path, output_dir=Path(args.output_dir),
                        resume_from_checkpoint=args.resume_from_checkpoint, trust_remote_code=args.trust_remote_code,

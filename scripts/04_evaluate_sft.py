@@ -43,6 +43,8 @@ def parse_args(argv: Sequence[str] | None) -> EvalRequest:
                    "(default: the data_dirs in the model's training_summary.json)")
     p.add_argument("--config", help="SFT training config: eval_prompts, system_prompt, generation_config "
                    "(default: the config saved in the model's training_summary.json)")
+    p.add_argument("--eval_prompts", help='JSON file {"eval_prompts": [...]}: prompts to answer and score for '
+                   "text quality (default: the config's evaluation_config.eval_prompts)")
     p.add_argument("--eval_set", help="JSONL of {prompt | messages, reference, task} scored by exact match")
     p.add_argument("--max_eval_examples", type=positive_int("--max_eval_examples"),
                    help="score only the first N rows of --eval_set "

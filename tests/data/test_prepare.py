@@ -176,6 +176,43 @@ def test_config_errors_are_one_line(tmp_path, data_dir, toy_tokenizer_dir, scrip
     assert "missing.json: file not found" in capsys.readouterr().err
 
 
+def test_max_train_examples_caps_the_whole_mix_and_keeps_its_shares(tmp_path, data_dir, toy_tokenizer_dir, script,
+                                                                     capsys):
+    datasets = json.loads(make_config(tmp_path, data_dir).read_text())["datasets"][:2]
+    full, capped = tmp_path / "full", tmp_path / "capped"
+    assert run(script, make_config(tmp_path, data_dir, datasets=datasets), full, toy_tokenizer_dir) == 0
+    assert run(script, make_config(tmp_path, data_dir, datasets=datasets, max_train_examples=30), capped,
+               toy_tokenizer_dir) == 0
+    assert "max_train_examples 30:" in capsys.readouterr().out
+    every, kept = list(shard_examples(full, "train")), list(shard_examples(capped, "train"))
+    assert len(kept) == 30 < len(every)
+    assert [e["input_ids"] for e in kept] == [e["input_ids"] for e in every[:30]]  # the seeded mix order, cut
+    assert list(shard_examples(capped, "val")) == list(shard_examples(full, "val"))  # validation untouched
+    share = sum(e["source"] == "alpaca" for e in kept) / 30
+    assert abs(share - sum(e["source"] == "alpaca" for e in every) / len(every)) < 0.2
+
+
+def test_hub_datasets_read_local_copies_named_by_flag_or_environment(tmp_path, data_dir, toy_tokenizer_dir, script,
+                                                                      capsys, monkeypatch):
+    datasets = [{"name": "alpaca", "type": "huggingface", "dataset_name": "tatsu-lab/alpaca", "format": "single_turn",
+                 "text_fields": {"prompt": "instruction", "input": "input", "response": "output"}}]
+    config = make_config(tmp_path, data_dir, datasets=datasets)
+    copy = f"tatsu-lab/alpaca={data_dir / 'alpaca.json'}"
+    assert run(script, config, tmp_path / "flag", toy_tokenizer_dir, "--local_copy", copy) == 0
+    assert f"dataset 'alpaca': tatsu-lab/alpaca read from the local copy {data_dir / 'alpaca.json'} (--local_copy)" \
+        in capsys.readouterr().out
+    monkeypatch.setenv("SFT_LOCAL_COPIES", f"other/set=x.json,{copy}")  # entries for other configs are ignored
+    assert run(script, config, tmp_path / "env", toy_tokenizer_dir) == 0
+    assert "(SFT_LOCAL_COPIES)" in capsys.readouterr().out
+    assert shard_bytes(tmp_path / "env") == shard_bytes(tmp_path / "flag")
+    assert run(script, config, tmp_path / "typo", toy_tokenizer_dir, "--local_copy", "tatsu-lab/alpacca=x.json") == 2
+    assert capsys.readouterr().err.strip() == ("error: --local_copy tatsu-lab/alpacca: names no huggingface dataset of "
+                                               "this config (its hub datasets: tatsu-lab/alpaca)")
+    assert run(script, config, tmp_path / "kind", toy_tokenizer_dir, "--local_copy", "tatsu-lab/alpaca=rows.txt") == 2
+    assert "cannot tell the file type" in capsys.readouterr().err
+    assert not (tmp_path / "typo").exists() and not (tmp_path / "kind").exists()
+
+
 def test_solve_multipliers():
     kept, weights = {"a": 100, "b": 10}, {"a": 1.0, "b": 1.0}
     domain = {"a": False, "b": True}

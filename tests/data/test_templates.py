@@ -245,3 +245,14 @@ class _CallCounter:
     def encode(self, *args, **kwargs):
         self.calls.append(args)
         return self.inner.encode(*args, **kwargs)
+
+
+def test_the_chat_template_writes_the_guides_human_and_assistant_lines():
+    """The SFT guide's Chat format: ``Human: ...`` then ``Assistant: ...``, the end token after each reply."""
+    from utils.data.renderers import render_chat
+
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is AI?"},
+                {"role": "assistant", "content": "Machines that mimic intelligence."},
+                {"role": "user", "content": "Thanks."}, {"role": "assistant", "content": "You are welcome."}]
+    assert render_chat(messages, "</s>") == ("System: Be brief.\nHuman: What is AI?\nAssistant: Machines that mimic "
+                                             "intelligence.</s>\nHuman: Thanks.\nAssistant: You are welcome.</s>")

@@ -23,6 +23,25 @@ def test_models_are_the_final_dirs(studio_home):
     assert chat.base_of(models[0]).endswith("/model")
 
 
+def test_the_chat_tab_opens_on_the_newest_sft_final(studio_home, tmp_path):
+    """SFT finals come first, newest first; pre-trained finals and exports after them, by name."""
+    import json
+    import os
+    import shutil
+
+    root = tmp_path / "checkpoints"
+    finished = studio_home / "checkpoints" / "sft" / "finished" / "final"
+    for name, stage, age in (("pretrain/tiny/final", "pretrain", 0), ("sft_industrial/old/final", "sft", 200),
+                             ("sft_industrial/new/final", "sft", 100), ("export/new", "sft", 0)):
+        folder = root / name
+        shutil.copytree(finished, folder)
+        summary = folder / "training_summary.json"
+        summary.write_text(json.dumps({**json.loads(summary.read_text()), "stage": stage}))
+        os.utime(summary, (summary.stat().st_mtime - age,) * 2)
+    assert [str(p.relative_to(root)) for p in chat.find_models(root)] == [
+        "sft_industrial/new/final", "sft_industrial/old/final", "export/new", "pretrain/tiny/final"]
+
+
 def test_streamed_reply_is_the_greedy_generation(studio_home):
     final = studio_home / "checkpoints" / "sft" / "finished" / "final"
     loaded = chat.ModelCache().get(final)

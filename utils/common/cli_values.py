@@ -77,3 +77,13 @@ def output_dir(flag: str = "--output_dir") -> Callable[[str], str]:
                 raise UserError(f"{flag} {raw}: {where}, not a directory; choose a directory path")
         return raw
     return check
+
+
+def mapping(flag: str, shape: str = "NAME=PATH") -> Callable[[str], tuple[str, str]]:
+    """``KEY=VALUE`` (both non-empty; the value may hold ``=``) as a pair."""
+    def check(raw: str) -> tuple[str, str]:
+        key, sep, value = raw.strip().partition("=")
+        if not sep or not key or not value:
+            raise UserError(f"{flag} {raw!r}: expected {shape}")
+        return key, value
+    return check

@@ -106,14 +106,34 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
     return value
 
 
-def load_config(path: str | Path, schema_name: str, cls: type[T]) -> T:
-    """Read, validate and type a config file; every problem is a one-line UserError."""
+def load_config(path: str | Path, schema_name: str, cls: type[T], settings: list[tuple[str, str]] = ()) -> T:
+    """Read, validate and type a config file, with ``settings`` (``--set`` pairs: dotted field, JSON value)
+    applied first, so they are checked like the file; every problem is a one-line UserError."""
     data = read_json(path)
-    validate(data, schema_name, path)
+    for field_name, raw in settings:
+        _set_field(data, field_name, raw)
+    validate(data, schema_name, f"{path} with --set" if settings else path)
     try:
         return from_dict(cls, data)
     except UserError as err:
         raise UserError(f"{path}: {err}") from None
+
+
+def _set_field(data: Any, dotted: str, raw: str) -> None:
+    """``training_params.micro_batch_tokens`` = the JSON value ``raw`` (a bare word is a string)."""
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = raw
+    *parents, leaf = dotted.split(".")
+    node = data
+    for part in parents:
+        if not isinstance(node, dict) or not isinstance(node.get(part, {}), dict):
+            raise UserError(f"--set {dotted}: {part} is not a section of the config")
+        node = node.setdefault(part, {})
+    if not isinstance(node, dict) or not leaf:
+        raise UserError(f"--set {dotted}: not a field of the config")
+    node[leaf] = value
 
 
 def to_dict(obj: Any) -> Any:
@@ -131,3 +151,16 @@ def field_docstrings(cls: type) -> dict[str, str]:
                 and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str)):
             docs[node.target.id] = " ".join(after.value.value.split())
     return docs
+
+
+def load_eval_prompts(path: str | Path, flag: str = "--eval_prompts") -> list[str]:
+    """A file of evaluation prompts: ``{"eval_prompts": ["...", ...]}`` (the SFT guide's layout) or a JSON list."""
+    data = read_json(path)
+    prompts = data.get("eval_prompts") if isinstance(data, dict) else data
+    if not isinstance(prompts, list) or not prompts:
+        raise UserError(f"{flag} {path}: expected {{\"eval_prompts\": [\"...\", ...]}} with at least one prompt")
+    for index, prompt in enumerate(prompts):
+        if not isinstance(prompt, str) or not prompt.strip():
+            what = "empty" if isinstance(prompt, str) else "not a string"
+            raise UserError(f"{flag} {path}: eval_prompts[{index}] is {what}; give non-empty text prompts")
+    return prompts

@@ -13,6 +13,7 @@ interrupted run leaves nothing half written. Same inputs give byte-identical sha
 """
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import math
 import os
@@ -68,6 +69,7 @@ class SFTDatasetConfig:
     mixture: MixtureConfig = field(default_factory=MixtureConfig)
     train_on: str = "all_assistant_turns"
     seed: int = 42
+    max_train_examples: int | None = None
 
     def __post_init__(self) -> None:
         names = [d.name for d in self.datasets]
@@ -81,6 +83,34 @@ class SFTDatasetConfig:
 
 def load_dataset_config(path: str | Path) -> SFTDatasetConfig:
     return load_config(path, "sft_dataset", SFTDatasetConfig)
+
+
+LOCAL_TYPES = {".json": "json", ".jsonl": "jsonl", ".gz": "jsonl", ".parquet": "parquet", ".csv": "csv"}
+"""The reader of a local copy, from its file name."""
+
+
+def with_local_copies(config: SFTDatasetConfig, copies: dict[str, str], flag: str) -> SFTDatasetConfig:
+    """The config with its hub datasets read from local copies ({hub name: file}), each replacement said in one
+    line; a copy that names no hub dataset of the config is refused (a typo would train on the wrong data)."""
+    hub = {d.dataset_name: d for d in config.datasets if d.type == "huggingface"}
+    unknown = sorted(set(copies) - set(hub))
+    if unknown:
+        raise UserError(f"{flag} {unknown[0]}: names no huggingface dataset of this config (its hub datasets: "
+                        f"{', '.join(sorted(hub)) or 'none'})")
+    datasets = []
+    for spec in config.datasets:
+        path = copies.get(spec.dataset_name) if spec.type == "huggingface" else None
+        if path is None:
+            datasets.append(spec)
+            continue
+        kind = LOCAL_TYPES.get(Path(path).suffix.lower())
+        if kind is None:
+            raise UserError(f"{flag} {spec.dataset_name}={path}: cannot tell the file type; give a .json, .jsonl, "
+                            ".jsonl.gz, .parquet or .csv file")
+        print(f"dataset '{spec.name}': {spec.dataset_name} read from the local copy {path} ({flag})", flush=True)
+        datasets.append(dataclasses.replace(spec, type=kind, dataset_name=path, split="train", dataset_config=None,
+                                            data_files=None))
+    return dataclasses.replace(config, datasets=datasets)
 
 
 # ---------------------------------------------------------------------- statistics
@@ -108,6 +138,8 @@ class RunStats:
     lengths: Counter = field(default_factory=Counter)
     multipliers: dict[str, float] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    capped: int = 0
+    """Training examples left out by max_train_examples."""
 
     def skip(self, item: Skip, strict: bool) -> None:
         if strict:
@@ -197,18 +229,27 @@ def mix_and_write(config: SFTDatasetConfig, spill_dir: Path, out_dir: Path, stat
         if copies and lines:
             streams.append(_spill_stream(spill_dir / f"{index}.tsv", index, copies, lines))
     writers = {split: ShardWriter(out_dir, split, config.output_params.shard_size) for split in ("train", "val")}
+    cap, written = config.max_train_examples, 0
     for _key, index, copy, raw in heapq.merge(*streams):
         split, digest, tokens, supervised, line = raw.rstrip("\n").split("\t", 4)
         name = names[index]
         times = repeats(stats.multipliers[name], bytes.fromhex(digest), config.seed)
         if copy >= (times if split == "train" else min(times, 1)):
             continue
+        if split == "train":  # the merge order is a seeded shuffle: the first ``cap`` keep the mixture's shares
+            if cap is not None and written >= cap:
+                stats.capped += 1
+                continue
+            written += 1
         writers[split].add(line, int(tokens), int(supervised))
         source = stats.sources[name]
         source.written[split] += 1
         source.tokens[split] += int(tokens)
         source.supervised[split] += int(supervised)
         stats.lengths[int(tokens)] += 1
+    if stats.capped:
+        print(f"max_train_examples {cap}: {stats.capped:,} more training examples left out (the mixture's shares "
+              "kept)", flush=True)
     return {split: writer.close() for split, writer in writers.items()}
 
 

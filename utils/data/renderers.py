@@ -29,10 +29,11 @@ def render_instruct(msgs: list[Message], eos: str, preamble: str = "") -> str:
 
 
 def render_chat(msgs: list[Message], eos: str) -> str:
-    """``System: ...`` first, then ``User: ...`` / ``Assistant: ...`` lines; eos closes each reply."""
+    """``System: ...`` first, then ``Human: ...`` / ``Assistant: ...`` lines (the SFT guide's Chat format); eos
+    closes each reply."""
     system, turns = _split_system(msgs)
     out = [f"System: {system}\n"] if system else []
-    return "".join(out + _turns(turns, "User: {}\nAssistant:", " {}", eos, after_reply="\n"))
+    return "".join(out + _turns(turns, "Human: {}\nAssistant:", " {}", eos, after_reply="\n"))
 
 
 def _turns(turns: list[Message], user: str, reply: str, eos: str, after_reply: str) -> list[str]:

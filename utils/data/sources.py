@@ -344,8 +344,13 @@ def read_hub(spec: DatasetSpec, base_dir: Path) -> Iterator[Row | BadRow]:
         stream = datasets.load_dataset(spec.dataset_name, spec.dataset_config, split=spec.split,
                                        data_files=data_files, streaming=True)
     except Exception as err:  # hub, network and builder failures have no common base class
-        raise UserError(f"{where}: cannot load '{spec.dataset_name}' split '{spec.split}' "
-                        f"({one_line(err)}); check the name, split, data_files and network") from None
+        if spec.dataset_name in LOCAL_BUILDERS:
+            raise UserError(f"{where}: cannot load '{spec.dataset_name}' split '{spec.split}' "
+                            f"({one_line(err)}); check the name, split and data_files") from None
+        raise UserError(f"{where}: cannot load '{spec.dataset_name}' split '{spec.split}' from the Hugging Face hub "
+                        f"({one_line(err)[:200]}); check the name and the network, or read a local copy: set "
+                        f"dataset_name to the file and type to json/jsonl/parquet/csv, or pass --local_copy "
+                        f"{spec.dataset_name}=FILE to 02_prepare_sft_corpus.py") from None
     index = 0
     try:
         for record in stream:

@@ -12,7 +12,10 @@ The HF directory is the canonical tokenizer: stages encode with it and fingerpri
 """
 from __future__ import annotations
 
+import difflib
+import functools
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,9 +91,15 @@ def export_hf_tokenizer(model_file: Path, out_dir: Path) -> None:
     tok.save_pretrained(str(out_dir))
 
 
+GUIDE_DIR = Path("data/tokenizer")
+"""Where the SFT guide's commands look for tokenizers (data/tokenizer/spm32k.model)."""
+WRITTEN_DIR = Path("checkpoints/tokenizer")
+"""Where scripts/00_train_tokenizer.py writes them (the configs' output_dir)."""
+
+
 def hf_dir_for(path: str | Path) -> Path:
     """The HF tokenizer directory for a tokenizer path (a directory, or a .model beside one)."""
-    path = Path(path)
+    path = resolve_tokenizer_path(path)
     check_readable(path, "tokenizer")
     if path.suffix == ".gguf":
         return hf_dir_for_gguf(path)
@@ -104,6 +113,38 @@ def hf_dir_for(path: str | Path) -> Path:
                         "re-run `make tokenizer-train-mix` or pass the tokenizer directory")
     raise UserError(f"{path}: tokenizer not found; pass an HF tokenizer directory or a .model "
                     "written by scripts/00_train_tokenizer.py (run `make tokenizer-train-mix`)")
+
+
+def resolve_tokenizer_path(path: str | Path) -> Path:
+    """``path``, or for a missing ``data/tokenizer/X`` the ``checkpoints/tokenizer/X`` the tokenizer stage wrote
+    (said once, in one line). A missing path with a near namesake beside it is refused naming the namesake."""
+    path = Path(path)
+    if path.exists() or path.suffix == ".gguf":
+        return path
+    if path.parts[:2] == GUIDE_DIR.parts and WRITTEN_DIR.joinpath(*path.parts[2:]).exists():
+        written = WRITTEN_DIR.joinpath(*path.parts[2:])
+        _note_once(f"{path}: not found; using {written}, where make tokenizer-train-mix writes tokenizers")
+        return written
+    near = _namesakes(path)
+    if near:
+        raise UserError(f"{path}: tokenizer not found; did you mean {near[0]}? (make tokenizer-train-mix writes "
+                        f"tokenizers to {WRITTEN_DIR}/)")
+    return path
+
+
+def _namesakes(path: Path) -> list[str]:
+    """Existing tokenizer paths whose name is a near miss of ``path``'s (a typo: smp32k for spm32k)."""
+    folders = {path.parent}
+    if path.parts[:2] == GUIDE_DIR.parts:
+        folders.add(WRITTEN_DIR.joinpath(*path.parts[2:-1]))
+    found = [p for folder in folders if folder.is_dir() for p in folder.iterdir() if p.suffix == path.suffix]
+    close = difflib.get_close_matches(path.name, [p.name for p in found], n=1, cutoff=0.75)
+    return [str(p) for p in found if p.name in close]
+
+
+@functools.lru_cache(maxsize=None)
+def _note_once(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def load_tokenizer(path: str | Path, trust_remote_code: bool = False):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from utils.common.config import from_dict, load_config, read_json
+from utils.common.config import from_dict, load_config, load_eval_prompts, read_json
 from utils.common.errors import UserError
 from utils.data.fingerprint import TOKENIZER_FILES, tokenizer_fingerprint
 from utils.data.shards import verify_data_dir
@@ -40,6 +40,7 @@ class EvalRequest:
     base_model_path: str | None = None
     data_dirs: list[str] | None = None
     config: str | None = None
+    eval_prompts: str | None = None
     eval_set: str | None = None
     max_eval_examples: int | None = None
     rephrased_set: str | None = None
@@ -170,12 +171,11 @@ def _val_stores(dirs: list[str], fingerprint: str, plan: RunPlan) -> tuple[list[
 
 
 def _template_name(args: EvalRequest, manifests: list[dict], summary: dict) -> tuple[str, str]:
-    names = {m["template"]["name"] for m in manifests if isinstance(m.get("template"), dict)}
-    if len(names) > 1:
-        raise UserError(f"--data_dirs use different chat templates ({', '.join(sorted(names))}); "
-                        "evaluate corpora prepared with the same template")
+    """The prompts' template: the first data dir's (the validation loss reads each dir's tokens as prepared), else
+    --template, else the model's, else chatml."""
+    names = [m["template"]["name"] for m in manifests if isinstance(m.get("template"), dict)]
     if names:
-        return names.pop(), "data manifest"
+        return names[0], "data manifest" + (" of the first --data_dirs entry" if len(set(names)) > 1 else "")
     if args.template:
         return args.template, "--template"
     trained = summary.get("template")
@@ -252,8 +252,10 @@ def resolve_inputs(args: EvalRequest) -> tuple[EvalInputs, RunPlan]:
     rephrased = read_eval_set(args.rephrased_set, args.max_eval_examples) if args.rephrased_set else []
     if rephrased:
         plan.add("rephrased set", f"{args.rephrased_set}: {len(rephrased)} prompts", "--rephrased_set")
-    prompts = prompt_conversations(eval_cfg.eval_prompts, eval_cfg.system_prompt)
-    plan.add("eval prompts", len(prompts), cfg_from)
+    texts, texts_from = ((load_eval_prompts(args.eval_prompts), f"--eval_prompts {args.eval_prompts}")
+                         if args.eval_prompts else (eval_cfg.eval_prompts, cfg_from))
+    prompts = prompt_conversations(texts, eval_cfg.system_prompt)
+    plan.add("eval prompts", len(prompts), texts_from)
     retention = _retention(args, tokenizer, summary, plan)
     precision = args.precision if args.precision != "auto" else ("bf16" if fast_bf16_available() else "fp32")
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -27,8 +27,9 @@ class PackedBatch:
     num_tokens: int
     num_supervised: int
 
-    def to(self, device) -> "PackedBatch":
-        move = {k: getattr(self, k).to(device, non_blocking=True)
+    def to(self, device, pin: bool = False) -> "PackedBatch":
+        """On ``device``; with ``pin`` copied from page-locked host memory, so the copy does not wait for the GPU."""
+        move = {k: (getattr(self, k).pin_memory() if pin else getattr(self, k)).to(device, non_blocking=True)
                 for k in ("input_ids", "position_ids", "targets", "source_ids")}
         return PackedBatch(**move, cu_seq_lens=self.cu_seq_lens, num_tokens=self.num_tokens,
                            num_supervised=self.num_supervised)

@@ -16,7 +16,8 @@ from utils.eval.setup import load_eval_model, read_summary
 
 
 def find_models(root: Path, max_depth: int = 6) -> list[Path]:
-    """Every trained model under ``root``: final/ of training runs and exports (weights + training_summary.json)."""
+    """Every trained model under ``root``: final/ of training runs and exports (weights + training_summary.json);
+    the SFT runs' final/ first, newest first (the tab opens on the model the user trained last), then the rest."""
     root = Path(root)
     found = set()
     if not root.is_dir():
@@ -27,7 +28,13 @@ def find_models(root: Path, max_depth: int = 6) -> list[Path]:
             if any((folder / n).is_file() for n in ("adapter_config.json", "config.json")) \
                     and not folder.name.startswith("."):
                 found.add(folder)
-    return sorted(found)
+    return sorted(found, key=_newest_sft_first)
+
+
+def _newest_sft_first(folder: Path) -> tuple:
+    if folder.name == "final" and read_summary(folder).get("stage") == "sft":
+        return (0, -(folder / "training_summary.json").stat().st_mtime, str(folder))
+    return (1, 0.0, str(folder))
 
 
 def template_name(model_dir: Path) -> tuple[str, str]:

@@ -6,7 +6,7 @@ import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from utils.common.cli_values import positive_int, seed
+from utils.common.cli_values import mapping, positive_int, seed
 from utils.parallel.fsdp import SHARDINGS
 from utils.train.config import TrainingParams
 
@@ -54,11 +54,15 @@ class PretrainInputs(RunInputs):
 
 
 def add_run_args(parser: argparse.ArgumentParser) -> None:
-    """--resume_from_checkpoint, --overwrite_output_dir, --max_steps, --seed, --trust_remote_code, --sharding."""
+    """--resume_from_checkpoint, --overwrite_output_dir, --set, --max_steps, --seed, --trust_remote_code,
+    --sharding."""
     parser.add_argument("--resume_from_checkpoint",
                         help="a checkpoint-N dir, or 'auto' for the newest complete, intact one")
     parser.add_argument("--overwrite_output_dir", action="store_true",
                         help="start a new run where another run's checkpoints are (deletes them and final/)")
+    parser.add_argument("--set", action="append", type=mapping("--set", "FIELD=VALUE"), default=[], metavar="FIELD=VALUE",
+                        help="set a config field for this run (dotted, a JSON value), e.g. --set "
+                        "training_params.micro_batch_tokens=2048; checked like the file, recorded in the run")
     parser.add_argument("--max_steps", type=positive_int("--max_steps"), help="override training_params.max_steps")
     parser.add_argument("--seed", type=seed("--seed"), help="override training_params.seed")
     parser.add_argument("--trust_remote_code", action="store_true", help="allow model code from the checkpoint")
@@ -69,8 +73,9 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
 
 
 def apply_overrides(params: TrainingParams, args: argparse.Namespace) -> dict:
-    """Apply --max_steps/--seed to the config; returns {field: flag} for the run record."""
-    applied = {}
+    """Apply --max_steps/--seed to the config; returns {field: flag} for the run record, --set ones included
+    (load_config applied those)."""
+    applied = {name: f"--set {name}={value}" for name, value in args.set}
     for name in ("max_steps", "seed"):
         value = getattr(args, name)
         if value is not None:

@@ -87,6 +87,9 @@ class TrainingParams:
     """Experiment trackers that get the metrics besides metrics.jsonl (the transformers convention, through
     accelerate): tensorboard (written to tensorboard/ in the run directory), wandb, mlflow, trackio; [] = none.
     A tracker that is not installed is refused before the run starts."""
+    dataloader_pin_memory: bool = True
+    """Copy each micro-batch to the GPU from pinned (page-locked) host memory, so the copy overlaps the
+    previous step's work; on a CPU nothing is copied and the setting is ignored (said in the run plan)."""
 
     def __post_init__(self) -> None:
         if (self.per_device_train_batch_size is None) == (self.micro_batch_tokens is None):

@@ -39,10 +39,6 @@ def load_corpora(paths: list[str], fingerprint: str, accelerator, cli_weights: l
     """Verify, load and weigh ``paths`` (rank 0 fills the store caches first, the others then read them)."""
     with accelerator.main_process_first():
         dirs = [_load_dir(Path(raw), fingerprint) for raw in paths]
-    templates = {d.manifest["template"]["name"] for d in dirs}
-    if len(templates) > 1:
-        raise UserError(f"--data_dirs use different chat templates ({', '.join(sorted(templates))}); "
-                        "prepare every corpus with the same template")
     names = [d.path.name for d in dirs]
     if len(set(names)) != len(names):
         raise UserError(f"--data_dirs: two directories share a name ({names}); names identify sources")

@@ -77,7 +77,7 @@ def train_step(run: TrainRun, batches: StepBatches) -> torch.Tensor:
     scale = acc.num_processes / max(1, batches.num_supervised)  # DDP averages over ranks
     local = torch.zeros((), device=acc.device)
     for i, items in enumerate(my_bins):
-        batch = collate(run.stores, items).to(acc.device)
+        batch = collate(run.stores, items).to(acc.device, pin=run.pin_memory)
         last = i == len(my_bins) - 1
         sync = contextlib.nullcontext() if last else acc.no_sync(run.loss_module)  # DDP
         set_gradient_sync(run.loss_module, last)  # FSDP2: reduce-scatter on the last micro-batch only

@@ -57,6 +57,7 @@ class TrainRun:
     label: str = "training"                # the progress bar's name
     on_eval: Callable[["TrainRun", int], dict] | None = None   # after each evaluation, e.g. generation samples
     sharded: bool = False                  # FSDP2: every rank holds a shard of the weights and optimizer state
+    pin_memory: bool = False               # batches copied to the GPU from page-locked memory
 
 
 def build_run(start: RunStart, model, data: TrainData, params: TrainingParams, *, output_dir: Path,
@@ -82,7 +83,8 @@ def build_run(start: RunStart, model, data: TrainData, params: TrainingParams, *
         plan.add("checkpoints", "full state dicts keyed by name (resume on any world size)", "this trainer")
     return TrainRun(accelerator, loss_module, optimizer, scheduler, planner, data.stores, data.val_stores, params,
                     total_steps, output_dir, {**run_info, "plan": plan.as_dict()}, start_time=time.perf_counter(),
-                    label=label, on_eval=on_eval, sharded=sharded)
+                    label=label, on_eval=on_eval, sharded=sharded,
+                    pin_memory=params.dataloader_pin_memory and accelerator.device.type == "cuda")
 
 
 def _describe(plan: RunPlan, params: TrainingParams, world: int, total_steps: int, steps_from: str, model,
@@ -110,6 +112,9 @@ def _describe(plan: RunPlan, params: TrainingParams, world: int, total_steps: in
     plan.add("precision", "bf16" if params.bf16 else "fp16" if params.fp16 else "fp32", "training_params")
     plan.add("attention", describe_attention(device, bool(params.bf16 and params.attention_fp32)),
              f"packed rows on {device.type} (training_params.attention_fp32)")
+    if params.dataloader_pin_memory:
+        plan.add("pinned batches", "yes" if device.type == "cuda" else "no: nothing is copied to a device on the CPU",
+                 "training_params.dataloader_pin_memory" + ("" if device.type == "cuda" else " (ignored here)"))
 
 
 def finish(run: TrainRun, state, tokenizer_path: str, summary: dict, merge_adapter: bool, title: str,

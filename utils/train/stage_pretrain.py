@@ -1,5 +1,6 @@
-"""The pre-training / CPT stage, top to bottom: start → claim the output → data (token windows of the config's
-text, and prepared SFT corpora mixed in) → model → plan → resume → fit → final/ (a merged, plain HF model).
+"""The pre-training / CPT stage, top to bottom: start → the checkpoint to resume → claim the output → data (token
+windows of the config's text, and prepared SFT corpora mixed in) → model → plan → restore → fit → final/ (a merged,
+plain HF model).
 
 The token streams are cached in the output directory, so it is claimed before the data is read.
 """
@@ -35,6 +36,7 @@ def run_pretraining(cfg: PretrainConfig, inputs: PretrainInputs) -> str | None:
         raise UserError(f"{inputs.config_path}: lora_config with --sharding {start.sharding}: pre-training merges the "
                         "adapter into final/, which this trainer does not do for a sharded model (untested); "
                         "train this CPT without sharding, or fine-tune the full model sharded")
+    checkpoint, _ = find_checkpoint(inputs.resume_from_checkpoint, output_dir, main)
     with own_output(accelerator, inputs, "pretrain"):
         train, val, stats = _windows(cfg, inputs, start)
         supervised = cfg.data.supervised
@@ -48,7 +50,6 @@ def run_pretraining(cfg: PretrainConfig, inputs: PretrainInputs) -> str | None:
         run_info = {"config": to_dict(cfg), "tokenizer_sha256": start.fingerprint,
                     "data_hashes": {"text": stats.key, **corpora.hashes} if corpora else stats.key,
                     "overrides": inputs.overrides}
-        checkpoint, _ = find_checkpoint(inputs.resume_from_checkpoint, output_dir, main)
         data = TrainData([train] + [d.train for d in dirs], [cfg.data.text_weight] + [s.weight for s in supervised],
                          [s for s in [val] + [d.val for d in dirs] if len(s)],
                          max([cfg.data.sequence_length] + [int(d.manifest["sequence_length"]) for d in dirs]))

@@ -1,7 +1,8 @@
-"""The SFT stage, top to bottom: start → data → model → claim the output → plan → resume → fit → final/.
+"""The SFT stage, top to bottom: start → data → model → the checkpoint to resume → claim the output → plan →
+restore → fit → final/.
 
-Data and model are read before the output directory is claimed, so inputs that cannot train are refused
-before anything is written.
+Data, model and the checkpoint named by --resume_from_checkpoint are read before the output directory is claimed,
+so inputs that cannot train are refused before anything is written.
 """
 from __future__ import annotations
 
@@ -47,8 +48,8 @@ def run_sft(cfg: SFTTrainingConfig, inputs: SFTInputs) -> str | None:
                       inputs.trust_remote_code)
     check_vocab_fits(model, start.tokenizer, inputs.model_path, inputs.tokenizer_path)
     model, cfg.lora_config = ready_to_train(model, cfg.lora_config, params, inputs.model_path)
+    checkpoint, corpora = find_checkpoint(inputs.resume_from_checkpoint, output_dir, main, corpora)
     with own_output(accelerator, inputs, "sft"):
-        checkpoint, corpora = find_checkpoint(inputs.resume_from_checkpoint, output_dir, main, corpora)
         plan = _plan(cfg, corpora, inputs)
         run_info = _run_info(cfg, inputs, start.fingerprint, corpora)
         template = corpora.dirs[0].manifest["template"]
@@ -78,7 +79,13 @@ def _plan(cfg: SFTTrainingConfig, corpora: Corpora, inputs: SFTInputs) -> RunPla
     for d, w in zip(corpora.dirs, corpora.weights):
         plan.add(f"data {d.path.name}", f"{len(d.train):,} train / {len(d.val):,} val, "
                  f"weight {w / total:.2f}", corpora.weights_from)
-    plan.add("template", corpora.dirs[0].manifest["template"]["name"], "data manifest")
+    first = corpora.dirs[0].manifest["template"]["name"]
+    others = [f"{d.manifest['template']['name']} in {d.path.name}" for d in corpora.dirs
+              if d.manifest["template"]["name"] != first]
+    plan.add("template", first + (f" (its examples keep their own: {', '.join(others)}; samples and final/ use "
+                                   f"{first}, the first dir's)" if others else ""), "data manifest")
+    prompts_from = inputs.overrides.get("evaluation_config.eval_prompts", "evaluation_config.eval_prompts")
+    plan.add("eval prompts", len(cfg.evaluation_config.eval_prompts), prompts_from)
     return plan
 
 
