@@ -30,7 +30,8 @@ from utils.common.cli_values import output_dir, positive_int  # noqa: E402
 from utils.common.errors import run_cli  # noqa: E402
 from utils.eval.evaluation import evaluate_model  # noqa: E402
 from utils.eval.report import build_report, render_table, write_report  # noqa: E402
-from utils.eval.setup import EvalRequest, load_eval_model, resolve_inputs  # noqa: E402
+from utils.eval.setup import EvalRequest, check_lengths, load_eval_model, resolve_inputs  # noqa: E402
+from utils.model.modeling import model_config  # noqa: E402
 
 
 def parse_args(argv: Sequence[str] | None) -> EvalRequest:
@@ -76,7 +77,7 @@ def parse_args(argv: Sequence[str] | None) -> EvalRequest:
 def _evaluate(path: str, inputs, args: EvalRequest, label: str):
     print(f"evaluating {label} model {path}", flush=True)
     model = load_eval_model(path, inputs.tokenizer, inputs.fingerprint, inputs.tokenizer_path, inputs.device,
-                            args.trust_remote_code)
+                            args.trust_remote_code, inputs.positions)
     result = evaluate_model(model, inputs)
     del model
     gc.collect()  # one model in memory at a time
@@ -96,6 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: EvalRequest, output_dir: Path, start: float) -> int:
     inputs, plan = resolve_inputs(args)
     print(plan.render(), flush=True)
+    for path in filter(None, (args.model_path, args.base_model_path)):  # both, before minutes on the first
+        check_lengths(model_config(path, args.trust_remote_code), path, inputs.positions)
     tuned = _evaluate(args.model_path, inputs, args, "tuned")
     base = _evaluate(args.base_model_path, inputs, args, "base") if args.base_model_path else None
     settings = {"generation": asdict(inputs.settings), "batch_size": inputs.batch_size,

@@ -115,7 +115,8 @@ def prepare(args) -> list[str]:
         write_last(SFT_CORPORA, out.name)
         print(f"{SFT_CORPORA}/LAST -> {out.name}: make sft-train-tiny/-small/-base will train on it")
     else:
-        print(f"{out} is outside {SFT_CORPORA}/: not recorded as the last corpus; pass SFT_DATA_DIRS={out} to train on it")
+        print(f"{out} is outside {SFT_CORPORA}/: not recorded as the last corpus; pass SFT_DATA_DIRS={out} to "
+              "train on it")
     return command
 
 

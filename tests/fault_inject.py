@@ -21,6 +21,10 @@ counting across resumes). Each fault fires once:
     term@update:N        SIGTERM to this process right after the update of step N (int@: SIGINT)
     term-rank1@update:N  the same, only on rank 1 of several processes (the others get no signal)
     kill-rank1@update:N  SIGKILL of rank 1 alone right after the update of step N (the launcher then stops the rest)
+    kill@publish-write:0     SIGKILL when an output (corpus, export, report) is written in its temp dir, before it
+                             is published: a hidden .NAME.tmp-* stays
+    kill@publish-rename:0    where the OS could not swap names in one step: SIGKILL between the two renames of a
+                             publish (the previous version moved to .NAME.old-*, the new one not yet in place)
 """
 from __future__ import annotations
 
@@ -37,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 import utils.checkpoint.checkpoints as checkpoint  # noqa: E402
+import utils.common.atomic as atomic  # noqa: E402
 import utils.train.loop as train_loop  # noqa: E402
 from utils.common.errors import run_cli  # noqa: E402
 
@@ -182,6 +187,33 @@ def _file_size_limit_after(step: int, patch) -> None:
     _wrap(patch, train_loop, "save_checkpoint", make)
 
 
+class _OsProxy:
+    """``os`` as utils.common.atomic sees it; ``replace`` dies right after its first call."""
+
+    def __getattr__(self, name):
+        return getattr(os, name)
+
+    def replace(self, src, dst):
+        os.replace(src, dst)
+        _die()
+
+
+def _publish_rename(_step: int, patch) -> None:
+    patch(atomic, "_exchange", lambda a, b: False)
+
+    def make(orig):
+        def publish_dir(tmp, final):
+            if Path(final).exists():
+                patch(atomic, "os", _OsProxy())
+            orig(tmp, final)
+        return publish_dir
+    _wrap(patch, atomic, "publish_dir", make)
+
+
+def _publish_write(_step: int, patch) -> None:
+    patch(atomic, "share_tree", lambda path: _die())
+
+
 FAULTS = {
     "kill@backward": _after_train_step,
     "kill@update": lambda step, patch: _after_update(step, patch, lambda run: _die()),
@@ -194,6 +226,8 @@ FAULTS = {
     "term@update": lambda step, patch: _after_update(step, patch, _signal(signal.SIGTERM)),
     "int@update": lambda step, patch: _after_update(step, patch, _signal(signal.SIGINT)),
     "term-rank1@update": lambda step, patch: _after_update(step, patch, _signal(signal.SIGTERM, rank=1)),
+    "kill@publish-write": _publish_write,
+    "kill@publish-rename": _publish_rename,
     "kill-rank1@update": lambda step, patch: _after_update(
         step, patch, lambda run: _die() if run.accelerator.process_index == 1 else None),
 }

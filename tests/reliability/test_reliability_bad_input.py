@@ -214,7 +214,7 @@ FILE_CASES = {  # id -> (make(base) -> dataset entry or config overrides, expect
     "regex_polynomial": "4 open-ended repetitions",
     "regex_matches_empty_line": "matches an empty line",
     "ignore_lines_catastrophic": "nested repetition",
-    "all_rows_bad": "no training example left after filtering",
+    "all_rows_bad": "no training example left: every row was malformed (invalid_json 2); fix the files and rows",
     "vanishing_jsonl": "cannot read",
     "vanishing_csv": "cannot read (No such file or directory)",
     "vanishing_markdown": "cannot read (No such file or directory)",

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from utils.common.atomic import atomic_dir, check_owner, exclusive, refuse_inside
+from utils.common.atomic import atomic_dir, check_owner, exclusive, recover_published, refuse_inside
 from utils.common.errors import UserError
 from utils.data.tokenizer import copy_tokenizer_files
 from utils.model.modeling import load_model
@@ -53,6 +53,7 @@ class ExportResult:
 def read_final(model_path: str | Path) -> FinalDir:
     """Check ``model_path`` is a final/ directory and read its adapter config and training summary."""
     path = Path(model_path)
+    recover_published(path)
     if not path.is_dir():
         raise UserError(f"{path}: model directory not found; train one first (e.g. `make sft-train-tiny`) "
                         "or pass the final/ directory of a training run")

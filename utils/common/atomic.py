@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import fcntl
 import json
 import os
@@ -48,8 +50,19 @@ def _umask() -> int:
 
 
 def publish_dir(tmp_dir: Path, final_dir: Path) -> None:
-    """Replace ``final_dir`` by the complete ``tmp_dir`` (same filesystem)."""
+    """Replace ``final_dir`` by the complete ``tmp_dir`` (same filesystem), so that at every moment one whole
+    version is at ``final_dir``.
+
+    Where the OS can swap two names in one step (Linux ``renameat2`` RENAME_EXCHANGE) the new and old versions
+    trade places and the old one, now at ``tmp_dir``, is deleted. Elsewhere the old version is first renamed to
+    a hidden ``.NAME.old-*``; a process killed between the two renames leaves it there, and the next writer (or
+    reader, ``recover_published``) puts it back.
+    """
     final_dir = Path(final_dir)
+    if final_dir.exists() and _exchange(Path(tmp_dir), final_dir):
+        _fsync_dir(final_dir.parent)
+        shutil.rmtree(tmp_dir, ignore_errors=True)  # the previous version: a kill here leaves a .tmp-* to sweep
+        return
     old = None
     if final_dir.exists():
         old = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.old-", dir=final_dir.parent))
@@ -61,9 +74,62 @@ def publish_dir(tmp_dir: Path, final_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap the names ``a`` and ``b`` in one step; False where the OS or the filesystem cannot."""
+    try:
+        rename = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    rename.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if rename(_AT_FDCWD, os.fsencode(str(a)), _AT_FDCWD, os.fsencode(str(b)), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
+def sweep_leftovers(final_dir: Path) -> None:
+    """What a killed run left beside ``final_dir``, dealt with in one line each: an interrupted publish's
+    ``.NAME.old-*`` is put back when ``final_dir`` is missing (else deleted: the publish had finished), and a
+    ``.NAME.tmp-*`` (a half-written output, or the version a finished swap replaced) is deleted. The caller holds
+    the output's lock, so no live run's files are touched."""
+    final_dir = Path(final_dir)
+    for old in sorted(final_dir.parent.glob(f".{final_dir.name}.old-*")):
+        if not final_dir.exists():
+            os.replace(old, final_dir)
+            print(f"{final_dir}: restored from {old.name}, where an interrupted run left it while publishing its "
+                  "replacement", flush=True)
+        else:
+            shutil.rmtree(old, ignore_errors=True)
+            print(f"{final_dir}: removed {old.name}, the version a finished publish replaced", flush=True)
+    for tmp in sorted(final_dir.parent.glob(f".{final_dir.name}.tmp-*")):
+        shutil.rmtree(tmp, ignore_errors=True)
+        print(f"{final_dir}: removed {tmp.name}, left by a run killed while writing it", flush=True)
+
+
+def recover_published(path: str | Path) -> bool:
+    """A missing ``path`` whose previous version an interrupted publish left as ``.NAME.old-*`` is put back (said
+    in one line) when no run holds its lock; True when ``path`` exists afterwards. For readers: they then read
+    the previous version instead of reporting it missing."""
+    path = Path(path)
+    if path.exists() or not any(path.parent.glob(f".{path.name}.old-*")):
+        return path.exists()
+    try:
+        with exclusive(path):
+            sweep_leftovers(path)
+    except UserError:
+        pass  # a run holds it: it is being written right now
+    return path.exists()
+
+
 @contextlib.contextmanager
 def atomic_dir(final_dir: str | Path, force: bool = True, kind: str | None = None) -> Iterator[Path]:
-    """Yield a temp directory beside ``final_dir``; on success it is synced and renamed into place.
+    """Yield a temp directory beside ``final_dir``; on success it is synced and renamed into place. The caller
+    holds ``final_dir``'s lock (``exclusive``): leftovers of killed runs beside it are swept first.
 
     On any failure the temp directory is removed and an existing ``final_dir`` is untouched.
     With ``force=False`` an existing ``final_dir`` is refused before any work is done. With a ``kind``
@@ -71,6 +137,8 @@ def atomic_dir(final_dir: str | Path, force: bool = True, kind: str | None = Non
     stage (or no stage) wrote is refused even with ``force``.
     """
     final_dir = Path(final_dir)
+    if final_dir.parent.is_dir():
+        sweep_leftovers(final_dir)
     ours = check_owner(final_dir, kind) if kind else final_dir.exists()
     if ours and not force:
         raise UserError(f"{final_dir}: already exists; pass --force to replace it")
@@ -199,18 +267,19 @@ def refuse_inside(output: str | Path, inputs: dict, flag: str = "--output_dir") 
 
 
 @contextlib.contextmanager
-def exclusive(path: str | Path, flag: str = "--output_dir") -> Iterator[None]:
-    """Hold an exclusive lock on ``path`` (a ``.<name>.lock`` file beside it) for the block.
+def exclusive(path: str | Path, flag: str = "--output_dir", wait: bool = False) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (a ``.<name>.lock`` file beside it) for the block; with ``wait``, wait for
+    the holder instead of refusing.
 
     flock: the OS releases it when the process dies, so a killed run never blocks the next one. The lock
     file names the holder and is removed on release; a lock taken on a file already unlinked is retaken.
     """
     path = Path(path)
     lock = path.parent / f".{path.name}.lock"
-    fd = _take_lock(lock, path, flag)
+    fd = _take_lock(lock, path, flag, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
     try:
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} ({' '.join(sys.argv)[:200]})\n".encode(), 0)
+        os.pwrite(fd, _holder_line(), 0)
         yield
     finally:
         with contextlib.suppress(OSError):
@@ -218,18 +287,68 @@ def exclusive(path: str | Path, flag: str = "--output_dir") -> Iterator[None]:
         os.close(fd)
 
 
-def _take_lock(lock: Path, path: Path, flag: str) -> int:
+@contextlib.contextmanager
+def reading(paths: list, flag: str = "--data_dirs") -> Iterator[None]:
+    """Hold a shared lock on each of ``paths`` for the block: runs that read them go on together, and a stage
+    that would replace one (``exclusive``) is refused, naming the runs that read it. Refused itself while one is
+    being written. The last reader to leave removes the lock file."""
+    held = []
+    try:
+        for raw in paths:
+            path = Path(raw)
+            recover_published(path)  # before our own lock: it needs the exclusive one
+            if path.parent.is_dir() and not os.access(path.parent, os.W_OK):
+                continue  # read-only storage: nothing can replace it there, and no lock file can be made
+            lock = path.parent / f".{path.name}.lock"
+            fd = _take_lock(lock, path, flag, fcntl.LOCK_SH | fcntl.LOCK_NB, reading=True)
+            held.append((fd, lock))
+            os.write(fd, _holder_line())  # opened for appending: one line per reader
+        yield
+    finally:
+        for fd, lock in held:
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # no one else holds it: the file can go
+                lock.unlink()
+            os.close(fd)
+
+
+def _holder_line() -> bytes:
+    return f"pid {os.getpid()} ({' '.join(sys.argv)[:200]})\n".encode()
+
+
+def _holders(text: str) -> str:
+    """The holder lines of the processes still alive (a reader's line stays after it ends)."""
+    alive = []
+    for line in text.splitlines():
+        parts = line.split()
+        try:
+            os.kill(int(parts[1]), 0)
+        except (IndexError, ValueError, ProcessLookupError):
+            continue
+        except PermissionError:
+            pass  # alive, another user's
+        alive.append(line.strip())
+    return "; ".join(alive) or "another process"
+
+
+def _take_lock(lock: Path, path: Path, flag: str, mode: int, reading: bool = False) -> int:
     for _ in range(100):
         try:
             lock.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | (os.O_APPEND if reading else 0), 0o666)
         except OSError as err:
+            if lock.parent.exists() and not os.access(lock.parent, os.W_OK):
+                raise UserError(f"{flag} {path}: its lock file goes beside it, in {lock.parent}, which is not "
+                                f"writable ({err.strerror}); make {lock.parent} writable or choose a {flag} in a "
+                                "writable directory") from None
             raise UserError(f"{flag} {path}: cannot write here ({err.strerror})") from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, mode)
         except BlockingIOError:
-            holder = os.pread(fd, 500, 0).decode("utf-8", "replace").strip() or "another process"
+            holder = _holders(os.pread(fd, 4000, 0).decode("utf-8", "replace"))
             os.close(fd)
+            if reading:
+                raise UserError(f"{flag} {path}: being written by {holder}; wait for it to finish") from None
             raise UserError(f"{flag} {path}: in use by {holder}; wait for it to finish or choose another "
                             f"{flag}") from None
         try:

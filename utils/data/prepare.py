@@ -281,9 +281,21 @@ def prepare_corpus(config: SFTDatasetConfig, tokenizer_path: str | Path, output_
         write_reports(tmp, config, template, manifest, stats, num_proc, config_path)
         print_summary(config, manifest, stats)
         if not splits["train"]["conversations"]:
-            raise UserError(f"{config_path or config.name}: no training example left after filtering; "
-                            "see the drop reasons above and loosen quality_filters or sequence_length")
+            raise UserError(_nothing_left(config_path or config.name, stats))
     return manifest
+
+
+def _nothing_left(where, stats: RunStats) -> str:
+    """Why no training example is left, and the fix that helps: malformed rows are fixed in the data, filtered
+    ones by loosening the filters."""
+    skipped = sum((s.skipped for s in stats.sources.values()), Counter())
+    dropped = sum((s.dropped for s in stats.sources.values()), Counter())
+    if skipped and not dropped:
+        reasons = ", ".join(f"{reason} {count}" for reason, count in skipped.most_common())
+        return (f"{where}: no training example left: every row was malformed ({reasons}); fix the files and rows "
+                "named above (quality_filters do not apply to them)")
+    return (f"{where}: no training example left after filtering; see the drop reasons above and loosen "
+            "quality_filters or sequence_length")
 
 
 def build_shards(config: SFTDatasetConfig, settings: EncodeSettings, num_proc: int, out_dir: Path,

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from utils.common.atomic import recover_published
 from utils.common.errors import UserError
 from utils.common.hashing import sha256_file
 
@@ -90,6 +91,7 @@ class ShardWriter:
 def load_manifest(data_dir: str | Path) -> dict:
     """The manifest of a prepared directory; UserError naming the file when missing or invalid."""
     path = Path(data_dir) / MANIFEST
+    recover_published(data_dir)  # a prepare killed while publishing leaves the previous corpus beside it
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

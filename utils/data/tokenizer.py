@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from utils.common.atomic import atomic_dir
+from utils.common.atomic import atomic_dir, exclusive
 from utils.common.errors import UserError, check_readable
 from utils.data.fingerprint import TOKENIZER_FILES, tokenizer_fingerprint
 from utils.data.text_sources import TextSource, iter_documents
@@ -225,7 +225,7 @@ def train_tokenizer(cfg: TokenizerConfig, num_threads: int) -> TokenizerResult:
     """Train SentencePiece on the weighted mix and write .model, .vocab and the HF directory."""
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_dir(out_dir / cfg.name) as work:
+    with exclusive(out_dir / cfg.name, "--config output_dir"), atomic_dir(out_dir / cfg.name) as work:
         text_file = work / "train_text.txt"
         chars = write_mixed_text(cfg.sources, cfg.max_chars, text_file)
         train_sentencepiece(text_file, work / cfg.name, cfg.vocab_size, cfg.model_type,

@@ -17,7 +17,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from utils.common.atomic import atomic_dir
+from utils.common.atomic import atomic_dir, exclusive
 from utils.common.errors import UserError
 from utils.demo.corpus import corpus_documents
 from utils.demo.domain import domain_conversations
@@ -154,6 +154,6 @@ def generate_demo_data(output_dir: Path, seed: int = 1234, num_train: int = 2000
     for flag, value in (("--num_train", num_train), ("--num_test", num_test)):
         if value < len(TASKS):
             raise UserError(f"{flag} {value}: must be at least {len(TASKS)} so every task family appears")
-    with atomic_dir(output_dir, force=force) as tmp:
+    with exclusive(output_dir), atomic_dir(output_dir, force=force) as tmp:
         tmp.chmod(0o755)  # mkdtemp makes it private; the published data set is meant to be readable
         return build_demo_data(tmp, seed, num_train, num_test)

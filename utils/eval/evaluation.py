@@ -65,6 +65,8 @@ class EvalInputs:
     data_dirs: list[str] = field(default_factory=list)
     rephrased: list[EvalItem] = field(default_factory=list)
     """The same families asked in wordings training never used (scored apart: exact_match_rephrased)."""
+    positions: list[tuple[str, int, str]] = field(default_factory=list)
+    """(what, positions it needs, what to change): checked against each model before it is evaluated."""
 
 
 @dataclass
@@ -81,21 +83,35 @@ class ModelEval:
 def read_eval_set(path: str | Path, limit: int | None = None) -> list[EvalItem]:
     """Rows ``{"messages": [...] | "prompt": "...", "reference": "...", "task": "..."}``, the first ``limit``.
 
-    A trailing assistant turn in ``messages`` is dropped (it would be the answer).
+    A trailing assistant turn in ``messages`` is dropped (it would be the answer). A row whose last user turn is
+    empty asks nothing: it is skipped and counted in one line (it would score as a wrong answer). A line that is
+    not UTF-8 is a one-line error naming it.
     """
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        data = path.read_bytes()
     except OSError as err:
         raise UserError(f"{path}: cannot read the eval set ({err.strerror}); pass a JSONL file to --eval_set") from None
-    items = []
-    for number, line in enumerate(lines, start=1):
-        if line.strip():
-            items.append(_eval_item(line, f"{path}:{number}"))
+    items, empty = [], 0
+    for number, raw in enumerate(data.splitlines(), start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise UserError(f"{path}:{number}: not UTF-8 text ({err.reason} at byte {err.start} of the line); "
+                            "save the eval set as UTF-8") from None
+        if not line.strip():
+            continue
+        item = _eval_item(line, f"{path}:{number}")
+        if not item.messages[-1]["content"].strip():
+            empty += 1
+            continue
+        items.append(item)
         if limit is not None and len(items) >= limit:
             break
+    if empty:
+        print(f"{path}: skipped {empty} row(s) with an empty prompt (nothing to answer)", flush=True)
     if not items:
-        raise UserError(f"{path}: the eval set has no rows")
+        raise UserError(f"{path}: the eval set has no rows with a prompt")
     return items
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from utils.common.atomic import recover_published
 from utils.common.config import from_dict, load_config, load_eval_prompts, read_json
 from utils.common.errors import UserError
 from utils.data.fingerprint import TOKENIZER_FILES, tokenizer_fingerprint
@@ -19,9 +20,9 @@ from utils.data.templates import get_template, model_type_for
 from utils.data.text_sources import JSONL_SUFFIXES, TextSource, iter_documents
 from utils.data.tokenizer import hf_dir_for, load_tokenizer
 from utils.eval.evaluation import EvalInputs, prompt_conversations, read_eval_set, retention_store
-from utils.model.architectures import check_model
+from utils.model.architectures import check_model, check_positions
 from utils.model.attention import use_packed_attention
-from utils.model.modeling import check_vocab_fits, load_model
+from utils.model.modeling import check_vocab_fits, load_model, not_a_model_dir
 from utils.monitor.run_plan import RunPlan
 from utils.parallel.accelerator import fast_bf16_available
 from utils.parallel.quantization import load_base
@@ -84,8 +85,9 @@ def check_model_tokenizer(model_dir: str | Path, fingerprint: str, tokenizer_pat
 
 
 def load_eval_model(path: str, tokenizer, fingerprint: str, tokenizer_path: str, device: str,
-                    trust_remote_code: bool = False):
-    """A LoRA adapter directory (its own base + the adapter, merged) or a full model, in eval mode."""
+                    trust_remote_code: bool = False, positions: list[tuple[str, int, str]] = ()):
+    """A LoRA adapter directory (its own base + the adapter, merged) or a full model, in eval mode; ``positions``
+    longer than the model takes are refused in one line before any evaluation."""
     check_model_tokenizer(path, fingerprint, tokenizer_path)
     if (Path(path) / "adapter_config.json").is_file():
         model = _load_adapter(Path(path), trust_remote_code)
@@ -93,8 +95,14 @@ def load_eval_model(path: str, tokenizer, fingerprint: str, tokenizer_path: str,
         model = load_model(str(path), trust_remote_code=trust_remote_code)
     check_vocab_fits(model, tokenizer, str(path), tokenizer_path)
     check_model(model, str(path))
+    check_lengths(model.config, str(path), positions)
     use_packed_attention(model)
     return model.to(device).eval()
+
+
+def check_lengths(config, where: str, positions: list[tuple[str, int, str]]) -> None:
+    for what, needed, fix in positions:
+        check_positions(config, needed, where, what, fix)
 
 
 def _load_adapter(path: Path, trust_remote_code: bool):
@@ -130,6 +138,9 @@ def _quantization(path: Path) -> QuantizationParams | None:
 
 # ---------------------------------------------------------------------- resolution
 def _tokenizer(args: EvalRequest, plan: RunPlan):
+    recover_published(args.model_path)
+    if Path(args.model_path).is_file() and Path(args.model_path).suffix != ".gguf":
+        raise UserError(not_a_model_dir(args.model_path))
     if args.tokenizer_path:
         path, origin = args.tokenizer_path, "--tokenizer_path"
     elif not Path(args.model_path).exists():
@@ -264,4 +275,23 @@ def resolve_inputs(args: EvalRequest) -> tuple[EvalInputs, RunPlan]:
                         batch_size=args.batch_size, batch_tokens=args.eval_batch_tokens, precision=precision,
                         device=device, show_progress=not args.no_progress, tokenizer_path=tokenizer_path,
                         fingerprint=fingerprint, data_dirs=list(dirs), rephrased=rephrased)
+    inputs.positions = _positions(inputs, settings.max_new_tokens)
     return inputs, plan
+
+
+def _positions(inputs: EvalInputs, new_tokens: int) -> list[tuple[str, int, str]]:
+    """What each part of the evaluation needs in token positions, and the flag that changes it."""
+    needs = []
+    if inputs.val_stores:
+        needs.append(("the longest validation example of --data_dirs", max(int(s.lengths.max()) for s in
+                      inputs.val_stores), "evaluate on a corpus prepared with output_params.sequence_length within "
+                      "the model's limit"))
+    if inputs.retention is not None:
+        needs.append(("a --retention_corpus window", int(inputs.retention.lengths.max()), "lower --retention_window"))
+    for flag, conversations in (("--eval_set", [i.messages for i in inputs.items + inputs.rephrased]),
+                                ("eval prompts", inputs.prompts)):
+        if conversations:
+            longest = max(len(inputs.template.encode_prompt(c)) for c in conversations)
+            needs.append((f"the longest {flag} prompt ({longest} tokens) plus max_new_tokens ({new_tokens})",
+                          longest + new_tokens, "lower --max_new_tokens or shorten those prompts"))
+    return needs

@@ -85,3 +85,22 @@ def check_model(model, where: str = "--model_path") -> str:
 def default_lora_targets(model) -> list[str]:
     """Every linear layer of the model's attention and MLP (its type must be supported)."""
     return list(LORA_TARGETS[check_model(model)])
+
+
+def position_limit(config) -> tuple[int | None, str]:
+    """The most token positions a model takes, and the config field that says so: GPT-2's ``n_positions``
+    (absolute positions: an index past it crashes), else ``max_position_embeddings`` (rotary: the length trained)."""
+    for name in ("n_positions", "max_position_embeddings"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value, name
+    return None, ""
+
+
+def check_positions(config, needed: int, where: str, what: str, fix: str) -> None:
+    """Refuse ``needed`` positions past the limit of the model of ``config`` in one line: both numbers, and what
+    to change."""
+    limit, field = position_limit(config)
+    if limit is not None and needed > limit:
+        raise UserError(f"{where}: the model takes at most {limit} positions ({field}), but {what} needs {needed}; "
+                        f"{fix}")

@@ -12,12 +12,11 @@ a plain HF directory (safetensors, tokenizer with its chat template, generation 
 
 Each converted directory records its source in ``gguf_source.json``; a directory whose record no
 longer matches the file (the GGUF was replaced) is converted again. Conversion is atomic and
-serialised by a lock file, so parallel ranks of one launch convert once and never see half a dir.
+serialised by a lock file (removed afterwards, also after a failed conversion), so parallel ranks of one launch
+convert once and never see half a dir.
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import importlib.util
 import json
@@ -25,9 +24,8 @@ import os
 import struct
 import sys
 from pathlib import Path
-from typing import Iterator
 
-from utils.common.atomic import atomic_dir
+from utils.common.atomic import atomic_dir, exclusive
 from utils.common.errors import UserError, one_line
 
 SOURCE_FILE = "gguf_source.json"
@@ -93,7 +91,7 @@ def hf_dir_for_gguf(path: str | Path) -> Path:
         if is_converted(hf_dir, source):
             return hf_dir
     target = _writable(candidates, path)
-    with _lock(target):
+    with exclusive(target, "--model_path", wait=True):  # ranks of one launch wait: one converts, all read it
         if not is_converted(target, source):  # another rank may have finished while we waited
             convert_gguf(path, target, source)
     return target
@@ -109,17 +107,6 @@ def _writable(candidates: list[Path], path: Path) -> Path:
             return hf_dir
     raise UserError(f"{path}: nowhere to write its converted HF copy (tried {', '.join(map(str, candidates))}); "
                     "set SFT_PIPELINE_CACHE to a writable directory")
-
-
-@contextlib.contextmanager
-def _lock(target: Path) -> Iterator[None]:
-    # The lock file stays: removing it would let a late waiter lock a different inode.
-    with open(target.parent / f".{target.name}.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def convert_gguf(path: Path, out_dir: Path, source: dict) -> None:

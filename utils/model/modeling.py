@@ -7,6 +7,8 @@ off unless asked for.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 
 import warnings
 from dataclasses import asdict, dataclass
@@ -14,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from utils.common.atomic import recover_published
 from utils.common.errors import UserError, check_readable
 from utils.model.gguf import hf_dir_for_gguf
 
@@ -61,13 +64,21 @@ def model_dir(path: str) -> str:
     """The local directory (absolute) or hub name that ``path`` loads from; a .gguf file is converted once."""
     local = Path(path)
     check_readable(local, "model")
+    recover_published(local)  # a stage killed while publishing leaves the previous version beside it
     if local.suffix == ".gguf":
         local = hf_dir_for_gguf(local)
+    elif local.is_file():
+        raise UserError(not_a_model_dir(path))
     elif not local.exists() and (local.is_absolute() or path.startswith((".", "checkpoints", "data"))):
         raise UserError(f"{path}: model not found; train one first (e.g. `make pretrain-tiny`) "
                         "or pass an HF model directory")
     # adapters record this path: absolute, so they load from any directory
     return str(local.resolve()) if local.exists() else path
+
+
+def not_a_model_dir(path) -> str:
+    return (f"{path}: is a file, not a model directory or a .gguf file; pass the directory that holds config.json "
+            "and the weights (e.g. the final/ of a run)")
 
 
 def load_model(path: str, trust_remote_code: bool = False, dtype: torch.dtype = torch.float32,
@@ -190,3 +201,39 @@ def _load_weights(model, path: Path) -> None:
                         f"unexpected {unexpected[:3]})")
     if tied:
         model.tie_weights()
+
+
+def weights_fingerprint(model) -> str:
+    """sha256 over every weight's name, shape, dtype and an evenly strided sample of its values (at most 65,536 a
+    tensor): two different bases of the same shape differ, at a fraction of a second whatever the model's size."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        flat = tensor.detach().reshape(-1)
+        sample = flat[:: max(1, flat.numel() // 65536)].contiguous().cpu()
+        digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}|".encode())
+        digest.update(sample.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def model_config(path: str | Path, trust_remote_code: bool = False):
+    """The transformers config of a model directory, a .gguf, or (for a LoRA adapter directory) of its base,
+    read without loading weights: what checks before minutes of work need."""
+    # transformers costs seconds to import; deferred so callers that skip this stay fast
+    from transformers import AutoConfig
+
+    source = Path(path)
+    if (source / "adapter_config.json").is_file():
+        try:
+            base = json.loads((source / "adapter_config.json").read_text(encoding="utf-8"))["base_model_name_or_path"]
+        except (OSError, ValueError, KeyError, TypeError):
+            base = None
+        if not base or (base.startswith(("/", ".", "checkpoints")) and not Path(base).exists()):
+            raise UserError(f"{source / 'adapter_config.json'}: base_model_name_or_path {base!r} not found; run from "
+                            "the directory training ran in, or set that field to the base model's directory")
+        source = Path(base)
+    if source.suffix == ".gguf":
+        source = hf_dir_for_gguf(source)
+    try:
+        return AutoConfig.from_pretrained(str(source), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path}: cannot read the model's config.json ({str(err).splitlines()[0][:200]})") from None

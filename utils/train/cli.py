@@ -60,7 +60,8 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
                         help="a checkpoint-N dir, or 'auto' for the newest complete, intact one")
     parser.add_argument("--overwrite_output_dir", action="store_true",
                         help="start a new run where another run's checkpoints are (deletes them and final/)")
-    parser.add_argument("--set", action="append", type=mapping("--set", "FIELD=VALUE"), default=[], metavar="FIELD=VALUE",
+    parser.add_argument("--set", action="append", type=mapping("--set", "FIELD=VALUE"), default=[],
+                        metavar="FIELD=VALUE",
                         help="set a config field for this run (dotted, a JSON value), e.g. --set "
                         "training_params.micro_batch_tokens=2048; checked like the file, recorded in the run")
     parser.add_argument("--max_steps", type=positive_int("--max_steps"), help="override training_params.max_steps")

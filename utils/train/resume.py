@@ -72,6 +72,7 @@ def restore(run: TrainRun, checkpoint: Checkpoint | None) -> TrainState:
                 f"({_difference(saved.get(key), run.run_info[key])}); "
                 "resume with the same data and tokenizer, or start a new --output_dir")
     changed = _check_changes(path, saved, run.run_info.get("config", {}), run.params, acc.num_processes)
+    _check_base(path, saved, run.run_info)  # after the quantization check: a 4-bit base differs in its weights
     load_checkpoint(acc, path, run.loss_module, run.optimizer, run.scheduler)
     _apply_changes(changed, run.params, run.optimizer, run.scheduler, run.total_steps, saved["step"])
     if changed and acc.is_main_process:
@@ -84,6 +85,17 @@ def restore(run: TrainRun, checkpoint: Checkpoint | None) -> TrainState:
     if acc.is_main_process:
         print(f"resuming from {path.name} (step {saved['step']} of {run.total_steps})", flush=True)
     return TrainState.from_record(saved)
+
+
+def _check_base(path: Path, saved: dict, now: dict) -> None:
+    """An adapter resumes only on the base model it was trained on: the same weights, whatever the path."""
+    before, after = saved.get("base_model_sha256"), now.get("base_model_sha256")
+    if not (now.get("config") or {}).get("lora_config") or not before or not after or before == after:
+        return
+    raise UserError(f"{path}: the checkpoint's adapter was trained on another base model (weights sha256 "
+                    f"{before[:12]} in the checkpoint, {after[:12]} for --model_path {now.get('model_path')}); "
+                    f"resume with the base it was trained on ({saved.get('model_path')}), or start a new "
+                    "--output_dir")
 
 
 def _difference(saved, now) -> str:

@@ -1,18 +1,23 @@
-"""The pre-training / CPT stage, top to bottom: start → the checkpoint to resume → claim the output → data (token
-windows of the config's text, and prepared SFT corpora mixed in) → model → plan → restore → fit → final/ (a merged,
-plain HF model).
+"""The pre-training / CPT stage, top to bottom: start → lengths against the model → the checkpoint to resume →
+claim the output → data (token windows of the config's text, and prepared SFT corpora mixed in) → model → plan →
+restore → fit → final/ (a merged, plain HF model).
 
 The token streams are cached in the output directory, so it is claimed before the data is read.
 """
 from __future__ import annotations
 
+from pathlib import Path
+from types import SimpleNamespace
+
 import numpy as np
 
+from utils.common.atomic import reading
 from utils.common.config import to_dict
 from utils.common.errors import UserError
 from utils.data.pretrain_data import build_streams
-from utils.model.architectures import check_model_dir
-from utils.model.modeling import build_model, check_vocab_fits, load_model
+from utils.data.shards import load_manifest
+from utils.model.architectures import check_model_dir, check_positions
+from utils.model.modeling import build_model, check_vocab_fits, load_model, model_config, weights_fingerprint
 from utils.monitor.run_plan import RunPlan
 from utils.sampling.example_store import ExampleStore, window_store
 from utils.train.cli import PretrainInputs
@@ -36,20 +41,22 @@ def run_pretraining(cfg: PretrainConfig, inputs: PretrainInputs) -> str | None:
         raise UserError(f"{inputs.config_path}: lora_config with --sharding {start.sharding}: pre-training merges the "
                         "adapter into final/, which this trainer does not do for a sharded model (untested); "
                         "train this CPT without sharding, or fine-tune the full model sharded")
+    _check_lengths(cfg, inputs)
     checkpoint, _ = find_checkpoint(inputs.resume_from_checkpoint, output_dir, main)
-    with own_output(accelerator, inputs, "pretrain"):
+    supervised_dirs = [s.data_dir for s in cfg.data.supervised]
+    with reading(supervised_dirs), own_output(accelerator, inputs, "pretrain"):
         train, val, stats = _windows(cfg, inputs, start)
         supervised = cfg.data.supervised
-        corpora = load_corpora([s.data_dir for s in supervised], start.fingerprint, accelerator) if supervised else None
+        corpora = load_corpora(supervised_dirs, start.fingerprint, accelerator) if supervised else None
         dirs = corpora.dirs if corpora else []
-        model = _model(cfg, inputs, start)
+        model, base_sha256 = _model(cfg, inputs, start)
         plan = _plan(cfg, inputs, train, val, stats)
         for d, source in zip(dirs, supervised):
             plan.add(f"supervised {d.path.name}", f"{len(d.train):,} examples, weight {source.weight}",
                      "data.supervised")
         run_info = {"config": to_dict(cfg), "tokenizer_sha256": start.fingerprint,
                     "data_hashes": {"text": stats.key, **corpora.hashes} if corpora else stats.key,
-                    "overrides": inputs.overrides}
+                    "overrides": inputs.overrides, "model_path": inputs.model_path, "base_model_sha256": base_sha256}
         data = TrainData([train] + [d.train for d in dirs], [cfg.data.text_weight] + [s.weight for s in supervised],
                          [s for s in [val] + [d.val for d in dirs] if len(s)],
                          max([cfg.data.sequence_length] + [int(d.manifest["sequence_length"]) for d in dirs]))
@@ -98,11 +105,30 @@ def _pretrain_stores(streams: dict[str, np.ndarray], sequence_length: int) -> tu
             window_store("val", streams["val"], sequence_length))
 
 
+def _check_lengths(cfg: PretrainConfig, inputs: PretrainInputs) -> None:
+    """Windows of data.sequence_length (and the supervised corpora's rows) within the model's positions, checked
+    from the configs before the output directory is claimed."""
+    config = (model_config(inputs.model_path, inputs.trust_remote_code) if inputs.model_path
+              else SimpleNamespace(max_position_embeddings=cfg.model.max_position_embeddings))
+    fix = ("lower data.sequence_length (and prepare data.supervised corpora with a smaller "
+           "output_params.sequence_length), or use a model with more positions"
+           + ("" if inputs.model_path else " (model.max_position_embeddings)"))
+    where = f"--model_path {inputs.model_path}" if inputs.model_path else f"{inputs.config_path}: model"
+    check_positions(config, cfg.data.sequence_length, where, "data.sequence_length", fix)
+    for source in cfg.data.supervised:
+        length = int(load_manifest(Path(source.data_dir))["sequence_length"])
+        check_positions(config, length, where, f"data.supervised {source.data_dir} (prepared with "
+                        f"output_params.sequence_length {length})", fix)
+
+
 def _model(cfg: PretrainConfig, inputs: PretrainInputs, start: RunStart):
+    """The model ready to train, and the fingerprint of the weights LoRA (CPT) adapts."""
+    where = inputs.model_path or "preset"
     if inputs.model_path:
         model = load_model(inputs.model_path, trust_remote_code=inputs.trust_remote_code)
     else:
         model = build_model(cfg.model, start.tokenizer, cfg.training_params.seed)
-    check_vocab_fits(model, start.tokenizer, inputs.model_path or "preset", inputs.tokenizer_path)
-    model, cfg.lora_config = ready_to_train(model, cfg.lora_config, cfg.training_params, inputs.model_path or "preset")
-    return model
+    check_vocab_fits(model, start.tokenizer, where, inputs.tokenizer_path)
+    base_sha256 = weights_fingerprint(model) if inputs.model_path else None
+    model, cfg.lora_config = ready_to_train(model, cfg.lora_config, cfg.training_params, where)
+    return model, base_sha256

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import torch
 
-from utils.common.atomic import write_text_atomic
+from utils.common.atomic import reading, write_text_atomic
 from utils.common.config import to_dict
 from utils.data.templates import get_template
 from utils.model.generation import generate_responses
-from utils.model.modeling import check_vocab_fits
+from utils.model.architectures import check_positions
+from utils.model.modeling import check_vocab_fits, weights_fingerprint
 from utils.monitor.run_plan import RunPlan
 from utils.parallel.fsdp import gathered
 from utils.parallel.quantization import load_base
@@ -43,18 +44,23 @@ def run_sft(cfg: SFTTrainingConfig, inputs: SFTInputs) -> str | None:
     if cfg.quantization is not None:
         check_quantizable(cfg.quantization, cfg.lora_config, inputs.model_path, start.sharding,
                           inputs.trust_remote_code)
-    corpora = load_corpora(inputs.data_dirs, start.fingerprint, accelerator, inputs.data_weights, cfg.data_weights)
-    model = load_base(inputs.model_path, to_dict(cfg.quantization) if cfg.quantization else None,
-                      inputs.trust_remote_code)
-    check_vocab_fits(model, start.tokenizer, inputs.model_path, inputs.tokenizer_path)
-    model, cfg.lora_config = ready_to_train(model, cfg.lora_config, params, inputs.model_path)
-    checkpoint, corpora = find_checkpoint(inputs.resume_from_checkpoint, output_dir, main, corpora)
-    with own_output(accelerator, inputs, "sft"):
-        plan = _plan(cfg, corpora, inputs)
-        run_info = _run_info(cfg, inputs, start.fingerprint, corpora)
+    with contextlib.ExitStack() as held:
+        held.enter_context(reading(inputs.data_dirs))  # 02 --force cannot replace a corpus this run reads
+        corpora = load_corpora(inputs.data_dirs, start.fingerprint, accelerator, inputs.data_weights, cfg.data_weights)
+        checkpoint, corpora = find_checkpoint(inputs.resume_from_checkpoint, output_dir, main, corpora)
         template = corpora.dirs[0].manifest["template"]
-        samples = _EvalSamples(cfg.evaluation_config, get_template(template["name"], start.tokenizer),
-                               start.tokenizer, output_dir / SAMPLES) if cfg.evaluation_config.eval_prompts else None
+        generation = get_template(template["name"], start.tokenizer)
+        model = load_base(inputs.model_path, to_dict(cfg.quantization) if cfg.quantization else None,
+                          inputs.trust_remote_code)
+        check_vocab_fits(model, start.tokenizer, inputs.model_path, inputs.tokenizer_path)
+        _check_lengths(cfg, inputs, corpora, generation, model.config)
+        base_sha256 = weights_fingerprint(model)  # before LoRA: what an adapter's resume must find again
+        model, cfg.lora_config = ready_to_train(model, cfg.lora_config, params, inputs.model_path)
+        held.enter_context(own_output(accelerator, inputs, "sft"))
+        plan = _plan(cfg, corpora, inputs)
+        run_info = {**_run_info(cfg, inputs, start.fingerprint, corpora), "base_model_sha256": base_sha256}
+        samples = _EvalSamples(cfg.evaluation_config, generation, start.tokenizer,
+                               output_dir / SAMPLES) if cfg.evaluation_config.eval_prompts else None
         data = TrainData([d.train for d in corpora.dirs], corpora.weights, corpora.val_stores, corpora.longest)
         run = build_run(start, model, data, params, output_dir=output_dir, run_info=run_info, plan=plan,
                         label="sft", on_eval=samples)
@@ -68,6 +74,26 @@ def run_sft(cfg: SFTTrainingConfig, inputs: SFTInputs) -> str | None:
                         "last_eval": state.last_eval, "steps": state.step, "tokens_seen": state.tokens_seen},
                        merge_adapter=False, title=f"SFT {cfg.name}", stop_token_ids=template.get("stop_token_ids"))
     return _summary(state, final) if main else None
+
+
+def _check_lengths(cfg: SFTTrainingConfig, inputs: SFTInputs, corpora: Corpora, template, config) -> None:
+    """The longest example, and the eval prompts with their new tokens, within the model's positions."""
+    where = f"--model_path {inputs.model_path}"
+    longest = max(corpora.dirs, key=lambda d: int(d.train.lengths.max()))
+    check_positions(config, corpora.longest, where,
+                    f"the longest example of {longest.path} (prepared with output_params.sequence_length "
+                    f"{longest.manifest['sequence_length']})",
+                    "prepare the corpus again with output_params.sequence_length within the limit, or use a model "
+                    "with more positions")
+    evaluation = cfg.evaluation_config
+    if evaluation.eval_prompts:
+        system = [{"role": "system", "content": evaluation.system_prompt}] if evaluation.system_prompt else []
+        prompt = max(len(template.encode_prompt(system + [{"role": "user", "content": p}]))
+                     for p in evaluation.eval_prompts)
+        new = evaluation.generation_config.max_new_tokens
+        check_positions(config, prompt + new, where, f"the longest eval prompt ({prompt} tokens) plus "
+                        f"max_new_tokens ({new})", "lower evaluation_config.generation_config.max_new_tokens or "
+                        "shorten the eval prompts")
 
 
 def _plan(cfg: SFTTrainingConfig, corpora: Corpora, inputs: SFTInputs) -> RunPlan:
