@@ -1,13 +1,16 @@
-"""GPU checks, ready for when a GPU is at hand (make bench-gpu; about 5-8 minutes on one GPU).
+"""GPU checks, ready for when a GPU is at hand (make bench-gpu; every check inside --time_limit, 6 minutes).
 
     python scripts/benchmark_gpu.py                       # every check
     python scripts/benchmark_gpu.py --checks varlen peak  # some of them
+    python scripts/benchmark_gpu.py --out results/        # also the report, figures, log ends: 4 small files
 
 Checks (utils/bench/gpu.py): packed attention through the varlen flash kernel against examples run
 alone (bf16, forward and backward); the bf16 matmul peak; the base preset's throughput and MFU against
-TRL padding-free in bf16 on the same data, with peak GPU memory; a run killed after a checkpoint and
-resumed; FSDP2 on one GPU (train, checkpoint, kill, resume). Writes the GPU section of --report.
-Refuses in one line when torch sees no CUDA GPU.
+TRL padding-free in bf16 on the same data and GPU-sized batch, with peak GPU memory (SmolLM2-135M full
+fine-tuning too when its weights are installed); a run killed after a checkpoint and resumed; FSDP2 on one
+GPU (train, checkpoint, kill, resume); the main job (make sft-pipeline-complete) from a clean copy of the
+sources, timed, its table against the GPU targets. Writes the GPU section of --report. Refuses in one
+line when torch sees no CUDA GPU.
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from utils.common.cli_values import int_at_least  # noqa: E402
 from utils.common.errors import UserError, run_cli  # noqa: E402
 
-CHECKS = ("varlen", "peak", "throughput", "resume", "fsdp2")  # utils.bench.gpu.CHECKS (torch-free here)
+CHECKS = ("varlen", "peak", "throughput", "resume", "fsdp2", "demo")  # utils.bench.gpu.CHECKS, torch-free
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -36,12 +39,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "removed at the end)")
     parser.add_argument("--report", type=Path, default=Path("docs/BENCHMARKS.md"),
                         help="Markdown file whose GPU section is rewritten")
+    parser.add_argument("--time_limit", type=int_at_least("--time_limit", 30), default=360,
+                        help="seconds for every check together; a check that finds none left is recorded as not run")
+    parser.add_argument("--out", type=Path, help="also write the report, every figure (JSON), the end of each "
+                        "log and the main job's table here (at most 8 small files)")
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    from utils.bench.gpu import report, require_gpu, run_checks  # torch: after the flags are checked
+    from utils.bench.gpu import Budget, report, require_gpu, run_checks, write_out  # torch: after the flags
     from utils.bench.scaling import write_section
 
     gpu = require_gpu()
@@ -49,13 +56,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UserError(f"--work_dir {args.work_dir}: not empty; give a new or empty directory")
     work = (args.work_dir or Path(tempfile.mkdtemp(prefix="sft-bench-gpu-"))).resolve()
     work.mkdir(parents=True, exist_ok=True)
+    command = "python scripts/benchmark_gpu.py " + " ".join(sys.argv[1:] if argv is None else argv)
     try:
-        checks = run_checks(args.checks, work, args.steps)
+        checks = run_checks(args.checks, work, args.steps, Budget(args.time_limit))
+        text = report(checks, gpu, command.strip(), str(datetime.date.today()))
+        if args.out is not None:
+            write_out(args.out, checks, text, work)
     finally:
         if args.work_dir is None:
             shutil.rmtree(work, ignore_errors=True)
-    command = "python scripts/benchmark_gpu.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    text = report(checks, gpu, command.strip(), str(datetime.date.today()))
     write_section(args.report, text, begin="<!-- gpu:begin", end="<!-- gpu:end -->",
                   writer="scripts/benchmark_gpu.py")
     print(text)

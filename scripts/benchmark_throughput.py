@@ -20,7 +20,7 @@ from typing import Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.bench.benchmark import PRESETS, SMOLLM2, BenchSettings  # noqa: E402
+from utils.bench.benchmark import PRESETS, SMOLLM2, SMOLLM2_FULL, BenchSettings  # noqa: E402
 from utils.bench.runners import TRAINERS  # noqa: E402
 from utils.common.errors import UserError, run_cli  # noqa: E402
 
@@ -28,8 +28,9 @@ from utils.common.errors import UserError, run_cli  # noqa: E402
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     defaults = BenchSettings()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", nargs="+", default=defaults.sizes, choices=[*PRESETS, SMOLLM2],
-                        help="presets (config/pretrain/<size>.json) and/or smollm2 (LoRA on SmolLM2-135M)")
+    parser.add_argument("--sizes", nargs="+", default=defaults.sizes, choices=[*PRESETS, SMOLLM2, SMOLLM2_FULL],
+                        help="presets (config/pretrain/<size>.json), smollm2 (LoRA on SmolLM2-135M-Instruct), "
+                        "smollm2_full (its full fine-tuning)")
     parser.add_argument("--seq", nargs="+", type=int, default=defaults.seqs, help="sequence lengths (presets)")
     parser.add_argument("--trainers", nargs="+", default=defaults.trainers, choices=TRAINERS)
     parser.add_argument("--steps", type=int, default=defaults.steps, help="optimizer steps per run")

