@@ -19,9 +19,17 @@ NPROC ?= $(shell nproc 2>/dev/null || echo 1)
 DEMO_TOKENIZER := checkpoints/tokenizer/spm8k_demo
 DEMO_TOKENIZER_STAMP := $(DEMO_TOKENIZER)/tokenizer.json
 DEMO := data/demo/manifest.json
-DEMO_PRETRAIN := checkpoints/pretrain/demo_job
+# Its pre-training: config/pretrain/tiny.json on a CPU (the README's 15-minute run); where a GPU gives it the time
+# (nvidia-smi found), tiny_long.json, 4x the tokens, after which SFT gets much further (README). Another
+# DEMO_PRETRAIN_CONFIG gets models and runs of its own (demo_job_<name>), so no run mixes two recipes.
+DEMO_GPU := $(shell command -v nvidia-smi 2>/dev/null)
+DEMO_PRETRAIN_CONFIG ?= config/pretrain/$(if $(DEMO_GPU),tiny_long,tiny).json
+DEMO_PRETRAIN_NAME := $(basename $(notdir $(DEMO_PRETRAIN_CONFIG)))
+DEMO_PRETRAIN_WHY := $(if $(filter file,$(origin DEMO_PRETRAIN_CONFIG)),$(if $(DEMO_GPU),a GPU is present (nvidia-smi found),no GPU (nvidia-smi not found)),DEMO_PRETRAIN_CONFIG given)
+DEMO_JOB := demo_job$(if $(filter-out tiny,$(DEMO_PRETRAIN_NAME)),_$(DEMO_PRETRAIN_NAME))
+DEMO_PRETRAIN := checkpoints/pretrain/$(DEMO_JOB)
 DEMO_CORPUS := data/sft_processed/demo_job
-DEMO_SFT := checkpoints/sft_industrial/demo_job
+DEMO_SFT := checkpoints/sft_industrial/$(DEMO_JOB)
 DEMO_SFT_CONFIG ?= config/sft_training/full_tiny.json
 DEMO_EVAL := $(DEMO_SFT)/eval/eval_report.json
 
@@ -99,8 +107,9 @@ pretrain-small: $(DEMO) $(TOKENIZER_PREREQ) ## pre-train the small (~42M with a 
 pretrain-base: $(DEMO) $(TOKENIZER_PREREQ) ## pre-train the base (~124M with a 32k vocab) preset with TOKENIZER (GPU advised) -> checkpoints/pretrain/base
 	$(PY) scripts/01_pretrain.py --config config/pretrain/base.json --tokenizer_path $(TOKENIZER) $(PRETRAIN_ARGS)
 
-$(DEMO_PRETRAIN)/final/config.json: $(DEMO_TOKENIZER_STAMP) config/pretrain/tiny.json
-	$(PY) scripts/01_pretrain.py --config config/pretrain/tiny.json --tokenizer_path $(DEMO_TOKENIZER) \
+$(DEMO_PRETRAIN)/final/config.json: $(DEMO_TOKENIZER_STAMP) $(DEMO_PRETRAIN_CONFIG)
+	@echo "demo pre-training: $(DEMO_PRETRAIN_CONFIG) ($(DEMO_PRETRAIN_WHY)) -> $(DEMO_PRETRAIN)"
+	$(PY) scripts/01_pretrain.py --config $(DEMO_PRETRAIN_CONFIG) --tokenizer_path $(DEMO_TOKENIZER) \
 		--output_dir $(DEMO_PRETRAIN) --overwrite_output_dir $(PRETRAIN_ARGS)
 
 prepare-sft-corpus: $(STAMP) $(TOKENIZER_PREREQ) ## clean, template, mask and shard SFT_DATASET_CONFIG (default demo) with the last tokenizer; it becomes the corpus sft-train-* use
@@ -145,8 +154,8 @@ sft-pipeline-complete: $(DEMO_EVAL) ## the whole demo: data -> tokenizer -> pre-
 		--artefact "SFT model=$(DEMO_SFT)/final" --artefact "training curves=$(DEMO_SFT)/loss.png" \
 		--artefact "evaluation=$(DEMO_SFT)/eval/eval_report.md"
 
-CPT_DIR := checkpoints/cpt/demo_job
-IFT_DIR := checkpoints/sft_industrial/demo_job_cpt_ift
+CPT_DIR := checkpoints/cpt/$(DEMO_JOB)
+IFT_DIR := checkpoints/sft_industrial/$(DEMO_JOB)_cpt_ift
 
 $(CPT_DIR)/final/config.json: $(DEMO_PRETRAIN)/final/config.json config/pretrain/cpt_lora_tiny.json
 	$(PY) scripts/01_pretrain.py --config config/pretrain/cpt_lora_tiny.json --tokenizer_path $(DEMO_TOKENIZER) \
@@ -177,7 +186,7 @@ cpt-ift-pipeline: $(CPT_DIR)/eval/eval_report.json $(IFT_DIR)/eval/eval_report.j
 		--artefact "IFT adapter=$(IFT_DIR)/final"
 
 SFT_EXPORT_MODEL ?= $(DEMO_SFT)/final
-SFT_EXPORT_DIR ?= checkpoints/export/demo_job
+SFT_EXPORT_DIR ?= checkpoints/export/$(DEMO_JOB)
 SFT_EXPORT_EVAL ?=
 SFT_EXPORT_BASE ?=
 

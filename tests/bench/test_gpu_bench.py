@@ -202,4 +202,7 @@ def test_the_demo_check_runs_the_main_job_end_to_end_on_tiny_budgets(tmp_path):
     assert check.name == "demo" and not check.passed and "missed:" in check.summary
     assert 0 < check.figures["seconds"] <= time.monotonic() - start
     assert "| held-out exact match |" in check.figures["table"] and "artefact" not in check.figures["table"]
-    assert (tmp_path / "project" / gpu.DEMO_REPORT).is_file() and not (ROOT / "checkpoints" / "x").exists()
+    run = gpu.demo_run(tmp_path / "project")
+    assert run.name == "demo_job" and (run / "eval" / "eval_report.json").is_file()
+    assert "(pre-training config/pretrain/tiny.json (no GPU (nvidia-smi not found)))" in check.summary \
+        or shutil.which("nvidia-smi")

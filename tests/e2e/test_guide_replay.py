@@ -97,7 +97,8 @@ class Project:
         shutil.copytree(ROOT / "config", path / "config")  # the Migration section writes a config of its own
         self.env = {**os.environ, "PATH": f"{shims}:{os.environ['PATH']}", "VENV": str(VENV),
                     "PRETRAIN_ARGS": PRETRAIN_ARGS, "TRAIN_ARGS": TRAIN_ARGS, "EVAL_ARGS": EVAL_ARGS,
-                    "SFT_LOCAL_COPIES": _copies(), "OMP_NUM_THREADS": "2", "PYTHONUNBUFFERED": "1"}
+                    "SFT_LOCAL_COPIES": _copies(), "OMP_NUM_THREADS": "2", "PYTHONUNBUFFERED": "1",
+                    "DEMO_PRETRAIN_CONFIG": "config/pretrain/tiny.json"}  # the CPU recipe, also where a GPU is
         self.log = []
 
     def run(self, command: str, ok: bool = True) -> subprocess.CompletedProcess:

@@ -45,8 +45,6 @@ CHECKS = ("varlen", "peak", "throughput", "resume", "fsdp2", "demo")
 # The main job on one GPU: time, held-out exact match (overall and its weakest family), format, retention
 # (the tuned model's domain perplexity over the pre-trained one's).
 DEMO_TARGETS = {"seconds": 300, "exact_match": 0.75, "family_min": 0.40, "format": 0.98, "retention": 1.5}
-DEMO_REPORT = Path("checkpoints/sft_industrial/demo_job/eval/eval_report.json")
-DEMO_SUMMARY = Path("checkpoints/sft_industrial/demo_job/SUMMARY.md")
 # What the main job needs of the project: no data, no checkpoints, nothing built.
 PROJECT_SOURCES = ("Makefile", "scripts", "utils", "config")
 MAX_OUT_FILES = 8
@@ -338,6 +336,14 @@ def missed_targets(seconds: float, scores: dict) -> list[str]:
     return missed
 
 
+def demo_run(project: Path) -> Path:
+    """The SFT run the main job wrote (demo_job, or demo_job_<recipe> where it pre-trained otherwise)."""
+    runs = sorted(p.parent for p in (project / "checkpoints" / "sft_industrial").glob("demo_job*/SUMMARY.md"))
+    if len(runs) != 1:
+        raise UserError(f"{project}: expected one demo_job* run with a SUMMARY.md, found {len(runs)}")
+    return runs[0]
+
+
 def check_demo(work: Path, budget: Budget, make_vars: dict | None = None) -> Check:
     """The main job from a clean copy of the sources: wall time and its table against DEMO_TARGETS."""
     timeout = budget.cap(900)
@@ -345,13 +351,18 @@ def check_demo(work: Path, budget: Budget, make_vars: dict | None = None) -> Che
     start = time.perf_counter()
     run_logged(demo_command(project, make_vars), work / "demo.log", timeout=timeout, cwd=project)
     seconds = time.perf_counter() - start
-    scores = demo_scores(json.loads((project / DEMO_REPORT).read_text()))
+    run = demo_run(project)
+    scores = demo_scores(json.loads((run / "eval" / "eval_report.json").read_text()))
     missed = missed_targets(seconds, scores)
-    summary = (f"make sft-pipeline-complete from a clean copy: {seconds:.0f} s; held-out exact match "
+    recipe = next((line.split(":", 1)[1].split(" -> ")[0].strip() for line in
+                   (work / "demo.log").read_text(errors="replace").splitlines()
+                   if line.startswith("demo pre-training:")), "recipe not printed")
+    summary = (f"make sft-pipeline-complete from a clean copy (pre-training {recipe}): {seconds:.0f} s; "
+               f"held-out exact match "
                f"{scores['exact_match']:.1%} (weakest family {scores['family_min']:.1%}), format "
                f"{scores['format']:.1%}, retention {scores['retention']:.2f}x; "
                + ("every target met" if not missed else "missed: " + ", ".join(missed)))
-    metrics_table = (project / DEMO_SUMMARY).read_text().strip().split("\n\n")[0]  # not its artefact paths
+    metrics_table = (run / "SUMMARY.md").read_text().strip().split("\n\n")[0]  # not its artefact paths
     return Check("demo", not missed, summary, {"seconds": seconds, **scores, "table": metrics_table + "\n"})
 
 

@@ -3,7 +3,9 @@
 A run of random tokens is shown twice. A model that can copy from its context predicts the second
 occurrence far better than the first (loss near 0 for a trained LM); one that cannot scores both alike.
 Copying is what task families such as "repeat the words" or "reverse the words" need, so a base model
-without it makes SFT on them slow (docs/TROUBLESHOOTING.md, "Poor generation quality").
+without it makes SFT on them slow (docs/TROUBLESHOOTING.md, "Poor generation quality"). The runs are
+arbitrary tokens: a small model can learn to copy ordinary words while this probe stays flat (the demo's
+tiny preset after 4x the pre-training tokens), so a flat probe is a warning, not a verdict.
 """
 from __future__ import annotations
 
