@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from utils.common.config import load_config  # noqa: E402
 from utils.common.cli_values import output_dir  # noqa: E402
 from utils.common.errors import run_cli  # noqa: E402
+from utils.parallel.accelerator import exit_process  # noqa: E402
 from utils.train.cli import PretrainInputs, add_run_args, apply_overrides  # noqa: E402
 from utils.train.config import PretrainConfig  # noqa: E402
 from utils.train.stage_pretrain import run_pretraining  # noqa: E402
@@ -49,4 +50,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    exit_process(run_cli(main))

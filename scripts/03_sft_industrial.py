@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from utils.common.config import load_config, load_eval_prompts  # noqa: E402
 from utils.common.cli_values import check_weights, output_dir, weight  # noqa: E402
 from utils.common.errors import run_cli  # noqa: E402
+from utils.parallel.accelerator import exit_process  # noqa: E402
 from utils.train.cli import SFTInputs, add_run_args, apply_overrides  # noqa: E402
 from utils.train.config import SFTTrainingConfig  # noqa: E402
 from utils.train.stage_sft import run_sft  # noqa: E402
@@ -58,4 +59,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    exit_process(run_cli(main))

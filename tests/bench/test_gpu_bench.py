@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from paths import ROOT
 from scripts_loader import load_script
-from utils.bench import gpu
+from utils.bench import gpu, gpu_demo
 from utils.bench.gpu import Budget, Check, OutOfTime, alone, compare_with_alone, report
 from utils.bench.scaling import write_section
 from utils.common.errors import run_cli
@@ -148,26 +148,26 @@ REPORT = {"tuned": {"exact_match": 0.8, "format_compliance": 0.99, "retention_pp
 
 
 def test_the_demo_is_scored_against_each_gpu_target():
-    scores = gpu.demo_scores(REPORT)
+    scores = gpu_demo.demo_scores(REPORT)
     assert scores["family_min"] == 0.5 and scores["retention"] == 1.5 and scores["exact_match"] == 0.8
-    assert gpu.missed_targets(299, scores) == []
+    assert gpu_demo.missed_targets(299, scores) == []
     low = dict(REPORT, tuned=dict(REPORT["tuned"], exact_match=0.22, retention_ppl=194.0,
                                   per_family={"copy": {"exact_match": 0.0}}))
-    assert gpu.missed_targets(310, gpu.demo_scores(low)) == [
+    assert gpu_demo.missed_targets(310, gpu_demo.demo_scores(low)) == [
         "time 310 s > 300 s", "exact match 22.0% < 75%", "weakest family 0.0% < 40%", "retention 1.94x > 1.5x"]
-    missing = gpu.demo_scores({"tuned": {"exact_match": 0.9, "format_compliance": 1.0}})
-    assert math.isnan(missing["retention"]) and "retention nanx > 1.5x" in gpu.missed_targets(10, missing)
+    missing = gpu_demo.demo_scores({"tuned": {"exact_match": 0.9, "format_compliance": 1.0}})
+    assert math.isnan(missing["retention"]) and "retention nanx > 1.5x" in gpu_demo.missed_targets(10, missing)
 
 
 def test_the_demo_runs_in_a_clean_copy_of_the_sources_with_this_python(tmp_path):
-    project = gpu.demo_project(tmp_path)
+    project = gpu_demo.demo_project(tmp_path)
     assert sorted(p.name for p in project.iterdir()) == sorted(
         [".installed", "Makefile", "checkpoints", "config", "data", "scripts", "utils",
          *(p.name for p in ROOT.glob("requirements*.txt"))])
     assert not list(project.rglob("__pycache__")) and not any((project / "data").iterdir())
     script = Path("scripts") / "03_sft_industrial.py"
     assert (project / script).read_bytes() == (ROOT / script).read_bytes()
-    command = gpu.demo_command(project, {"TRAIN_ARGS": "--max_steps 2"})
+    command = gpu_demo.demo_command(project, {"TRAIN_ARGS": "--max_steps 2"})
     assert command[:5] == ["make", "--no-print-directory", "-C", str(project), "sft-pipeline-complete"]
     assert f"PY={sys.executable}" in command and f"STAMP={project / '.installed'}" in command
     assert command[-1] == "TRAIN_ARGS=--max_steps 2"
@@ -198,11 +198,11 @@ def test_the_demo_check_runs_the_main_job_end_to_end_on_tiny_budgets(tmp_path):
                "TRAIN_ARGS": "--max_steps 2 --set training_params.eval_max_batches=1",
                "EVAL_ARGS": "--max_eval_examples 6 --retention_max_tokens 2000", "NPROC": "1"}
     start = time.monotonic()
-    check = gpu.check_demo(tmp_path, Budget(600), budgets)
+    check = gpu_demo.check_demo(tmp_path, Budget(600), budgets)
     assert check.name == "demo" and not check.passed and "missed:" in check.summary
     assert 0 < check.figures["seconds"] <= time.monotonic() - start
     assert "| held-out exact match |" in check.figures["table"] and "artefact" not in check.figures["table"]
-    run = gpu.demo_run(tmp_path / "project")
+    run = gpu_demo.demo_run(tmp_path / "project")
     assert run.name == "demo_job" and (run / "eval" / "eval_report.json").is_file()
     assert "(pre-training config/pretrain/tiny.json (no GPU (nvidia-smi not found)))" in check.summary \
         or shutil.which("nvidia-smi")

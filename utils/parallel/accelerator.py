@@ -2,13 +2,14 @@
 use the trainer's own FSDP2 (fsdp.py) on top of it."""
 from __future__ import annotations
 
-import functools
+import os
+import sys
 
 import torch
 import torch.distributed as dist
 from accelerate import Accelerator
 
-from utils.common.errors import Stopped, UserError
+from utils.common.errors import UserError
 
 
 def make_accelerator(mixed_precision: str, log_with: list | None = None) -> Accelerator:
@@ -32,24 +33,13 @@ def fast_bf16_available() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def closes_process_group(stage):
-    """Decorate a stage so that the process group torchrun opened is destroyed when the stage ends (done, or
-    stopped by a signal after its checkpoint). Left to the interpreter's exit, gloo's threads can abort a rank
-    that has finished ("terminate called without an active exception", exit -6), failing a run that succeeded."""
-
-    @functools.wraps(stage)
-    def run(*args, **kwargs):
-        try:
-            result = stage(*args, **kwargs)
-        except Stopped:
-            _destroy_process_group()
-            raise
-        _destroy_process_group()
-        return result
-
-    return run
-
-
-def _destroy_process_group() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+def exit_process(code: int) -> None:
+    """End a training script with ``code``. A rank of a multi-process run leaves through ``os._exit`` once its
+    output is flushed: every file is written and closed by then, and the interpreter's teardown of gloo's
+    threads aborted finished ranks now and then ("terminate called without an active exception", exit -6),
+    failing runs that had succeeded."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

@@ -19,7 +19,6 @@ from utils.data.shards import load_manifest
 from utils.model.architectures import check_model_dir, check_positions
 from utils.model.modeling import build_model, check_vocab_fits, load_model, model_config, weights_fingerprint
 from utils.monitor.run_plan import RunPlan
-from utils.parallel.accelerator import closes_process_group
 from utils.sampling.example_store import ExampleStore, window_store
 from utils.train.cli import PretrainInputs
 from utils.train.config import PretrainConfig
@@ -31,7 +30,6 @@ from utils.train.run import TrainData, build_run, finish
 from utils.train.start import RunStart, ready_to_train, start_run
 
 
-@closes_process_group
 def run_pretraining(cfg: PretrainConfig, inputs: PretrainInputs) -> str | None:
     """Train, save final/ and return the summary to print (None on non-main ranks)."""
     params, output_dir = cfg.training_params, inputs.output_dir

@@ -19,7 +19,6 @@ from utils.model.generation import generate_responses
 from utils.model.architectures import check_positions
 from utils.model.modeling import check_vocab_fits, weights_fingerprint
 from utils.monitor.run_plan import RunPlan
-from utils.parallel.accelerator import closes_process_group
 from utils.parallel.fsdp import gathered
 from utils.parallel.quantization import load_base
 from utils.parallel.state_dict import unwrap_lm
@@ -37,7 +36,6 @@ SAMPLES = "samples.jsonl"
 """Responses to the config's eval prompts at each evaluation, one JSON line each."""
 
 
-@closes_process_group
 def run_sft(cfg: SFTTrainingConfig, inputs: SFTInputs) -> str | None:
     """Train; write checkpoints, metrics, samples, final/ and a plot; return the summary (None on other ranks)."""
     params, output_dir = cfg.training_params, inputs.output_dir
