@@ -23,10 +23,13 @@ def tree(path) -> dict:
             if p.is_file() and ".cache" not in p.relative_to(path).parts}
 
 
+def prepare_argv(work, config, out, *extra) -> list[str]:
+    return ["--config", str(config), "--output_dir", str(out), "--tokenizer_path", str(work / "tokenizer"),
+            "--num_proc", "1", *extra]
+
+
 def prepare(work, config, out, *extra):
-    return run_cli_script("02_prepare_sft_corpus", ["--config", str(config), "--output_dir", str(out),
-                                                    "--tokenizer_path", str(work / "tokenizer"), "--num_proc", "1",
-                                                    *extra])
+    return run_cli_script("02_prepare_sft_corpus", prepare_argv(work, config, out, *extra))
 
 
 def run_cli_script(stem, argv):
@@ -126,15 +129,12 @@ def test_a_prepare_killed_while_writing_leaves_a_temp_dir_the_next_run_sweeps(wo
     config = work / "ds_instruct.json"
     assert prepare(work, config, out) == 0
     before = tree(out)
-    proc = with_fault("kill@publish-write:0", "02_prepare_sft_corpus",
-                      ["--config", str(config), "--output_dir", str(out), "--tokenizer_path", str(work / "tokenizer"),
-                       "--num_proc", "1", "--force"])
+    proc = with_fault("kill@publish-write:0", "02_prepare_sft_corpus", prepare_argv(work, config, out, "--force"))
     assert proc.returncode == -signal.SIGKILL
     leftovers = list(tmp_path.glob(".corpus.tmp-*"))
     assert len(leftovers) == 1 and tree(out) == before  # the published corpus untouched
-    proc = subprocess.run([sys.executable, "scripts/02_prepare_sft_corpus.py", "--config", str(config),
-                           "--output_dir", str(out), "--tokenizer_path", str(work / "tokenizer"), "--num_proc", "1",
-                           "--force"], cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "scripts/02_prepare_sft_corpus.py",
+                           *prepare_argv(work, config, out, "--force")], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"{out}: removed {leftovers[0].name}, left by a run killed while writing it" in proc.stdout
     assert not list(tmp_path.glob(".corpus.*")) and tree(out).keys() == before.keys()
@@ -147,9 +147,7 @@ def test_a_kill_between_the_two_renames_loses_nothing_the_next_reader_restores_i
     config = work / "ds_instruct.json"
     assert prepare(work, config, out) == 0
     before = tree(out)
-    proc = with_fault("kill@publish-rename:0", "02_prepare_sft_corpus",
-                      ["--config", str(config), "--output_dir", str(out), "--tokenizer_path", str(work / "tokenizer"),
-                       "--num_proc", "1", "--force"])
+    proc = with_fault("kill@publish-rename:0", "02_prepare_sft_corpus", prepare_argv(work, config, out, "--force"))
     assert proc.returncode == -signal.SIGKILL
     assert not out.exists() and len(list(tmp_path.glob(".instruct.old-*"))) == 1
     capsys.readouterr()
