@@ -114,11 +114,15 @@ def test_a_command_past_its_time_or_failing_is_one_line_naming_it(tmp_path):
     assert str(err.value).startswith("make sft-pipeline-complete failed (exit 2)")
 
 
+def _run(trainer: str, per_s: float, flops: float, gpu_mb: float, loss: float) -> dict:
+    """One run of results.json as benchmark_throughput writes it, on a GPU (bf16)."""
+    return {"case": "base@1024", "trainer": trainer, "precision": "bf16", "peak_gpu_mb": gpu_mb, "peak_rss_mb": 900.0,
+            "window": {"supervised_per_s": per_s, "supervised_per_cpu_s": per_s, "tokens_per_s": per_s,
+                       "padding_fraction": 0.0, "model_flops_per_s": flops, "mean_loss": loss}}
+
+
 RESULTS = {"matmul_peak_flops": 4e12, "matmul_peaks": {"bf16": 800e12, "fp32": 60e12}, "runs": [
-    {"case": "base@1024", "trainer": "ours", "peak_gpu_mb": 9000.0,
-     "window": {"supervised_per_s": 300_000.0, "model_flops_per_s": 400e12, "mean_loss": 2.02}},
-    {"case": "base@1024", "trainer": "trl_bf16", "peak_gpu_mb": 12000.0,
-     "window": {"supervised_per_s": 150_000.0, "model_flops_per_s": 200e12, "mean_loss": 2.0}}]}
+    _run("ours", 300_000.0, 400e12, 9000.0, 2.02), _run("trl_bf16", 150_000.0, 200e12, 12000.0, 2.0)]}
 
 
 def test_throughput_figures_use_the_gpu_peak_and_compare_like_for_like():

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from utils.bench.metrics import matmul_peak_flops
+from utils.bench.report import summarize
 from utils.bench.scaling import ROOT, dataset_config, generate, tiny_model, training_config
 from utils.common.errors import UserError
 from utils.common.markdown import markdown_table
@@ -166,14 +167,13 @@ def throughput_command(work: Path, steps: int, smollm2: bool) -> list[str]:
 
 
 def throughput_figures(results: dict) -> dict:
-    """{case: {trainer: supervised tokens/s, MFU against the measured bf16 peak, peak GPU memory, loss}}."""
-    peak = results["matmul_peaks"].get("bf16", results["matmul_peak_flops"])
+    """{case: {trainer: supervised tokens/s, MFU against the measured peak of its precision, peak GPU memory,
+    loss}}, from the bench's own summary rows."""
     figures: dict = {}
-    for r in results["runs"]:
-        window = r["window"]
-        figures.setdefault(r["case"], {})[r["trainer"]] = {
-            "supervised_per_s": window["supervised_per_s"], "mfu": window["model_flops_per_s"] / peak,
-            "peak_gpu_mb": r.get("peak_gpu_mb"), "mean_loss": window["mean_loss"]}
+    for row in summarize(results):
+        figures.setdefault(row["case"], {})[row["trainer"]] = {
+            "supervised_per_s": row["supervised_per_s"], "mfu": row["mfu"], "peak_gpu_mb": row["gpu_mb"],
+            "mean_loss": row["loss"]}
     return figures
 
 
