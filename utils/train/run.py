@@ -11,7 +11,7 @@ import torch
 from accelerate import Accelerator
 
 from utils.checkpoint.final_model import save_final
-from utils.model.attention import describe as describe_attention
+from utils.model.attention import attention_dropout, describe as describe_attention, head_dim
 from utils.model.loss import SupervisedLoss
 from utils.model.modeling import count_parameters
 from utils.monitor.plots import plot_training
@@ -110,11 +110,20 @@ def _describe(plan: RunPlan, params: TrainingParams, world: int, total_steps: in
                  f"MLP layer of {model.config.model_type})")
     plan.add("total parameters", total, "model")
     plan.add("precision", "bf16" if params.bf16 else "fp16" if params.fp16 else "fp32", "training_params")
-    plan.add("attention", describe_attention(device, bool(params.bf16 and params.attention_fp32)),
+    plan.add("attention", describe_attention(device, bool(params.bf16 and params.attention_fp32),
+                                             _attention_dtype(params, model), head_dim(model.config),
+                                             attention_dropout(model.config)),
              f"packed rows on {device.type} (training_params.attention_fp32)")
     if params.dataloader_pin_memory:
         plan.add("pinned batches", "yes" if device.type == "cuda" else "no: nothing is copied to a device on the CPU",
                  "training_params.dataloader_pin_memory" + ("" if device.type == "cuda" else " (ignored here)"))
+
+
+def _attention_dtype(params: TrainingParams, model) -> torch.dtype:
+    """What attention computes in: the autocast dtype, else the dtype of the weights."""
+    if params.bf16 or params.fp16:
+        return torch.bfloat16 if params.bf16 else torch.float16
+    return next(p.dtype for p in model.parameters() if p.is_floating_point())
 
 
 def finish(run: TrainRun, state, tokenizer_path: str, summary: dict, merge_adapter: bool, title: str,
