@@ -30,15 +30,13 @@ def test_packed_example_equals_example_alone(packed_attention):
     with torch.no_grad():
         together = pack(examples)
         logits = _logits(model, together)
-        loss_together, _ = SupervisedLoss(model)(together.input_ids, together.position_ids, together.targets,
-                                                 together.source_ids, together.cu_seq_lens)
+        loss_together, _ = SupervisedLoss(model)(*together.loss_inputs())
         loss_alone = 0.0
         for i, example in enumerate(examples):
             alone = pack([example])
             lo, hi = int(together.cu_seq_lens[i]), int(together.cu_seq_lens[i + 1])
             assert torch.allclose(logits[lo:hi], _logits(model, alone), atol=1e-5)
-            loss_alone += SupervisedLoss(model)(alone.input_ids, alone.position_ids, alone.targets,
-                                                alone.source_ids, alone.cu_seq_lens)[0]
+            loss_alone += SupervisedLoss(model)(*alone.loss_inputs())[0]
     assert abs(loss_together.item() - float(loss_alone)) <= 1e-5 * abs(float(loss_alone))
 
 
@@ -142,3 +140,20 @@ def test_the_kernel_is_chosen_once_and_named_in_the_plan(monkeypatch):
         assert attention.cuda_kernel() is attention.cuda_kernel()
     finally:
         attention.cuda_kernel.cache_clear()
+
+
+def test_a_model_that_will_not_switch_to_packed_attention_is_refused(monkeypatch):
+    from utils.common.errors import UserError
+
+    model = tiny_llama()
+
+    def refuse(name):
+        raise ValueError(f"{name} is not supported by this model\n(see the docs)")
+
+    monkeypatch.setattr(model, "set_attn_implementation", refuse)
+    with pytest.raises(UserError) as err:
+        use_packed_attention(model)
+    assert str(err.value) == ("model_type 'llama': transformers would not switch its attention to packed_sdpa "
+                              "(ValueError: packed_sdpa is not supported by this model (see the docs)); packed rows "
+                              "need it: use a supported architecture (docs/PIPELINE.md)")
+    assert model.config._attn_implementation != "packed_sdpa"

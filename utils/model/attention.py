@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from utils.common.errors import UserError, one_line
 from utils.model.kernels import VarlenKernel, cuda_kernel, cuda_path, kernel_dtype, unserved
 
 NAME = "packed_sdpa"
@@ -34,6 +35,10 @@ def packed_sdpa_attention(module, query, key, value, attention_mask, scaling=Non
 
     bounds = kwargs.get("cu_seq_lens_q")
     window = kwargs.get("sliding_window")
+    if is_bounds_mask(attention_mask):
+        if bounds is None:
+            raise ValueError("the bounds mask of a packed row needs cu_seq_lens_q")
+        attention_mask = None
     if attention_mask is None and window and key.shape[2] > window and (bounds is None or query.shape[0] != 1):
         attention_mask = _band(query.shape[2], key.shape[2], window, query.device)[None, None]
     if bounds is None or attention_mask is not None or query.shape[0] != 1:
@@ -172,6 +177,21 @@ def _band(q_len: int, k_len: int, window: int, device) -> torch.Tensor:
     return (cols <= rows) & (cols > rows - window)
 
 
+def bounds_mask(device) -> torch.Tensor:
+    """The attention mask of a packed row whose example bounds go in as ``cu_seq_lens``: an empty 4-D mask.
+
+    transformers hands a 4-D mask to attention as it is, building none; without one it reads the packed layout
+    back from ``position_ids`` with a host sync per forward (``.all()`` in ``find_packed_sequence_indices``), and
+    GPT-2 checks the row for padding, another. Only ``packed_sdpa`` accepts this mask (a model on another
+    attention refuses it), and it attends within the bounds.
+    """
+    return torch.empty((1, 1, 0, 0), dtype=torch.bool, device=device)
+
+
+def is_bounds_mask(mask) -> bool:
+    return torch.is_tensor(mask) and mask.dim() == 4 and mask.shape[-1] == 0
+
+
 def _packed_mask(*args, **kwargs):
     """No mask for packed rows (attention uses the bounds); the SDPA mask for padded batches."""
     # transformers costs seconds to import; deferred so callers that skip this stay fast
@@ -199,11 +219,19 @@ def register(fp32: bool = False) -> str:
 
 
 def use_packed_attention(model, fp32: bool = False) -> None:
-    """Switch a loaded model to ``packed_sdpa`` or, with ``fp32``, ``packed_sdpa_fp32`` (only models whose
-    attention takes kwargs)."""
+    """Switch a loaded model to ``packed_sdpa`` or, with ``fp32``, ``packed_sdpa_fp32``; a model transformers
+    will not switch is refused (the run plan would name a kernel the model does not use)."""
     name = register(fp32)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     try:
         base.set_attn_implementation(name)
-    except (ValueError, AttributeError, NotImplementedError):
-        pass  # transformers then builds a block-diagonal mask from the restarting position_ids
+    except (ValueError, AttributeError, NotImplementedError) as err:
+        raise UserError(f"model_type {getattr(base.config, 'model_type', '?')!r}: transformers would not switch "
+                        f"its attention to {name} ({one_line(err)}); "
+                        "packed rows need it: use a supported architecture (docs/PIPELINE.md)") from None
+
+
+def uses_packed_attention(model) -> bool:
+    """Whether ``model`` (a transformers model or its decoder) attends through ``packed_sdpa``."""
+    config = getattr(model, "config", None)
+    return getattr(config, "_attn_implementation", None) in (NAME, NAME_FP32)
