@@ -256,7 +256,7 @@ bench-qlora: $(DEMO_TOKENIZER_STAMP) $(QLORA_STAMP) ## QLoRA against LoRA (small
 bench-scaling: $(DEMO_TOKENIZER_STAMP) ## cost as the corpus grows: prepare and train 10k, 100k, 1M generated conversations -> docs/BENCHMARKS.md, docs/scaling.png
 	$(PY) scripts/benchmark_scaling.py $(SCALING_ARGS)
 
-bench-gpu: $(DEMO_TOKENIZER_STAMP) $(BENCH_STAMP) ## the GPU checks in 6 minutes (varlen attention, bf16 peak and MFU, TRL, resume, FSDP2, the main job); refuses without a GPU
+bench-gpu: $(DEMO_TOKENIZER_STAMP) $(BENCH_STAMP) ## the GPU checks in 6 minutes (packed attention through tiny models under bf16 autocast, bf16 peak and MFU, TRL, resume, FSDP2, the main job); refuses without a GPU
 	$(PY) scripts/benchmark_gpu.py $(GPU_ARGS)
 
 bench-gpu-quick: $(DEMO_TOKENIZER_STAMP) $(BENCH_STAMP) ## the GPU figures in 4 minutes (varlen through models, syncs/step, step profile, tok/s at 4k-64k, TRL, resume, FSDP2; no main job); refuses without a GPU
