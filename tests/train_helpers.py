@@ -68,7 +68,8 @@ def run_training(out_dir: Path, *, batch: int | None = None, tokens: int | None 
     checkpoint, _ = find_checkpoint(str(resume) if resume else None, out_dir, True)
     data = TrainData(stores, list(weights), val, 40)
     run = build_run(RunStart(accelerator, None, ""), model, data, params, output_dir=out_dir,
-                    run_info={"data_hashes": "synthetic", "tokenizer_sha256": "none"}, plan=RunPlan())
+                    run_info={"data_hashes": "synthetic", "tokenizer_sha256": "none"}, plan=RunPlan(),
+                    resumed=checkpoint.saved if checkpoint else None)
     state = fit(run, restore(run, checkpoint))
     lm = run.accelerator.unwrap_model(run.loss_module).model
     return state, {k: v.detach().clone() for k, v in lm.state_dict().items()}

@@ -43,6 +43,11 @@ class TrainingParams:
     per_device_train_batch_size."""
     gradient_accumulation_steps: int = 1
     """Micro-batches per optimizer step on each device."""
+    fold_micro_batches: bool | str = "auto"
+    """Run the micro-batches of a step as fewer, larger ones (gradient_accumulation_steps divided and
+    micro_batch_tokens multiplied by the largest factor the free device memory holds, by an estimate; the tokens
+    per step stay); auto = on for the CUDA path, off on the CPU. The split is recorded in each checkpoint and kept
+    on resume."""
     warmup_steps: int = 0
     """Linear warm-up steps from 0 to learning_rate."""
     scheduler: str = "cosine"
