@@ -73,8 +73,8 @@ def _sharding(accelerator: Accelerator, asked: str) -> tuple[str, str, bool]:
 
 
 def ready_to_train(model, lora: LoraSettings | None, params: TrainingParams, where: str):
-    """Refuse an unsupported architecture; wrap LoRA, targeting every attention and MLP layer of the
-    architecture when ``lora.target_modules`` is left out; switch on packed attention and, when asked, gradient
+    """Refuse an architecture that cannot train packed (the start-up check, cached per type); wrap LoRA, targeting
+    every linear layer of the model's decoder when ``lora.target_modules`` is left out; switch on packed attention and, when asked, gradient
     checkpointing. Returns the model and the LoRA settings as applied (targets filled in), which the run
     records, so a resume compares the layers actually adapted."""
     check_model(model, where)
