@@ -39,19 +39,56 @@ def _config(model_type):
     return tiny_config(model_type, 1000)
 
 
-def test_a_packed_path_that_drops_the_window_is_refused_naming_the_layer(monkeypatch):
+def _dropping(monkeypatch, keyword):
+    """Packed attention broken for one feature: the layer's ``keyword`` never reaches it."""
     real = attention.packed_sdpa_attention
 
-    def no_window(module, query, key, value, mask, *args, **kwargs):
-        kwargs.pop("sliding_window", None)
+    def broken(module, query, key, value, mask, *args, **kwargs):
+        kwargs.pop(keyword, None)
         return real(module, query, key, value, mask, *args, **kwargs)
 
-    monkeypatch.setattr(attention, "packed_sdpa_attention", no_window)
-    verdict = packing_check.run_check(_config("mistral"))
+    monkeypatch.setattr(attention, "packed_sdpa_attention", broken)
+
+
+@pytest.mark.parametrize("model_type", ("mistral", "gemma2", "gemma3_text", "starcoder2", "mixtral"))
+def test_a_packed_path_that_drops_the_window_is_refused_naming_the_layer(monkeypatch, model_type):
+    _dropping(monkeypatch, "sliding_window")
+    verdict = packing_check.run_check(_config(model_type))
     assert not verdict.ok
     assert "the loss of each example packed" in verdict.problem
-    assert "model.layers.0.self_attn (sliding window 6, 4 query heads over 2 key/value heads) differs" \
+    assert "model.layers.0.self_attn (sliding window 6" in verdict.problem and "differs packed and alone" \
         in verdict.problem
+
+
+def test_a_packed_path_that_drops_the_soft_cap_is_refused_naming_the_layer(monkeypatch):
+    """Gemma 2's cap of 50 is the identity on a random twin's scores: the twin's cap is shrunk until it bites."""
+    _dropping(monkeypatch, "softcap")
+    verdict = packing_check.run_check(_config("gemma2"))
+    assert not verdict.ok
+    assert verdict.problem.startswith("the gradients of ")
+    assert verdict.problem.endswith("model.layers.0.self_attn (sliding window 6, logit soft-capping 0.002, 4 query "
+                                    "heads over 2 key/value heads) differs packed and alone")
+
+
+@pytest.mark.parametrize("model_type,setting,neutral", (("gemma2", "final_logit_softcapping", None),
+                                                        ("granite", "logits_scaling", 1)))
+def test_a_loss_that_skips_a_logit_transform_is_refused_naming_the_head(monkeypatch, model_type, setting, neutral):
+    real = loss.output_logits
+
+    def skipping(config, logits):
+        kept = getattr(config, setting)
+        setattr(config, setting, neutral)
+        try:
+            return real(config, logits)
+        finally:
+            setattr(config, setting, kept)
+
+    monkeypatch.setattr(loss, "output_logits", skipping)
+    verdict = packing_check.run_check(_config(model_type))
+    assert not verdict.ok
+    assert verdict.problem.startswith("the loss of each example packed")
+    assert verdict.problem.endswith("every attention layer agrees: the output head or the layers after the last "
+                                    "attention differ")
 
 
 def test_a_loss_that_gets_the_router_loss_wrong_is_refused(monkeypatch):

@@ -96,10 +96,14 @@ def _per_example(module, query, key, value, bounds, scaling, dropout, window=Non
 
 
 def describe(device: torch.device | str, fp32: bool, dtype: torch.dtype | None = None,
-             head_dim: int | None = None, dropout: float = 0.0) -> str:
+             head_dim: int | None = None, dropout: float = 0.0, slow: str = "") -> str:
     """The run plan's line on packed attention for ``device``, attention computed in ``dtype`` (the autocast
     dtype, else the weights') with heads of ``head_dim`` and ``dropout`` in training: the same choice
-    ``packed_sdpa_attention`` makes."""
+    ``packed_sdpa_attention`` makes. ``slow``: the features (soft-capping, sinks) its layers hand the attention,
+    which send them through the model's own eager attention instead."""
+    if slow:
+        return (f"the model's own eager attention per example on the layers with {slow} (neither SDPA nor a "
+                "varlen kernel computes it; slower, exact)")
     if not cuda_path(device):
         return "SDPA per example" + (", float32 inside bf16 autocast" if fp32 else "")
     kernel = cuda_kernel()

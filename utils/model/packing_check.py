@@ -50,6 +50,10 @@ class Verdict:
     cached: str = ""
     """Where the verdict was read from (empty: checked in this process)."""
 
+    def slow_features(self) -> str:
+        """The features that send the type's layers through their own eager attention (soft-capping, sinks)."""
+        return " and ".join(f for f in self.features if f in ("attention soft-capping", "attention sinks"))
+
     def describe(self) -> str:
         """The run plan's line."""
         what = ", ".join(self.features) or "plain causal attention"

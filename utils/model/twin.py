@@ -6,7 +6,9 @@ rotary settings, partial rotary, soft-capping, sinks, biases, norms, tied embedd
 heads of the original head size), the MLP (64), the vocabulary (256), MoE to 4 experts (2 routed per token),
 the layers to one of each kind (every distinct combination of the per-layer lists such as ``layer_types`` or
 ``no_rope_layers``; at least two, the second an MoE layer where the config begins with dense ones), and a
-sliding window to 6 tokens, so that the check's examples are longer than it.
+sliding window to 6 tokens, so that the check's examples are longer than it. Soft-caps shrink to the twin's
+scale: a random twin's attention scores are about 0.01 and its logits under 1, where Gemma 2's caps of 50 and 30
+are the identity and a packed path that dropped them would pass; caps of 0.002 and 0.1 bend every score.
 """
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ WINDOW = 6
 WIDTH = 64
 EXPERTS, ROUTED = 4, 2
 MAX_LAYERS = 6
+SOFTCAPS = {"attn_logit_softcapping": 0.002, "final_logit_softcapping": 0.1}
+"""Each soft-cap the packed path and the loss apply, at a value that bites the twin's scores and logits."""
 
 _TOKEN_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
 _DROPPED = ("quantization_config", "auto_map", "_name_or_path", "architectures", "transformers_version",
@@ -43,6 +47,9 @@ def twin_config(config):
     data["vocab_size"] = VOCAB
     if isinstance(data.get("sliding_window"), int) and data["sliding_window"] > WINDOW:
         data["sliding_window"] = WINDOW
+    for key, cap in SOFTCAPS.items():
+        if isinstance(data.get(key), (int, float)) and data[key] > 0:
+            data[key] = cap
     for key, value in list(data.items()):
         if "dropout" in key and isinstance(value, float):
             data[key] = 0.0

@@ -122,12 +122,13 @@ def _describe(plan: RunPlan, params: TrainingParams, world: int, total_steps: in
     if router_of(model):
         plan.add("router auxiliary loss", f"x {router_of(model).coef:g}, per example, logged as router_aux_loss",
                  "config router_aux_loss_coef")
-    plan.add("packed == alone", check_model(model).describe(), "start-up check (utils/model/packing_check.py)")
+    verdict = check_model(model)
+    plan.add("packed == alone", verdict.describe(), "start-up check (utils/model/packing_check.py)")
     plan.add("total parameters", total, "model")
     plan.add("precision", "bf16" if params.bf16 else "fp16" if params.fp16 else "fp32", "training_params")
     plan.add("attention", describe_attention(device, bool(params.bf16 and params.attention_fp32),
                                              _attention_dtype(params, model), head_dim(model.config),
-                                             attention_dropout(model.config)),
+                                             attention_dropout(model.config), verdict.slow_features()),
              f"packed rows on {device.type} (training_params.attention_fp32)")
     plan.add("torch.compile", "every decoder layer (inductor), packed attention eager" if params.compile else "off",
              "training_params.compile")
