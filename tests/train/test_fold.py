@@ -32,9 +32,11 @@ def test_the_factor_is_the_largest_divisor_of_the_accumulation_the_memory_holds(
     split = fold.choose_split(params, model, CPU, 1, 1, None, on_cuda_path=False)
     assert (split.factor, split.micro_batch_tokens, split.gradient_accumulation_steps) == (
         factor, 256 * factor, accum // factor)
+    assert (split.params.micro_batch_tokens, split.params.gradient_accumulation_steps) == (256 * factor, accum // factor)
+    assert (params.micro_batch_tokens, params.gradient_accumulation_steps) == (256, accum)  # the config is kept
     assert f"{factor} configured micro-batches of 256 per device pass" in split.why and "(estimate)" in split.why
-    assert split.record(2) == {"micro_batch_tokens": 256 * factor, "micro_batches_per_step": 2 * accum // factor,
-                               "factor": factor}
+    assert fold.choose_split(params, model, CPU, 2, 1, None, False).record == {
+        "micro_batch_tokens": 256 * factor, "micro_batches_per_step": 2 * accum // factor, "factor": factor}
 
 
 def test_auto_folds_on_the_cuda_path_only(monkeypatch):
@@ -112,3 +114,23 @@ def test_a_folded_run_resumes_bit_identically_with_less_memory_free(tmp_path, mo
                                             resume=tmp_path / "cut" / "checkpoint-2")
     assert resumed.loss_history == full.loss_history
     assert all(weights_full[k].equal(weights_resumed[k]) for k in weights_full)
+
+
+def test_the_emulated_cuda_path_folds_by_default_and_the_plan_and_checkpoint_say_so(tmp_path_factory,
+                                                                                   toy_tokenizer_dir, tmp_path,
+                                                                                   monkeypatch, capsys):
+    from reliability_helpers import sft_argv, sft_config, sft_in_process, sft_work
+    from train_helpers import emulate_cuda_kernels
+
+    work = sft_work(tmp_path_factory, toy_tokenizer_dir)
+    emulate_cuda_kernels(monkeypatch, "1")
+    _room(monkeypatch, 512)
+    out = tmp_path / "run"
+    config = sft_config(work, "fold_auto", gradient_accumulation_steps=4, max_steps=2)
+    assert sft_in_process(sft_argv(work, config, out)) == 0, capsys.readouterr().err[-2000:]
+    plan = capsys.readouterr().out
+    assert "fold_micro_batches: 2 configured micro-batches of 256 per device pass" in plan
+    assert "micro-batch tokens" in plan and "512" in next(l for l in plan.splitlines() if "micro-batch tokens" in l)
+    saved = json.loads((out / "checkpoint-2" / "training_state.json").read_text())
+    assert saved["micro_batch_split"] == {"micro_batch_tokens": 512, "micro_batches_per_step": 2, "factor": 2}
+    assert saved["config"]["training_params"]["micro_batch_tokens"] == 256  # the config as given

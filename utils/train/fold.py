@@ -16,6 +16,7 @@ input and one layer's worth. The weights, their gradients and AdamW's two moment
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 
@@ -59,28 +60,33 @@ def state_bytes(model, device: torch.device, shards: int) -> int:
 class Split:
     """How one optimizer step reaches the device on each process."""
 
-    micro_batch_tokens: int
+    micro_batch_tokens: int | None
     gradient_accumulation_steps: int
     factor: int
     """Configured micro-batches per folded one (1: as configured)."""
     why: str
     """The run plan's reason."""
-
-    def applied(self, params: TrainingParams) -> TrainingParams:
-        """``params`` with this split (the planner's view of the run)."""
-        return dataclasses.replace(params, micro_batch_tokens=self.micro_batch_tokens,
-                                   gradient_accumulation_steps=self.gradient_accumulation_steps)
-
-    def record(self, world: int) -> dict:
-        """What a checkpoint keeps: the global shape of a step (micro-batches over every process, their tokens)."""
-        return {"micro_batch_tokens": self.micro_batch_tokens,
-                "micro_batches_per_step": self.gradient_accumulation_steps * world, "factor": self.factor}
+    params: TrainingParams | None = None
+    """The training parameters with this split: the planner's view of the run."""
+    record: dict | None = None
+    """What a checkpoint keeps: the global shape of a step (micro-batches over every process, their tokens)."""
 
 
 def choose_split(params: TrainingParams, model, device: torch.device, world: int, shards: int,
                  resumed: dict | None, on_cuda_path: bool) -> Split:
     """The split of this run: the one of the checkpoint it resumes (``resumed``: its training state), else folded
     as far as the free memory allows where folding is on, else as configured."""
+    split = _choose(params, model, device, world, shards, resumed, on_cuda_path)
+    planned = copy.copy(params)  # the config stays as given: resume compares it with the checkpoint's
+    planned.micro_batch_tokens = split.micro_batch_tokens
+    planned.gradient_accumulation_steps = split.gradient_accumulation_steps
+    return dataclasses.replace(split, params=planned, record={
+        "micro_batch_tokens": split.micro_batch_tokens,
+        "micro_batches_per_step": split.gradient_accumulation_steps * world, "factor": split.factor})
+
+
+def _choose(params: TrainingParams, model, device: torch.device, world: int, shards: int,
+            resumed: dict | None, on_cuda_path: bool) -> Split:
     tokens, accum = params.micro_batch_tokens, params.gradient_accumulation_steps
     if resumed is not None:
         saved = resumed.get("micro_batch_split")

@@ -74,7 +74,7 @@ def build_run(start: RunStart, model, data: TrainData, params: TrainingParams, *
     world = accelerator.num_processes
     split = choose_split(params, model, accelerator.device, world, world if sharded else 1, resumed,
                          cuda_path(accelerator.device))
-    planned = split.applied(params)
+    planned = split.params
     planner, total_steps, steps_from = plan_steps(data.stores, data.weights, planned, world, data.longest)
     loss_module = SupervisedLoss(model, num_sources=max(len(data.stores), len(data.val_stores)))
     if sharded:
@@ -99,7 +99,7 @@ def build_run(start: RunStart, model, data: TrainData, params: TrainingParams, *
         plan.add("checkpoints", "full state dicts keyed by name (resume on any world size)", "this trainer")
     return TrainRun(accelerator, loss_module, optimizer, scheduler, planner, data.stores, data.val_stores, params,
                     total_steps, output_dir, {**run_info, "plan": plan.as_dict(),
-                                              "micro_batch_split": split.record(world)},
+                                              "micro_batch_split": split.record},
                     start_time=time.perf_counter(),
                     label=label, on_eval=on_eval, sharded=sharded,
                     pin_memory=params.dataloader_pin_memory and accelerator.device.type == "cuda")
