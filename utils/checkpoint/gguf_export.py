@@ -181,7 +181,8 @@ def hf_greedy(hf_dir: Path, conversations: list[list[dict]], stop_ids: list[int]
 
 def llama_cpp_greedy(gguf_file: Path, conversations: list[list[dict]], stop_ids: list[int]) -> list[dict]:
     """The same through llama-cpp-python: the GGUF's embedded chat template, llama.cpp's tokenizer and forward."""
-    try:  # llama-cpp-python comes with requirements-gguf.txt; only this check needs it
+    try:
+        # llama-cpp-python comes with requirements-gguf.txt; deferred: only this check needs it
         from llama_cpp import Llama
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
     except ImportError:
