@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from chat_helpers import CONVERSATIONS
 from scripts_loader import load_script
 from utils.common.errors import run_cli
 from utils.data.fingerprint import tokenizer_fingerprint
@@ -212,7 +213,6 @@ def _final_with_template(run_dir: Path, tmp_path: Path, name: str) -> Path:
 def test_the_export_renders_the_format_it_was_trained_on(run_dir, tmp_path, name):
     from transformers import AutoTokenizer
 
-    from test_chat_jinja import CONVERSATIONS
     from utils.data.chat_jinja import CHAT_TEMPLATE_FILE
     from utils.data.templates import get_template
     from utils.data.tokenizer import load_tokenizer

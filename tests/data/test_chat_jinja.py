@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from chat_helpers import CONVERSATIONS
 from test_templates import FAMILIES, LLAMA3, family_tokenizer
 from utils.data.chat_jinja import (CHAT_TEMPLATE_FILE, trained_chat_template, without_generation_tags,
                                    write_trained_template)
@@ -17,16 +18,6 @@ LLAMA3_DATED = LLAMA3.replace("{{ bos_token }}", "{{ bos_token }}{% if not date_
                               "<|start_header_id|>system<|end_header_id|>\n\nToday Date: {{ date_string }}<|eot_id|>")
 OWN = ["chatml", "instruct", "chat", "alpaca"]
 CASES = [*OWN, *FAMILIES, "llama3_dated"]
-CONVERSATIONS = [
-    [{"role": "user", "content": "What is 2 plus 3?"}, {"role": "assistant", "content": "The answer is 5."}],
-    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Sort: b a c"},
-     {"role": "assistant", "content": "a b c"}, {"role": "user", "content": "Now reverse it.\nPlease."},
-     {"role": "assistant", "content": " c b a "}],
-    [{"role": "user", "content": "Hi \"there\" \\ {{ not jinja }} {% raw %}"}, {"role": "assistant", "content": "Hello."},
-     {"role": "user", "content": "Bye"}, {"role": "assistant", "content": "Bye!"}],
-    [{"role": "system", "content": "You count words.\n\nOnly digits."},
-     {"role": "user", "content": "Count: one two"}, {"role": "assistant", "content": "2"}],
-]
 
 
 def _tokenizer(toy_dir, case: str):
