@@ -15,10 +15,13 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Iterable, Iterator, NamedTuple
 
+from utils.common.errors import UserError
 from utils.common.labels import IGNORE
 from utils.data.filters import QualityFilters, clean_messages, conversation_hash, fit_to_length, text_drop_reason
+from utils.data.messages import is_structured, part_counts
 from utils.data.shards import example_line
 from utils.data.templates import get_template
+from utils.data.tool_template import ToolTemplateError
 from utils.data.tokenizer import load_tokenizer
 
 
@@ -46,6 +49,8 @@ class Outcome(NamedTuple):
     supervised: int = 0
     truncated: bool = False
     sample: tuple = ()
+    tool_use: tuple = ()
+    """``messages.part_counts`` of a kept conversation that uses tools (empty for the rest)."""
 
 
 _WORKER: dict = {}  # per process: set once by init_worker, read by encode_chunk
@@ -93,7 +98,7 @@ def encode_text(text: str, source: str, origin: str, want_sample: bool) -> list[
     return outcomes
 
 
-def encode_one(messages: tuple, source: str, origin: str, want_sample: bool) -> Outcome:
+def encode_one(messages: tuple, tools: tuple, source: str, origin: str, want_sample: bool) -> Outcome:
     """Clean, filter, tokenize and fit one conversation (runs in a worker)."""
     s, template = _WORKER["settings"], _WORKER["template"]
     msgs = clean_messages(messages, s.filters)
@@ -101,19 +106,26 @@ def encode_one(messages: tuple, source: str, origin: str, want_sample: bool) -> 
     if reason:
         return Outcome(origin, reason)
     try:
-        encoded = template.encode(msgs, s.train_on)
+        encoded = template.encode(msgs, s.train_on, tools)
         if s.filters.max_tokens is not None and len(encoded.input_ids) > s.filters.max_tokens:
             return Outcome(origin, "too_many_tokens")
-        encoded, note = fit_to_length(template, msgs, encoded, s.sequence_length, s.overlong, s.train_on)
+        encoded, note = fit_to_length(template, msgs, encoded, s.sequence_length, s.overlong, s.train_on, tools)
+    except ToolTemplateError as err:
+        if err.reason == "template_without_tools":  # every tool-using row would go: refuse the run instead
+            raise UserError(f"{origin}: the conversation uses tools (a tools list, tool calls or results) but {err}; "
+                            "use template 'tokenizer' with a tokenizer whose chat_template renders tools (Qwen2.5's "
+                            "does)") from None
+        return Outcome(origin, err.reason)
     except ValueError:
         return Outcome(origin, "template_error")
     if encoded is None:
         return Outcome(origin, note)
     if not encoded.num_supervised:
         return Outcome(origin, "no_supervised_tokens")
-    return Outcome(origin, "", conversation_hash(msgs), example_line(encoded.input_ids, encoded.labels, source),
-                   len(encoded.input_ids), encoded.num_supervised, note == "truncated",
-                   msgs if want_sample else ())
+    return Outcome(origin, "", conversation_hash(msgs, tools),
+                   example_line(encoded.input_ids, encoded.labels, source), len(encoded.input_ids),
+                   encoded.num_supervised, note == "truncated", (msgs, tools) if want_sample else (),
+                   part_counts(msgs, tools) if is_structured(msgs, tools) else ())
 
 
 class InlineRunner:

@@ -33,6 +33,7 @@ from utils.data.conversations import Conversation, RawText, Skip, check_dataset,
 from utils.data.data_card import build_manifest, print_summary, write_reports
 from utils.data.encode_workers import EncodeSettings, InlineRunner, PoolRunner
 from utils.data.filters import Deduper, QualityFilters
+from utils.data.messages import TOOL_USE_KEYS
 from utils.data.mixture import MixtureConfig, check_mixture, mixture_warnings, repeats, solve_multipliers, split_of
 from utils.data.shards import ShardWriter
 from utils.data.sources import DatasetSpec
@@ -126,6 +127,8 @@ class SourceStats:
     written: Counter = field(default_factory=Counter)
     tokens: Counter = field(default_factory=Counter)
     supervised: Counter = field(default_factory=Counter)
+    tool_use: Counter = field(default_factory=Counter)
+    """Kept conversations: ``conversations_with_tools``, ``tool_calls``, ``tool_results``."""
 
 
 @dataclass
@@ -167,8 +170,8 @@ def chunked(items: Iterable[Conversation | RawText | Skip], stats: RunStats, str
             stats.skip(item, strict)
             continue
         want = stats.sources[item.source].read <= SAMPLES_PER_SOURCE
-        payload = item.text if isinstance(item, RawText) else item.messages
-        chunk.append((payload, item.source, item.origin, want))
+        payload = (item.text,) if isinstance(item, RawText) else (item.messages, item.tools)
+        chunk.append((*payload, item.source, item.origin, want))
         if len(chunk) == CHUNK:
             yield chunk
             chunk = []
@@ -196,6 +199,7 @@ def read_and_encode(config: SFTDatasetConfig, runner, spill_dir: Path, stats: Ru
                 spill.write(f"{split}\t{out.digest.hex()}\t{out.tokens}\t{out.supervised}\t{out.line}\n")
                 source.kept[split] += 1
                 source.truncated += out.truncated
+                source.tool_use.update(dict(zip(TOOL_USE_KEYS, out.tool_use)))
                 best = stats.samples.get(spec.name)
                 if out.sample and (best is None or out.tokens < best[0]):  # the card shows a short one
                     stats.samples[spec.name] = (out.tokens, out.sample)

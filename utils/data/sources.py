@@ -27,11 +27,15 @@ from utils.common.errors import UserError, one_line
 TYPES = ("huggingface", "json", "jsonl", "parquet", "csv", "markdown_transcripts", "text_files")
 FORMATS = ("auto", "single_turn", "messages", "sharegpt", "oasst", "transcript", "text")
 ROLES = ("system", "user", "assistant")
+MESSAGE_ROLES = (*ROLES, "tool")
+"""Roles of a ``messages`` row: ``tool`` holds a tool's result."""
+SHAREGPT_ROLES = (*ROLES, "tool", "tool_call")
+"""What a ShareGPT ``from`` value may map to: ``tool_call`` is an assistant turn whose value is a call's JSON."""
 # Which text_fields keys each layout understands ("auto" infers the layout from them).
 TEXT_FIELDS = {
     "single_turn": {"prompt", "response", "input", "context", "system"},
-    "messages": {"messages", "system"},
-    "sharegpt": {"conversations", "system"},
+    "messages": {"messages", "system", "tools"},
+    "sharegpt": {"conversations", "system", "tools"},
     "transcript": {"text"},
     "oasst": set(),
     "text": {"text"},
@@ -102,9 +106,9 @@ class DatasetSpec:
         elif not self.dataset_name:
             raise UserError(f"{where}: dataset_name: missing; give a hub name, a file, a glob or a directory")
         self._check_text_fields(where)
-        bad = {k: v for k, v in self.role_map.items() if v not in ROLES}
+        bad = {k: v for k, v in self.role_map.items() if v not in SHAREGPT_ROLES}
         if bad:
-            raise UserError(f"{where}: role_map: {bad} maps to unknown roles; use {', '.join(ROLES)}")
+            raise UserError(f"{where}: role_map: {bad} maps to unknown roles; use {', '.join(SHAREGPT_ROLES)}")
 
     def _check_markdown(self, where: str) -> None:
         if not self.directories:

@@ -25,6 +25,9 @@ from utils.data.fingerprint import TOKENIZER_FILES, tokenizer_fingerprint
 from utils.data.text_sources import TextSource, iter_documents
 from utils.model.gguf import hf_dir_for_gguf
 
+ANCHOR = "\U0010FFFD"
+"""Added to a private copy of the tokenizer only (``plain_backend``); data containing it cannot be encoded."""
+
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<s>", "</s>"
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 CONTROL_TOKENS = (IM_START, IM_END)
@@ -248,3 +251,29 @@ def whole_backend(tokenizer):
     whole.no_padding()
     whole.encode_special_tokens = False
     return whole
+
+
+def special_token_ids(tokenizer) -> dict[str, int]:
+    """Every special token string of the tokenizer -> its id."""
+    out = {t.content: i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    for token in tokenizer.all_special_tokens:
+        tid = tokenizer.convert_tokens_to_ids(token)
+        if isinstance(tid, int) and tid != tokenizer.unk_token_id or token == tokenizer.unk_token:
+            out.setdefault(token, tid)
+    return out
+
+
+def plain_backend(tokenizer):
+    """A copy of the fast tokenizer that reads special-token strings as text, plus the anchor token."""
+    # tokenizers is needed only on this path
+    from tokenizers import AddedToken, Tokenizer
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise UserError(f"{tokenizer.name_or_path}: needs a fast (tokenizer.json) tokenizer")
+    plain = Tokenizer.from_str(backend.to_str())
+    plain.no_truncation()
+    plain.no_padding()
+    plain.encode_special_tokens = True
+    plain.add_tokens([AddedToken(ANCHOR, special=False, normalized=False)])
+    return plain, plain.token_to_id(ANCHOR)

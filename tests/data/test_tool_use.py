@@ -1,0 +1,211 @@
+"""Tool calls in the data: OpenAI and ShareGPT layouts, a tools column, rendering by the model's own template,
+supervision on assistant turns only, and the refusals (bad JSON, orphan results, templates without tools)."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from scripts_loader import load_script
+from utils.common.errors import UserError, run_cli
+from utils.common.labels import IGNORE
+from utils.data.conversations import Conversation, Skip, iter_conversations
+from utils.data.sources import DatasetSpec
+from utils.data.templates import get_template
+from utils.data.tokenizer import load_tokenizer
+from utils.data.tool_template import ToolTemplateError
+
+QWEN25 = Path(__file__).parent / "chat_templates" / "qwen2_5_instruct.jinja"
+GLAIVE = "tools/llamafactory_tool_demos/glaive_toolcall_en_demo.json"
+WEATHER = {"name": "get_weather", "description": "Weather of a city",
+           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}
+CALL = {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
+CONVERSATION = [{"role": "user", "content": "What is the weather in Paris?"},
+                {"role": "assistant", "content": "", "tool_calls": [CALL]},
+                {"role": "tool", "content": '{"temp": 21}'},
+                {"role": "assistant", "content": "It is 21 degrees."}]
+TOOLS = ({"type": "function", "function": WEATHER},)
+# A tool template of this project's tests (not a published one) that marks its generations, so HF computes
+# the assistant mask itself: the reference for "ids and masks equal HF's where the template marks them".
+MARKED = ("{%- if tools %}<|im_start|>system\nTools:{% for t in tools %}\n{{ t | tojson }}{% endfor %}<|im_end|>\n"
+          "{% endif %}{%- for m in messages %}{%- if m.role == 'assistant' %}<|im_start|>assistant\n"
+          "{% generation %}{{ m.content }}{% for c in m.tool_calls or [] %}{% if m.content or not loop.first %}\n"
+          "{% endif %}<tool_call>{{ {'name': c.function.name, 'arguments': c.function.arguments} | tojson }}"
+          "</tool_call>{% endfor %}<|im_end|>{% endgeneration %}\n{%- elif m.role == 'tool' %}<|im_start|>tool\n"
+          "{{ m.content }}<|im_end|>\n{%- else %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endif %}"
+          "{%- endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def read(tmp_path, rows, **spec):
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return list(iter_conversations(DatasetSpec(name="t", type="jsonl", dataset_name=str(path), **spec), tmp_path))
+
+
+def with_template(toy_tokenizer_dir, tmp_path, template: str) -> Path:
+    """The toy tokenizer with another chat_template, saved as a tokenizer directory."""
+    out = tmp_path / "tok"
+    shutil.copytree(toy_tokenizer_dir, out)
+    tok = load_tokenizer(out)
+    tok.chat_template = template
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture
+def qwen(toy_tokenizer_dir, tmp_path):
+    return load_tokenizer(with_template(toy_tokenizer_dir, tmp_path, QWEN25.read_text(encoding="utf-8").rstrip("\n")))
+
+
+# ---------------------------------------------------------------------- layouts
+def test_openai_tool_calls_and_results_become_messages(tmp_path):
+    row = {"messages": [{"role": "user", "content": "Weather in Paris?"},
+                        {"role": "assistant", "content": None, "tool_calls": [
+                            {"id": "c1", "type": "function",
+                             "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+                        {"role": "tool", "tool_call_id": "c1", "content": '{"temp": 21}'},
+                        {"role": "assistant", "content": "It is 21 degrees."}],
+           "tools": [{"type": "function", "function": WEATHER}]}
+    [conv] = read(tmp_path, [row])
+    assert isinstance(conv, Conversation)
+    assert conv.messages[1] == {"role": "assistant", "content": "", "tool_calls": [{**CALL, "id": "c1"}]}
+    assert conv.messages[2] == {"role": "tool", "content": '{"temp": 21}', "tool_call_id": "c1"}
+    assert conv.tools == TOOLS
+
+
+def test_sharegpt_function_call_and_observation_with_a_tools_string(tmp_path):
+    row = {"conversations": [{"from": "human", "value": "What is the weather in Paris?"},
+                             {"from": "function_call", "value": json.dumps(CALL["function"])},
+                             {"from": "observation", "value": '{"temp": 21}'},
+                             {"from": "gpt", "value": "It is 21 degrees."}],
+           "tools": json.dumps([WEATHER])}
+    [conv] = read(tmp_path, [row])
+    assert list(conv.messages) == CONVERSATION and conv.tools == TOOLS
+
+
+def test_role_map_names_other_tool_speakers(tmp_path):
+    row = {"conversations": [{"from": "q", "value": "Weather?"}, {"from": "call", "value": json.dumps(CALL)},
+                             {"from": "result", "value": "21"}, {"from": "a", "value": "21 degrees."}]}
+    [conv] = read(tmp_path, [row], role_map={"q": "user", "call": "tool_call", "result": "tool", "a": "assistant"})
+    assert [m["role"] for m in conv.messages] == ["user", "assistant", "tool", "assistant"]
+    with pytest.raises(UserError, match="role_map: .* maps to unknown roles"):
+        DatasetSpec(name="t", type="jsonl", dataset_name="x.jsonl", role_map={"call": "function"})
+
+
+def test_plain_conversations_are_unchanged_by_tool_support(tmp_path):
+    [conv] = read(tmp_path, [{"messages": CONVERSATION[:1] + [{"role": "assistant", "content": "Sunny."}]}])
+    assert conv.messages == ({"role": "user", "content": "What is the weather in Paris?"},
+                             {"role": "assistant", "content": "Sunny."}) and conv.tools == ()
+
+
+@pytest.mark.parametrize("turns,tools,reason", [
+    ([{"from": "human", "value": "Hi"}, {"from": "function_call", "value": "{not json"}], None, "bad_tool_call"),
+    ([{"from": "human", "value": "Hi"}, {"from": "function_call", "value": '{"arguments": {}}'}], None,
+     "bad_tool_call"),
+    ([{"from": "human", "value": "Hi"}, {"from": "function_call", "value": '{"name": "f", "arguments": "[1"}'}],
+     None, "bad_tool_call"),
+    ([{"from": "human", "value": "Hi"}, {"from": "observation", "value": "21"}, {"from": "gpt", "value": "Ok"}],
+     None, "orphan_tool_result"),
+    ([{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Ok"}], "[{oops", "bad_tools"),
+    ([{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Ok"}], '{"name": "f"}', "bad_tools"),
+    ([{"from": "human", "value": "Hi"}, {"from": "function_call", "value": json.dumps(CALL)},
+      {"from": "gpt", "value": "Ok"}], None, "misplaced_tool_call"),
+])
+def test_bad_tool_data_is_one_counted_skip_per_row(tmp_path, turns, tools, reason):
+    good = {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]}
+    bad = {"conversations": turns, **({"tools": tools} if tools is not None else {})}
+    items = read(tmp_path, [bad, good])
+    assert isinstance(items[0], Skip) and items[0].reason == reason and items[0].origin.endswith("rows.jsonl:1")
+    assert isinstance(items[1], Conversation)
+
+
+def test_tool_calls_on_a_user_turn_are_skipped(tmp_path):
+    row = {"messages": [{"role": "user", "content": "Hi", "tool_calls": [CALL]},
+                        {"role": "assistant", "content": "Ok"}]}
+    [skip] = read(tmp_path, [row])
+    assert skip.reason == "misplaced_tool_call"
+
+
+# ---------------------------------------------------------------------- rendering and masks
+def test_qwen25_ids_equal_hf_and_only_assistant_turns_train(qwen):
+    template = get_template("tokenizer", qwen)
+    assert template.renders_tools
+    encoded = template.encode(CONVERSATION, tools=TOOLS)
+    hf = qwen.apply_chat_template(CONVERSATION, tools=list(TOOLS), tokenize=True, return_dict=True)
+    assert encoded.input_ids == list(hf["input_ids"])
+    marked = template.mark_supervised(CONVERSATION, tools=TOOLS)
+    runs = marked.split("[[")[1:]
+    assert [r.split("]]")[0] for r in runs] == [
+        '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call><|im_end|>',
+        "It is 21 degrees.<|im_end|>"]
+    assert '{"temp": 21}' in marked and "get_weather" in marked.split("[[")[0]  # result and definition: context
+
+
+def test_masks_equal_hf_where_the_template_marks_generations(toy_tokenizer_dir, tmp_path):
+    tok = load_tokenizer(with_template(toy_tokenizer_dir, tmp_path, MARKED))
+    template = get_template("tokenizer", tok)
+    two_calls = [*CONVERSATION[:1], {"role": "assistant", "content": "Checking.", "tool_calls": [CALL, CALL]},
+                 {"role": "tool", "content": "21"}, {"role": "tool", "content": "22"}, *CONVERSATION[3:]]
+    for conv in (CONVERSATION, two_calls):
+        encoded = template.encode(conv, tools=TOOLS)
+        hf = tok.apply_chat_template(conv, tools=list(TOOLS), tokenize=True, return_dict=True,
+                                     return_assistant_tokens_mask=True)
+        assert encoded.input_ids == list(hf["input_ids"])
+        assert [int(label != IGNORE) for label in encoded.labels] == list(hf["assistant_masks"])
+
+
+def test_templates_without_tools_refuse_tool_conversations(toy_tokenizer):
+    for name in ("chatml", "tokenizer"):  # the toy tokenizer's own chat_template is plain ChatML
+        template = get_template(name, toy_tokenizer)
+        assert not template.renders_tools
+        with pytest.raises(ToolTemplateError) as err:
+            template.encode(CONVERSATION, tools=TOOLS)
+        assert err.value.reason == "template_without_tools"
+        assert template.encode(CONVERSATION[:1] + CONVERSATION[3:]).num_supervised  # plain ones still encode
+
+
+def test_special_token_text_in_a_tool_call_is_refused(qwen):
+    template = get_template("tokenizer", qwen)
+    call = {"type": "function", "function": {"name": "f", "arguments": {"x": "<|im_end|>"}}}
+    with pytest.raises(ToolTemplateError) as err:
+        template.encode([CONVERSATION[0], {"role": "assistant", "content": "", "tool_calls": [call]}])
+    assert err.value.reason == "special_token_in_tool_data"
+
+
+# ---------------------------------------------------------------------- the prepare stage
+def prepare_args(tmp_path, data: Path, out: Path, tokenizer: Path, **dataset):
+    config = {"name": "tools", "template": "tokenizer",
+              "output_params": {"sequence_length": 16384, "shard_size": 500, "train_ratio": 0.9},
+              "datasets": [{"name": "glaive", "type": "json", "dataset_name": str(data), **dataset}], "seed": 1}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config), encoding="utf-8")
+    return ["--config", str(path), "--output_dir", str(out), "--tokenizer_path", str(tokenizer), "--num_proc", "1"]
+
+
+def test_glaive_demo_prepares_with_nothing_dropped_as_unknown(shared_data, toy_tokenizer_dir, tmp_path, capsys):
+    data = shared_data / GLAIVE
+    if not data.is_file():
+        pytest.skip(f"{GLAIVE} is not in the shared data")
+    tokenizer = with_template(toy_tokenizer_dir, tmp_path, QWEN25.read_text(encoding="utf-8").rstrip("\n"))
+    out = tmp_path / "out"
+    assert run_cli(load_script("02_prepare_sft_corpus").main,
+                   prepare_args(tmp_path, data, out, tokenizer, format="sharegpt")) == 0
+    source = json.loads((out / "manifest.json").read_text())["sources"]["glaive"]
+    assert source["read"] == 300 and source["skipped"] == 0
+    assert source["dropped_by_reason"] == {"duplicate": 35}  # the demo repeats 35 of its rows exactly
+    card = (out / "DATA_CARD.md").read_text(encoding="utf-8")
+    assert "tool calls" in card and "[[<tool_call>" in card
+
+
+def test_a_template_without_tools_stops_the_stage_on_the_first_tool_row(shared_data, toy_tokenizer_dir, tmp_path,
+                                                                        capsys):
+    data = shared_data / GLAIVE
+    if not data.is_file():
+        pytest.skip(f"{GLAIVE} is not in the shared data")
+    out = tmp_path / "out"
+    code = run_cli(load_script("02_prepare_sft_corpus").main, prepare_args(tmp_path, data, out, toy_tokenizer_dir))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1 and "glaive_toolcall_en_demo.json[0]" in err[0]
+    assert "renders no tools" in err[0] and not out.exists()
