@@ -11,6 +11,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 import train_helpers  # noqa: E402
 import utils.train.loop as loop  # noqa: E402
 from utils.bench.syncs import counting_fit_syncs  # noqa: E402
+from utils.parallel.accelerator import exit_process  # noqa: E402
 
 
 def main(out: Path, lora: bool) -> None:
@@ -33,3 +34,4 @@ def main(out: Path, lora: bool) -> None:
 
 if __name__ == "__main__":
     main(Path(sys.argv[1]), lora="--lora" in sys.argv)
+    exit_process(0)  # as the training scripts end (gloo's teardown aborts finished ranks now and then)
