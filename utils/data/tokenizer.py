@@ -32,13 +32,32 @@ PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<s>", "</s>"
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 CONTROL_TOKENS = (IM_START, IM_END)
 
-# ChatML. The {% generation %} block marks assistant text for tools that ask the
-# template for assistant masks (transformers' return_assistant_tokens_mask).
+TOOLS_HEADER = ('# Tools\nYou may call the functions below. To call one, reply with <tool_call>{"name": <function name>, '
+                '"arguments": <JSON object>}</tool_call>; its result comes back as a tool message.')
+"""The project's tool format (``renderers.render_chatml``): this header and one JSON definition per line close the
+system turn; calls follow an assistant's text; results are ``tool`` turns."""
+# ChatML, with the project's tool format. The {% generation %} block marks assistant text (and calls) for tools
+# that ask the template for assistant masks (transformers' return_assistant_tokens_mask).
 CHATML_TEMPLATE = (
+    "{%- set system_first = messages and messages[0]['role'] == 'system' -%}"
+    "{%- if tools -%}"
+    "{{- '<|im_start|>system\\n' -}}"
+    "{%- if system_first -%}{{- messages[0]['content'] + '\\n\\n' -}}{%- endif -%}"
+    "{{- '" + TOOLS_HEADER.replace("\n", "\\n") + "' -}}"
+    "{%- for tool in tools -%}{{- '\\n' + (tool | tojson) -}}{%- endfor -%}"
+    "{{- '<|im_end|>\\n' -}}"
+    "{%- endif -%}"
     "{%- for message in messages -%}"
-    "{%- if message['role'] == 'assistant' -%}"
+    "{%- if tools and system_first and loop.first -%}"
+    "{%- elif message['role'] == 'assistant' -%}"
     "{{- '<|im_start|>assistant\\n' -}}"
-    "{% generation %}{{- message['content'] + '<|im_end|>' -}}{% endgeneration %}"
+    "{% generation %}{{- message['content'] -}}"
+    "{%- for call in message.tool_calls or [] -%}"
+    "{%- if message['content'] or not loop.first -%}{{- '\\n' -}}{%- endif -%}"
+    "{{- '<tool_call>' + ({'name': call['function']['name'], 'arguments': call['function']['arguments']} | tojson)"
+    " + '</tool_call>' -}}"
+    "{%- endfor -%}"
+    "{{- '<|im_end|>' -}}{% endgeneration %}"
     "{{- '\\n' -}}"
     "{%- else -%}"
     "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' -}}"
