@@ -28,6 +28,7 @@ NAME_FP32 = "packed_sdpa_fp32"
 _registered = False
 
 
+@torch.compiler.disable  # kept out of compiled decoder layers: it reads the example bounds on the host
 def packed_sdpa_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """query [1, H, N, D], key/value [1, Hkv, N, D] → ([1, N, H, D], None)."""
     # transformers costs seconds to import; deferred so callers that skip this stay fast
@@ -62,6 +63,7 @@ def packed_sdpa_attention(module, query, key, value, attention_mask, scaling=Non
     return out, None
 
 
+@torch.compiler.disable  # as packed_sdpa_attention
 def packed_sdpa_fp32_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """``packed_sdpa_attention`` computed in float32 when given bf16 tensors on the CPU; output in bf16."""
     if cuda_path(query.device) or query.dtype != torch.bfloat16:

@@ -82,6 +82,9 @@ class TrainingParams:
     SFT_EMULATE_CUDA_KERNELS, which runs the CUDA path on the CPU)."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward to save memory."""
+    compile: bool = False
+    """Compile every decoder layer with torch.compile (inductor; packed attention stays eager): the first steps
+    compile (about a minute), later lengths reuse the graphs; the run says at its end how many it compiled."""
     load_best_model_at_end: bool = False
     """Publish the checkpoint with the lowest eval/loss as final/ instead of the last step's weights; that
     checkpoint is kept through rotation. Needs eval_steps > 0 and save_steps a multiple of eval_steps."""

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from utils.checkpoint.checkpoints import save_checkpoint
 from utils.common.errors import Stopped, UserError
 from utils.common.labels import perplexity
+from utils.model.compiled import CompileStats
 from utils.model.loss import loss_sums
 from utils.model.modeling import load_weights_into
 from utils.monitor.trackers import RunLogger
@@ -188,6 +189,7 @@ def fit(run: TrainRun, state: TrainState) -> TrainState:
     """
     acc = run.accelerator
     logger = RunLogger(acc, state.step, run.run_info.get("config"))
+    compiled = CompileStats.now() if run.params.compile else None
     try:
         with _out_of_memory_hint():
             if run.val_stores and state.step == 0:
@@ -197,6 +199,8 @@ def fit(run: TrainRun, state: TrainState) -> TrainState:
                 return _fit(run, state, signals, _Window(run, logger, progress))
     finally:
         logger.close()
+        if compiled is not None and acc.is_main_process:
+            print(f"torch.compile: {CompileStats.now().since(compiled).describe()}", flush=True)
 
 
 def _fit(run: TrainRun, state: TrainState, signals: StopSignals, window: _Window) -> TrainState:

@@ -121,6 +121,8 @@ def _describe(plan: RunPlan, params: TrainingParams, world: int, total_steps: in
                                              _attention_dtype(params, model), head_dim(model.config),
                                              attention_dropout(model.config)),
              f"packed rows on {device.type} (training_params.attention_fp32)")
+    plan.add("torch.compile", "every decoder layer (inductor), packed attention eager" if params.compile else "off",
+             "training_params.compile")
     if params.dataloader_pin_memory:
         plan.add("pinned batches", "yes" if device.type == "cuda" else "no: nothing is copied to a device on the CPU",
                  "training_params.dataloader_pin_memory" + ("" if device.type == "cuda" else " (ignored here)"))
