@@ -35,3 +35,11 @@ def test_compiled_layers_train_as_eager_with_bounded_recompiles(tmp_path, monkey
     assert set(stats.breaks) == {next(iter(stats.breaks))} and "torch.compiler.disable" in next(iter(stats.breaks))
     printed = capsys.readouterr().out
     assert f"torch.compile: {stats.describe()}" in printed
+
+
+def test_a_model_without_decoder_layers_is_refused_for_compile():
+    from utils.common.errors import UserError
+    from utils.model.compiled import compile_layers
+
+    with pytest.raises(UserError, match="training_params.compile: found no decoder layers to compile"):
+        compile_layers([])

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from utils.bench.syncs import SyncCounter
+from utils.bench.syncs import SyncCounter, named_counts
 from utils.train.loop import optimizer_step, train_step
 from utils.train.run import TrainRun
 
@@ -44,9 +44,9 @@ class StepProfile:
     micro_batches: int = 0
 
     def syncs_line(self) -> str:
-        found = ", ".join(f"{n} x {name}" for name, n in self.syncs.most_common()) or "none"
         per = sum(self.syncs.values()) / max(1, self.micro_batches)
-        return f"host-device syncs: {per:.2f} per micro-batch over {self.micro_batches} micro-batch(es) ({found})"
+        return (f"host-device syncs: {per:.2f} per micro-batch over {self.micro_batches} micro-batch(es) "
+                f"({named_counts(self.syncs)})")
 
     def shares(self) -> dict[str, float]:
         return {g: self.seconds.get(g, 0.0) / self.wall_s for g in GROUPS}

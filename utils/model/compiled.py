@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from utils.common.errors import UserError
+
 
 @dataclass
 class CompileStats:
@@ -52,6 +54,7 @@ def _reason(text: str) -> str:
 def compile_layers(layers: list[torch.nn.Module]) -> None:
     """Compile every module of ``layers`` in place (inductor; shapes made dynamic on the first recompile)."""
     if not layers:
-        raise ValueError("no decoder layers to compile")
+        raise UserError("training_params.compile: found no decoder layers to compile in this model (its "
+                        "_no_split_modules name none of its modules); set compile to false")
     for layer in layers:
         layer.compile()
