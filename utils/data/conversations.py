@@ -15,12 +15,16 @@ same way:
 Tool use: OpenAI ``messages`` rows (``tool_calls``, role ``tool``) and ShareGPT rows with ``function_call`` /
 ``observation`` turns (LLaMA-Factory's and Glaive's layout; other names through role_map ``tool_call`` / ``tool``)
 become the same messages; a row's ``tools`` field (a list or JSON text of one) goes with its conversation.
+Reasoning traces (``utils/data/reasoning.py``): a message's ``reasoning_content`` (or ``text_fields.reasoning``),
+a leading ``<think>...</think>`` block of an assistant content, or LLaMA-Factory's typed content (``content`` as
+``[{"type": "text"|"reasoning"|"tool_call", "value"}, ...]``) become an assistant message's ``reasoning_content``.
 
 A row that cannot become a conversation is a ``Skip`` with a short stable ``reason`` and its origin, never
 an exception; only config problems raise UserError. Skip reasons: invalid_json, invalid_utf8, nul_byte,
 wrong_type, missing_field, empty_field, empty_conversation, unknown_role, misplaced_system,
 no_assistant_turn, unknown_format, orphan_message, deleted, no_conversation_found, single_role,
-unclosed_code_fence, bad_tool_call, bad_tools, misplaced_tool_call, orphan_tool_result.
+unclosed_code_fence, bad_tool_call, bad_tools, misplaced_tool_call, orphan_tool_result, bad_reasoning,
+misplaced_reasoning, unclosed_think.
 """
 from __future__ import annotations
 
@@ -30,8 +34,9 @@ from typing import Any, Callable, Iterator
 
 from utils.data.markdown_transcripts import compile_speakers, markdown_turns, split_turns
 from utils.data.messages import (Conversation, RawText, Skip, item_text, message, normalize, tool_calls, tools_list,
-                                 type_name)
+                                 type_name, typed_content)
 from utils.data.oasst import oasst_conversations
+from utils.data.reasoning import KEY as REASONING, turn_reasoning
 from utils.data.sources import (MESSAGE_ROLES, BadRow, DatasetSpec, Row, RowProblem, iter_rows, layout_for_fields,
                                 resolve_files)
 
@@ -220,25 +225,32 @@ def message_items(row: dict, path: str) -> Iterator[tuple[str, dict]]:
 
 
 def messages_turns(row: dict, fields: dict[str, str]) -> list[dict]:
-    """OpenAI-style ``[{"role", "content"}, ...]``: assistant ``tool_calls`` (content may then be null) and
-    ``tool`` results (``tool_call_id`` kept)."""
-    path = fields.get("messages", "messages")
+    """OpenAI-style ``[{"role", "content"}, ...]``: assistant ``tool_calls`` (content may then be null),
+    ``tool`` results (``tool_call_id`` kept), traces (``reasoning_content`` or ``<think>``); a content may be
+    LLaMA-Factory's typed parts."""
+    path, reasoning = fields.get("messages", "messages"), fields.get("reasoning", REASONING)
     turns = []
     for where, item in message_items(row, path):
         role = item.get("role")
         if role not in MESSAGE_ROLES:
             raise RowProblem("unknown_role", f"{where}.role is {role!r}; expected one of {', '.join(MESSAGE_ROLES)}")
         calls = tool_calls(item["tool_calls"], f"{where}.tool_calls") if item.get("tool_calls") else []
-        content = "" if calls and item.get("content") is None else item_text(item, "content", where)
+        if isinstance(item.get("content"), list):  # LLaMA-Factory's typed parts
+            content, parts_trace, more = typed_content(item["content"], role, f"{where}.content")
+            calls += more
+        else:
+            content = "" if calls and item.get("content") is None else item_text(item, "content", where)
+            parts_trace = ""
+        trace, content = turn_reasoning(item, role, reasoning, content, where, parts_trace)
         call_id = item.get("tool_call_id") if role == "tool" and isinstance(item.get("tool_call_id"), str) else None
-        turns.append(message(role, content, calls, call_id))
+        turns.append(message(role, content, calls, call_id, trace))
     return with_system(row, fields, turns)
 
 
 def sharegpt_turns(row: dict, fields: dict[str, str], role_map: dict[str, str]) -> list[dict]:
     """ShareGPT ``[{"from", "value"}, ...]`` with ``from`` mapped to roles through ``role_map``; a ``tool_call``
     speaker (``function_call`` by default) is an assistant turn whose value is the call's JSON."""
-    path = fields.get("conversations", "conversations")
+    path, reasoning = fields.get("conversations", "conversations"), fields.get("reasoning", REASONING)
     turns = []
     for where, item in message_items(row, path):
         speaker = item.get("from")
@@ -249,7 +261,8 @@ def sharegpt_turns(row: dict, fields: dict[str, str], role_map: dict[str, str]) 
         if role == "tool_call":
             turns.append(message("assistant", "", tool_calls(value, f"{where}.value")))
         else:
-            turns.append({"role": role, "content": value})
+            trace, value = turn_reasoning(item, role, reasoning, value, where)
+            turns.append(message(role, value, reasoning=trace))
     return with_system(row, fields, turns)
 
 

@@ -5,13 +5,14 @@ A conversation is a tuple of messages; each is ``{"role", "content"}`` and, wher
 * ``"tool_calls": [{"type": "function", "function": {"name": str, "arguments": {...}}, "id"?: str}, ...]`` on an
   assistant message (OpenAI's shape, arguments always a JSON object); its content may then be ``""``;
 * role ``"tool"``: a tool's result (content: the result as text), optionally ``"tool_call_id"``.
+* ``"reasoning_content": str`` on an assistant message: its reasoning trace (``utils/data/reasoning.py``).
 
 A conversation may carry ``tools``: the function definitions its rows offer, each held as
 ``{"type": "function", "function": {...}}``, rendered by the template (never supervised).
 
 ``normalize`` checks and shapes every layout's turns the same way: contents stripped; turns with no text and no
 call dropped; consecutive turns of one role merged (user text with a blank line between; assistant text and calls
-joined in order), tool results never merged; leading assistant and tool turns dropped, trailing user and tool
+joined in order, a trace only before the turn's text and calls), tool results never merged; leading assistant and tool turns dropped, trailing user and tool
 turns dropped; a user turn followed by an assistant turn must remain. A tool result needs a call before it.
 Plain conversations come out exactly as ``{"role", "content"}`` dicts, as before tool calls existed.
 """
@@ -22,11 +23,15 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from utils.data.reasoning import KEY as REASONING
 from utils.data.sources import RowProblem
 
 _SURROGATE = re.compile("[\ud800-\udfff]")  # JSON "\ud83d" escapes without their pair decode to these
 TOOL_USE_KEYS = ("conversations_with_tools", "tool_calls", "tool_results")
-"""What ``part_counts`` counts, in its order (the data card and the manifest's ``tool_use``)."""
+"""What ``part_counts`` counts first, in its order (the data card and the manifest's ``tool_use``); its last
+count is the conversation's reasoning traces."""
+PART_TYPES = ("text", "reasoning", "tool_call")
+"""The ``type`` of a part of LLaMA-Factory's typed content (``[{"type", "value"}, ...]``)."""
 
 
 @dataclass(frozen=True)
@@ -129,14 +134,40 @@ def tools_list(value: Any, where: str) -> tuple[dict, ...]:
     return tuple(out)
 
 
-def message(role: str, content: str, calls: list | None = None, call_id: str | None = None) -> dict:
+def message(role: str, content: str, calls: list | None = None, call_id: str | None = None,
+            reasoning: str = "") -> dict:
     """A message of the contract; the optional keys appear only when they hold something."""
     out = {"role": role, "content": content}
+    if reasoning:
+        out[REASONING] = reasoning
     if calls:
         out["tool_calls"] = list(calls)
     if call_id:
         out["tool_call_id"] = call_id
     return out
+
+
+def typed_content(parts: list, role: str, where: str) -> tuple[str, str, list[dict]]:
+    """(text, trace, calls) of LLaMA-Factory's typed content: text parts joined with a blank line, reasoning
+    parts first (assistant only), tool_call parts (each a call's JSON) after the text."""
+    texts, traces, calls = [], [], []
+    for k, part in enumerate(parts):
+        at = f"{where}[{k}]"
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind not in PART_TYPES or not isinstance(part.get("value"), str):
+            raise RowProblem("wrong_type", f"{at} is not a {{type: {'|'.join(PART_TYPES)}, value: text}} part")
+        if kind != "text" and role != "assistant":
+            reason = "misplaced_reasoning" if kind == "reasoning" else "misplaced_tool_call"
+            raise RowProblem(reason, f"{at}: a {role} turn carries a {kind} part; only assistant turns have them")
+        if kind == "reasoning" and (texts or calls):
+            raise RowProblem("misplaced_reasoning", f"{at}: a reasoning part after the turn's text or calls")
+        if kind == "text" and calls:
+            raise RowProblem("misplaced_tool_call", f"{at}: text after the turn's tool call")
+        if kind == "tool_call":
+            calls.append(tool_call(part["value"], f"{at}.value"))
+        else:
+            (texts if kind == "text" else traces).append(part["value"].strip())
+    return "\n\n".join(t for t in texts if t), "\n\n".join(t for t in traces if t), calls
 
 
 def _check_text(*texts: str) -> None:
@@ -150,19 +181,25 @@ def _merge(last: dict, turn: dict) -> dict:
     if last.get("tool_calls") and turn["content"]:
         raise RowProblem("misplaced_tool_call", "an assistant turn goes on after its tool call with no tool result "
                                                 "in between")
+    if turn.get(REASONING) and (last["content"] or last.get("tool_calls")):
+        raise RowProblem("misplaced_reasoning", "a reasoning trace comes after the answer of the same assistant "
+                                                "turn (two assistant turns in a row)")
     content = "\n\n".join(t for t in (last["content"], turn["content"]) if t)
-    return message(turn["role"], content, (last.get("tool_calls") or []) + (turn.get("tool_calls") or []))
+    trace = "\n\n".join(t for t in (last.get(REASONING, ""), turn.get(REASONING, "")) if t)
+    return message(turn["role"], content, (last.get("tool_calls") or []) + (turn.get("tool_calls") or []),
+                   reasoning=trace)
 
 
 def _shaped(turn: dict) -> dict | None:
     """One turn stripped and checked, or None when it holds nothing."""
     role, content, calls = turn["role"], turn["content"].strip(), turn.get("tool_calls") or []
-    _check_text(content, json.dumps(calls, ensure_ascii=False) if calls else "")
+    trace = turn.get(REASONING, "").strip()
+    _check_text(content, trace, json.dumps(calls, ensure_ascii=False) if calls else "")
     if calls and role != "assistant":
         raise RowProblem("misplaced_tool_call", f"a {role} turn carries tool calls; only assistant turns call tools")
-    if not content and not calls:
+    if not content and not calls:  # a trace with no answer after it has nothing to lead to
         return None
-    return message(role, content, calls, turn.get("tool_call_id"))
+    return message(role, content, calls, turn.get("tool_call_id"), trace)
 
 
 def normalize(turns: list[dict]) -> tuple[dict, ...]:
@@ -194,12 +231,13 @@ def normalize(turns: list[dict]) -> tuple[dict, ...]:
     return tuple(head + body)
 
 
-def part_counts(messages, tools) -> tuple[int, int, int]:
-    """(1 when the conversation offers tools else 0, its tool calls, its tool results)."""
+def part_counts(messages, tools) -> tuple[int, int, int, int]:
+    """(1 when the conversation offers tools else 0, its tool calls, its tool results, its reasoning traces)."""
     calls = sum(len(m.get("tool_calls", ())) for m in messages)
-    return int(bool(tools)), calls, sum(m["role"] == "tool" for m in messages)
+    return (int(bool(tools)), calls, sum(m["role"] == "tool" for m in messages),
+            sum(bool(m.get(REASONING)) for m in messages))
 
 
 def is_structured(messages, tools) -> bool:
-    """Whether a conversation needs more than plain role/content messages (tools, calls, results)."""
-    return bool(tools) or any(len(m) > 2 or m["role"] == "tool" for m in messages)
+    """Whether a conversation uses tools (definitions, calls or results): only templates with tools render it."""
+    return bool(tools) or any("tool_calls" in m or m["role"] == "tool" for m in messages)

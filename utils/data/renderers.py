@@ -11,6 +11,13 @@ ALPACA_PREAMBLE = ("Below is an instruction that describes a task. "
                    "Write a response that appropriately completes the request.")
 
 
+def answer(m: Message) -> str:
+    """An assistant turn's text as the project's templates write it: its reasoning trace first, as
+    ``<think>\n{trace}\n</think>\n``, then the content."""
+    trace = m.get("reasoning_content")
+    return f"<think>\n{trace}\n</think>\n{m['content']}" if trace else m["content"]
+
+
 def _split_system(msgs: list[Message]) -> tuple[str, list[Message]]:
     if msgs and msgs[0]["role"] == "system":
         return msgs[0]["content"], msgs[1:]
@@ -26,7 +33,7 @@ def render_chatml(msgs: list[Message], add_generation_prompt: bool, tools: Seque
         system, msgs = _split_system(msgs)
         definitions = "".join("\n" + json.dumps(t, ensure_ascii=False) for t in tools)
         head = f"{IM_START}system\n{system + chr(10) * 2 if system else ''}{TOOLS_HEADER}{definitions}{IM_END}\n"
-    out = "".join(f"{IM_START}{m['role']}\n{m['content']}{_calls(m)}{IM_END}\n" for m in msgs)
+    out = "".join(f"{IM_START}{m['role']}\n{answer(m)}{_calls(m)}{IM_END}\n" for m in msgs)
     return head + out + (f"{IM_START}assistant\n" if add_generation_prompt else "")
 
 
@@ -62,5 +69,5 @@ def _turns(turns: list[Message], user: str, reply: str, eos: str, after_reply: s
             sep = after_reply if prev is not None and prev["role"] == "assistant" else ""
             out.append(sep + user.format(m["content"]))
         else:
-            out.append(reply.format(m["content"]) + eos)
+            out.append(reply.format(answer(m)) + eos)
     return out

@@ -34,12 +34,14 @@ SHAREGPT_ROLES = (*ROLES, "tool", "tool_call")
 # Which text_fields keys each layout understands ("auto" infers the layout from them).
 TEXT_FIELDS = {
     "single_turn": {"prompt", "response", "input", "context", "system"},
-    "messages": {"messages", "system", "tools"},
-    "sharegpt": {"conversations", "system", "tools"},
+    "messages": {"messages", "system", "tools", "reasoning"},
+    "sharegpt": {"conversations", "system", "tools", "reasoning"},
     "transcript": {"text"},
     "oasst": set(),
     "text": {"text"},
 }
+REASONING_MODES = ("train", "keep_context", "drop")
+"""What a dataset's ``reasoning`` setting does with traces (``utils/data/reasoning.py``)."""
 # The keys that make "auto" pick a layout from text_fields.
 KEY_FIELDS = {"single_turn": {"prompt", "response"}, "messages": {"messages"},
               "sharegpt": {"conversations"}, "transcript": {"text"}}
@@ -88,6 +90,8 @@ class DatasetSpec:
     file_glob: str = "**/*.md"
     ignore_lines: list[str] = field(default_factory=list)
     """Markdown only: regexes; a whole line matching one (outside code fences) is dropped (dates, anchors)."""
+    reasoning: str = "train"
+    """Reasoning traces: train (supervised as rendered), keep_context (rendered, not supervised) or drop."""
 
     def __post_init__(self) -> None:
         where = f"dataset '{self.name}'"
@@ -109,6 +113,9 @@ class DatasetSpec:
         bad = {k: v for k, v in self.role_map.items() if v not in SHAREGPT_ROLES}
         if bad:
             raise UserError(f"{where}: role_map: {bad} maps to unknown roles; use {', '.join(SHAREGPT_ROLES)}")
+        if self.reasoning not in REASONING_MODES:
+            raise UserError(f"{where}: reasoning: unknown value {self.reasoning!r}; use one of "
+                            f"{', '.join(REASONING_MODES)}")
 
     def _check_markdown(self, where: str) -> None:
         if not self.directories:

@@ -1,4 +1,4 @@
-"""Tool use through a chat template: whether a template renders tools, where a tool-using assistant turn starts,
+"""Tool use (and reasoning traces) through a chat template: whether a template renders tools, where a tool-using assistant turn starts,
 and the checks that nothing of a call or a definition is lost or turns into a control token.
 
 A conversation with tools, calls or results (``messages.is_structured``) is rendered with ``tools=`` by the
@@ -50,8 +50,12 @@ def check_tool_text(msgs: Sequence[dict], tools: Sequence[dict], special: re.Pat
 
 def turn_start(render: Render, msgs: list[dict], i: int, text: str, tools: Sequence[dict]) -> int:
     """Character where assistant message ``i``'s own text begins: the end of the conversation before it
-    rendered with the generation prompt."""
+    rendered with the generation prompt. A template that shows earlier turns' reasoning only while no user
+    message follows them (Qwen3's) renders them without it in the whole conversation: that prefix is tried too."""
     prefix = render(msgs[:i], True, tools)
+    if not text.startswith(prefix):
+        untraced = [{k: v for k, v in m.items() if k != "reasoning_content"} for m in msgs[:i]]
+        prefix = render(untraced, True, tools)
     if not text.startswith(prefix):
         raise ToolTemplateError("template_error", f"the chat template renders the turns before message {i} "
                                                   "differently once it follows")
