@@ -19,8 +19,8 @@ def test_compiled_layers_train_as_eager_with_bounded_recompiles(tmp_path, monkey
     frames = []
     real_step = loop.train_step
 
-    def step(run, batches):
-        out = real_step(run, batches)
+    def step(run, batches, packed=None):
+        out = real_step(run, batches, packed)
         frames.append(CompileStats.now().frames)
         return out
 

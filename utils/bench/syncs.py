@@ -106,10 +106,10 @@ def counting_fit_syncs(loop_module, run):
     real_step = loop_module.train_step
     micro = {}
 
-    def marked(run_, batches):
+    def marked(run_, batches, packed=None):
         counter.step += 1
         micro[counter.step] = len(batches.for_rank(run_.accelerator.process_index, run_.accelerator.num_processes))
-        return real_step(run_, batches)
+        return real_step(run_, batches, packed)
 
     loop_module.train_step = marked
     try:

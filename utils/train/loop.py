@@ -1,6 +1,7 @@
 """The one training loop, shared by pre-training/CPT (01) and SFT (03).
 
-Each optimizer step: take this rank's micro-batches of the step the planner drew →
+Each optimizer step: take this rank's micro-batches of the step the planner drew (drawn and
+packed ahead on a thread, ``utils/sampling/prefetch.py``) →
 forward/backward (gradients synchronised on the last one) → clip → optimizer and
 scheduler step → log (the only host synchronisation) → evaluate / checkpoint.
 The loss of every micro-batch is divided by the supervised tokens of the WHOLE step
@@ -14,7 +15,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import torch
 from torch.distributed.tensor import DTensor
@@ -29,9 +30,9 @@ from utils.model.modeling import load_weights_into
 from utils.monitor.trackers import RunLogger
 from utils.parallel.fsdp import local, set_gradient_sync
 from utils.parallel.state_dict import unwrap_lm
-from utils.sampling.example_store import ExampleStore
-from utils.sampling.packing import PackedBatch, pack
+from utils.sampling.packing import PackedBatch
 from utils.sampling.planner import StepBatches
+from utils.sampling.prefetch import Prefetcher, collate
 from utils.train.config import TrainingParams
 from utils.train.preemption import StopSignals, signal_name
 from utils.train.run import TrainRun
@@ -51,11 +52,13 @@ class TrainState:
     best_eval_loss: float | None = None
     initial_eval: dict = field(default_factory=dict)
     """The evaluation before the first step (not saved: a resumed run has none)."""
+    planner_state: dict | None = None
+    """The step planner's state after this state's step was drawn (None: the planner's own, nothing drawn ahead)."""
 
     def to_record(self, run: TrainRun) -> dict:
         """training_state.json of a checkpoint: this state, the sampler position and the run's record."""
         return {"step": self.step, "tokens_seen": self.tokens_seen, "supervised_seen": self.supervised_seen,
-                "loss_history": self.loss_history, "planner": run.planner.state_dict(), "last_eval": self.last_eval,
+                "loss_history": self.loss_history, "planner": self.planner_state or run.planner.state_dict(), "last_eval": self.last_eval,
                 "best_step": self.best_step, "best_eval_loss": self.best_eval_loss,
                 "total_steps": run.total_steps, "world_size": run.accelerator.num_processes, **run.run_info}
 
@@ -67,18 +70,17 @@ class TrainState:
                    best_step=saved.get("best_step", 0), best_eval_loss=saved.get("best_eval_loss"))
 
 
-def collate(stores: list[ExampleStore], items: list[tuple[int, int]]) -> PackedBatch:
-    return pack([(*stores[s].get(i), s) for s, i in items])
-
-
-def train_step(run: TrainRun, batches: StepBatches) -> torch.Tensor:
-    """Forward/backward over this rank's micro-batches; returns the local loss sum (no sync)."""
+def train_step(run: TrainRun, batches: StepBatches, packed: Iterable[PackedBatch] | None = None) -> torch.Tensor:
+    """Forward/backward over this rank's micro-batches (``packed``: already packed, else packed here); returns the
+    local loss sum (no sync)."""
     acc = run.accelerator
     my_bins = batches.for_rank(acc.process_index, acc.num_processes)
     scale = acc.num_processes / max(1, batches.num_supervised)  # DDP averages over ranks
     local = torch.zeros((), device=acc.device)
-    for i, items in enumerate(my_bins):
-        batch = collate(run.stores, items).to(acc.device, pin=run.pin_memory)
+    if packed is None:
+        packed = (collate(run.stores, items) for items in my_bins)
+    for i, host in enumerate(packed):
+        batch = host.to(acc.device, pin=run.pin_memory)
         last = i == len(my_bins) - 1
         sync = contextlib.nullcontext() if last else acc.no_sync(run.loss_module)  # DDP
         set_gradient_sync(run.loss_module, last)  # FSDP2: reduce-scatter on the last micro-batch only
@@ -195,20 +197,23 @@ def fit(run: TrainRun, state: TrainState) -> TrainState:
             if run.val_stores and state.step == 0:
                 state.initial_eval = evaluate(run)
             bar = tqdm(total=run.total_steps, initial=state.step, desc=run.label, disable=not acc.is_main_process)
-            with bar as progress, StopSignals() as signals:
-                return _fit(run, state, signals, _Window(run, logger, progress))
+            feed = Prefetcher(run.planner, run.stores, run.total_steps - state.step, acc.process_index,
+                              acc.num_processes, pin=run.pin_memory)
+            with bar as progress, StopSignals() as signals, feed:
+                return _fit(run, state, signals, _Window(run, logger, progress), feed)
     finally:
         logger.close()
         if compiled is not None and acc.is_main_process:
             print(f"torch.compile: {CompileStats.now().since(compiled).describe()}", flush=True)
 
 
-def _fit(run: TrainRun, state: TrainState, signals: StopSignals, window: _Window) -> TrainState:
+def _fit(run: TrainRun, state: TrainState, signals: StopSignals, window: _Window, feed: Prefetcher) -> TrainState:
     acc, params = run.accelerator, run.params
     run.loss_module.train()
     while state.step < run.total_steps:
-        batches = run.planner.next_step()
-        window.add(train_step(run, batches), batches)
+        fetched = feed.next_step()
+        batches, state.planner_state = fetched.batches, fetched.planner_state
+        window.add(train_step(run, batches, fetched.micro_batches), batches)
         grad_norm = optimizer_step(run)
         state.step += 1
         state.tokens_seen += batches.num_tokens
