@@ -11,7 +11,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import utils.model.kernels as kernels
 from scripts_loader import load_script
-from train_helpers import random_store, tiny_llama
+from train_helpers import count_stand_in_calls, emulate_cuda_kernels, random_store, tiny_llama
 from utils.bench import gpu_model, gpu_profile, gpu_quick
 from utils.bench.gpu import Budget, run_checks, throughput_command
 from utils.bench.syncs import sync_reason
@@ -27,19 +27,10 @@ REAL_SET, REAL_GET, REAL_SYNC = (torch.cuda.set_sync_debug_mode, torch.cuda.get_
 @pytest.fixture
 def emulate(monkeypatch):
     """The CUDA path on the CPU (this torch's varlen_attn stand-in); counts the stand-in's calls."""
-    calls = {"n": 0}
-    real = kernels._attend
-
-    def counted(*args, **kwargs):
-        calls["n"] += 1
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(kernels, "_attend", counted)
-    monkeypatch.setenv(kernels.EMULATE_ENV, "1")
-    kernels.cuda_kernel.cache_clear()
+    calls = count_stand_in_calls(monkeypatch)
+    emulate_cuda_kernels(monkeypatch, "1")
     yield calls
-    monkeypatch.delenv(kernels.EMULATE_ENV)
-    kernels.cuda_kernel.cache_clear()
+    emulate_cuda_kernels(monkeypatch, None)
 
 
 # ------------------------------------------------------------------------------------- varlen through models

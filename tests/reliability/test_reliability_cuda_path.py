@@ -12,6 +12,7 @@ import pytest
 
 import utils.model.kernels as kernels
 from arch_helpers import ARCHITECTURES, save_tiny_model
+from train_helpers import count_stand_in_calls, emulate_cuda_kernels
 from reliability_helpers import final_weights, newest_state, script, sft_argv, sft_config, sft_in_process
 from utils.common.errors import run_cli
 from utils.data.tokenizer import load_tokenizer
@@ -22,22 +23,14 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 @pytest.fixture
 def emulate(monkeypatch):
     """Switch the emulation on (``kind``) for one test; counts the stand-in kernel's calls."""
-    calls = {"n": 0}
-    real = kernels._attend
-
-    def counted(*args, **kwargs):
-        calls["n"] += 1
-        return real(*args, **kwargs)
+    calls = count_stand_in_calls(monkeypatch)
 
     def on(kind: str = "1") -> dict:
-        monkeypatch.setenv(kernels.EMULATE_ENV, kind)
-        kernels.cuda_kernel.cache_clear()
+        emulate_cuda_kernels(monkeypatch, kind)
         return calls
 
-    monkeypatch.setattr(kernels, "_attend", counted)
     yield on
-    monkeypatch.delenv(kernels.EMULATE_ENV, raising=False)
-    kernels.cuda_kernel.cache_clear()
+    emulate_cuda_kernels(monkeypatch, None)
 
 
 def _model(work, model_type: str):

@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import torch
-from torch.profiler import ProfilerActivity, profile, record_function
+from torch.profiler import ProfilerActivity
 
 from utils.bench.gpu import Check
-from utils.bench.profile import OPTIMIZER_REGION
+from utils.bench.profile import OPTIMIZER_REGION, profiled_steps
 from utils.bench.syncs import SyncCounter, named_counts
 from utils.train.loop import optimizer_step, train_step
 
@@ -144,18 +144,8 @@ def profile_split(run, steps: int = 2, warmup: int = 1, cuda: bool | None = None
     cuda = _on_cuda(run, cuda)
     for _ in range(warmup):
         _one_step(run)
-    drawn = [run.planner.next_step() for _ in range(steps)]
     activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
-    _synchronize(cuda)
-    with profile(activities=activities) as prof:
-        start = time.perf_counter()
-        for batches in drawn:
-            with record_function("forward_backward"):
-                train_step(run, batches)
-            with record_function(OPTIMIZER_REGION):
-                optimizer_step(run)
-        _synchronize(cuda)
-        wall = time.perf_counter() - start
+    prof, wall = profiled_steps(run, steps, activities, lambda: _synchronize(cuda))
     events = prof.events()
     split = split_time(device_kernels(events) if cuda else cpu_ops(events), wall * 1e6)
     return {**{k: v / 1e3 / steps for k, v in split.items()}, "step": wall * 1e3 / steps}

@@ -84,21 +84,31 @@ def group_of(event) -> str | None:
     return "elementwise"
 
 
-def profile_step(run: TrainRun, warmup: int = 2, steps: int = 1) -> StepProfile:
-    """Run ``warmup`` steps, then profile ``steps`` optimizer steps of ``run`` (the loop's own functions);
-    the times are per step (the mean over the profiled steps). One more step counts the host-device syncs."""
-    for _ in range(warmup):
-        train_step(run, run.planner.next_step())
-        optimizer_step(run)
+def profiled_steps(run: TrainRun, steps: int, activities=(ProfilerActivity.CPU,), synchronize=lambda: None):
+    """``steps`` optimizer steps of ``run`` (drawn before the profiler starts) under torch's profiler, the
+    forward/backward and the optimizer in regions of their own; returns the profile and the wall seconds, with
+    ``synchronize`` called before the clock starts and before it stops."""
     drawn = [run.planner.next_step() for _ in range(steps)]
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    synchronize()
+    with profile(activities=list(activities)) as prof:
         start = time.perf_counter()
         for batches in drawn:
             with record_function("forward_backward"):
                 train_step(run, batches)
             with record_function(OPTIMIZER_REGION):
                 optimizer_step(run)
+        synchronize()
         wall = time.perf_counter() - start
+    return prof, wall
+
+
+def profile_step(run: TrainRun, warmup: int = 2, steps: int = 1) -> StepProfile:
+    """Run ``warmup`` steps, then profile ``steps`` optimizer steps of ``run`` (the loop's own functions);
+    the times are per step (the mean over the profiled steps). One more step counts the host-device syncs."""
+    for _ in range(warmup):
+        train_step(run, run.planner.next_step())
+        optimizer_step(run)
+    prof, wall = profiled_steps(run, steps)
     total = summarize(prof.events(), wall)
     batches, counter = run.planner.next_step(), SyncCounter()
     with counter:  # apart from the profiled steps: the counter's Python hook would take part of their time

@@ -58,7 +58,8 @@ class TrainState:
     def to_record(self, run: TrainRun) -> dict:
         """training_state.json of a checkpoint: this state, the sampler position and the run's record."""
         return {"step": self.step, "tokens_seen": self.tokens_seen, "supervised_seen": self.supervised_seen,
-                "loss_history": self.loss_history, "planner": self.planner_state or run.planner.state_dict(), "last_eval": self.last_eval,
+                "loss_history": self.loss_history, "planner": self.planner_state or run.planner.state_dict(),
+                "last_eval": self.last_eval,
                 "best_step": self.best_step, "best_eval_loss": self.best_eval_loss,
                 "total_steps": run.total_steps, "world_size": run.accelerator.num_processes, **run.run_info}
 
