@@ -3,22 +3,20 @@ supervision on assistant turns only, and the refusals (bad JSON, orphan results,
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 
 import pytest
 
+from chat_helpers import prepare_args, published_template, read, with_template
 from scripts_loader import load_script
 from utils.common.errors import UserError, run_cli
 from utils.common.labels import IGNORE
-from utils.data.conversations import Conversation, Skip, iter_conversations
+from utils.data.conversations import Conversation, Skip
 from utils.data.sources import DatasetSpec
 from utils.data.templates import get_template
 from utils.data.tokenizer import load_tokenizer
 from utils.data.tool_template import ToolTemplateError
 from utils.model.gguf import packaged_gguf
 
-QWEN25 = Path(__file__).parent / "chat_templates" / "qwen2_5_instruct.jinja"
 GLAIVE = "tools/llamafactory_tool_demos/glaive_toolcall_en_demo.json"
 WEATHER = {"name": "get_weather", "description": "Weather of a city",
            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}
@@ -33,25 +31,9 @@ PLAIN_CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + 
 """A chat_template that knows no tools (as SmolLM2-135M-Instruct's)."""
 
 
-def read(tmp_path, rows, **spec):
-    path = tmp_path / "rows.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return list(iter_conversations(DatasetSpec(name="t", type="jsonl", dataset_name=str(path), **spec), tmp_path))
-
-
-def with_template(toy_tokenizer_dir, tmp_path, template: str) -> Path:
-    """The toy tokenizer with another chat_template, saved as a tokenizer directory."""
-    out = tmp_path / "tok"
-    shutil.copytree(toy_tokenizer_dir, out)
-    tok = load_tokenizer(out)
-    tok.chat_template = template
-    tok.save_pretrained(out)
-    return out
-
-
 @pytest.fixture
 def qwen(toy_tokenizer_dir, tmp_path):
-    return load_tokenizer(with_template(toy_tokenizer_dir, tmp_path, QWEN25.read_text(encoding="utf-8").rstrip("\n")))
+    return load_tokenizer(with_template(toy_tokenizer_dir, tmp_path, published_template("qwen2_5_instruct.jinja")))
 
 
 # ---------------------------------------------------------------------- layouts
@@ -189,20 +171,11 @@ def test_special_token_text_in_a_tool_call_is_refused(qwen):
 
 
 # ---------------------------------------------------------------------- the prepare stage
-def prepare_args(tmp_path, data: Path, out: Path, tokenizer: Path, template: str = "tokenizer", **dataset):
-    config = {"name": "tools", "template": template,
-              "output_params": {"sequence_length": 16384, "shard_size": 500, "train_ratio": 0.9},
-              "datasets": [{"name": "glaive", "type": "json", "dataset_name": str(data), **dataset}], "seed": 1}
-    path = tmp_path / "config.json"
-    path.write_text(json.dumps(config), encoding="utf-8")
-    return ["--config", str(path), "--output_dir", str(out), "--tokenizer_path", str(tokenizer), "--num_proc", "1"]
-
-
 def test_glaive_demo_prepares_with_nothing_dropped_as_unknown(shared_data, toy_tokenizer_dir, tmp_path, capsys):
     data = shared_data / GLAIVE
     if not data.is_file():
         pytest.skip(f"{GLAIVE} is not in the shared data")
-    tokenizer = with_template(toy_tokenizer_dir, tmp_path, QWEN25.read_text(encoding="utf-8").rstrip("\n"))
+    tokenizer = with_template(toy_tokenizer_dir, tmp_path, published_template("qwen2_5_instruct.jinja"))
     out = tmp_path / "out"
     assert run_cli(load_script("02_prepare_sft_corpus").main,
                    prepare_args(tmp_path, data, out, tokenizer, format="sharegpt")) == 0

@@ -50,6 +50,8 @@ _SENTINEL0 = 0xF0000  # Supplementary Private Use Area-A: never produced by a te
 _SENTINEL_RE = re.compile("[\U000F0000-\U000FFFFC]")
 _TRACE = 0x8000
 """Sentinel ``_SENTINEL0 + _TRACE + i`` stands for message i's reasoning trace (``contents`` key ``_TRACE + i``)."""
+MAX_MESSAGES = 0xFFFFC - _SENTINEL0 - _TRACE + 1
+"""The most messages a conversation may have: every trace sentinel stays inside ``_SENTINEL_RE``."""
 FOLD_NOTE = "system prompt folded into the first user turn ({family} template has no system role)"
 
 
@@ -193,8 +195,8 @@ class ChatTemplate:
         return tokens, [(s, e) for s, e, _ in trained], tuple(t for _, _, t in turns)
 
     def _tokenize(self, msgs: list[Message], add_generation_prompt: bool, tools: Sequence[dict] = ()) -> _Tokens:
-        if len(msgs) > _TRACE - 1:
-            raise ValueError("more messages than sentinel characters")
+        if len(msgs) > MAX_MESSAGES:
+            raise ValueError(f"more than {MAX_MESSAGES} messages (sentinel characters)")
         structured = is_structured(msgs, tools)
         if has_traces(msgs) and not self.renders_reasoning:
             raise ToolTemplateError("template_without_reasoning", f"the chat_template of "
