@@ -56,7 +56,7 @@ TARGET_ARGS = $(foreach v,$(TARGET_VARS),$(call given,$(v))) --num_proc $(NPROC)
 .PHONY: help install demo-data tokenizer-train-mix pretrain-tiny pretrain-small pretrain-base \
 	prepare-sft-corpus sft-train-tiny sft-train-small sft-train-base sft-custom \
 	sft-eval sft-pipeline-complete cpt-ift-pipeline smollm2-skill qlora smollm2-qlora sft-export studio bench \
-	bench-profile bench-qlora bench-scaling bench-gpu bench-gpu-quick docs-config test clean
+	bench-profile bench-qlora bench-scaling bench-gpu bench-gpu-quick bench-packing-check docs-config test clean
 
 help: ## list the targets, in pipeline order
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_.-]+:.*## / {printf "  \033[1m%-24s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -255,6 +255,9 @@ bench-qlora: $(DEMO_TOKENIZER_STAMP) $(QLORA_STAMP) ## QLoRA against LoRA (small
 
 bench-scaling: $(DEMO_TOKENIZER_STAMP) ## cost as the corpus grows: prepare and train 10k, 100k, 1M generated conversations -> docs/BENCHMARKS.md, docs/scaling.png
 	$(PY) scripts/benchmark_scaling.py $(SCALING_ARGS)
+
+bench-packing-check: $(STAMP) ## what the start-up packing check costs per model type, checked and cached -> docs/BENCHMARKS.md
+	$(PY) scripts/benchmark_packing_check.py
 
 bench-gpu: $(DEMO_TOKENIZER_STAMP) $(BENCH_STAMP) ## the GPU checks in 6 minutes (packed attention through tiny models under bf16 autocast, bf16 peak and MFU, TRL, resume, FSDP2, the main job); refuses without a GPU
 	$(PY) scripts/benchmark_gpu.py $(GPU_ARGS)

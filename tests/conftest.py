@@ -1,6 +1,7 @@
 """Shared fixtures: a toy tokenizer trained by the pipeline's own code, paths to shared data."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -20,6 +21,13 @@ def _toy_text() -> str:
     chat = "\n".join(f"What is {a} plus {b}? The answer is {a + b}. Reverse the list [x, y, z]."
                      for a in range(30) for b in range(0, 30, 7))
     return text + "\n" + chat
+
+
+@pytest.fixture(autouse=True, scope="session")
+def packing_check_cache(tmp_path_factory):
+    """The start-up packing check caches its verdicts in a directory of the session, never the user's cache."""
+    os.environ["SFT_PIPELINE_CACHE"] = str(tmp_path_factory.mktemp("sft_pipeline_cache"))
+    yield
 
 
 @pytest.fixture(autouse=True)

@@ -172,7 +172,7 @@ def test_syncs_on_cuda_use_the_sync_debug_mode_outside_any_synchronize(tmp_path,
     run = tiny_run(tmp_path)
     if leak:  # a host read of the loss in every step: one sync per step
         real = gpu_profile.train_step
-        monkeypatch.setattr(gpu_profile, "train_step", lambda r, b: real(r, b).item())
+        monkeypatch.setattr(gpu_profile, "train_step", lambda r, b: real(r, b)[0].item())
     per_step, counts = gpu_profile.syncs_per_step(run, steps=3, cuda=True)
     assert fake.modes_set == [1, 0] and fake.mode == 0  # warn, then the mode found before
     assert fake.synchronized == [0, 0]  # both synchronize calls outside the counted window

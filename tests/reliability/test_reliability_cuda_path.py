@@ -1,6 +1,6 @@
 """The CUDA code path, run on the CPU under SFT_EMULATE_CUDA_KERNELS: stand-ins of the varlen kernels hold each
 real kernel's input contract (utils/model/kernels.py), so a run that would fail at the first forward on a GPU
-fails here. Every supported architecture trains (full and LoRA, bf16 on and off), evaluates, generates and resumes
+fails here. Every architecture of the tests trains (full and LoRA, bf16 on and off), evaluates, generates and resumes
 bit-identically through them; so does QLoRA; each kernel signature (torch 2.10, 2.11, 2.13, flash-attn, no
 varlen kernel) trains."""
 from __future__ import annotations
@@ -11,7 +11,7 @@ import shutil
 import pytest
 
 import utils.model.kernels as kernels
-from arch_helpers import ARCHITECTURES, save_tiny_model
+from arch_helpers import ARCHITECTURES, NEWER_ARCHITECTURES, save_tiny_model
 from train_helpers import count_stand_in_calls, emulate_cuda_kernels
 from reliability_helpers import final_weights, newest_state, script, sft_argv, sft_config, sft_in_process
 from utils.common.errors import run_cli
@@ -60,17 +60,21 @@ def _train(work, capsys, name, model, lora, bf16, steps=2, *extra):
     return out, captured.out
 
 
-@pytest.mark.parametrize("model_type", ("llama",) + ARCHITECTURES)
+@pytest.mark.parametrize("model_type", ("llama",) + ARCHITECTURES + NEWER_ARCHITECTURES)
 def test_every_architecture_trains_evaluates_generates_and_resumes_on_the_cuda_path(work, model_type, emulate,
                                                                                     capsys):
     calls = emulate("1")
     model = _model(work, model_type)
     out, printed = _train(work, capsys, f"cuda_lora_{model_type}", model, True, True, 4)
     attention = next(line for line in printed.splitlines() if line.strip().startswith("attention"))
-    uses_kernel = model_type != "gpt2"  # GPT-2's attention dropout sends its rows per example (the plan says so)
+    uses_kernel = model_type not in ("gpt2", "gemma2")  # GPT-2's attention dropout sends its rows per example,
+    capped = model_type == "gemma2"  # Gemma 2's soft-capping through its own eager attention (the plan says so)
     if uses_kernel:
         assert "emulated on the CPU" in attention and "q/k/v in bfloat16" in attention, attention
         assert calls["n"] > 0
+    else:
+        assert ("eager attention per example" in attention) == capped, attention
+        assert calls["n"] == 0 or not capped  # GPT-2 evaluates through the kernel (no dropout there)
     assert (out / "samples.jsonl").read_text().count('"step": 4') == 1  # generation at the last evaluation
     state = newest_state(out)
     assert len(state["loss_history"]) == 4 and all(x == x for x in state["loss_history"])
@@ -90,7 +94,8 @@ def test_every_architecture_trains_evaluates_generates_and_resumes_on_the_cuda_p
     _, printed = _train(work, capsys, f"cuda_fp32_{model_type}", model, True, False)
     assert calls["n"] == before  # float32: the kernel cannot take it, SDPA per example does
     fp32_line = next(line for line in printed.splitlines() if line.strip().startswith("attention"))
-    assert "SDPA per example" in fp32_line and ("float32" in fp32_line or not uses_kernel), fp32_line
+    assert ("eager attention" if capped else "SDPA per example") in fp32_line, fp32_line
+    assert "float32" in fp32_line or not uses_kernel, fp32_line
 
     report = work / "out" / f"cuda_eval_{model_type}"
     code = run_cli(script("04_evaluate_sft").main, [

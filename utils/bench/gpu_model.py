@@ -64,9 +64,9 @@ def _losses_and_grads(model, batches, num_sources: int, device, dtype) -> tuple[
     for batch, bounds in batches:
         inputs = batch.to(device).loss_inputs()[:-1]
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            loss_sum, by_source = loss_module(*inputs, bounds)
+            loss_sum, parts = loss_module(*inputs, bounds)
         loss_sum.backward()
-        per_example += by_source.detach().double().cpu()
+        per_example += parts[:num_sources].detach().double().cpu()  # parts: per-source sums, then loss and aux
     grads = {name: p.grad.detach().double().cpu() for name, p in model.named_parameters() if p.grad is not None}
     return per_example, grads
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from utils.common.atomic import atomic_dir, exclusive
-from utils.common.errors import UserError, check_readable
+from utils.common.errors import UserError, check_readable, one_line
 from utils.data.fingerprint import TOKENIZER_FILES, tokenizer_fingerprint
 from utils.data.text_sources import TextSource, iter_documents
 from utils.model.gguf import hf_dir_for_gguf
@@ -179,13 +179,27 @@ def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
     hf_dir = hf_dir_for(path)
+    check_tokenizer_files(hf_dir)
     try:
         tok = AutoTokenizer.from_pretrained(str(hf_dir), trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
-        raise UserError(f"{hf_dir}: cannot load tokenizer: {str(err).splitlines()[0]}") from None
+        raise UserError(f"{hf_dir}: cannot load tokenizer ({one_line(err)[:300]}); pass --tokenizer_path a "
+                        "complete tokenizer directory") from None
     if tok.pad_token_id is None:
         raise UserError(f"{hf_dir}: tokenizer has no pad token; set pad_token in tokenizer_config.json")
     return tok
+
+
+def check_tokenizer_files(hf_dir: Path) -> None:
+    """Refuse a directory with none of the files a tokenizer is read from (an empty one, or a model directory
+    saved without its tokenizer), naming what is missing and what to pass."""
+    if not hf_dir.is_dir() or any((hf_dir / name).is_file() for name in TOKENIZER_FILES):
+        return
+    what = ("is a model directory without tokenizer files" if (hf_dir / "config.json").is_file()
+            else "is empty" if not any(hf_dir.iterdir()) else "holds no tokenizer files")
+    raise UserError(f"{hf_dir}: {what} (no tokenizer.json, tokenizer_config.json or tokenizer.model); pass "
+                    "--tokenizer_path the tokenizer directory the model was trained with (e.g. the final/ of a run, "
+                    "or one `make tokenizer-train-mix` wrote)")
 
 
 def copy_tokenizer_files(src: str | Path, dst: Path) -> None:

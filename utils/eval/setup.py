@@ -22,7 +22,7 @@ from utils.data.tokenizer import hf_dir_for, load_tokenizer
 from utils.eval.evaluation import EvalInputs, prompt_conversations, read_eval_set, retention_store
 from utils.model.architectures import check_model, check_positions
 from utils.model.attention import use_packed_attention
-from utils.model.modeling import check_vocab_fits, load_model, not_a_model_dir
+from utils.model.modeling import check_model_files, check_vocab_fits, load_model, not_a_model_dir
 from utils.monitor.run_plan import RunPlan
 from utils.parallel.accelerator import fast_bf16_available
 from utils.parallel.quantization import load_base
@@ -141,6 +141,7 @@ def _tokenizer(args: EvalRequest, plan: RunPlan):
     recover_published(args.model_path)
     if Path(args.model_path).is_file() and Path(args.model_path).suffix != ".gguf":
         raise UserError(not_a_model_dir(args.model_path))
+    check_model_files(Path(args.model_path), args.model_path)  # the model's files first, then its tokenizer's
     if args.tokenizer_path:
         path, origin = args.tokenizer_path, "--tokenizer_path"
     elif not Path(args.model_path).exists():
@@ -149,7 +150,8 @@ def _tokenizer(args: EvalRequest, plan: RunPlan):
     elif _has_tokenizer(Path(args.model_path)):
         path, origin = args.model_path, "the model directory"
     else:
-        raise UserError(f"{args.model_path}: holds no tokenizer files; pass --tokenizer_path")
+        raise UserError(f"{args.model_path}: holds no tokenizer files (no tokenizer.json, tokenizer_config.json or "
+                        "tokenizer.model); pass --tokenizer_path the tokenizer the model was trained with")
     tokenizer = load_tokenizer(path)
     fingerprint = tokenizer_fingerprint(hf_dir_for(path))
     plan.add("tokenizer", f"{path} (sha256 {fingerprint[:12]})", origin)

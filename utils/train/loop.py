@@ -25,7 +25,7 @@ from utils.checkpoint.checkpoints import save_checkpoint
 from utils.common.errors import Stopped, UserError
 from utils.common.labels import perplexity
 from utils.model.compiled import CompileStats
-from utils.model.loss import loss_sums
+from utils.model.loss import loss_sums, router_of
 from utils.model.modeling import load_weights_into
 from utils.monitor.trackers import RunLogger
 from utils.parallel.fsdp import local, set_gradient_sync
@@ -73,11 +73,11 @@ class TrainState:
 
 def train_step(run: TrainRun, batches: StepBatches, packed: Iterable[PackedBatch] | None = None) -> torch.Tensor:
     """Forward/backward over this rank's micro-batches (``packed``: already packed, else packed here); returns the
-    local loss sum (no sync)."""
+    local loss sum and router auxiliary loss sum (an MoE model's; 0 otherwise), without a sync."""
     acc = run.accelerator
     my_bins = batches.for_rank(acc.process_index, acc.num_processes)
     scale = acc.num_processes / max(1, batches.num_supervised)  # DDP averages over ranks
-    local = torch.zeros((), device=acc.device)
+    local = torch.zeros(2, device=acc.device)
     if packed is None:
         packed = (collate(run.stores, items) for items in my_bins)
     for i, host in enumerate(packed):
@@ -86,9 +86,9 @@ def train_step(run: TrainRun, batches: StepBatches, packed: Iterable[PackedBatch
         sync = contextlib.nullcontext() if last else acc.no_sync(run.loss_module)  # DDP
         set_gradient_sync(run.loss_module, last)  # FSDP2: reduce-scatter on the last micro-batch only
         with sync, acc.autocast():
-            loss_sum, _ = run.loss_module(*batch.loss_inputs())
-        acc.backward(loss_sum * scale)
-        local += loss_sum.detach()
+            objective, parts = run.loss_module(*batch.loss_inputs())
+        acc.backward(objective * scale)
+        local += parts[-2:]
     return local
 
 
@@ -280,7 +280,8 @@ class _Window:
 
     def __init__(self, run: TrainRun, logger: RunLogger, progress) -> None:
         self.run, self.logger, self.progress = run, logger, progress
-        self.pending: list[tuple[torch.Tensor, int]] = []  # (local loss sum, step supervised tokens)
+        self.pending: list[tuple[torch.Tensor, int]] = []  # (local loss and aux sums, step supervised tokens)
+        self.routed = router_of(unwrap_lm(run.accelerator, run.loss_module)) is not None
         self.start, self.tokens = time.perf_counter(), 0
 
     def add(self, loss_sum: torch.Tensor, batches: StepBatches) -> None:
@@ -291,7 +292,8 @@ class _Window:
         run = self.run
         tokens_per_s = self.tokens / max(time.perf_counter() - self.start, 1e-9)
         sums = run.accelerator.reduce(torch.stack([p[0] for p in self.pending]), "sum").tolist()
-        losses = [s / max(1, p[1]) for s, p in zip(sums, self.pending)]
+        losses = [s[0] / max(1, p[1]) for s, p in zip(sums, self.pending)]
+        routed = {"router_aux_loss": sums[-1][1] / max(1, self.pending[-1][1])} if self.routed else {}
         _check_finite(losses, state.step - len(losses) + 1, run.output_dir)
         state.loss_history.extend(losses)
         self.logger.log({
@@ -300,6 +302,7 @@ class _Window:
             "supervised_tokens": state.supervised_seen, "tokens_per_s": tokens_per_s,
             "elapsed_s": time.perf_counter() - run.start_time,
             "process_cpu_s": time.process_time(),  # with elapsed_s: how much of the wall time was ours
+            **routed,
         })
         self.progress.set_postfix(loss=f"{losses[-1]:.4f}", tok_s=f"{tokens_per_s:,.0f}")
         self.pending, self.start, self.tokens = [], time.perf_counter(), 0

@@ -12,7 +12,8 @@ from accelerate import Accelerator
 
 from utils.checkpoint.final_model import save_final
 from utils.model.attention import attention_dropout, describe as describe_attention, head_dim
-from utils.model.loss import SupervisedLoss
+from utils.model.architectures import check_model, frozen_experts
+from utils.model.loss import SupervisedLoss, router_of
 from utils.model.modeling import count_parameters
 from utils.monitor.plots import plot_training
 from utils.monitor.run_plan import RunPlan
@@ -113,13 +114,21 @@ def _describe(plan: RunPlan, params: TrainingParams, world: int, total_steps: in
     plan.add("trainable parameters", trainable, "LoRA adapter" if hasattr(model, "peft_config") else "full model")
     if hasattr(model, "peft_config"):
         targets = sorted(model.peft_config["default"].target_modules)
-        plan.add("LoRA targets", ", ".join(targets), "lora_config.target_modules (absent: every attention and "
-                 f"MLP layer of {model.config.model_type})")
+        plan.add("LoRA targets", ", ".join(targets), "lora_config.target_modules (absent: every linear layer of "
+                 f"the {model.config.model_type} decoder)")
+        frozen = frozen_experts(model)
+        if frozen:
+            plan.add("MoE experts", f"{frozen:,} weights of fused experts frozen (not linear layers)", "LoRA")
+    if router_of(model):
+        plan.add("router auxiliary loss", f"x {router_of(model).coef:g}, per example, logged as router_aux_loss",
+                 "config router_aux_loss_coef")
+    verdict = check_model(model)
+    plan.add("packed == alone", verdict.describe(), "start-up check (utils/model/packing_check.py)")
     plan.add("total parameters", total, "model")
     plan.add("precision", "bf16" if params.bf16 else "fp16" if params.fp16 else "fp32", "training_params")
     plan.add("attention", describe_attention(device, bool(params.bf16 and params.attention_fp32),
                                              _attention_dtype(params, model), head_dim(model.config),
-                                             attention_dropout(model.config)),
+                                             attention_dropout(model.config), verdict.slow_features()),
              f"packed rows on {device.type} (training_params.attention_fp32)")
     plan.add("torch.compile", "every decoder layer (inductor), packed attention eager" if params.compile else "off",
              "training_params.compile")

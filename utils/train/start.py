@@ -88,10 +88,11 @@ def _own_policy(accelerator: Accelerator, plugin) -> bool:
 
 
 def ready_to_train(model, lora: LoraSettings | None, params: TrainingParams, where: str):
-    """Refuse an unsupported architecture; wrap LoRA, targeting every attention and MLP layer of the
-    architecture when ``lora.target_modules`` is left out; switch on packed attention and, when asked, gradient
-    checkpointing and torch.compile of every decoder layer. Returns the model and the LoRA settings as applied
-    (targets filled in), which the run records, so a resume compares the layers actually adapted."""
+    """Refuse an architecture that cannot train packed (the start-up check, cached per type); wrap LoRA, targeting
+    every linear layer of the model's decoder when ``lora.target_modules`` is left out; switch on packed attention
+    and, when asked, gradient checkpointing and torch.compile of every decoder layer. Returns the model and the LoRA
+    settings as applied (targets filled in), which the run records, so a resume compares the layers actually
+    adapted."""
     check_model(model, where)
     if lora is not None:
         if lora.target_modules is None:
