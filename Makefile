@@ -59,7 +59,7 @@ TARGET_ARGS = $(foreach v,$(TARGET_VARS),$(call given,$(v))) --num_proc $(NPROC)
 	prepare-sft-corpus sft-train-tiny sft-train-small sft-train-base sft-custom \
 	sft-eval sft-pipeline-complete cpt-ift-pipeline smollm2-skill qlora smollm2-qlora sft-export gguf \
 	sft-export-gguf studio bench \
-	bench-profile bench-qlora bench-scaling bench-gpu bench-gpu-quick bench-packing-check docs-config test clean
+	bench-profile bench-qlora bench-scaling bench-gpu bench-gpu-quick bench-packing-check docs-config test test-fast clean
 
 help: ## list the targets, in pipeline order
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_.-]+:.*## / {printf "  \033[1m%-24s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
