@@ -101,3 +101,32 @@ def test_a_failed_conversion_leaves_the_previous_export(run_dir, gguf_export, tm
     assert run_cli(export_script.main, args) == 2
     assert "convert_hf_to_gguf.py failed" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in gguf_export.iterdir() if p.is_file()} == before
+
+
+@needs_gguf
+def test_a_sigkill_during_the_gguf_conversion_leaves_the_previous_export(run_dir, gguf_export, tmp_path):  # noqa: F811
+    """A real SIGKILL in the middle of --gguf (the process dies as llama.cpp's converter starts): the previous export
+    is byte for byte as it was, and the next export replaces it whole."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from paths import ROOT
+
+    before = {p.name: p.read_bytes() for p in gguf_export.iterdir() if p.is_file()}
+    args = ["--model_path", str(run_dir / "run" / "final"), "--output_dir", str(gguf_export), "--gguf", "q8_0"]
+    killer = (
+        "import os, signal, sys; sys.path[:0] = [{root!r}, {tests!r}]\n"
+        "from scripts_loader import load_script\n"
+        "import utils.checkpoint.gguf_export as gguf\n"
+        "gguf.run_llama_cpp = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)\n"
+        "sys.exit(load_script('05_export_model').main({args!r}))\n").format(
+        root=str(ROOT), tests=str(ROOT / "tests"), args=args)
+    proc = subprocess.run([sys.executable, "-c", killer], cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert {p.name: p.read_bytes() for p in gguf_export.iterdir() if p.is_file()} == before
+    assert export_script.main(args) == 0  # the next run sweeps what the killed one left and publishes whole
+    assert (gguf_export / f"{gguf_export.name}-q8_0.gguf").exists() or any(gguf_export.glob("*q8_0.gguf"))
+    assert not list(gguf_export.parent.glob(f".{gguf_export.name}*"))
