@@ -59,7 +59,7 @@ TARGET_ARGS = $(foreach v,$(TARGET_VARS),$(call given,$(v))) --num_proc $(NPROC)
 	prepare-sft-corpus sft-train-tiny sft-train-small sft-train-base sft-custom \
 	sft-eval sft-pipeline-complete cpt-ift-pipeline smollm2-skill smollm2-tools qlora smollm2-qlora sft-export gguf \
 	sft-export-gguf studio bench \
-	bench-profile bench-qlora bench-scaling bench-gpu bench-gpu-quick bench-packing-check docs-config test clean
+	bench-profile bench-qlora bench-scaling bench-gpu bench-gpu-quick bench-packing-check docs-config test test-fast clean
 
 help: ## list the targets, in pipeline order
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_.-]+:.*## / {printf "  \033[1m%-24s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -315,6 +315,9 @@ docs-config: $(STAMP) ## regenerate docs/CONFIG.md from the JSON Schemas and con
 
 test: $(STAMP) $(QLORA_STAMP) $(GGUF_STAMP) $(STUDIO_STAMP) ## run the test suite (CPU, tiny models; reads ../shared/data when present)
 	$(PY) -m pytest -q tests
+
+test-fast: $(STAMP) $(QLORA_STAMP) $(STUDIO_STAMP) ## the unit and stage tiers of the suite (no e2e scripts, real models or multi-process runs)
+	$(PY) -m pytest -q -m "unit or stage" tests
 
 clean: ## remove generated data and checkpoints (keeps .venv)
 	rm -rf data/demo data/sft_processed checkpoints/tokenizer checkpoints/pretrain checkpoints/sft_industrial

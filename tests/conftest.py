@@ -13,6 +13,32 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 
+TIERS = {
+    "e2e": ("e2e/", "demo/", "studio/test_studio_browser.py", "model/test_gguf_smollm2.py"),
+    "distributed": ("parallel/test_fsdp2.py", "reliability/test_reliability_preemption.py",
+                    "reliability/test_reliability_resume.py", "train/test_host_syncs.py"),
+    "stage": ("reliability/",),
+}
+"""Test tiers by file (the first match wins, anything else is ``unit``): ``make test-fast`` runs unit and stage,
+``make test`` (what CI runs) every tier. e2e runs the scripts as a user does, or a real model; distributed
+launches several processes; stage drives one stage in process on a tiny model."""
+
+
+def pytest_configure(config) -> None:
+    for tier, what in (("unit", "fast tests of one module, toy tokenizers"),
+                       ("stage", "one stage driven in process on a tiny model"),
+                       ("e2e", "scripts run as a user runs them, or a real model"),
+                       ("distributed", "several processes (torchrun, gloo)")):
+        config.addinivalue_line("markers", f"{tier}: {what}")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        where = Path(str(item.fspath)).resolve().relative_to(ROOT / "tests").as_posix()
+        tier = next((t for t, prefixes in TIERS.items() if where.startswith(prefixes)), "unit")
+        item.add_marker(tier)
+
+
 def _toy_text() -> str:
     import pydoc_data.topics
 
