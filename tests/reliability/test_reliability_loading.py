@@ -136,3 +136,44 @@ def test_a_read_only_output_dir_on_a_fresh_run_says_so(work, tmp_path, stage):
     assert errors[0] == (f"error: --output_dir {out}: this user may not write in it (read-only); nothing was "
                          "written — make it writable (chmod u+w) or choose another --output_dir")
     assert not any(out.iterdir()) and not list(tmp_path.glob(".out*"))
+
+
+def test_a_final_dir_carrying_the_trained_template_evaluates_without_tokenizer_path(work, tmp_path, capsys):
+    """A tokenizer whose own chat template is not the one trained (chatml here): final/ carries the trained template,
+    so its tokenizer files differ from the ones the data was prepared with, and 04 still evaluates it from final/
+    alone, comparing the data with the fingerprint training recorded."""
+    import json
+
+    from utils.data.fingerprint import tokenizer_fingerprint
+
+    tok = tmp_path / "tok"
+    shutil.copytree(work / "tokenizer", tok)
+    tokenizer = load_tokenizer(tok)
+    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
+    tokenizer.save_pretrained(tok)
+    config = tmp_path / "ds.json"
+    config.write_text(json.dumps({
+        "name": "own", "template": "chatml", "seed": 1,
+        "output_params": {"sequence_length": 128, "shard_size": 40, "train_ratio": 0.9},
+        "datasets": [{"name": "own", "type": "jsonl", "dataset_name": str(work / "raw" / "instruct.jsonl")}]}))
+    data, out = tmp_path / "data", tmp_path / "run"
+    assert run_cli(script("02_prepare_sft_corpus").main, ["--config", str(config), "--output_dir", str(data),
+                                                         "--tokenizer_path", str(tok), "--num_proc", "1"]) == 0
+    argv = ["--config", str(sft_config(work, "own_template", max_steps=2, eval_steps=0, save_steps=0)),
+            "--model_path", str(work / "model"), "--data_dirs", str(data), "--tokenizer_path", str(tok),
+            "--output_dir", str(out)]
+    assert sft_in_process(argv) == 0, capsys.readouterr().err[-2000:]
+    assert (out / "final" / "chat_template.jinja").is_file()
+    assert tokenizer_fingerprint(out / "final") != tokenizer_fingerprint(tok)
+    capsys.readouterr()
+    code = run_cli(script("04_evaluate_sft").main, ["--model_path", str(out / "final"), "--data_dirs", str(data),
+                                                    "--output_dir", str(tmp_path / "eval"), "--max_new_tokens", "2",
+                                                    "--no_progress"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err[-2000:]
+    assert "as trained: final/ carries the trained chat template" in captured.out
+    (out / "final" / "chat_template.jinja").write_text("{{ messages }}")  # not the trained template: refused
+    code = run_cli(script("04_evaluate_sft").main, ["--model_path", str(out / "final"), "--data_dirs", str(data),
+                                                    "--output_dir", str(tmp_path / "eval2"), "--max_new_tokens", "2",
+                                                    "--no_progress"])
+    assert code == 2 and "Tokenizer mismatch between datasets!" in capsys.readouterr().err

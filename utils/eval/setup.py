@@ -14,6 +14,7 @@ import torch
 from utils.common.atomic import recover_published
 from utils.common.config import from_dict, load_config, load_eval_prompts, read_json
 from utils.common.errors import UserError
+from utils.data.chat_jinja import CHAT_TEMPLATE_FILE, trained_chat_template
 from utils.data.fingerprint import TOKENIZER_FILES, tokenizer_fingerprint
 from utils.data.shards import verify_data_dir
 from utils.data.templates import get_template, model_type_for
@@ -160,8 +161,26 @@ def _tokenizer(args: EvalRequest, plan: RunPlan):
                         "tokenizer.model); pass --tokenizer_path the tokenizer the model was trained with")
     tokenizer = load_tokenizer(path)
     fingerprint = tokenizer_fingerprint(hf_dir_for(path))
+    trained = _as_trained(Path(path), fingerprint, tokenizer) if origin == "the model directory" else None
+    if trained:
+        plan.add("tokenizer", f"{path} (sha256 {trained[:12]} as trained: final/ carries the trained chat template)",
+                 origin)
+        return tokenizer, trained, str(path)
     plan.add("tokenizer", f"{path} (sha256 {fingerprint[:12]})", origin)
     return tokenizer, fingerprint, str(path)
+
+
+def _as_trained(model_dir: Path, fingerprint: str, tokenizer) -> str | None:
+    """The training tokenizer's fingerprint (training_summary.json), for an SFT run's final/ whose tokenizer differs
+    from it by the trained chat template alone: the run wrote its project template over the tokenizer's own
+    (utils/data/chat_jinja.py), while the data was prepared with the tokenizer before that. None otherwise."""
+    summary = read_summary(model_dir)
+    recorded, name = summary.get("tokenizer_sha256"), (summary.get("template") or {}).get("name")
+    written = model_dir / CHAT_TEMPLATE_FILE
+    if not recorded or recorded == fingerprint or name in (None, "tokenizer") or not written.is_file():
+        return None
+    trained = trained_chat_template(get_template(name, tokenizer, model_type_for(model_dir)))
+    return recorded if written.read_text(encoding="utf-8") == trained else None
 
 
 def _check_base(path: str | None, fingerprint: str, tokenizer_path: str) -> None:
