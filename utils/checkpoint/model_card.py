@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from utils.checkpoint.hub import front_matter
+from utils.common.config import read_json_dict
 
 
 @dataclass
@@ -35,7 +36,7 @@ def data_sources(summary: dict) -> list[dict]:
     total = sum(weights) or 1.0
     rows = []
     for i, raw in enumerate(dirs):
-        manifest = _optional_json(Path(raw) / "manifest.json")
+        manifest = read_json_dict(Path(raw) / "manifest.json")
         entries = {d.get("name"): d for d in manifest.get("config", {}).get("datasets", [])}
         sources = [{"name": name, "dataset": entries.get(name, {}).get("dataset_name", ""),
                     "hub": entries.get(name, {}).get("type") == "huggingface",
@@ -44,15 +45,6 @@ def data_sources(summary: dict) -> list[dict]:
         share = weights[i] / total if i < len(weights) else None
         rows.append({"dir": raw, "share": share, "sources": sources})
     return rows
-
-
-def _optional_json(path: Path) -> dict:
-    """A data dir's manifest may be gone or moved since training: the card then says so."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def model_card(facts: CardFacts) -> str:

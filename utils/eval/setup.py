@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from utils.common.atomic import recover_published
-from utils.common.config import from_dict, load_config, load_eval_prompts, read_json
+from utils.common.config import from_dict, load_config, load_eval_prompts, read_json, read_json_dict
 from utils.common.errors import UserError
 from utils.data.chat_jinja import CHAT_TEMPLATE_FILE, trained_chat_template
 from utils.data.fingerprint import TOKENIZER_FILES, tokenizer_fingerprint
@@ -66,11 +66,7 @@ def read_summary(model_dir: str | Path | None) -> dict:
     path = Path(model_dir or "") / SUMMARY
     if not model_dir or not path.is_file():
         return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+    return read_json_dict(path)
 
 
 def _has_tokenizer(path: Path) -> bool:

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from utils.common.atomic import exclusive, write_json_atomic
+from utils.common.config import read_json_dict
 from utils.common.errors import UserError, one_line
 from utils.model import attention, attention_eager, loss, twin
 from utils.model.attention_eager import UnsupportedAttention
@@ -76,7 +77,7 @@ def verdict_for(config) -> Verdict:
     if key in _memo:
         return _memo[key]
     path = cache_path()
-    saved = _read_cache(path).get(key)
+    saved = read_json_dict(path).get(key)
     if isinstance(saved, dict):
         verdict = Verdict(**{**saved, "cached": str(path)})
     else:
@@ -109,14 +110,6 @@ def cache_key(config) -> str:
             f"code {code.hexdigest()[:12]}|twin {digest}")
 
 
-def _read_cache(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def _write_cache(path: Path, key: str, verdict: Verdict) -> None:
     """Add one verdict under the cache's lock (another run may be adding its own); an unwritable cache only costs
     the check again next time."""
@@ -124,7 +117,7 @@ def _write_cache(path: Path, key: str, verdict: Verdict) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with exclusive(path, wait=True):
-            write_json_atomic(path, {**_read_cache(path), key: record})
+            write_json_atomic(path, {**read_json_dict(path), key: record})
     except (OSError, UserError):
         pass
 
