@@ -45,6 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from utils.bench.benchmark import build_cases
     from utils.bench.profile import run_profile
+    from utils.model.kernels import cuda_path
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -55,6 +56,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{case.name}, {torch.get_num_threads()} thread(s), torch {torch.__version__}, "
           f"mean of {args.steps} step(s) after {args.warmup}, training_params on top: {args.params or 'none'}")
     print(result.table())
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    where = "the CUDA path" if cuda_path(device) else "the CPU path (SFT_EMULATE_CUDA_KERNELS=1: the CUDA path's)"
+    print(f"\n{result.syncs_line()}, on {where}")
     print("\nlargest ops by self time: " + ", ".join(f"{name} {1e3 * s:,.0f} ms" for name, s in result.top_ops))
     return 0
 

@@ -109,7 +109,12 @@ def sft_argv(work: Path, config: Path, out: Path, *extra: str, data=("instruct",
 
 
 def sft_in_process(argv: list[str]) -> int:
-    """03's main() under run_cli in this process (no interpreter start-up: the fast way to train)."""
+    """03's main() under run_cli in this process (no interpreter start-up: the fast way to train), with accelerate's
+    process-wide state reset first, as a new process would have it."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
     return run_cli(script("03_sft_industrial").main, argv)
 
 

@@ -50,6 +50,7 @@ def test_profile_of_a_step_adds_up(tmp_path, bf16):
     if bf16:  # autocast casts weights and activations to bf16 in every micro-batch
         assert result.seconds["cast"] > 0
     assert sum(result.seconds.values()) == pytest.approx(result.wall_s, rel=1e-6)
+    assert result.micro_batches == 2 and sum(result.syncs.values()) == 0, result.syncs_line()
     table = result.table()
     assert table.count("\n") == len(GROUPS) + 2 and "matmuls" in table
 

@@ -2,6 +2,8 @@
 variant under bf16 autocast)."""
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -28,15 +30,13 @@ def test_packed_example_equals_example_alone(packed_attention):
     with torch.no_grad():
         together = pack(examples)
         logits = _logits(model, together)
-        loss_together, _ = SupervisedLoss(model)(together.input_ids, together.position_ids, together.targets,
-                                                 together.source_ids, together.cu_seq_lens)
+        loss_together, _ = SupervisedLoss(model)(*together.loss_inputs())
         loss_alone = 0.0
         for i, example in enumerate(examples):
             alone = pack([example])
             lo, hi = int(together.cu_seq_lens[i]), int(together.cu_seq_lens[i + 1])
             assert torch.allclose(logits[lo:hi], _logits(model, alone), atol=1e-5)
-            loss_alone += SupervisedLoss(model)(alone.input_ids, alone.position_ids, alone.targets,
-                                                alone.source_ids, alone.cu_seq_lens)[0]
+            loss_alone += SupervisedLoss(model)(*alone.loss_inputs())[0]
     assert abs(loss_together.item() - float(loss_alone)) <= 1e-5 * abs(float(loss_alone))
 
 
@@ -70,52 +70,58 @@ def test_fp32_attention_packed_equals_alone_under_bf16():
             assert torch.allclose(logits[lo:hi], _logits(model, pack([example])).float(), atol=3e-2)
 
 
-# --- the CUDA varlen path, checked on the CPU with stand-ins that keep each kernel's contract -----------------
-def _reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k, *, window=None, scale=None):
-    """What a varlen flash kernel computes: [N, H, D] tensors, causal per example (key i-window+1..i)."""
-    from utils.model.attention import _band
-
-    outs = []
-    for a, b in zip(cu_q.tolist()[:-1], cu_q.tolist()[1:]):
-        qs, ks, vs = (t[a:b].transpose(0, 1) for t in (q, k, v))
-        mask = _band(b - a, b - a, window, q.device) if window else None
-        outs.append(torch.nn.functional.scaled_dot_product_attention(
-            qs, ks, vs, attn_mask=mask, is_causal=mask is None, scale=scale,
-            enable_gqa=qs.shape[0] != ks.shape[0]).transpose(0, 1))
-    return torch.cat(outs)
-
-
-def torch_2_13(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, window_size=(-1, -1), enable_gqa=False):
-    assert window_size[1] == 0 and (enable_gqa or q.shape[1] == k.shape[1])
-    return _reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale=scale,
-                             window=window_size[0] + 1 if window_size[0] >= 0 else None)
-
-
-def torch_2_11(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, window_size=(-1, -1)):
-    assert q.shape[1] == k.shape[1], "no enable_gqa: the heads must have been repeated"
-    return torch_2_13(q, k, v, cu_q, cu_k, max_q, max_k, scale=scale, window_size=window_size, enable_gqa=False)
-
-
-def torch_2_10(q, k, v, cu_q, cu_k, max_q, max_k, is_causal=False):
-    assert is_causal and q.shape[1] == k.shape[1]
-    return _reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k)
-
-
-@pytest.mark.parametrize("fn", [torch_2_13, torch_2_11, torch_2_10], ids=["enable_gqa", "no_gqa", "is_causal"])
+# --- the CUDA varlen path, checked on the CPU with the stand-ins that hold each kernel's contract ----------------
+@pytest.mark.parametrize("kind", ["torch-2.13", "torch-2.11", "torch-2.10", "flash-attn"])
 @pytest.mark.parametrize("window", [None, 7], ids=["causal", "sliding_window"])
-def test_one_varlen_call_equals_each_example_alone(fn, window):
-    import inspect
+def test_one_varlen_call_equals_each_example_alone(kind, window, monkeypatch):
+    """q and k in float32 beside a bf16 v under autocast, as rotary embedding leaves them: the kernel gets all three
+    in bf16 and matches each example alone; a window torch 2.10's kernel cannot express is left to SDPA (None)."""
+    from utils.model import kernels
+    from utils.model.attention import _per_example, _varlen
 
-    from utils.model.attention import VarlenKernel, _per_example, _varlen
+    monkeypatch.setenv(kernels.EMULATE_ENV, kind)
+    kernels.cuda_kernel.cache_clear()
+    try:
+        kernel = kernels.cuda_kernel()
+        gen = torch.Generator().manual_seed(0)
+        q, k, v = (torch.randn(1, h, 30, 8, generator=gen) for h in (4, 2, 2))
+        bounds = torch.tensor([0, 5, 18, 30], dtype=torch.int32)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = _varlen(kernel, q, k, v.bfloat16(), bounds, 8 ** -0.5, window)
+        if kind == "torch-2.10" and window:
+            assert out is None
+            return
+        expected = _per_example(None, q.bfloat16(), k.bfloat16(), v.bfloat16(), bounds, 8 ** -0.5, 0.0, window)
+        assert out.shape == (1, 30, 4, 8) and out.dtype == torch.bfloat16
+        torch.testing.assert_close(out, expected, atol=1e-2, rtol=1e-2)
+    finally:
+        monkeypatch.delenv(kernels.EMULATE_ENV)
+        kernels.cuda_kernel.cache_clear()
 
-    kernel = VarlenKernel("stand-in", fn, frozenset(inspect.signature(fn).parameters))
-    gen = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(1, h, 30, 8, generator=gen) for h in (4, 2, 2))
-    bounds = torch.tensor([0, 5, 18, 30], dtype=torch.int32)
-    out = _varlen(kernel, q, k, v, bounds, 8 ** -0.5, window)
-    expected = _per_example(None, q, k, v, bounds, 8 ** -0.5, 0.0, window)
-    assert out.shape == (1, 30, 4, 8)
-    assert torch.allclose(out, expected, atol=1e-6)
+
+@pytest.mark.parametrize("bad, message", [
+    ({"q": torch.float32}, "FlashAttention only support fp16 and bf16 data type"),
+    ({"v": torch.float16}, "query and key must have the same dtype"),
+    ({"cu": torch.int64}, "cu_seqlens_q must have dtype int32"),
+    ({"max": "tensor"}, "max_q must be a Python int"),
+    ({"window": [-1, 0]}, "window_size must be a (left, right) tuple"),
+    ({"heads": 3}, "Expect query and key/value to have the same number of heads"),
+    ({"head_dim": 264}, "FlashAttention forward only supports head dimension at most 256"),
+    ({"strided": True}, "Input tensor must have contiguous last dimension"),
+])
+def test_the_stand_in_refuses_what_the_real_kernel_refuses(bad, message):
+    from utils.model.kernels import _varlen_2_13
+
+    d = bad.get("head_dim", 8)
+    q = torch.randn(12, 4, d, dtype=bad.get("q", torch.bfloat16))
+    k = torch.randn(12, bad.get("heads", 4), d, dtype=torch.bfloat16)
+    v = torch.randn(12, bad.get("heads", 4), d, dtype=bad.get("v", torch.bfloat16))
+    if bad.get("strided"):
+        q = torch.randn(12, 4, 2 * d, dtype=torch.bfloat16)[..., ::2]
+    cu = torch.tensor([0, 5, 12], dtype=bad.get("cu", torch.int32))
+    longest = torch.tensor(7) if bad.get("max") else 7
+    with pytest.raises((RuntimeError, ValueError, TypeError), match=re.escape(message)):
+        _varlen_2_13(q, k, v, cu, cu, longest, longest, window_size=bad.get("window", (-1, 0)))
 
 
 def test_the_kernel_is_chosen_once_and_named_in_the_plan(monkeypatch):
@@ -124,8 +130,30 @@ def test_the_kernel_is_chosen_once_and_named_in_the_plan(monkeypatch):
     assert attention.describe("cpu", fp32=True) == "SDPA per example, float32 inside bf16 autocast"
     attention.cuda_kernel.cache_clear()
     try:
-        name = attention.describe("cuda", fp32=False)  # this torch's varlen_attn (a CUDA kernel, not run here)
-        assert name.startswith("varlen flash (torch ") and name.endswith(" varlen_attn)")
+        name = attention.describe("cuda", fp32=False, dtype=torch.bfloat16, head_dim=64)  # a CUDA kernel, not run
+        assert name.startswith("varlen flash (torch ") and name.endswith(" varlen_attn), q/k/v in bfloat16")
+        assert attention.describe("cuda", False, torch.float32, 64).startswith(
+            "SDPA per example, flash/efficient backends: the varlen kernel takes float16/bfloat16 only")
+        assert "head_dim 512 is over the varlen kernel's 256" in attention.describe("cuda", False, torch.bfloat16, 512)
+        assert "attention dropout 0.1 is not in the varlen kernel" in attention.describe(
+            "cuda", False, torch.bfloat16, 64, dropout=0.1)
         assert attention.cuda_kernel() is attention.cuda_kernel()
     finally:
         attention.cuda_kernel.cache_clear()
+
+
+def test_a_model_that_will_not_switch_to_packed_attention_is_refused(monkeypatch):
+    from utils.common.errors import UserError
+
+    model = tiny_llama()
+
+    def refuse(name):
+        raise ValueError(f"{name} is not supported by this model\n(see the docs)")
+
+    monkeypatch.setattr(model, "set_attn_implementation", refuse)
+    with pytest.raises(UserError) as err:
+        use_packed_attention(model)
+    assert str(err.value) == ("model_type 'llama': transformers would not switch its attention to packed_sdpa "
+                              "(ValueError: packed_sdpa is not supported by this model (see the docs)); packed rows "
+                              "need it: use a supported architecture (docs/PIPELINE.md)")
+    assert model.config._attn_implementation != "packed_sdpa"

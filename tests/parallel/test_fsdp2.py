@@ -196,3 +196,30 @@ def test_an_untied_embedding_and_head_are_sharded_as_units_of_their_own(work):
     a, b = final_weights(out), final_weights(single)
     assert "lm_head.weight" in a  # saved once, as its own weight
     assert_close(a, b)
+
+
+def test_on_the_cuda_path_a_bf16_sharded_run_gathers_in_bf16_and_reduces_in_fp32(work, monkeypatch):
+    """The CUDA path (emulated on the CPU): FSDP2 under bf16 gathers the weights in bf16 and reduces gradients in
+    fp32 (MixedPrecisionPolicy), with the stand-in varlen kernel in every layer, and the plan says so; its losses
+    stay within bf16 tolerance of the same run gathered in fp32 on the CPU path. The fp32 master shards and the
+    checkpoint are float32 either way."""
+    import utils.model.kernels as kernels
+
+    config = sft_config(work, "fsdp_bf16_gather", lora=False, bf16=True, max_steps=4, eval_steps=0, save_steps=0,
+                        gradient_accumulation_steps=1)
+    runs = {}
+    for emulated in (True, False):
+        if emulated:
+            monkeypatch.setenv(kernels.EMULATE_ENV, "1")
+        else:
+            monkeypatch.delenv(kernels.EMULATE_ENV, raising=False)
+        out = work / "out" / f"fsdp_bf16_{'cuda' if emulated else 'cpu'}"
+        proc = sharded(work, config, out)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs[emulated] = (proc.stdout, newest_state(out)["loss_history"], final_weights(out))
+    plan, losses, weights = runs[True]
+    assert "weights gathered in bf16, gradients reduced in fp32 (MixedPrecisionPolicy)" in plan, plan
+    assert "emulated on the CPU" in plan and "AdamW, fused" in plan  # fused on FSDP2's DTensor shards too
+    assert "weights gathered and gradients reduced in fp32" in runs[False][0]
+    assert losses == pytest.approx(runs[False][1], rel=2e-2) and losses != runs[False][1]
+    assert all(w.dtype == torch.float32 for w in weights.values())

@@ -9,13 +9,14 @@ the rest of the step's wall time: Python, the autograd engine and the dispatcher
 from __future__ import annotations
 
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
+from utils.bench.syncs import SyncCounter
 from utils.train.loop import optimizer_step, train_step
 from utils.train.run import TrainRun
 
@@ -38,6 +39,14 @@ class StepProfile:
     wall_s: float
     seconds: dict[str, float]
     top_ops: list[tuple[str, float]] = field(default_factory=list)
+    syncs: Counter = field(default_factory=Counter)
+    """Ops that would make a GPU's host wait, in one more step counted apart (utils/bench/syncs.py)."""
+    micro_batches: int = 0
+
+    def syncs_line(self) -> str:
+        found = ", ".join(f"{n} x {name}" for name, n in self.syncs.most_common()) or "none"
+        per = sum(self.syncs.values()) / max(1, self.micro_batches)
+        return f"host-device syncs: {per:.2f} per micro-batch over {self.micro_batches} micro-batch(es) ({found})"
 
     def shares(self) -> dict[str, float]:
         return {g: self.seconds.get(g, 0.0) / self.wall_s for g in GROUPS}
@@ -77,7 +86,7 @@ def group_of(event) -> str | None:
 
 def profile_step(run: TrainRun, warmup: int = 2, steps: int = 1) -> StepProfile:
     """Run ``warmup`` steps, then profile ``steps`` optimizer steps of ``run`` (the loop's own functions);
-    the times are per step (the mean over the profiled steps)."""
+    the times are per step (the mean over the profiled steps). One more step counts the host-device syncs."""
     for _ in range(warmup):
         train_step(run, run.planner.next_step())
         optimizer_step(run)
@@ -91,8 +100,14 @@ def profile_step(run: TrainRun, warmup: int = 2, steps: int = 1) -> StepProfile:
                 optimizer_step(run)
         wall = time.perf_counter() - start
     total = summarize(prof.events(), wall)
+    batches, counter = run.planner.next_step(), SyncCounter()
+    with counter:  # apart from the profiled steps: the counter's Python hook would take part of their time
+        train_step(run, batches)
+        optimizer_step(run)
+    acc = run.accelerator
     return StepProfile(wall / steps, {g: s / steps for g, s in total.seconds.items()},
-                       [(name, s / steps) for name, s in total.top_ops])
+                       [(name, s / steps) for name, s in total.top_ops], counter.by_step.get(0, Counter()),
+                       len(batches.for_rank(acc.process_index, acc.num_processes)))
 
 
 def summarize(events, wall_s: float) -> StepProfile:

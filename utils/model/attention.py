@@ -17,12 +17,11 @@ backward, measured in docs/BENCHMARKS.md), and the projections around it stay bf
 """
 from __future__ import annotations
 
-import functools
-import inspect
-from typing import Callable, NamedTuple
-
 import torch
 import torch.nn.functional as F
+
+from utils.common.errors import UserError, one_line
+from utils.model.kernels import VarlenKernel, cuda_kernel, cuda_path, kernel_dtype, unserved
 
 NAME = "packed_sdpa"
 NAME_FP32 = "packed_sdpa_fp32"
@@ -36,25 +35,36 @@ def packed_sdpa_attention(module, query, key, value, attention_mask, scaling=Non
 
     bounds = kwargs.get("cu_seq_lens_q")
     window = kwargs.get("sliding_window")
+    if is_bounds_mask(attention_mask):
+        if bounds is None:
+            raise ValueError("the bounds mask of a packed row needs cu_seq_lens_q")
+        attention_mask = None
     if attention_mask is None and window and key.shape[2] > window and (bounds is None or query.shape[0] != 1):
         attention_mask = _band(query.shape[2], key.shape[2], window, query.device)[None, None]
     if bounds is None or attention_mask is not None or query.shape[0] != 1:
         return sdpa_attention_forward(module, query, key, value, attention_mask,
                                       scaling=scaling, dropout=dropout, **kwargs)
-    kernel = cuda_kernel() if query.is_cuda else None
-    if kernel is not None and kernel.fn is not None and not (dropout and module.training):
-        return _varlen(kernel, query, key, value, bounds, scaling, window), None
-    if kernel is not None:  # no varlen kernel: SDPA per example, held to the flash backend
-        from torch.nn.attention import SDPBackend, sdpa_kernel  # CUDA only; imported where it runs
+    if not cuda_path(query.device):
+        return _per_example(module, query, key, value, bounds, scaling, dropout, window), None
+    kernel = cuda_kernel()
+    out = None
+    if kernel.fn is not None and not (dropout and module.training) \
+            and unserved(kernel_dtype(query, key, value), query.shape[-1], kernel) is None:
+        out = _varlen(kernel, query, key, value, bounds, scaling, window, kwargs.get("max_length_q"))
+    if out is None:  # no varlen kernel for this row: SDPA per example, held to the flash backends
+        from torch.nn.attention import SDPBackend, sdpa_kernel  # imported where it runs
 
-        with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]):
-            return _per_example(module, query, key, value, bounds, scaling, dropout, window), None
-    return _per_example(module, query, key, value, bounds, scaling, dropout, window), None
+        # emulated on the CPU, whose flash backend lacks dropout, the math backend stands in where flash cannot
+        backends = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION] + (
+            [SDPBackend.MATH] if query.device.type == "cpu" else [])
+        with sdpa_kernel(backends):
+            out = _per_example(module, query, key, value, bounds, scaling, dropout, window)
+    return out, None
 
 
 def packed_sdpa_fp32_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """``packed_sdpa_attention`` computed in float32 when given bf16 tensors on the CPU; output in bf16."""
-    if query.device.type != "cpu" or query.dtype != torch.bfloat16:
+    if cuda_path(query.device) or query.dtype != torch.bfloat16:
         return packed_sdpa_attention(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
     with torch.autocast("cpu", enabled=False):  # CPU autocast would cast SDPA's inputs back to bf16
         out, weights = packed_sdpa_attention(module, query.float(), key.float(), value.float(), attention_mask,
@@ -79,48 +89,50 @@ def _per_example(module, query, key, value, bounds, scaling, dropout, window=Non
     return torch.cat(outs, dim=2).transpose(1, 2).contiguous()
 
 
-class VarlenKernel(NamedTuple):
-    """The packed-attention kernel of this machine's GPU: ``fn`` (None: per-example SDPA, flash backend) and the
-    keywords it takes (torch's ``varlen_attn`` gained ``window_size``, ``scale`` and ``enable_gqa`` over releases;
-    before ``window_size`` it had ``is_causal``)."""
-
-    name: str
-    fn: Callable | None
-    takes: frozenset = frozenset()
-    layout: str = "torch"
-    """Argument names: torch's ``varlen_attn`` or flash-attn's ``flash_attn_varlen_func``."""
-
-
-@functools.lru_cache(maxsize=1)
-def cuda_kernel() -> VarlenKernel:
-    """Chosen once per process: torch's varlen flash attention, else flash-attn's, else SDPA per example."""
-    try:
-        from torch.nn.attention.varlen import varlen_attn  # CUDA flash kernel; absent in older torch
-    except ImportError:
-        varlen_attn = None
-    if varlen_attn is not None:
-        return VarlenKernel(f"varlen flash (torch {torch.__version__.split('+')[0]} varlen_attn)", varlen_attn,
-                            frozenset(inspect.signature(varlen_attn).parameters))
-    try:
-        from flash_attn import flash_attn_varlen_func  # optional package: used when installed
-    except ImportError:
-        return VarlenKernel("SDPA per example, flash backend (no varlen kernel in this torch)", None)
-    return VarlenKernel("varlen flash (flash-attn flash_attn_varlen_func)", flash_attn_varlen_func,
-                        frozenset({"window_size", "softmax_scale", "causal"}), layout="flash_attn")
+def describe(device: torch.device | str, fp32: bool, dtype: torch.dtype | None = None,
+             head_dim: int | None = None, dropout: float = 0.0) -> str:
+    """The run plan's line on packed attention for ``device``, attention computed in ``dtype`` (the autocast
+    dtype, else the weights') with heads of ``head_dim`` and ``dropout`` in training: the same choice
+    ``packed_sdpa_attention`` makes."""
+    if not cuda_path(device):
+        return "SDPA per example" + (", float32 inside bf16 autocast" if fp32 else "")
+    kernel = cuda_kernel()
+    why = unserved(dtype, head_dim, kernel)
+    if not why and dropout and kernel.fn is not None:
+        why = f"attention dropout {dropout:g} is not in the varlen kernel (evaluation uses it)"
+    if why:
+        return f"SDPA per example, flash/efficient backends: {why} ({kernel.name} not used)"
+    if kernel.fn is None:
+        return kernel.name
+    return f"{kernel.name}, q/k/v in {str(dtype).removeprefix('torch.')}"
 
 
-def describe(device: torch.device | str, fp32: bool) -> str:
-    """The resolved plan's line on packed attention for ``device``."""
-    if torch.device(device).type == "cuda":
-        return cuda_kernel().name
-    return "SDPA per example" + (", float32 inside bf16 autocast" if fp32 else "")
+def attention_dropout(config) -> float:
+    """The attention dropout of a transformers config (``attention_dropout``, GPT-2's ``attn_pdrop``)."""
+    for name in ("attention_dropout", "attn_pdrop"):
+        value = getattr(config, name, None)
+        if isinstance(value, (int, float)):
+            return float(value)
+    return 0.0
 
 
-def _varlen(kernel: VarlenKernel, query, key, value, bounds, scaling, window) -> torch.Tensor:
-    """One kernel call over the packed row: [1, H, N, D] in, [1, N, H, D] out. A row the kernel cannot express
-    (a window or a scale it has no keyword for) goes through SDPA per example instead."""
-    starts = bounds.tolist() if torch.is_tensor(bounds) else list(bounds)
-    longest = max(b - a for a, b in zip(starts[:-1], starts[1:]))
+def head_dim(config) -> int | None:
+    """The attention head size of a transformers config."""
+    size = getattr(config, "head_dim", None)
+    if isinstance(size, int) and size > 0:
+        return size
+    hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", None)
+    heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", None)
+    return hidden // heads if hidden and heads else None
+
+
+def _varlen(kernel: VarlenKernel, query, key, value, bounds, scaling, window, longest=None) -> torch.Tensor | None:
+    """One kernel call over the packed row: [1, H, N, D] in, [1, N, H, D] out, q, k and v in the one half
+    dtype of ``kernel_dtype``. None for a row the kernel cannot express (a window or a scale it has no keyword
+    for): SDPA per example takes it."""
+    if longest is None:
+        starts = bounds.tolist() if torch.is_tensor(bounds) else list(bounds)
+        longest = max(b - a for a, b in zip(starts[:-1], starts[1:]))
     windowed = bool(window and longest > window)
     default_scale = scaling is None or abs(scaling - query.shape[-1] ** -0.5) < 1e-9
     if kernel.layout == "flash_attn":
@@ -131,18 +143,18 @@ def _varlen(kernel: VarlenKernel, query, key, value, bounds, scaling, window) ->
         if "scale" in kernel.takes:
             args["scale"] = scaling
         elif not default_scale:
-            args = None
+            return None
     else:
-        args = None
-    if args is None:
-        return _per_example(None, query, key, value, bounds, scaling, 0.0, window)
-    q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # [N, heads, D]
+        return None
+    dtype = kernel_dtype(query, key, value) or query.dtype
+    q, k, v = (t[0].transpose(0, 1).to(dtype) for t in (query, key, value))  # [N, heads, D], last dim contiguous
     gqa = q.shape[1] != k.shape[1]
     if kernel.layout == "torch" and "enable_gqa" in kernel.takes:
         args["enable_gqa"] = gqa
     elif gqa and kernel.layout == "torch":  # no enable_gqa: every query head gets its key/value head
         k, v = (t.repeat_interleave(q.shape[1] // t.shape[1], dim=1) for t in (k, v))
-    return kernel.fn(q, k, v, *(_on_device(bounds, q.device),) * 2, longest, longest, **args).unsqueeze(0)
+    return kernel.fn(q, k, v, *(_on_device(bounds, q.device),) * 2, int(longest), int(longest),
+                     **args).unsqueeze(0)
 
 
 _device_bounds: list = [None, None]
@@ -163,6 +175,21 @@ def _band(q_len: int, k_len: int, window: int, device) -> torch.Tensor:
     rows = torch.arange(q_len, device=device)[:, None] + (k_len - q_len)
     cols = torch.arange(k_len, device=device)[None, :]
     return (cols <= rows) & (cols > rows - window)
+
+
+def bounds_mask(device) -> torch.Tensor:
+    """The attention mask of a packed row whose example bounds go in as ``cu_seq_lens``: an empty 4-D mask.
+
+    transformers hands a 4-D mask to attention as it is, building none; without one it reads the packed layout
+    back from ``position_ids`` with a host sync per forward (``.all()`` in ``find_packed_sequence_indices``), and
+    GPT-2 checks the row for padding, another. Only ``packed_sdpa`` accepts this mask (a model on another
+    attention refuses it), and it attends within the bounds.
+    """
+    return torch.empty((1, 1, 0, 0), dtype=torch.bool, device=device)
+
+
+def is_bounds_mask(mask) -> bool:
+    return torch.is_tensor(mask) and mask.dim() == 4 and mask.shape[-1] == 0
 
 
 def _packed_mask(*args, **kwargs):
@@ -192,11 +219,19 @@ def register(fp32: bool = False) -> str:
 
 
 def use_packed_attention(model, fp32: bool = False) -> None:
-    """Switch a loaded model to ``packed_sdpa`` or, with ``fp32``, ``packed_sdpa_fp32`` (only models whose
-    attention takes kwargs)."""
+    """Switch a loaded model to ``packed_sdpa`` or, with ``fp32``, ``packed_sdpa_fp32``; a model transformers
+    will not switch is refused (the run plan would name a kernel the model does not use)."""
     name = register(fp32)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     try:
         base.set_attn_implementation(name)
-    except (ValueError, AttributeError, NotImplementedError):
-        pass  # transformers then builds a block-diagonal mask from the restarting position_ids
+    except (ValueError, AttributeError, NotImplementedError) as err:
+        raise UserError(f"model_type {getattr(base.config, 'model_type', '?')!r}: transformers would not switch "
+                        f"its attention to {name} ({one_line(err)}); "
+                        "packed rows need it: use a supported architecture (docs/PIPELINE.md)") from None
+
+
+def uses_packed_attention(model) -> bool:
+    """Whether ``model`` (a transformers model or its decoder) attends through ``packed_sdpa``."""
+    config = getattr(model, "config", None)
+    return getattr(config, "_attn_implementation", None) in (NAME, NAME_FP32)

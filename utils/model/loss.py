@@ -9,10 +9,11 @@ from __future__ import annotations
 import contextlib
 from typing import Callable, Iterable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from utils.common.labels import IGNORE
+from utils.model.attention import bounds_mask, uses_packed_attention
 from utils.model.modeling import decoder_and_head
 
 CHUNK_ROWS = 4096
@@ -26,12 +27,14 @@ class SupervisedLoss(torch.nn.Module):
         self.model = model
         self.num_sources = num_sources
 
-    def forward(self, input_ids, position_ids, targets, source_ids, cu_seq_lens=None):
+    def forward(self, input_ids, position_ids, supervised, targets, sources, cu_seq_lens=None):
+        """``supervised``: the positions of the row with a target, ``targets`` and ``sources`` theirs (the packer
+        finds them on the host: a boolean mask here would make a GPU's host wait for its count)."""
         body, head = decoder_and_head(self.model)
-        hidden = body(input_ids=input_ids, position_ids=position_ids, use_cache=False,
+        mask = bounds_mask(input_ids.device) if cu_seq_lens is not None and uses_packed_attention(body) else None
+        hidden = body(input_ids=input_ids, position_ids=position_ids, attention_mask=mask, use_cache=False,
                       cu_seq_lens_q=cu_seq_lens, cu_seq_lens_k=cu_seq_lens).last_hidden_state
-        keep = targets != IGNORE
-        hidden, targets, sources = hidden[keep], targets[keep], source_ids[keep]
+        hidden = hidden.flatten(0, 1).index_select(0, supervised)
         per_token = []
         for start in range(0, targets.numel(), CHUNK_ROWS):
             logits = head(hidden[start:start + CHUNK_ROWS]).float()
@@ -49,15 +52,14 @@ def loss_sums(loss_module: SupervisedLoss, batches: Iterable, num_sources: int, 
     """Summed loss and supervised-target count per source over packed batches: the one validation loss.
 
     Training (each rank its share, then reduced) and evaluation both call it. The sums are float32 on
-    ``device``, as the per-batch sums are, so the numbers do not depend on where the model runs.
+    ``device``, as the per-batch sums are, so the numbers do not depend on where the model runs; the counts
+    are made on the host, where the packer knows them.
     """
     sums = torch.zeros(num_sources, device=device)
-    counts = torch.zeros(num_sources, device=device)
+    counts = np.zeros(num_sources, dtype=np.int64)
     for batch in batches:
-        batch = batch.to(device)
+        counts += batch.supervised_per_source(num_sources)
         with autocast():
-            _, by_source = loss_module(batch.input_ids, batch.position_ids, batch.targets, batch.source_ids,
-                                       batch.cu_seq_lens)
+            _, by_source = loss_module(*batch.to(device).loss_inputs())
         sums += by_source[:num_sources]
-        counts += torch.bincount(batch.source_ids[batch.targets != IGNORE], minlength=num_sources).float()
-    return sums, counts
+    return sums, torch.from_numpy(counts).float().to(device)

@@ -17,6 +17,11 @@ def make_accelerator(mixed_precision: str, log_with: list | None = None) -> Acce
     to the trackers ``log_with`` (started later by ``init_trackers``)."""
     if mixed_precision == "fp16" and not torch.cuda.is_available():
         raise UserError("training_params.fp16: float16 training needs a GPU; use bf16 on CPU")
+    launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "no").lower()
+    if launched not in ("no", mixed_precision):
+        raise UserError(f"accelerate launch asks for mixed_precision {launched!r} (--mixed_precision or the "
+                        f"config file's mixed_precision), training_params for {mixed_precision!r}: the trainer takes "
+                        "its precision from training_params.bf16/fp16; launch with mixed_precision 'no' or the same")
     # cpu=True also makes accelerate set up gloo when torchrun starts several CPU processes
     return Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available(), log_with=log_with)
 

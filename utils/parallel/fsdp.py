@@ -5,7 +5,8 @@ The trainer shards the model itself rather than through accelerate's FSDP plugin
 GPU cluster is the code the CPU tests run: every decoder layer is one FSDP unit (all-gathered for its forward
 and backward, freed after), so are the input embedding and the output head when they do not share a weight;
 the rest is the root unit. Precision is as on one
-device: fp32 master weights, bf16/fp16 autocast from training_params.
+device (fp32 master weights, bf16/fp16 autocast from training_params), and on the CUDA path a bf16 run gathers
+its weights in bf16 and reduces gradients in fp32 (``gather_dtype``).
 
 What needs every rank (collectives) is here: the full state dict of the weights and of the optimizer (both keyed
 by parameter name, so a checkpoint does not depend on the number of ranks that wrote it and resumes on any
@@ -23,16 +24,20 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
 from torch.distributed.tensor import DTensor
 
 from utils.common.errors import UserError
+from utils.model.kernels import cuda_path
 
 SHARDINGS = ("none", "fsdp2")
 """--sharding values: none (one copy of the model per rank: DDP, or one process), fsdp2 (fully_shard)."""
 
 
-def shard(module: torch.nn.Module, device: torch.device, reshard_after_forward: bool = True) -> torch.nn.Module:
-    """Apply ``fully_shard`` to every decoder layer of ``module``'s model, then to ``module`` (the root)."""
+def shard(module: torch.nn.Module, device: torch.device, reshard_after_forward: bool = True,
+          param_dtype: torch.dtype | None = None) -> torch.nn.Module:
+    """Apply ``fully_shard`` to every decoder layer of ``module``'s model, then to ``module`` (the root). With
+    ``param_dtype`` the weights are gathered in it for forward and backward and the gradients reduced in float32
+    (``MixedPrecisionPolicy``): half the all-gather traffic, full-precision sums; the shards stay float32."""
     # deferred: torch.distributed.fsdp is imported only by sharded runs
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     _ensure_process_group(device)
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
@@ -40,10 +45,18 @@ def shard(module: torch.nn.Module, device: torch.device, reshard_after_forward: 
     if not layers:
         raise UserError("--sharding fsdp2: found no decoder layers to shard in this model (its _no_split_modules "
                         "name none of its modules); train it without --sharding")
+    policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32) if param_dtype else \
+        MixedPrecisionPolicy()
     for unit in layers + _untied_ends(module):
-        fully_shard(unit, mesh=mesh, reshard_after_forward=reshard_after_forward)
-    fully_shard(module, mesh=mesh, reshard_after_forward=reshard_after_forward)
+        fully_shard(unit, mesh=mesh, reshard_after_forward=reshard_after_forward, mp_policy=policy)
+    fully_shard(module, mesh=mesh, reshard_after_forward=reshard_after_forward, mp_policy=policy)
     return module
+
+
+def gather_dtype(params, device: torch.device) -> torch.dtype | None:
+    """The dtype sharded weights are gathered in: bf16 for a bf16 run on the CUDA path, else None (as stored,
+    float32: on the CPU, and for fp16, whose loss scaling this trainer does not shard)."""
+    return torch.bfloat16 if params.bf16 and cuda_path(device) else None
 
 
 def _untied_ends(module: torch.nn.Module) -> list[torch.nn.Module]:

@@ -7,7 +7,7 @@ examples either.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -17,22 +17,46 @@ from utils.common.labels import IGNORE
 
 @dataclass
 class PackedBatch:
-    """One micro-batch: a single packed row of ``num_tokens`` tokens."""
+    """One micro-batch: a single packed row of ``num_tokens`` tokens.
 
-    input_ids: torch.Tensor      # [1, N] long
-    position_ids: torch.Tensor   # [1, N] long
-    targets: torch.Tensor        # [1, N] long: the next token where supervised, else -100
-    source_ids: torch.Tensor     # [1, N] long: which data source each position belongs to
-    cu_seq_lens: torch.Tensor    # [num_examples + 1] int32 on the host: example bounds
+    The packer knows on the host which positions are supervised, so it hands the loss their indices
+    (``supervised``) with their targets and sources: selecting them on the device by a boolean mask would make
+    the host wait for the GPU (the mask's count decides the output's shape) several times per micro-batch.
+    """
+
+    input_ids: torch.Tensor           # [1, N] long
+    position_ids: torch.Tensor        # [1, N] long
+    targets: torch.Tensor             # [1, N] long on the host: the next token where supervised, else -100
+    supervised: torch.Tensor          # [S] long: the positions of the row with a target
+    supervised_targets: torch.Tensor  # [S] long: their targets
+    supervised_sources: torch.Tensor  # [S] long: which data source each of them belongs to
+    cu_seq_lens: torch.Tensor         # [num_examples + 1] int32 on the host: example bounds
     num_tokens: int
     num_supervised: int
 
     def to(self, device, pin: bool = False) -> "PackedBatch":
         """On ``device``; with ``pin`` copied from page-locked host memory, so the copy does not wait for the GPU."""
         move = {k: (getattr(self, k).pin_memory() if pin else getattr(self, k)).to(device, non_blocking=True)
-                for k in ("input_ids", "position_ids", "targets", "source_ids")}
-        return PackedBatch(**move, cu_seq_lens=self.cu_seq_lens, num_tokens=self.num_tokens,
-                           num_supervised=self.num_supervised)
+                for k in _ON_DEVICE}
+        return replace(self, **move)
+
+    def loss_inputs(self) -> tuple:
+        """The arguments of ``SupervisedLoss``."""
+        return (self.input_ids, self.position_ids, self.supervised, self.supervised_targets,
+                self.supervised_sources, self.cu_seq_lens)
+
+    def without_targets(self) -> "PackedBatch":
+        """The same row with nothing supervised (a forward that adds nothing to a loss)."""
+        none = self.supervised[:0]
+        return replace(self, targets=torch.full_like(self.targets, IGNORE), supervised=none, supervised_targets=none,
+                       supervised_sources=none, num_supervised=0)
+
+    def supervised_per_source(self, num_sources: int) -> np.ndarray:
+        """Supervised targets per data source, counted on the host."""
+        return np.bincount(self.supervised_sources.cpu().numpy(), minlength=num_sources)[:num_sources]
+
+
+_ON_DEVICE = ("input_ids", "position_ids", "supervised", "supervised_targets", "supervised_sources")
 
 
 def shifted_targets(labels: np.ndarray) -> np.ndarray:
@@ -49,9 +73,11 @@ def pack(examples: list[tuple[np.ndarray, np.ndarray, int]]) -> PackedBatch:
     tgt = np.concatenate([shifted_targets(e[1]) for e in examples])
     src = np.concatenate([np.full(len(e[0]), e[2], dtype=np.int64) for e in examples])
     bounds = np.cumsum([0] + [len(e[0]) for e in examples]).astype(np.int32)
+    kept = np.flatnonzero(tgt != IGNORE)
     as_row = lambda a: torch.from_numpy(a).unsqueeze(0)  # noqa: E731
-    return PackedBatch(as_row(ids), as_row(pos), as_row(tgt), as_row(src), torch.from_numpy(bounds),
-                       num_tokens=len(ids), num_supervised=int((tgt != IGNORE).sum()))
+    return PackedBatch(as_row(ids), as_row(pos), as_row(tgt), torch.from_numpy(kept.astype(np.int64)),
+                       torch.from_numpy(tgt[kept]), torch.from_numpy(src[kept]), torch.from_numpy(bounds),
+                       num_tokens=len(ids), num_supervised=len(kept))
 
 
 def best_fit_decreasing(lengths: list[int], capacity: int, num_bins: int) -> tuple[list[list[int]], list[int]]:

@@ -122,8 +122,10 @@ class StepPlanner:
     def _fill_by_tokens(self):
         capacity = self.num_bins * self.bin_tokens
         items, self.carry = list(self.carry), []
-        while sum(self._lens(items)) < capacity:
+        used = sum(self._lens(items))
+        while used < capacity:  # a running total: summing the list each time is quadratic in examples per step
             items.append(self.sampler.next())
+            used += int(self.lengths[items[-1][0]][items[-1][1]])
         groups, leftovers = best_fit_decreasing(self._lens(items), self.bin_tokens, self.num_bins)
         while any(not g for g in groups):  # every micro-batch must hold an example
             groups, leftovers = self._fill_empty(groups, leftovers, items)

@@ -12,6 +12,7 @@ import torch
 
 from utils.data.pretrain_data import PretrainData
 from utils.model.generation import GenerationSettings
+from utils.model.kernels import cuda_path
 from utils.model.modeling import ModelArchitecture
 from utils.parallel.accelerator import fast_bf16_available
 from utils.parallel.lora import LoraSettings
@@ -77,7 +78,8 @@ class TrainingParams:
     """float16 autocast with loss scaling (GPU only)."""
     attention_fp32: bool | str = "auto"
     """Under bf16 autocast, compute packed attention in float32 (the projections around it stay bf16); auto = on
-    for bf16 on the CPU, where PyTorch's float32 attention kernels are the faster ones, off elsewhere."""
+    for bf16 on the CPU, where PyTorch's float32 attention kernels are the faster ones, off elsewhere (and under
+    SFT_EMULATE_CUDA_KERNELS, which runs the CUDA path on the CPU)."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward to save memory."""
     load_best_model_at_end: bool = False
@@ -99,7 +101,7 @@ class TrainingParams:
         if self.bf16 == "auto":
             self.bf16 = not self.fp16 and fast_bf16_available()
         if self.attention_fp32 == "auto":
-            self.attention_fp32 = bool(self.bf16) and not torch.cuda.is_available()
+            self.attention_fp32 = bool(self.bf16) and not cuda_path("cuda" if torch.cuda.is_available() else "cpu")
         if self.load_best_model_at_end and not (self.eval_steps > 0 and self.save_steps > 0
                                                  and self.save_steps % self.eval_steps == 0):
             raise ValueError("load_best_model_at_end needs eval_steps > 0 and save_steps a multiple of "

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from utils.checkpoint.checkpoints import save_checkpoint
 from utils.common.errors import Stopped, UserError
-from utils.common.labels import IGNORE, perplexity
+from utils.common.labels import perplexity
 from utils.model.loss import loss_sums
 from utils.model.modeling import load_weights_into
 from utils.monitor.trackers import RunLogger
@@ -82,8 +82,7 @@ def train_step(run: TrainRun, batches: StepBatches) -> torch.Tensor:
         sync = contextlib.nullcontext() if last else acc.no_sync(run.loss_module)  # DDP
         set_gradient_sync(run.loss_module, last)  # FSDP2: reduce-scatter on the last micro-batch only
         with sync, acc.autocast():
-            loss_sum, _ = run.loss_module(batch.input_ids, batch.position_ids, batch.targets, batch.source_ids,
-                                             batch.cu_seq_lens)
+            loss_sum, _ = run.loss_module(*batch.loss_inputs())
         acc.backward(loss_sum * scale)
         local += loss_sum.detach()
     return local
@@ -123,7 +122,7 @@ def _my_val_batches(run: TrainRun) -> Iterator[PackedBatch]:
     if run.sharded:
         for _ in range(-(-len(bins) // acc.num_processes) - len(mine)):
             batch = collate(run.val_stores, bins[0])
-            yield replace(batch, targets=torch.full_like(batch.targets, IGNORE), num_supervised=0)
+            yield batch.without_targets()
 
 
 def _val_bins(stores, budget: int, params: TrainingParams):

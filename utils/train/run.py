@@ -11,12 +11,12 @@ import torch
 from accelerate import Accelerator
 
 from utils.checkpoint.final_model import save_final
-from utils.model.attention import describe as describe_attention
+from utils.model.attention import attention_dropout, describe as describe_attention, head_dim
 from utils.model.loss import SupervisedLoss
 from utils.model.modeling import count_parameters
 from utils.monitor.plots import plot_training
 from utils.monitor.run_plan import RunPlan
-from utils.parallel.fsdp import shard
+from utils.parallel.fsdp import gather_dtype, shard
 from utils.sampling.example_store import ExampleStore
 from utils.sampling.planner import StepPlanner
 from utils.train.config import TrainingParams
@@ -70,16 +70,23 @@ def build_run(start: RunStart, model, data: TrainData, params: TrainingParams, *
     planner, total_steps, steps_from = plan_steps(data.stores, data.weights, params, world, data.longest)
     loss_module = SupervisedLoss(model, num_sources=max(len(data.stores), len(data.val_stores)))
     if sharded:
-        loss_module = shard(loss_module.to(accelerator.device), accelerator.device, start.reshard_after_forward)
+        loss_module = shard(loss_module.to(accelerator.device), accelerator.device, start.reshard_after_forward,
+                            gather_dtype(params, accelerator.device))
         optimizer, scheduler = build_optimizer(loss_module, params, total_steps)
     else:
         optimizer, scheduler = build_optimizer(loss_module, params, total_steps)
         loss_module, optimizer = accelerator.prepare(loss_module, optimizer)
     _describe(plan, params, world, total_steps, steps_from, model, accelerator.device)
+    kind = "fused" if optimizer.defaults.get("fused") else "foreach" if optimizer.defaults.get("foreach") else "for-loop"
+    plan.add("optimizer", f"AdamW, {kind}", "fused where torch has it for every trainable tensor")
     if sharded:
         plan.add("sharding", f"FSDP2 over {world} rank(s): weights, gradients, optimizer state", start.sharding_from)
         plan.add("gathered weights after forward", "freed" if start.reshard_after_forward else "kept for backward",
                  "fsdp_reshard_after_forward (default: freed)")
+        gather = gather_dtype(params, accelerator.device)
+        plan.add("FSDP2 precision", "weights gathered in bf16, gradients reduced in fp32 (MixedPrecisionPolicy)"
+                 if gather else "weights gathered and gradients reduced in fp32",
+                 "training_params.bf16 on the CUDA path" if gather else "training_params (bf16 gathers: CUDA path)")
         plan.add("checkpoints", "full state dicts keyed by name (resume on any world size)", "this trainer")
     return TrainRun(accelerator, loss_module, optimizer, scheduler, planner, data.stores, data.val_stores, params,
                     total_steps, output_dir, {**run_info, "plan": plan.as_dict()}, start_time=time.perf_counter(),
@@ -110,11 +117,20 @@ def _describe(plan: RunPlan, params: TrainingParams, world: int, total_steps: in
                  f"MLP layer of {model.config.model_type})")
     plan.add("total parameters", total, "model")
     plan.add("precision", "bf16" if params.bf16 else "fp16" if params.fp16 else "fp32", "training_params")
-    plan.add("attention", describe_attention(device, bool(params.bf16 and params.attention_fp32)),
+    plan.add("attention", describe_attention(device, bool(params.bf16 and params.attention_fp32),
+                                             _attention_dtype(params, model), head_dim(model.config),
+                                             attention_dropout(model.config)),
              f"packed rows on {device.type} (training_params.attention_fp32)")
     if params.dataloader_pin_memory:
         plan.add("pinned batches", "yes" if device.type == "cuda" else "no: nothing is copied to a device on the CPU",
                  "training_params.dataloader_pin_memory" + ("" if device.type == "cuda" else " (ignored here)"))
+
+
+def _attention_dtype(params: TrainingParams, model) -> torch.dtype:
+    """What attention computes in: the autocast dtype, else the dtype of the weights."""
+    if params.bf16 or params.fp16:
+        return torch.bfloat16 if params.bf16 else torch.float16
+    return next(p.dtype for p in model.parameters() if p.is_floating_point())
 
 
 def finish(run: TrainRun, state, tokenizer_path: str, summary: dict, merge_adapter: bool, title: str,

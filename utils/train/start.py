@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, set_seed
 
@@ -63,13 +64,25 @@ def _sharding(accelerator: Accelerator, asked: str) -> tuple[str, str, bool]:
         "fsdp_version": plugin.fsdp_version != 2,
         "fsdp_activation_checkpointing (use training_params.gradient_checkpointing)": plugin.activation_checkpointing,
         "fsdp_offload_params": type(plugin.cpu_offload).__name__ == "CPUOffloadPolicy",
-        "mixed_precision (training_params.bf16/fp16 set the precision)": plugin.mixed_precision_policy is not None}
+        "mixed_precision_policy (training_params.bf16/fp16 set the precision)": not _own_policy(accelerator, plugin)}
     wrong = [name for name, bad in refused.items() if bad]
     if wrong:
         raise UserError(f"accelerate FSDP config: {', '.join(wrong)} — not applied by this trainer's FSDP2; use "
                         "config/accelerate/fsdp.yaml's values (fsdp_version 2, no offload, no activation "
                         "checkpointing, mixed_precision 'no')")
     return "fsdp2", "accelerate config (distributed_type FSDP)", bool(plugin.reshard_after_forward)
+
+
+def _own_policy(accelerator: Accelerator, plugin) -> bool:
+    """Whether the FSDP plugin's mixed-precision policy is none, or the one accelerate derives from the trainer's own
+    precision (``Accelerator(mixed_precision="bf16")`` under an FSDP launch sets bf16 gathers and reductions on the
+    plugin itself). The trainer shards with its own policy from training_params either way (utils/parallel/fsdp.py)."""
+    policy = plugin.mixed_precision_policy
+    if policy is None:
+        return True
+    ours = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision)
+    return ours is not None and getattr(policy, "param_dtype", None) == ours \
+        and getattr(policy, "reduce_dtype", None) in (ours, None)
 
 
 def ready_to_train(model, lora: LoraSettings | None, params: TrainingParams, where: str):
