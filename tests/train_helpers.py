@@ -68,7 +68,34 @@ def run_training(out_dir: Path, *, batch: int | None = None, tokens: int | None 
     checkpoint, _ = find_checkpoint(str(resume) if resume else None, out_dir, True)
     data = TrainData(stores, list(weights), val, 40)
     run = build_run(RunStart(accelerator, None, ""), model, data, params, output_dir=out_dir,
-                    run_info={"data_hashes": "synthetic", "tokenizer_sha256": "none"}, plan=RunPlan())
+                    run_info={"data_hashes": "synthetic", "tokenizer_sha256": "none"}, plan=RunPlan(),
+                    resumed=checkpoint.saved if checkpoint else None)
     state = fit(run, restore(run, checkpoint))
     lm = run.accelerator.unwrap_model(run.loss_module).model
     return state, {k: v.detach().clone() for k, v in lm.state_dict().items()}
+
+
+def count_stand_in_calls(monkeypatch) -> dict:
+    """Count the CPU stand-in kernel's calls (``calls["n"]``) for the rest of a test."""
+    import utils.model.kernels as kernels
+
+    calls = {"n": 0}
+    real = kernels._attend
+
+    def counted(*args, **kwargs):
+        calls["n"] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(kernels, "_attend", counted)
+    return calls
+
+
+def emulate_cuda_kernels(monkeypatch, kind: str | None = "1") -> None:
+    """Switch the CUDA-path emulation to ``kind`` (None: off) and forget the kernel chosen before."""
+    import utils.model.kernels as kernels
+
+    if kind is None:
+        monkeypatch.delenv(kernels.EMULATE_ENV, raising=False)
+    else:
+        monkeypatch.setenv(kernels.EMULATE_ENV, kind)
+    kernels.cuda_kernel.cache_clear()

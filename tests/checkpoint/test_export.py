@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from chat_helpers import CONVERSATIONS
 from scripts_loader import load_script
 from utils.common.errors import run_cli
 from utils.data.fingerprint import tokenizer_fingerprint
@@ -72,9 +73,18 @@ def exported(run_dir) -> Path:
     return out
 
 
-def test_merged_logits_equal_adapter_logits(run_dir, exported):
+@pytest.fixture(scope="module")
+def exported_f32(run_dir) -> Path:
+    out = run_dir / "export_f32"
+    assert export_script.main(["--model_path", str(run_dir / "run" / "final"), "--output_dir", str(out),
+                               "--dtype", "float32"]) == 0
+    return out
+
+
+def test_merged_logits_equal_adapter_logits(run_dir, exported_f32):
     from transformers import AutoModelForCausalLM
 
+    exported = exported_f32
     merged = AutoModelForCausalLM.from_pretrained(str(exported)).eval()
     base = load_model(str(run_dir / "base")).eval()
     ids = torch.randint(5, 900, (2, 24), generator=torch.Generator().manual_seed(0))
@@ -85,6 +95,23 @@ def test_merged_logits_equal_adapter_logits(run_dir, exported):
     assert (got - expected).abs().max() <= 1e-4
     assert not (exported / "adapter_config.json").exists()
     assert (exported / "model.safetensors").is_file()
+
+
+def test_bf16_by_default_half_the_bytes_and_the_card_says_so(run_dir, exported, exported_f32):
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    with safe_open(str(exported / "model.safetensors"), "pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}
+    ratio = (exported / "model.safetensors").stat().st_size / (exported_f32 / "model.safetensors").stat().st_size
+    assert ratio <= 0.51, ratio
+    ids = torch.arange(5, 25).unsqueeze(0)
+    with torch.no_grad():
+        f32 = AutoModelForCausalLM.from_pretrained(str(exported_f32))(ids).logits
+        bf16 = AutoModelForCausalLM.from_pretrained(str(exported), dtype=torch.float32)(ids).logits
+    assert (f32 - bf16).abs().max() <= 5e-2  # the reload check's bfloat16 tolerance (RELOAD_TOLERANCE)
+    card = (exported / "README.md").read_text()
+    assert "bfloat16" in card and "bfloat16" not in (exported_f32 / "README.md").read_text()
 
 
 def test_export_generates_with_its_chat_template(run_dir, exported):
@@ -118,7 +145,7 @@ def test_full_model_final_is_resaved(run_dir, tmp_path):
     _peft_model(run_dir).merge_and_unload().save_pretrained(str(full))
     copy_tokenizer_files(run_dir / "run" / "final", full)
     out = tmp_path / "export_full"
-    assert export_script.main(["--model_path", str(full), "--output_dir", str(out)]) == 0
+    assert export_script.main(["--model_path", str(full), "--output_dir", str(out), "--dtype", "float32"]) == 0
     ids = torch.arange(5, 25).unsqueeze(0)
     with torch.no_grad():
         expected = load_model(str(full))(ids).logits
@@ -171,3 +198,50 @@ def test_user_errors_are_one_line(run_dir, tmp_path, capsys, case):
     assert run_cli(export_script.main, args) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("error: "), err
+
+
+def _final_with_template(run_dir: Path, tmp_path: Path, name: str) -> Path:
+    final = tmp_path / name / "final"
+    shutil.copytree(run_dir / "run" / "final", final)
+    summary = json.loads((final / "training_summary.json").read_text())
+    summary["template"]["name"] = summary["template"]["family"] = name
+    (final / "training_summary.json").write_text(json.dumps(summary))
+    return final
+
+
+@pytest.mark.parametrize("name", ["instruct", "chat", "alpaca"])
+def test_the_export_renders_the_format_it_was_trained_on(run_dir, tmp_path, name):
+    from transformers import AutoTokenizer
+
+    from utils.data.chat_jinja import CHAT_TEMPLATE_FILE
+    from utils.data.templates import get_template
+    from utils.data.tokenizer import load_tokenizer
+
+    final = _final_with_template(run_dir, tmp_path, name)
+    out = tmp_path / "out"
+    assert export_script.main(["--model_path", str(final), "--output_dir", str(out)]) == 0
+    assert (out / CHAT_TEMPLATE_FILE).is_file()
+    exported = AutoTokenizer.from_pretrained(str(out))  # plain transformers, nothing of this repository
+    training = get_template(name, load_tokenizer(final))
+    for messages in CONVERSATIONS:
+        assert exported.apply_chat_template(messages, tokenize=True, return_dict=False) == \
+            training.encode(messages).input_ids
+        assert exported.apply_chat_template(messages[:-1], tokenize=True, add_generation_prompt=True,
+                                            return_dict=False) == training.encode_prompt(messages)
+    card = (out / "README.md").read_text()
+    assert f"template `{name}`" in card and "utils.data.templates" not in card
+
+
+def test_card_front_matter_is_hub_metadata(run_dir, tmp_path):
+    out = tmp_path / "out"
+    assert export_script.main(["--model_path", str(run_dir / "run" / "final"), "--output_dir", str(out),
+                               "--base_model_id", "HuggingFaceTB/SmolLM2-135M-Instruct",
+                               "--license", "apache-2.0"]) == 0
+    card = (out / "README.md").read_text()
+    head, body = card.split("---\n")[1], card.split("---\n", 2)[2]
+    for line in ('base_model: "HuggingFaceTB/SmolLM2-135M-Instruct"', 'license: "apache-2.0"',
+                 'library_name: "transformers"', 'pipeline_tag: "text-generation"', '- "lora"'):
+        assert line in head.splitlines(), (line, head)
+    assert body.startswith("\n# out") or body.startswith("# out"), body[:40]
+    default = (run_dir / "export" / "README.md").read_text().split("---\n")[1]
+    assert "base_model" not in default and 'license: "unknown"' in default  # a local base: no Hub id guessed

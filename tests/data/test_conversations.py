@@ -71,7 +71,7 @@ def test_messages_layout_and_its_bad_rows(tmp_path):
             {"role": "assistant", "content": "A"}, {"role": "user", "content": "unanswered"}]
     got = run(tmp_path, [
         {"messages": good},
-        {"messages": [{"role": "user", "content": "Q"}, {"role": "tool", "content": "x"}]},
+        {"messages": [{"role": "user", "content": "Q"}, {"role": "robot", "content": "x"}]},
         {"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": None}]},
         {"messages": [{"role": "user"}]},
         {"messages": []},
@@ -83,7 +83,7 @@ def test_messages_layout_and_its_bad_rows(tmp_path):
     assert got[0].messages == msgs(("system", "S"), ("user", "Q"), ("assistant", "A"))
     assert reasons(got)[1:] == ["unknown_role", "wrong_type", "missing_field", "empty_conversation",
                                 "wrong_type", "misplaced_system", "no_assistant_turn"]
-    assert "messages[1].role is 'tool'" in got[1].detail
+    assert "messages[1].role is 'robot'" in got[1].detail
 
 
 # --- sharegpt ----------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+import launch_helpers
 from e2e_helpers import ROOT, run, training_params, write_json
 
 TOK = "checkpoints/tokenizer/spm_test"
@@ -135,8 +136,7 @@ def test_two_processes_match_one_with_double_accumulation(sft_work):
                          save_steps=4, eval_steps=0)
 
     def torchrun(args):
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-               "29517", str(ROOT / "scripts/03_sft_industrial.py"), *args]
+        cmd = [sys.executable, *launch_helpers.torchrun(2), str(ROOT / "scripts/03_sft_industrial.py"), *args]
         proc = subprocess.run(cmd, cwd=sft_work, capture_output=True, text=True,
                               env={**os.environ, "OMP_NUM_THREADS": "1"})
         assert proc.returncode == 0, proc.stderr[-3000:]

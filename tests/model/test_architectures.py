@@ -6,7 +6,7 @@ import torch
 
 from arch_helpers import ARCHITECTURES, tiny_model
 from utils.common.errors import UserError
-from utils.model.architectures import LORA_TARGETS, check_model, check_model_dir
+from utils.model.architectures import check_model, check_model_dir
 from utils.model.attention import use_packed_attention
 from utils.model.modeling import decoder_and_head
 
@@ -25,7 +25,7 @@ def _gguf_header(path, architecture: str):
 
 
 def test_a_gguf_of_an_unsupported_architecture_is_refused_from_its_header(tmp_path):
-    with pytest.raises(UserError, match=r"bloom\.gguf: model_type 'bloom' is not supported"):
+    with pytest.raises(UserError, match=r"bloom\.gguf: model_type 'bloom' cannot train packed: its attention does not go through "):
         check_model_dir(_gguf_header(tmp_path / "bloom.gguf", "bloom"))
     check_model_dir(_gguf_header(tmp_path / "neox.gguf", "gptneox"))  # GGUF's name for gpt_neox: supported
     check_model_dir(_gguf_header(tmp_path / "llama.gguf", "llama"))
@@ -39,7 +39,7 @@ def test_an_example_packed_with_others_equals_the_example_alone(model_type):
     reference = tiny_model(model_type, 97).eval()
     packed = tiny_model(model_type, 97).eval()
     use_packed_attention(packed)
-    assert packed.config._attn_implementation == "packed_sdpa"
+    assert packed.config._attn_implementation == "packed_varlen"
     reference.set_attn_implementation("sdpa")
     lengths = [5, 19, 12]
     examples = [torch.randint(3, 97, (1, n), generator=torch.Generator().manual_seed(n)) for n in lengths]
@@ -65,14 +65,15 @@ def test_an_example_packed_with_others_equals_the_example_alone(model_type):
         assert not torch.allclose(full, alone[1], atol=1e-4)
 
 
-def test_an_unsupported_model_type_is_refused_naming_the_supported_ones(tmp_path):
+def test_a_model_type_whose_attention_is_not_the_interface_is_refused(tmp_path):
     from transformers import BloomConfig, BloomForCausalLM
 
     model = BloomForCausalLM(BloomConfig(vocab_size=50, hidden_size=32, n_layer=1, n_head=4))
     with pytest.raises(UserError) as err:
         check_model(model, "models/bloom")
-    assert str(err.value).startswith("models/bloom: model_type 'bloom' is not supported")
-    assert all(t in str(err.value) for t in LORA_TARGETS)
+    assert str(err.value) == ("models/bloom: model_type 'bloom' cannot train packed: its attention does not go "
+                              "through transformers' attention interface; this trainer refuses it rather than "
+                              "train it wrong (use another base model)")
     model.save_pretrained(tmp_path / "bloom")
     with pytest.raises(UserError, match="model_type 'bloom'"):
         check_model_dir(tmp_path / "bloom")

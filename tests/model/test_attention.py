@@ -59,7 +59,7 @@ def test_fp32_attention_computes_in_float32_and_returns_bf16():
 def test_fp32_attention_packed_equals_alone_under_bf16():
     model = tiny_llama().eval()
     use_packed_attention(model, fp32=True)
-    assert model.config._attn_implementation == "packed_sdpa_fp32"
+    assert model.config._attn_implementation == "packed_varlen_fp32"
     store = random_store("s", 5, seed=7)
     examples = [(*store.get(i), 0) for i in range(len(store))]
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
@@ -153,7 +153,7 @@ def test_a_model_that_will_not_switch_to_packed_attention_is_refused(monkeypatch
     monkeypatch.setattr(model, "set_attn_implementation", refuse)
     with pytest.raises(UserError) as err:
         use_packed_attention(model)
-    assert str(err.value) == ("model_type 'llama': transformers would not switch its attention to packed_sdpa "
-                              "(ValueError: packed_sdpa is not supported by this model (see the docs)); packed rows "
+    assert str(err.value) == ("model_type 'llama': transformers would not switch its attention to packed_varlen "
+                              "(ValueError: packed_varlen is not supported by this model (see the docs)); packed rows "
                               "need it: use a supported architecture (docs/PIPELINE.md)")
-    assert model.config._attn_implementation != "packed_sdpa"
+    assert model.config._attn_implementation != "packed_varlen"

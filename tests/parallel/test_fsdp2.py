@@ -5,7 +5,6 @@ across world sizes (2 -> 1, 1 -> 2); LoRA and full fine-tuning; 2 "nodes" on one
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from launch_helpers import free_port, torchrun
 from paths import ROOT
 from reliability_helpers import (final_weights, newest_state, sft_argv, sft_config, sft_in_process, sft_with_fault,
                                  sft_work)
@@ -30,16 +30,6 @@ def one_thread_per_process(monkeypatch):
     """Every launched process computes with one thread: two processes on two cores, and the same float order in
     every run that is compared bit for bit."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def torchrun(nproc: int = 2) -> tuple[str, ...]:
-    return ("-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(_free_port()))
 
 
 def sharded(work, config, out, *extra: str, fault: str = "term@update:99"):
@@ -163,7 +153,7 @@ def test_two_nodes_on_one_machine_train_as_two_processes(work):
     """torchrun --nnodes 2 (one process each, a local rendezvous): the same run as 2 processes on one node."""
     two, _ = configs(work, False, "fsdp_nodes")
     out, ref = work / "out" / "fsdp_nodes", straight(work, False)
-    port = str(_free_port())
+    port = str(free_port())
     argv = sft_argv(work, two, out, "--sharding", "fsdp2")
     nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(rank),
                                "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", port,

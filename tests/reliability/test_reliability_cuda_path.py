@@ -1,6 +1,6 @@
 """The CUDA code path, run on the CPU under SFT_EMULATE_CUDA_KERNELS: stand-ins of the varlen kernels hold each
 real kernel's input contract (utils/model/kernels.py), so a run that would fail at the first forward on a GPU
-fails here. Every supported architecture trains (full and LoRA, bf16 on and off), evaluates, generates and resumes
+fails here. Every architecture of the tests trains (full and LoRA, bf16 on and off), evaluates, generates and resumes
 bit-identically through them; so does QLoRA; each kernel signature (torch 2.10, 2.11, 2.13, flash-attn, no
 varlen kernel) trains."""
 from __future__ import annotations
@@ -11,7 +11,8 @@ import shutil
 import pytest
 
 import utils.model.kernels as kernels
-from arch_helpers import ARCHITECTURES, save_tiny_model
+from arch_helpers import ARCHITECTURES, NEWER_ARCHITECTURES, save_tiny_model
+from train_helpers import count_stand_in_calls, emulate_cuda_kernels
 from reliability_helpers import final_weights, newest_state, script, sft_argv, sft_config, sft_in_process
 from utils.common.errors import run_cli
 from utils.data.tokenizer import load_tokenizer
@@ -22,22 +23,14 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 @pytest.fixture
 def emulate(monkeypatch):
     """Switch the emulation on (``kind``) for one test; counts the stand-in kernel's calls."""
-    calls = {"n": 0}
-    real = kernels._attend
-
-    def counted(*args, **kwargs):
-        calls["n"] += 1
-        return real(*args, **kwargs)
+    calls = count_stand_in_calls(monkeypatch)
 
     def on(kind: str = "1") -> dict:
-        monkeypatch.setenv(kernels.EMULATE_ENV, kind)
-        kernels.cuda_kernel.cache_clear()
+        emulate_cuda_kernels(monkeypatch, kind)
         return calls
 
-    monkeypatch.setattr(kernels, "_attend", counted)
     yield on
-    monkeypatch.delenv(kernels.EMULATE_ENV, raising=False)
-    kernels.cuda_kernel.cache_clear()
+    emulate_cuda_kernels(monkeypatch, None)
 
 
 def _model(work, model_type: str):
@@ -67,17 +60,21 @@ def _train(work, capsys, name, model, lora, bf16, steps=2, *extra):
     return out, captured.out
 
 
-@pytest.mark.parametrize("model_type", ("llama",) + ARCHITECTURES)
+@pytest.mark.parametrize("model_type", ("llama",) + ARCHITECTURES + NEWER_ARCHITECTURES)
 def test_every_architecture_trains_evaluates_generates_and_resumes_on_the_cuda_path(work, model_type, emulate,
                                                                                     capsys):
     calls = emulate("1")
     model = _model(work, model_type)
     out, printed = _train(work, capsys, f"cuda_lora_{model_type}", model, True, True, 4)
     attention = next(line for line in printed.splitlines() if line.strip().startswith("attention"))
-    uses_kernel = model_type != "gpt2"  # GPT-2's attention dropout sends its rows per example (the plan says so)
+    uses_kernel = model_type not in ("gpt2", "gemma2")  # GPT-2's attention dropout sends its rows per example,
+    capped = model_type == "gemma2"  # Gemma 2's soft-capping through its own eager attention (the plan says so)
     if uses_kernel:
         assert "emulated on the CPU" in attention and "q/k/v in bfloat16" in attention, attention
         assert calls["n"] > 0
+    else:
+        assert ("eager attention per example" in attention) == capped, attention
+        assert calls["n"] == 0 or not capped  # GPT-2 evaluates through the kernel (no dropout there)
     assert (out / "samples.jsonl").read_text().count('"step": 4') == 1  # generation at the last evaluation
     state = newest_state(out)
     assert len(state["loss_history"]) == 4 and all(x == x for x in state["loss_history"])
@@ -97,7 +94,8 @@ def test_every_architecture_trains_evaluates_generates_and_resumes_on_the_cuda_p
     _, printed = _train(work, capsys, f"cuda_fp32_{model_type}", model, True, False)
     assert calls["n"] == before  # float32: the kernel cannot take it, SDPA per example does
     fp32_line = next(line for line in printed.splitlines() if line.strip().startswith("attention"))
-    assert "SDPA per example" in fp32_line and ("float32" in fp32_line or not uses_kernel), fp32_line
+    assert ("eager attention" if capped else "SDPA per example") in fp32_line, fp32_line
+    assert "float32" in fp32_line or not uses_kernel, fp32_line
 
     report = work / "out" / f"cuda_eval_{model_type}"
     code = run_cli(script("04_evaluate_sft").main, [
@@ -138,3 +136,27 @@ def test_an_unknown_emulation_is_one_line(work, monkeypatch, capsys):
     assert not out.exists()
     monkeypatch.delenv(kernels.EMULATE_ENV)
     kernels.cuda_kernel.cache_clear()
+
+
+@pytest.mark.parametrize("model_type", ARCHITECTURES + NEWER_ARCHITECTURES)
+def test_qlora_trains_every_architecture_and_quantizes_its_layers(work, model_type, capsys):
+    """A 4-bit base under the adapter (bitsandbytes on the CPU) for every architecture: its linear layers load in
+    4 bits, the adapter takes the architecture's own default targets, two steps train to a finite loss."""
+    pytest.importorskip("bitsandbytes")
+    model = _model(work, model_type)
+    cfg = _config(work, f"qlora_{model_type}", True, False, 2)
+    config = json.loads(cfg.read_text())
+    config["quantization"] = {"load_in_4bit": True, "bnb_4bit_compute_dtype": "float32"}
+    cfg.write_text(json.dumps(config))
+    out = work / "out" / f"qlora_{model_type}"
+    code = sft_in_process(sft_argv(work, cfg, out, model=model))
+    captured = capsys.readouterr()
+    if model_type == "gpt2":  # GPT-2's projections are Conv1D, which bitsandbytes cannot hold: refused, not trained
+        assert code == 2 and captured.err.strip().endswith(
+            "c_attn is a Conv1D layer in this model, which bitsandbytes cannot hold in 4 bits; remove the "
+            "quantization block (plain LoRA) or target nn.Linear layers only") and not out.exists()
+        return
+    assert code == 0, captured.err[-3000:]
+    assert "4-bit" in next(line for line in captured.out.splitlines() if line.strip().startswith("base weights"))
+    losses = newest_state(out)["loss_history"]
+    assert len(losses) == 2 and all(x == x and x < 1e4 for x in losses)

@@ -172,8 +172,8 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(work, 
 
     original = train_loop.train_step
 
-    def train_step(run, plan):  # as fp16 overflow would: the loss of step 5 comes out NaN
-        loss = original(run, plan)
+    def train_step(run, plan, packed=None):  # as fp16 overflow would: the loss of step 5 comes out NaN
+        loss = original(run, plan, packed)
         return loss * float("nan") if run.scheduler.last_epoch + 1 == 5 else loss
 
     monkeypatch.setattr(train_loop, "train_step", train_step)

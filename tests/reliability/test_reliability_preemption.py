@@ -5,11 +5,11 @@ reaches one rank stops every rank at the same step."""
 from __future__ import annotations
 
 import re
-import socket
 
 import numpy as np
 import pytest
 
+from launch_helpers import torchrun
 from reliability_helpers import (assert_same_run, final_weights, newest_state, reference_run, sft_argv, sft_config,
                                  sft_in_process, sft_with_fault)
 
@@ -37,12 +37,6 @@ def test_a_signal_checkpoints_the_step_in_progress_and_auto_resumes_bit_identica
     assert_same_run(reference_run(work, "lora"), out)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_a_signal_to_one_of_two_processes_stops_both_at_the_same_step(work):
     """torchrun, 2 ranks, gloo: only rank 1 receives SIGTERM after step 3; both ranks stop after step 3 and the
     checkpoint holds both RNG states; resumed on 2 ranks the run equals an uninterrupted 2-rank run."""
@@ -51,7 +45,7 @@ def test_a_signal_to_one_of_two_processes_stops_both_at_the_same_step(work):
     ref, out = work / "out" / "preempt_world2_straight", work / "out" / "preempt_world2"
 
     def launch(fault: str, *extra: str):
-        launcher = ("-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()))
+        launcher = torchrun(2)
         return sft_with_fault(fault, sft_argv(work, config, *extra), launcher=launcher)
 
     proc = launch("term-rank1@update:3", out)

@@ -98,11 +98,12 @@ def test_evaluation_holds_the_base_in_4_bits_and_export_merges_into_it_dequantiz
     tuned, tokenizer = _eval_model(work, straight / "final")
     assert quantized_layers(tuned), "evaluation must load the base as training held it"
     out = work / "out" / "qlora_export"
+    # float32, not the bfloat16 default: the check below is that the merge IS the trained model
     assert run_cli(script("05_export_model").main, ["--model_path", str(straight / "final"),
-                                                    "--output_dir", str(out)]) == 0
+                                                    "--output_dir", str(out), "--dtype", "float32"]) == 0
     printed = capsys.readouterr().out
     assert "held in 4-bit nf4, double quantization, compute float32 as in training" in printed
-    assert "QLoRA: the base quantized to 4-bit nf4" in printed
+    assert "QLoRA: the base quantized to 4-bit nf4" in printed and "saved in float32 (--dtype)" in printed
     config = json.loads((out / "config.json").read_text())
     assert "quantization_config" not in config
     plain = AutoModelForCausalLM.from_pretrained(str(out)).eval()

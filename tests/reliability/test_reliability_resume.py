@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import random
 import signal
-import socket
 
 import numpy as np
 import pytest
 
+from launch_helpers import torchrun
 from reliability_helpers import (assert_checkpoints_whole, assert_same_run, final_weights, metrics, newest_state,
                                  reference_run, sft_argv, sft_config, sft_in_process, sft_with_fault)
 from train_helpers import random_store, run_training
@@ -89,12 +89,6 @@ def test_sigkill_while_writing_publishing_or_rotating_checkpoints(work):
     assert not list(out.glob(".checkpoint-*")), "temp and half-deleted checkpoints are swept"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_checkpoint_of_two_processes_resumes_on_one_with_the_same_data_order(work):
     """torchrun 2 ranks (accumulation 1) killed at step 3; resumed on 1 process with accumulation 2 it
     continues the same global plan: same tokens and, within float tolerance, the same losses and weights
@@ -104,7 +98,7 @@ def test_checkpoint_of_two_processes_resumes_on_one_with_the_same_data_order(wor
     one = sft_config(work, "rel_world1", lora=False, gradient_accumulation_steps=2, **common)
     ref, out = work / "out" / "world1_straight", work / "out" / "world2_then_1"
     assert sft_in_process(sft_argv(work, one, ref)) == 0
-    launcher = ("-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()))
+    launcher = torchrun(2)
     proc = sft_with_fault("kill@update:3", sft_argv(work, two, out), launcher=launcher)
     assert proc.returncode != 0 and not (out / "final").exists(), proc.stderr[-2000:]
     assert newest_state(out)["world_size"] == 2 and newest_state(out)["step"] == 2

@@ -9,13 +9,13 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
+from launch_helpers import free_port
 from reliability_helpers import ROOT
 from utils.studio.data_view import ExampleBrowser
 
@@ -26,12 +26,6 @@ pytestmark = pytest.mark.skipif(
     reason="needs chromium + chromium-driver (apt-get) and gradio + selenium (requirements-studio.txt)")
 WAIT_S = 240
 """Generous: the page shares one core with other work on a loaded CI machine."""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture

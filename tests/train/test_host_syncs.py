@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -14,6 +13,7 @@ import pytest
 import torch
 
 import utils.model.kernels as kernels
+from launch_helpers import torchrun
 from paths import ROOT
 from utils.bench.syncs import SyncCounter, bookkeeping_step
 from utils.train.config import TrainingParams
@@ -40,16 +40,10 @@ def test_bookkeeping_steps_are_the_ones_that_log_evaluate_or_save():
     assert [s for s in range(10) if bookkeeping_step(s, params, 9)] == [0, 1, 3, 4, 6, 8, 9]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.parametrize("world", [1, 2])
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 def test_a_steady_state_step_makes_no_host_sync(lora, world, tmp_path):
-    launcher = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port())] \
+    launcher = list(torchrun(2)) \
         if world == 2 else []
     env = {**os.environ, kernels.EMULATE_ENV: "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, *launcher, WORKER, str(tmp_path), *(["--lora"] if lora else [])], env=env,

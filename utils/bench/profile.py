@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from utils.bench.syncs import SyncCounter
+from utils.bench.syncs import SyncCounter, named_counts
 from utils.train.loop import optimizer_step, train_step
 from utils.train.run import TrainRun
 
@@ -29,7 +29,7 @@ LABELS = {"matmul": "matmuls (mm, addmm, bmm)", "cast": "dtype casts (_to_copy a
           "host": "host (Python, autograd engine, dispatch, packing)"}
 _MATMUL = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::mv", "aten::addmv", "aten::dot"}
 _LOSS = ("log_softmax", "nll_loss", "cross_entropy")
-_OPTIMIZER_REGION = "optimizer_step"
+OPTIMIZER_REGION = "optimizer_step"
 
 
 @dataclass
@@ -44,9 +44,9 @@ class StepProfile:
     micro_batches: int = 0
 
     def syncs_line(self) -> str:
-        found = ", ".join(f"{n} x {name}" for name, n in self.syncs.most_common()) or "none"
         per = sum(self.syncs.values()) / max(1, self.micro_batches)
-        return f"host-device syncs: {per:.2f} per micro-batch over {self.micro_batches} micro-batch(es) ({found})"
+        return (f"host-device syncs: {per:.2f} per micro-batch over {self.micro_batches} micro-batch(es) "
+                f"({named_counts(self.syncs)})")
 
     def shares(self) -> dict[str, float]:
         return {g: self.seconds.get(g, 0.0) / self.wall_s for g in GROUPS}
@@ -70,7 +70,7 @@ def group_of(event) -> str | None:
     while parent is not None:
         ancestors.append(parent.name)
         parent = parent.cpu_parent
-    if _OPTIMIZER_REGION in ancestors:
+    if OPTIMIZER_REGION in ancestors:
         return "optimizer"
     if "scaled_dot_product" in name or any("scaled_dot_product" in a for a in ancestors):
         return "attention"
@@ -84,21 +84,31 @@ def group_of(event) -> str | None:
     return "elementwise"
 
 
+def profiled_steps(run: TrainRun, steps: int, activities=(ProfilerActivity.CPU,), synchronize=lambda: None):
+    """``steps`` optimizer steps of ``run`` (drawn before the profiler starts) under torch's profiler, the
+    forward/backward and the optimizer in regions of their own; returns the profile and the wall seconds, with
+    ``synchronize`` called before the clock starts and before it stops."""
+    drawn = [run.planner.next_step() for _ in range(steps)]
+    synchronize()
+    with profile(activities=list(activities)) as prof:
+        start = time.perf_counter()
+        for batches in drawn:
+            with record_function("forward_backward"):
+                train_step(run, batches)
+            with record_function(OPTIMIZER_REGION):
+                optimizer_step(run)
+        synchronize()
+        wall = time.perf_counter() - start
+    return prof, wall
+
+
 def profile_step(run: TrainRun, warmup: int = 2, steps: int = 1) -> StepProfile:
     """Run ``warmup`` steps, then profile ``steps`` optimizer steps of ``run`` (the loop's own functions);
     the times are per step (the mean over the profiled steps). One more step counts the host-device syncs."""
     for _ in range(warmup):
         train_step(run, run.planner.next_step())
         optimizer_step(run)
-    drawn = [run.planner.next_step() for _ in range(steps)]
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        start = time.perf_counter()
-        for batches in drawn:
-            with record_function("forward_backward"):
-                train_step(run, batches)
-            with record_function(_OPTIMIZER_REGION):
-                optimizer_step(run)
-        wall = time.perf_counter() - start
+    prof, wall = profiled_steps(run, steps)
     total = summarize(prof.events(), wall)
     batches, counter = run.planner.next_step(), SyncCounter()
     with counter:  # apart from the profiled steps: the counter's Python hook would take part of their time
@@ -128,6 +138,13 @@ def summarize(events, wall_s: float) -> StepProfile:
 def run_profile(spec_case, out_dir: Path, warmup: int = 2, steps: int = 1, micro_examples: int | None = None,
                 params: dict | None = None) -> StepProfile:
     """Profile one step of this trainer on a bench ``Case`` with the bench's settings for it."""
+    return profile_step(bench_run(spec_case, out_dir, warmup + steps, micro_examples, params), warmup, steps)
+
+
+def bench_run(spec_case, out_dir: Path, max_steps: int, micro_examples: int | None = None,
+              params: dict | None = None) -> TrainRun:
+    """This trainer's run on a bench ``Case`` with the bench's settings for it, built in this process;
+    ``params`` may set ``micro_batch_tokens`` (one packed micro-batch per step then) in place of examples."""
     # deferred: the profile is the only bench part that builds this trainer's run in-process
     from utils.bench.benchmark import BenchSettings
     from utils.bench.benchmark import micro_examples as micro_examples_of
@@ -141,16 +158,20 @@ def run_profile(spec_case, out_dir: Path, warmup: int = 2, steps: int = 1, micro
     from utils.train.run import TrainData, build_run
     from utils.train.start import ready_to_train, start_run
 
-    micro = micro_examples_of(spec_case, "ours", BenchSettings(ours_micro=micro_examples))
-    params = TrainingParams(learning_rate=spec_case.learning_rate, max_steps=warmup + steps,
-                            per_device_train_batch_size=micro,
-                            gradient_accumulation_steps=spec_case.examples_per_step // micro, warmup_steps=0,
-                            scheduler="constant", adam_beta2=0.95, logging_steps=1, seed=1234, **(params or {}))
+    params = dict(params or {})
+    if params.get("micro_batch_tokens"):
+        batching = {"gradient_accumulation_steps": 1}
+    else:
+        micro = micro_examples_of(spec_case, "ours", BenchSettings(ours_micro=micro_examples))
+        batching = {"per_device_train_batch_size": micro,
+                    "gradient_accumulation_steps": spec_case.examples_per_step // micro}
+    params = TrainingParams(**{"learning_rate": spec_case.learning_rate, "max_steps": max_steps, "warmup_steps": 0,
+                               "scheduler": "constant", "adam_beta2": 0.95, "logging_steps": 1, "seed": 1234,
+                               **batching, **params})
     start = start_run(params, RunInputs(tokenizer_path=spec_case.tokenizer_dir, output_dir=out_dir))
     data_dir = Path(spec_case.data_dir)
     store = load_sft_store(data_dir, "train", load_manifest(data_dir))
     lora = LoraSettings(**spec_case.lora) if spec_case.lora else None
     model, _ = ready_to_train(load_model(spec_case.model_dir), lora, params, spec_case.model_dir)
-    run = build_run(start, model, TrainData([store], [1.0], [], int(store.lengths.max())), params,
-                    output_dir=out_dir, run_info={"data_hashes": "bench", "tokenizer_sha256": "bench"}, plan=RunPlan())
-    return profile_step(run, warmup, steps)
+    return build_run(start, model, TrainData([store], [1.0], [], int(store.lengths.max())), params,
+                     output_dir=out_dir, run_info={"data_hashes": "bench", "tokenizer_sha256": "bench"}, plan=RunPlan())

@@ -8,9 +8,9 @@ run would have: ``aten._local_scalar_dense`` (``.item()``, ``bool(tensor)``, ``i
 ``is_nonzero``, ``masked_select``, ``equal``, ``unique``, ``bincount``, boolean-mask indexing and index_put,
 ``repeat_interleave`` without ``output_size``, and copies from a CUDA tensor to the host. What it cannot see on
 a CPU: copies the host makes without an op (``tolist`` of a CPU tensor), which cost nothing there. On a GPU,
-``torch.cuda.set_sync_debug_mode`` is the ground truth (``make bench-gpu`` reads it).
+``torch.cuda.set_sync_debug_mode`` is the ground truth.
 
-``count_fit_syncs`` trains a run under the counter and says how many syncs each step made; steps that log,
+``counting_fit_syncs`` trains a run under the counter and says how many syncs each step made; steps that log,
 evaluate or write a checkpoint read numbers back on purpose and are reported apart.
 """
 from __future__ import annotations
@@ -35,9 +35,8 @@ def sync_reason(func, args, kwargs) -> str | None:
         return name
     if name in ("index", "index_put") and any(torch.is_tensor(i) and i.dtype in _BOOL for i in args[1] or ()):
         return f"{name} with a boolean mask"
-    if name == "repeat_interleave" and (kwargs or {}).get("output_size") is None \
-            and any(torch.is_tensor(a) and a.dim() > 0 for a in args[1:] if func._overloadname != "Tensor") \
-            | (func._overloadname == "Tensor"):  # the output's length is the repeats' sum
+    if name == "repeat_interleave" and (kwargs or {}).get("output_size") is None and (  # length: the repeats' sum
+            func._overloadname == "Tensor" or any(torch.is_tensor(a) and a.dim() > 0 for a in args[1:])):
         return "repeat_interleave without output_size"
     if name in ("_to_copy", "copy"):
         src = args[1] if name == "copy" else args[0]
@@ -82,9 +81,14 @@ class FitSyncs:
         booked = Counter()
         for counts in self.bookkeeping.values():
             booked.update(counts)
-        found = ", ".join(f"{n} x {name}" for name, n in steady.most_common()) or "none"
         return (f"host-device syncs: {self.per_micro_batch():.2f} per micro-batch in {len(self.steady)} steady-state "
-                f"step(s) ({found}); {sum(booked.values())} in {len(self.bookkeeping)} log/eval/checkpoint step(s)")
+                f"step(s) ({named_counts(steady)}); {sum(booked.values())} in {len(self.bookkeeping)} "
+                "log/eval/checkpoint step(s)")
+
+
+def named_counts(counts: Counter) -> str:
+    """``3 x nonzero, 1 x _local_scalar_dense``, most frequent first; ``none`` when empty."""
+    return ", ".join(f"{n} x {name}" for name, n in counts.most_common()) or "none"
 
 
 def bookkeeping_step(step: int, params, total_steps: int) -> bool:
@@ -102,10 +106,10 @@ def counting_fit_syncs(loop_module, run):
     real_step = loop_module.train_step
     micro = {}
 
-    def marked(run_, batches):
+    def marked(run_, batches, packed=None):
         counter.step += 1
         micro[counter.step] = len(batches.for_rank(run_.accelerator.process_index, run_.accelerator.num_processes))
-        return real_step(run_, batches)
+        return real_step(run_, batches, packed)
 
     loop_module.train_step = marked
     try:

@@ -1,21 +1,27 @@
 """Export: a training stage's final/ (LoRA adapter or full model) -> one standalone HF model directory.
 
-The export holds merged safetensors weights, the tokenizer files copied byte for byte (chat template
-included, so the fingerprint is unchanged), the generation config with the template's stop ids, a
-model card (README.md) and, for provenance, training_summary.json and eval_report.json. It loads with
-plain ``AutoModelForCausalLM`` / ``AutoTokenizer``: no peft, no code from this repository.
+The export holds merged safetensors weights (bfloat16 unless ``--dtype`` or an fp16 run says otherwise), the
+tokenizer files with the chat template that renders what training rendered (``utils/data/chat_jinja.py``; a
+tokenizer that already renders it keeps its files byte for byte, and its fingerprint), the generation config
+with the template's stop ids, a model card (README.md, with the Hub's YAML front matter) and, for provenance,
+training_summary.json and eval_report.json. It loads with plain ``AutoModelForCausalLM`` / ``AutoTokenizer``:
+no peft, no code from this repository. ``--gguf`` adds GGUF files and an Ollama Modelfile
+(``utils/checkpoint/gguf_export.py``), written and checked before anything is published.
 """
 from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from utils.checkpoint.hub import hub_id_of
+from utils.checkpoint.model_card import CardFacts, data_sources, model_card
 from utils.common.atomic import atomic_dir, check_owner, exclusive, recover_published, refuse_inside
 from utils.common.errors import UserError
+from utils.data.chat_jinja import write_trained_template
 from utils.data.tokenizer import copy_tokenizer_files
 from utils.model.modeling import load_model
 from utils.parallel.quantization import load_base
@@ -24,8 +30,23 @@ ADAPTER_CONFIG = "adapter_config.json"
 SUMMARY = "training_summary.json"
 EVAL_REPORT = "eval_report.json"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-OWN_TEMPLATES = ("instruct", "chat", "alpaca")
-"""Prompt formats of utils/data/templates.py that the tokenizer's chat_template does not reproduce."""
+RELOAD_TOLERANCE = {"float32": 1e-4, "float16": 1e-2, "bfloat16": 5e-2}
+"""Largest |logit| difference the reload check accepts, relative to the largest |logit| (at least 1), scaled to
+the precision of the saved weights: in bfloat16 a real model's 30 layers round differently when the reloaded
+copy takes another attention implementation (SmolLM2-135M: 0.73 on logits near 20), while a lost weight moves
+logits by their own size."""
+
+
+@dataclass
+class ExportOptions:
+    """What scripts/05_export_model.py was asked (one field per flag; its --help says what each means)."""
+
+    eval_report: str | None = None
+    base_model_path: str | None = None
+    dtype: str = "auto"
+    gguf: list[str] = field(default_factory=list)
+    base_model_id: str | None = None
+    license: str | None = None
 
 
 @dataclass
@@ -48,6 +69,14 @@ class ExportResult:
     """Largest |logit| difference between the in-memory model and the reloaded export."""
     quantization: dict | None = None
     """The 4-bit settings whose dequantized base the adapter was merged into (QLoRA); None otherwise."""
+    dtype: str = "float32"
+    dtype_reason: str = ""
+    base_id: str | None = None
+    """The base's Hub id in the card (None: not known)."""
+    template_written: bool = False
+    """True when the tokenizer's chat_template was replaced by the trained one."""
+    gguf: list = field(default_factory=list)
+    """utils.checkpoint.gguf_export.GGUFFile of each GGUF written."""
 
 
 def read_final(model_path: str | Path) -> FinalDir:
@@ -143,47 +172,91 @@ def find_eval_report(model_path: Path, explicit: str | None) -> Path | None:
     return default if default.is_file() else None
 
 
-def export_model(model_path: str | Path, output_dir: str | Path, eval_report: str | None = None,
-                 base_model_path: str | None = None, dtype: str = "float32") -> ExportResult:
-    """Merge (or re-save) ``model_path`` into a standalone HF directory at ``output_dir``, atomically."""
+def export_model(model_path: str | Path, output_dir: str | Path, options: ExportOptions | None = None,
+                 **flags) -> ExportResult:
+    """Merge (or re-save) ``model_path`` into a standalone HF directory at ``output_dir``, atomically; ``flags``
+    are ExportOptions fields."""
+    options = options or ExportOptions(**flags)
     final = read_final(model_path)
     out = Path(output_dir)
-    report = find_eval_report(final.path, eval_report)
-    base = resolve_base(final, base_model_path) if final.adapter_config else None
+    report = find_eval_report(final.path, options.eval_report)
+    base = resolve_base(final, options.base_model_path) if final.adapter_config else None
     refuse_inside(out, {"--model_path": final.path, "the base model": base})
+    llama_cpp = gguf_tools(options.gguf)  # a missing converter is said before any work
     with exclusive(out):
         check_owner(out, "export")  # before the merge, not after
-        return _export(final, base, report, out, dtype)
+        return _export(final, base, report, out, options, llama_cpp)
 
 
-def _export(final: FinalDir, base, report: Path | None, out: Path, dtype: str) -> ExportResult:
+def gguf_tools(types: list[str]) -> Path | None:
+    """llama.cpp's converter directory when GGUF files are asked for."""
+    # the GGUF step is optional and its module reads the converter's files; deferred so plain exports skip it
+    from utils.checkpoint.gguf_export import converter_dir
+
+    return converter_dir() if types else None
+
+
+def export_dtype(final: FinalDir, asked: str) -> tuple[str, str]:
+    """(dtype, why): ``--dtype`` when given, else float16 for an fp16 run and bfloat16 for bf16 and fp32 runs."""
+    if asked != "auto":
+        return asked, "--dtype"
+    params = (final.summary.get("config") or {}).get("training_params") or {}
+    if params.get("fp16"):
+        return "float16", "trained with fp16 (--dtype auto)"
+    return "bfloat16", f"trained in {'bf16' if params.get('bf16') else 'fp32'} (--dtype auto)"
+
+
+def _export(final: FinalDir, base, report: Path | None, out: Path, options: ExportOptions,
+            llama_cpp: Path | None) -> ExportResult:
+    dtype, why = export_dtype(final, options.dtype)
     model = load_merged(final, base) if base else load_model(str(final.path))
+    if llama_cpp is not None:
+        from utils.checkpoint.gguf_export import check_convertible  # deferred with the GGUF step (gguf_tools)
+
+        check_convertible(model.config, llama_cpp)
     model = model.to(DTYPES[dtype]).eval()
+    base_id = options.base_model_id or hub_id_of(final.summary.get("model_path")) or hub_id_of(base)
+    result = ExportResult(out, base, report, None, quantization(final) if base else None, dtype, why, base_id)
     with atomic_dir(out, kind="export") as tmp:
-        _save_model(model, final.path, tmp)
+        result.template_written = _save_model(model, final, tmp)
         for extra in (final.path / SUMMARY, report):
             if extra and extra.is_file():
                 shutil.copyfile(extra, tmp / (SUMMARY if extra.name == SUMMARY else EVAL_REPORT))
-        card = model_card(final, base, _data_sources(final.summary), _read_json(report) if report else None, out)
-        (tmp / "README.md").write_text(card, encoding="utf-8")
-        diff = verify_export(model, tmp)
-    return ExportResult(out, base, report, diff, quantization(final) if base else None)
+        result.max_logit_diff = verify_export(model, tmp, dtype)
+        del model
+        facts = CardFacts(out, final.path, final.summary, final.adapter_config, base, base_id, dtype,
+                          options.license or "unknown", result.quantization,
+                          _read_json(report) if report else None, data_sources(final.summary))
+        if llama_cpp is not None:
+            from utils.checkpoint.gguf_export import export_gguf  # deferred with the GGUF step (gguf_tools)
+
+            result.gguf, facts.gguf = export_gguf(tmp, out.name, options.gguf, final.summary, llama_cpp)
+        (tmp / "README.md").write_text(model_card(facts), encoding="utf-8")
+    return result
 
 
-def _save_model(model, final_path: Path, tmp: Path) -> None:
+def _save_model(model, final: FinalDir, tmp: Path) -> bool:
+    """Weights, tokenizer with the trained chat template, generation config; True when the template changed."""
     # transformers costs seconds to import; deferred so callers that skip this stay fast
     from transformers import GenerationConfig
 
     model.save_pretrained(str(tmp), safe_serialization=True)
     # final/'s generation config carries the template's stop ids; the base's would stop at eos only.
-    if (final_path / "generation_config.json").is_file():
-        GenerationConfig.from_pretrained(str(final_path)).save_pretrained(str(tmp))
-    copy_tokenizer_files(final_path, tmp)
+    if (final.path / "generation_config.json").is_file():
+        GenerationConfig.from_pretrained(str(final.path)).save_pretrained(str(tmp))
+    template = final.summary.get("template") or {}
+    if template.get("stop_token_ids"):
+        generation = GenerationConfig.from_pretrained(str(tmp))
+        generation.eos_token_id = list(template["stop_token_ids"])
+        generation.save_pretrained(str(tmp))
+    copy_tokenizer_files(final.path, tmp)
+    return write_trained_template(tmp, template["name"]) if template.get("name") else False
 
 
 @torch.no_grad()
-def verify_export(model, export_dir: Path) -> float:
-    """Reload the export with plain transformers; its logits must equal the in-memory model's."""
+def verify_export(model, export_dir: Path, dtype: str) -> float:
+    """Reload the export with plain transformers; its logits must equal the in-memory model's within the
+    tolerance of ``dtype`` (RELOAD_TOLERANCE, relative to the largest logit)."""
     # transformers costs seconds to import; deferred so callers that skip this stay fast
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -191,134 +264,9 @@ def verify_export(model, export_dir: Path) -> float:
     reloaded = AutoModelForCausalLM.from_pretrained(str(export_dir), dtype=model.dtype).eval()
     ids = tokenizer("Export check: the quick brown fox.", return_tensors="pt").input_ids
     device = next(model.parameters()).device
-    diff = (model(ids.to(device)).logits.float().cpu() - reloaded(ids).logits.float()).abs().max().item()
-    if diff > 1e-4 * (1 if model.dtype == torch.float32 else 100):
+    logits = model(ids.to(device)).logits.float().cpu()
+    diff = (logits - reloaded(ids).logits.float()).abs().max().item()
+    if diff > RELOAD_TOLERANCE[dtype] * max(1.0, logits.abs().max().item()):
         raise UserError(f"{export_dir}: the saved model's logits differ from the merged model's by {diff:.2e}; "
                         "nothing was written (report this: the save lost weights)")
     return diff
-
-
-# ---------------------------------------------------------------------- model card
-def _data_sources(summary: dict) -> list[dict]:
-    """Per data dir: its weight and, from its manifest when still present, the sources inside it."""
-    dirs, weights = summary.get("data_dirs") or [], summary.get("data_weights") or []
-    total = sum(weights) or 1.0
-    rows = []
-    for i, raw in enumerate(dirs):
-        manifest = _optional_json(Path(raw) / "manifest.json")
-        entries = {d.get("name"): d for d in manifest.get("config", {}).get("datasets", [])}
-        sources = [{"name": name, "dataset": entries.get(name, {}).get("dataset_name", ""),
-                    "license": info.get("license") or "", "train": info.get("written_train", info.get("kept_train"))}
-                   for name, info in manifest.get("sources", {}).items()]
-        share = weights[i] / total if i < len(weights) else None
-        rows.append({"dir": raw, "share": share, "sources": sources})
-    return rows
-
-
-def _optional_json(path: Path) -> dict:
-    """A data dir's manifest may be gone or moved since training: the card then says so."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def model_card(final: FinalDir, base: str | None, data: list[dict], report: dict | None, out: Path) -> str:
-    """README.md: what the model is, how to use it, what it was trained on and how it scored."""
-    summary = final.summary
-    lines = [f"# {out.name}", "", _origin(final, base), "", *_usage(summary, out), *_data_section(summary, data),
-             *_training_section(final), *_eval_section(report)]
-    return "\n".join(lines).rstrip() + "\n"
-
-
-def _origin(final: FinalDir, base: str | None) -> str:
-    trained_on = final.summary.get("model_path")
-    base_name = f"`{trained_on or base or '(unknown)'}`"
-    if base and trained_on and Path(base).resolve() != Path(trained_on).resolve():
-        base_name += f" (merged into the copy at `{base}`)"
-    if final.adapter_config:
-        lora = final.adapter_config
-        how = (f"a LoRA adapter (r={lora.get('r')}, alpha={lora.get('lora_alpha')}, "
-               f"targets {', '.join(sorted(lora.get('target_modules') or []))}) merged into the weights")
-        quant = quantization(final)
-        if quant:
-            how += (f"; trained on the base held in 4 bits ({quant.get('bnb_4bit_quant_type')}, QLoRA), so merged "
-                    "into that base dequantized: the weights the adapter was trained against")
-    else:
-        how = "full fine-tuning"
-    return (f"Supervised fine-tune of base model {base_name} ({how}), exported from `{final.path}` "
-            "as a standalone transformers model.")
-
-
-def _usage(summary: dict, out: Path) -> list[str]:
-    template = summary.get("template") or {}
-    lines = ["## Use", "", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
-             f'tokenizer = AutoTokenizer.from_pretrained("{out}")',
-             f'model = AutoModelForCausalLM.from_pretrained("{out}")',
-             'ids = tokenizer.apply_chat_template([{"role": "user", "content": "Hello"}],',
-             '                                    add_generation_prompt=True, return_tensors="pt", return_dict=True)',
-             "out = model.generate(**ids, max_new_tokens=64)  # stops at the template's end-of-turn token",
-             'print(tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True))', "```", ""]
-    if template.get("name") in OWN_TEMPLATES:
-        lines += [f"**Prompt format:** trained with the pipeline's `{template['name']}` template, which the "
-                  "tokenizer's `chat_template` does not reproduce: render prompts with "
-                  f"`utils.data.templates.get_template('{template['name']}', tokenizer)` instead.", ""]
-    elif template:
-        lines += [f"Prompt format: template `{template.get('name')}` (family {template.get('family', '?')}), "
-                  f"the tokenizer's `chat_template`; stop token ids {template.get('stop_token_ids')}.", ""]
-    return lines
-
-
-def _data_section(summary: dict, data: list[dict]) -> list[str]:
-    lines = ["## Training data", ""]
-    if not data:
-        return lines + ["(not recorded: final/ has no training_summary.json)", ""]
-    lines += ["| data dir | sampling share | sources (train examples, license) |", "|---|---|---|"]
-    for row in data:
-        share = f"{row['share']:.2f}" if row["share"] is not None else "?"
-        sources = "; ".join(f"{s['name']} `{s['dataset']}` ({s['train']}, {s['license'] or 'license not given'})"
-                            for s in row["sources"]) or "(manifest not found)"
-        lines.append(f"| `{row['dir']}` | {share} | {sources} |")
-    return lines + [""]
-
-
-def _training_section(final: FinalDir) -> list[str]:
-    summary = final.summary
-    lines = ["## Training", ""]
-    if summary:
-        lines.append(f"{summary.get('steps', '?')} optimizer steps, {summary.get('tokens_seen', 0):,} tokens; "
-                     f"tokenizer sha256 `{summary.get('tokenizer_sha256', '?')}`.")
-        before = (summary.get("initial_eval") or {}).get("eval/loss")
-        after = (summary.get("last_eval") or {}).get("eval/loss")
-        if before is not None and after is not None:
-            lines.append(f"Validation loss {before:.4f} -> {after:.4f}.")
-    if summary.get("config"):
-        lines += ["", "Training config:", "", "```json", json.dumps(summary["config"], indent=2, sort_keys=True), "```"]
-    return lines + [""]
-
-
-def _eval_section(report: dict | None, limit: int = 40) -> list[str]:
-    if report is None:
-        return ["## Evaluation", "", "No evaluation report was given (run the evaluation stage, then export "
-                "with --eval_report).", ""]
-    rows = [(k, v) for k, v in _flatten(report) if isinstance(v, (int, float, str, bool))][:limit]
-    lines = ["## Evaluation", "", "From eval_report.json (copied beside this card):", "",
-             "| metric | value |", "|---|---|"]
-    lines += [f"| {k} | {_cell(v)} |" for k, v in rows]
-    return lines + [""]
-
-
-def _cell(value) -> str:
-    text = f"{value:.4g}" if isinstance(value, float) else str(value)
-    text = text.replace("|", "\\|").replace("\n", " ")
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _flatten(data, prefix: str = ""):
-    """Dotted keys of the scalars of a nested report; lists are skipped (per-example rows)."""
-    if isinstance(data, dict):
-        for key, value in data.items():
-            yield from _flatten(value, f"{prefix}{key}.")
-    elif not isinstance(data, list):
-        yield prefix.rstrip("."), data

@@ -244,6 +244,9 @@ def check_owner(path: str | Path, kind: str, flag: str = "--output_dir") -> bool
         return False
     if not path.is_dir():
         raise UserError(f"{flag} {path}: is a file, not a directory; choose a directory path")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {path}: this user may not write in it (read-only); nothing was written — make it "
+                        f"writable (chmod u+w) or choose another {flag}")
     entries = sorted(p.name for p in path.iterdir())
     if not entries:
         return False

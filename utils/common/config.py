@@ -43,6 +43,16 @@ def schema_registry() -> referencing.Registry:
     return referencing.Registry().with_resources(resources)
 
 
+def read_json_dict(path: Path) -> dict:
+    """A JSON object from ``path``, or {} when the file is missing, unreadable, not JSON or not an object (an
+    optional record: a cache, a training summary, a manifest that may have moved)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def read_json(path: str | Path) -> Any:
     """Parse a JSON file; a syntax error names the file, line and column."""
     path = Path(path)

@@ -1,9 +1,10 @@
 """Row -> conversation: one small function per row layout, one contract for what comes out.
 
-The contract (checked by ``normalize`` for every layout): a conversation is a tuple of messages
-``{"role": "system"|"user"|"assistant", "content": str}``: at most one system message, first; then turns
-that alternate user, assistant, ..., starting with user and ending with assistant. Contents are stripped
-and never empty. To get there, every layout is normalised the same way:
+The contract (``utils/data/messages.py``, checked by its ``normalize`` for every layout): a conversation is a
+tuple of messages ``{"role": "system"|"user"|"assistant"|"tool", "content": str}`` (assistant turns may carry
+``tool_calls``): at most one system message, first; then turns that alternate user, assistant (with tool results
+after a call), ..., starting with user and ending with assistant. To get there, every layout is normalised the
+same way:
 
 * whitespace-only turns are dropped; consecutive turns of one role are merged with a blank line between
   (ShareGPT and markdown exports have them);
@@ -11,62 +12,40 @@ and never empty. To get there, every layout is normalised the same way:
 * a trailing user turn is dropped (there is no answer to learn);
 * what is left must hold a user turn followed by an assistant turn, else the row is a Skip.
 
+Tool use: OpenAI ``messages`` rows (``tool_calls``, role ``tool``) and ShareGPT rows with ``function_call`` /
+``observation`` turns (LLaMA-Factory's and Glaive's layout; other names through role_map ``tool_call`` / ``tool``)
+become the same messages; a row's ``tools`` field (a list or JSON text of one) goes with its conversation.
+Reasoning traces (``utils/data/reasoning.py``): a message's ``reasoning_content`` (or ``text_fields.reasoning``),
+a leading ``<think>...</think>`` block of an assistant content, or LLaMA-Factory's typed content (``content`` as
+``[{"type": "text"|"reasoning"|"tool_call", "value"}, ...]``) become an assistant message's ``reasoning_content``.
+
 A row that cannot become a conversation is a ``Skip`` with a short stable ``reason`` and its origin, never
 an exception; only config problems raise UserError. Skip reasons: invalid_json, invalid_utf8, nul_byte,
 wrong_type, missing_field, empty_field, empty_conversation, unknown_role, misplaced_system,
 no_assistant_turn, unknown_format, orphan_message, deleted, no_conversation_found, single_role,
-unclosed_code_fence.
+unclosed_code_fence, bad_tool_call, bad_tools, misplaced_tool_call, orphan_tool_result, bad_reasoning,
+misplaced_reasoning, unclosed_think.
 """
 from __future__ import annotations
 
 import contextlib
-import re
-from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterator
 
-from utils.data.markdown_transcripts import Speakers, compile_speakers, markdown_turns, split_turns
-from utils.data.sources import (ROLES, BadRow, DatasetSpec, Row, RowProblem, iter_rows, layout_for_fields,
+from utils.data.markdown_transcripts import compile_speakers, markdown_turns, split_turns
+from utils.data.messages import (Conversation, RawText, Skip, item_text, message, normalize, tool_calls, tools_list,
+                                 type_name, typed_content)
+from utils.data.oasst import oasst_conversations
+from utils.data.reasoning import KEY as REASONING, turn_reasoning
+from utils.data.sources import (MESSAGE_ROLES, BadRow, DatasetSpec, Row, RowProblem, iter_rows, layout_for_fields,
                                 resolve_files)
 
 DEFAULT_ROLE_MAP = {"human": "user", "user": "user", "gpt": "assistant", "chatgpt": "assistant",
                     "bing": "assistant", "bard": "assistant", "assistant": "assistant",
-                    "model": "assistant", "system": "system"}
+                    "model": "assistant", "system": "system", "function_call": "tool_call",
+                    "observation": "tool", "tool": "tool"}
 TRANSCRIPT_MARKERS = {"user": ["Human:", "User:"], "assistant": ["Assistant:", "AI:"], "system": ["System:"]}
 _TRANSCRIPT_SPEAKERS = compile_speakers(TRANSCRIPT_MARKERS, use_regex=False, case_sensitive=True)
-OASST_ROLES = {"prompter": "user", "assistant": "assistant"}
-_SURROGATE = re.compile("[\ud800-\udfff]")  # JSON "\ud83d" escapes without their pair decode to these
-
-
-@dataclass(frozen=True)
-class Conversation:
-    """A validated conversation and where it came from."""
-
-    messages: tuple[dict, ...]
-    source: str
-    """The dataset entry's ``name``."""
-    origin: str
-    """``file.jsonl:17``, ``file.json[42]``, ``hub:name[split]#42`` or ``dir/file.md``."""
-
-
-@dataclass(frozen=True)
-class Skip:
-    """A row that gave no conversation: ``reason`` is a stable key for counting, ``detail`` is for humans."""
-
-    source: str
-    origin: str
-    reason: str
-    detail: str
-
-
-@dataclass(frozen=True)
-class RawText:
-    """A document of a ``format: text`` source (replay of pre-training or domain text): every token trains."""
-
-    text: str
-    source: str
-    origin: str
 
 
 def iter_conversations(spec: DatasetSpec, base_dir: Path) -> Iterator[Conversation | RawText | Skip]:
@@ -108,15 +87,16 @@ def check_dataset(spec: DatasetSpec, base_dir: Path) -> None:
         row_converter(spec)
 
 
-def to_conversation(row: Row | BadRow, to_turns: Callable[[dict], list[dict]],
+def to_conversation(row: Row | BadRow, to_turns: Callable[[dict], tuple[list[dict], tuple]],
                     source: str) -> Conversation | Skip:
     """Apply a layout and the contract to one row; every problem becomes a Skip at the row's origin."""
     if isinstance(row, BadRow):
         return Skip(source, row.origin, row.reason, row.detail)
     try:
         if not isinstance(row.data, dict):
-            raise RowProblem("wrong_type", f"row is {_type_name(row.data)}, expected an object")
-        return Conversation(normalize(to_turns(row.data)), source, row.origin)
+            raise RowProblem("wrong_type", f"row is {type_name(row.data)}, expected an object")
+        turns, tools = to_turns(row.data)
+        return Conversation(normalize(turns), source, row.origin, tools)
     except RowProblem as problem:
         return Skip(source, row.origin, problem.reason, problem.detail)
 
@@ -135,19 +115,20 @@ def raw_text(row: Row | BadRow, field_name: str, source: str) -> RawText | Skip:
     return RawText(value, source, row.origin)
 
 
-def row_converter(spec: DatasetSpec) -> Callable[[dict], list[dict]]:
-    """The row -> turns function for a (non-oasst) entry; markers and regexes are compiled once here."""
+def row_converter(spec: DatasetSpec) -> Callable[[dict], tuple[list[dict], tuple]]:
+    """The row -> (turns, tools) function for a (non-oasst) entry; markers and regexes are compiled once here.
+    Only the messages and sharegpt layouts carry tools."""
     if spec.type == "markdown_transcripts":
         speakers = compile_speakers(vars(spec.participants), use_regex=spec.use_regex,
                                     case_sensitive=spec.case_sensitive, ignore_lines=spec.ignore_lines,
                                     where=f"dataset '{spec.name}'")
-        return lambda row: markdown_turns(row, speakers)
+        return lambda row: (markdown_turns(row, speakers), ())
     fields, role_map = spec.text_fields, {**DEFAULT_ROLE_MAP, **spec.role_map}
     layouts = {
-        "single_turn": lambda row: single_turn(row, fields or alpaca_fields(row), spec.input_join),
-        "messages": lambda row: messages_turns(row, fields),
-        "sharegpt": lambda row: sharegpt_turns(row, fields, role_map),
-        "transcript": lambda row: transcript_turns(row, fields),
+        "single_turn": lambda row: (single_turn(row, fields or alpaca_fields(row), spec.input_join), ()),
+        "messages": lambda row: (messages_turns(row, fields), row_tools(row, fields)),
+        "sharegpt": lambda row: (sharegpt_turns(row, fields, role_map), row_tools(row, fields)),
+        "transcript": lambda row: (transcript_turns(row, fields), ()),
     }
     if spec.format != "auto":
         return layouts[spec.format]
@@ -206,7 +187,7 @@ def text_field(row: dict, path: str | None, required: bool = True) -> str:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     if not isinstance(value, str):
-        raise RowProblem("wrong_type", f"field '{path}' is {_type_name(value)}, expected text")
+        raise RowProblem("wrong_type", f"field '{path}' is {type_name(value)}, expected text")
     return value
 
 
@@ -234,51 +215,61 @@ def message_items(row: dict, path: str) -> Iterator[tuple[str, dict]]:
     is reached (so a row's first problem is the one reported)."""
     value = lookup(row, path)
     if not isinstance(value, list):
-        raise RowProblem("wrong_type", f"field '{path}' is {_type_name(value)}, expected a list")
+        raise RowProblem("wrong_type", f"field '{path}' is {type_name(value)}, expected a list")
     if not value:
         raise RowProblem("empty_conversation", f"field '{path}' is an empty list")
     for i, item in enumerate(value):
         if not isinstance(item, dict):
-            raise RowProblem("wrong_type", f"{path}[{i}] is {_type_name(item)}, expected an object")
+            raise RowProblem("wrong_type", f"{path}[{i}] is {type_name(item)}, expected an object")
         yield f"{path}[{i}]", item
 
 
 def messages_turns(row: dict, fields: dict[str, str]) -> list[dict]:
-    """OpenAI-style ``[{"role", "content"}, ...]``."""
-    path = fields.get("messages", "messages")
+    """OpenAI-style ``[{"role", "content"}, ...]``: assistant ``tool_calls`` (content may then be null),
+    ``tool`` results (``tool_call_id`` kept), traces (``reasoning_content`` or ``<think>``); a content may be
+    LLaMA-Factory's typed parts."""
+    path, reasoning = fields.get("messages", "messages"), fields.get("reasoning", REASONING)
     turns = []
     for where, item in message_items(row, path):
         role = item.get("role")
-        if role not in ROLES:
-            raise RowProblem("unknown_role", f"{where}.role is {role!r}; expected one of {', '.join(ROLES)}")
-        turns.append({"role": role, "content": item_text(item, "content", where)})
+        if role not in MESSAGE_ROLES:
+            raise RowProblem("unknown_role", f"{where}.role is {role!r}; expected one of {', '.join(MESSAGE_ROLES)}")
+        calls = tool_calls(item["tool_calls"], f"{where}.tool_calls") if item.get("tool_calls") else []
+        if isinstance(item.get("content"), list):  # LLaMA-Factory's typed parts
+            content, parts_trace, more = typed_content(item["content"], role, f"{where}.content")
+            calls += more
+        else:
+            content = "" if calls and item.get("content") is None else item_text(item, "content", where)
+            parts_trace = ""
+        trace, content = turn_reasoning(item, role, reasoning, content, where, parts_trace)
+        call_id = item.get("tool_call_id") if role == "tool" and isinstance(item.get("tool_call_id"), str) else None
+        turns.append(message(role, content, calls, call_id, trace))
     return with_system(row, fields, turns)
 
 
 def sharegpt_turns(row: dict, fields: dict[str, str], role_map: dict[str, str]) -> list[dict]:
-    """ShareGPT ``[{"from", "value"}, ...]`` with ``from`` mapped to roles through ``role_map``."""
-    path = fields.get("conversations", "conversations")
+    """ShareGPT ``[{"from", "value"}, ...]`` with ``from`` mapped to roles through ``role_map``; a ``tool_call``
+    speaker (``function_call`` by default) is an assistant turn whose value is the call's JSON."""
+    path, reasoning = fields.get("conversations", "conversations"), fields.get("reasoning", REASONING)
     turns = []
     for where, item in message_items(row, path):
         speaker = item.get("from")
         role = (role_map.get(speaker) or role_map.get(speaker.lower())) if isinstance(speaker, str) else None
         if role is None:
             raise RowProblem("unknown_role", f"{where}.from is {speaker!r}; add it to role_map")
-        turns.append({"role": role, "content": item_text(item, "value", where)})
+        value = item_text(item, "value", where)
+        if role == "tool_call":
+            turns.append(message("assistant", "", tool_calls(value, f"{where}.value")))
+        else:
+            trace, value = turn_reasoning(item, role, reasoning, value, where)
+            turns.append(message(role, value, reasoning=trace))
     return with_system(row, fields, turns)
 
 
-def item_text(item: dict, key: str, where: str) -> str:
-    """The text of one message of a list; strict: no numbers, no null."""
-    if key not in item:
-        raise RowProblem("missing_field", f"field '{where}.{key}' missing")
-    if not isinstance(item[key], str):
-        raise RowProblem("wrong_type", f"field '{where}.{key}' is {_type_name(item[key])}, expected text")
-    return item[key]
-
-
-def _type_name(value: Any) -> str:
-    return "null" if value is None else type(value).__name__
+def row_tools(row: dict, fields: dict[str, str]) -> tuple[dict, ...]:
+    """The row's function definitions: the ``tools`` field (JSON text or a list; absent, null or "" is none)."""
+    path = fields.get("tools", "tools")
+    return tools_list(lookup(row, path, required=False), f"field '{path}'")
 
 
 def transcript_turns(row: dict, fields: dict[str, str]) -> list[dict]:
@@ -288,115 +279,3 @@ def transcript_turns(row: dict, fields: dict[str, str]) -> list[dict]:
     if not turns:
         raise RowProblem("no_conversation_found", "no Human:/Assistant: marker at a line start")
     return turns
-
-
-def normalize(turns: list[dict]) -> tuple[dict, ...]:
-    """Apply the contract in the module docstring; raise RowProblem when no conversation is left."""
-    merged: list[dict] = []
-    for turn in turns:
-        content = turn["content"].strip()
-        if _SURROGATE.search(content):
-            raise RowProblem("invalid_utf8", "text holds an unpaired surrogate (a \\ud800-\\udfff escape); "
-                                             "it is not valid Unicode")
-        if not content:
-            continue
-        if turn["role"] == "system" and any(m["role"] != "system" for m in merged):
-            raise RowProblem("misplaced_system", "a system message comes after the conversation started")
-        if merged and merged[-1]["role"] == turn["role"]:
-            merged[-1] = {"role": turn["role"], "content": merged[-1]["content"] + "\n\n" + content}
-        else:
-            merged.append({"role": turn["role"], "content": content})
-    if not merged:
-        raise RowProblem("empty_conversation", "no message with text")
-    head = merged[:1] if merged[0]["role"] == "system" else []
-    body = merged[len(head):]
-    while body and body[0]["role"] == "assistant":
-        body.pop(0)
-    while body and body[-1]["role"] == "user":
-        body.pop()
-    if not body:
-        raise RowProblem("no_assistant_turn", "no assistant message answers a user message")
-    return tuple(head + body)
-
-
-@dataclass(frozen=True)
-class OasstMessage:
-    """What a thread needs of one OpenAssistant message row (the rest of the row is not kept)."""
-
-    id: str
-    parent: str | None
-    role: str
-    text: str
-    rank: int | None
-    created: str
-    deleted: bool
-    origin: str
-
-
-def oasst_conversations(rows: Iterable[Row | BadRow], source: str) -> Iterator[Conversation | Skip]:
-    """One conversation per OpenAssistant message tree, following the best-ranked reply at every level.
-
-    Flat oasst rows (``message_id``, ``parent_id``, ``role`` prompter|assistant, ``rank``, ``deleted``)
-    only make threads once the whole tree is known, so the messages are held in memory (about the size
-    of the texts). Deleted messages are never followed. The origin is the root prompt's row.
-    """
-    messages: dict[str, OasstMessage] = {}
-    for row in rows:
-        if isinstance(row, BadRow):
-            yield Skip(source, row.origin, row.reason, row.detail)
-            continue
-        try:
-            message = oasst_message(row)
-        except RowProblem as problem:
-            yield Skip(source, row.origin, problem.reason, problem.detail)
-            continue
-        messages[message.id] = message
-    children: dict[str, list[OasstMessage]] = defaultdict(list)
-    for message in messages.values():
-        if message.parent is not None:
-            children[message.parent].append(message)
-    for message in messages.values():  # dicts keep file order, so roots come out in file order
-        if message.parent is None:
-            yield oasst_thread(message, children, source)
-        elif message.parent not in messages:
-            yield Skip(source, message.origin, "orphan_message",
-                       f"parent {message.parent} is not in the data; its replies are left out")
-
-
-def oasst_message(row: Row) -> OasstMessage:
-    """The fields of one oasst row that threads need; a bad row raises RowProblem."""
-    data = row.data
-    if not isinstance(data, dict):
-        raise RowProblem("wrong_type", f"row is {_type_name(data)}, expected an object")
-    for key in ("message_id", "role", "text"):
-        if key not in data:
-            raise RowProblem("missing_field", f"field '{key}' missing")
-    if not isinstance(data["role"], str) or data["role"] not in OASST_ROLES:
-        raise RowProblem("unknown_role", f"role is {data['role']!r}; expected prompter or assistant")
-    ids = {key: data.get(key) for key in ("message_id", "parent_id")}
-    bad = {key: _type_name(v) for key, v in ids.items() if not isinstance(v, (str, int, type(None)))
-           or isinstance(v, bool) or (key == "message_id" and v is None)}
-    if bad:
-        raise RowProblem("wrong_type", ", ".join(f"field '{k}' is {t}, expected text" for k, t in bad.items()))
-    parent = None if ids["parent_id"] is None else str(ids["parent_id"])
-    rank = data.get("rank")
-    return OasstMessage(str(data["message_id"]), parent, OASST_ROLES[data["role"]],
-                        item_text(data, "text", "row"), rank if isinstance(rank, int) else None,
-                        str(data.get("created_date") or ""), bool(data.get("deleted")), row.origin)
-
-
-def oasst_thread(root: OasstMessage, children: dict[str, list[OasstMessage]],
-                 source: str) -> Conversation | Skip:
-    """Root prompt, then at each level the best-ranked live reply of the other role."""
-    if root.deleted:
-        return Skip(source, root.origin, "deleted", "the root prompt is marked deleted")
-    thread = [root]
-    while replies := [m for m in children.get(thread[-1].id, ())
-                      if not m.deleted and m.role != thread[-1].role]:
-        # rank 0 is best; unranked replies come last, then the oldest, then by id for a stable choice
-        thread.append(min(replies, key=lambda m: (m.rank is None, m.rank or 0, m.created, m.id)))
-    try:
-        turns = normalize([{"role": m.role, "content": m.text} for m in thread])
-    except RowProblem as problem:
-        return Skip(source, root.origin, problem.reason, problem.detail)
-    return Conversation(turns, source, root.origin)

@@ -16,6 +16,7 @@ from utils.common.atomic import write_json_atomic, write_text_atomic
 from utils.common.config import to_dict
 from utils.common.markdown import markdown_table
 from utils.data.fingerprint import tokenizer_fingerprint
+from utils.data.messages import TOOL_USE_KEYS
 from utils.data.mixture import achieved_ratios
 from utils.data.shards import FORMAT_VERSION
 from utils.data.templates import ChatTemplate, special_token_ids
@@ -67,6 +68,11 @@ def source_report(config, stats) -> dict:
             "tokens_train": s.tokens["train"], "supervised_tokens_train": s.supervised["train"],
             "achieved_ratio": round(achieved[spec.name], 6),
         }
+        if +s.tool_use:  # sources that use tools: kept conversations with tools, their calls and results
+            out[spec.name]["tool_use"] = {k: s.tool_use[k] for k in TOOL_USE_KEYS}
+        if s.traces["traces"]:  # sources with reasoning traces: the mode, the traces read, those in the ids
+            out[spec.name]["reasoning"] = {"mode": spec.reasoning, "traces": s.traces["traces"],
+                                           "rendered": s.traces["rendered"]}
     return out
 
 
@@ -177,6 +183,19 @@ def data_card(config, template: ChatTemplate, manifest: dict, stats) -> str:
         [n, s["read"], s["skipped"], s["dropped"], s["kept_train"], s["kept_val"], f"{s['multiplier']:.3f}",
          s["written_train"], s["written_val"], "-" if s["target_ratio"] is None else s["target_ratio"],
          f"{s['achieved_ratio']:.3f}"] for n, s in sources.items()])
+    tooled = {n: s["tool_use"] for n, s in sources.items() if "tool_use" in s}
+    if tooled:
+        lines += ["", "## Tool use", "", "Kept conversations that offer tools, their tool calls (trained) and tool "
+                  "results (context only).", ""]
+        lines += markdown_table(["source", *(k.replace("_", " ") for k in TOOL_USE_KEYS)],
+                                [[n, *t.values()] for n, t in tooled.items()])
+    traced = {n: s["reasoning"] for n, s in sources.items() if "reasoning" in s}
+    if traced:
+        lines += ["", "## Reasoning traces", "", "Kept conversations' assistant reasoning traces; rendered = in the "
+                  "token ids (a template may leave out earlier turns' traces, drop removes them all); train "
+                  "supervises the rendered ones, keep_context keeps them as context only.", ""]
+        lines += markdown_table(["source", "mode", "traces", "rendered"],
+                                [[n, r["mode"], r["traces"], r["rendered"]] for n, r in traced.items()])
     lines += ["", "## Drops by reason", ""]
     drops = drops_by_reason(stats)
     lines += markdown_table(["reason", "total", "by source"], [
@@ -191,8 +210,9 @@ def data_card(config, template: ChatTemplate, manifest: dict, stats) -> str:
               f"![tokens per example]({HISTOGRAM})", "", "## Examples", "",
               "One conversation per source as the model sees it; the supervised tokens (the loss) are "
               "wrapped in `[[` and `]]`, everything else is context only.", ""]
-    for name, (_tokens, messages) in stats.samples.items():
-        text = template.mark_supervised(messages, config.train_on)
+    modes = {d.name: d.reasoning for d in config.datasets}
+    for name, (_tokens, (messages, tools)) in stats.samples.items():
+        text = template.mark_supervised(messages, config.train_on, tools=tools, reasoning=modes[name])
         fence = code_fence(text)
         lines += [f"### {name}", "", fence + "text", text, fence, ""]
     return "\n".join(lines).rstrip() + "\n"

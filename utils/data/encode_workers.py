@@ -15,10 +15,14 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Iterable, Iterator, NamedTuple
 
+from utils.common.errors import UserError
 from utils.common.labels import IGNORE
 from utils.data.filters import QualityFilters, clean_messages, conversation_hash, fit_to_length, text_drop_reason
+from utils.data.messages import is_structured, part_counts
+from utils.data.reasoning import apply_mode
 from utils.data.shards import example_line
 from utils.data.templates import get_template
+from utils.data.tool_template import ToolTemplateError
 from utils.data.tokenizer import load_tokenizer
 
 
@@ -46,6 +50,10 @@ class Outcome(NamedTuple):
     supervised: int = 0
     truncated: bool = False
     sample: tuple = ()
+    tool_use: tuple = ()
+    """``messages.part_counts`` of a kept conversation that uses tools (empty for the rest)."""
+    traces: tuple = ()
+    """(reasoning traces in the data, traces in the ids) of a kept conversation with traces (else empty)."""
 
 
 _WORKER: dict = {}  # per process: set once by init_worker, read by encode_chunk
@@ -93,27 +101,42 @@ def encode_text(text: str, source: str, origin: str, want_sample: bool) -> list[
     return outcomes
 
 
-def encode_one(messages: tuple, source: str, origin: str, want_sample: bool) -> Outcome:
-    """Clean, filter, tokenize and fit one conversation (runs in a worker)."""
+def encode_one(messages: tuple, tools: tuple, reasoning: str, source: str, origin: str,
+               want_sample: bool) -> Outcome:
+    """Clean, filter, tokenize and fit one conversation, its traces as its dataset's ``reasoning`` says (runs in
+    a worker)."""
     s, template = _WORKER["settings"], _WORKER["template"]
-    msgs = clean_messages(messages, s.filters)
+    counts = part_counts(messages, tools)
+    msgs = clean_messages(apply_mode(messages, reasoning), s.filters)
     reason = text_drop_reason(msgs, s.filters)
     if reason:
         return Outcome(origin, reason)
     try:
-        encoded = template.encode(msgs, s.train_on)
+        encoded = template.encode(msgs, s.train_on, tools, reasoning)
         if s.filters.max_tokens is not None and len(encoded.input_ids) > s.filters.max_tokens:
             return Outcome(origin, "too_many_tokens")
-        encoded, note = fit_to_length(template, msgs, encoded, s.sequence_length, s.overlong, s.train_on)
+        encoded, note = fit_to_length(template, msgs, encoded, s.sequence_length, s.overlong, s.train_on, tools,
+                                      reasoning)
+    except ToolTemplateError as err:
+        if err.reason == "template_without_tools":  # every tool-using row would go: refuse the run instead
+            raise UserError(f"{origin}: the conversation uses tools (a tools list, tool calls or results) but {err}; "
+                            "use template 'tokenizer' with a tokenizer whose chat_template renders tools (Qwen2.5's "
+                            "does)") from None
+        if err.reason == "template_without_reasoning":  # every trace would be lost: refuse the run instead
+            raise UserError(f"{origin}: the conversation holds reasoning traces but {err}; set the dataset's "
+                            "reasoning to drop, or use a template that renders them (chatml, or 'tokenizer' "
+                            "with Qwen3's chat_template)") from None
+        return Outcome(origin, err.reason)
     except ValueError:
         return Outcome(origin, "template_error")
     if encoded is None:
         return Outcome(origin, note)
     if not encoded.num_supervised:
         return Outcome(origin, "no_supervised_tokens")
-    return Outcome(origin, "", conversation_hash(msgs), example_line(encoded.input_ids, encoded.labels, source),
-                   len(encoded.input_ids), encoded.num_supervised, note == "truncated",
-                   msgs if want_sample else ())
+    return Outcome(origin, "", conversation_hash(msgs, tools),
+                   example_line(encoded.input_ids, encoded.labels, source), len(encoded.input_ids),
+                   encoded.num_supervised, note == "truncated", (msgs, tools) if want_sample else (),
+                   counts[:3] if is_structured(msgs, tools) else (), (counts[3], encoded.traces) if counts[3] else ())
 
 
 class InlineRunner:

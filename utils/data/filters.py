@@ -13,12 +13,14 @@ Every rule returns a short stable reason string; the caller counts it per source
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import unicodedata
 from dataclasses import dataclass
 from typing import Sequence
 
 from utils.common.errors import UserError
+from utils.data.reasoning import KEY as TRACE
 from utils.data.templates import ChatTemplate, EncodedConversation
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # Cc without \t and \n (\r is turned into \n first)
@@ -63,17 +65,24 @@ def clean_text(text: str, filters: QualityFilters) -> str:
 
 
 def clean_messages(messages: Sequence[dict], filters: QualityFilters) -> tuple[dict, ...]:
-    """Every content cleaned; roles and order untouched."""
-    return tuple({"role": m["role"], "content": clean_text(m["content"], filters)} for m in messages)
+    """Every content and reasoning trace cleaned; roles, order and tool calls untouched."""
+    return tuple({**m, "content": clean_text(m["content"], filters),
+                  **({TRACE: clean_text(m[TRACE], filters)} if m.get(TRACE) else {})} for m in messages)
+
+
+def _calls_text(message: dict) -> str:
+    """An assistant turn's tool calls as JSON text ("" when it has none): they count as its response."""
+    calls = message.get("tool_calls")
+    return json.dumps([c["function"] for c in calls], ensure_ascii=False, sort_keys=True) if calls else ""
 
 
 def text_drop_reason(messages: Sequence[dict], filters: QualityFilters) -> str | None:
     """Why the cleaned conversation fails the character-level rules, or None when it passes."""
-    if any(not m["content"] for m in messages):
-        return "empty_response" if any(m["role"] == "assistant" and not m["content"] for m in messages) \
-            else "empty_prompt"
+    empty = [m for m in messages if not m["content"] and not m.get("tool_calls")]
+    if empty:
+        return "empty_response" if any(m["role"] == "assistant" for m in empty) else "empty_prompt"
     prompt = sum(len(m["content"]) for m in messages if m["role"] == "user")
-    response = sum(len(m["content"]) for m in messages if m["role"] == "assistant")
+    response = sum(len(m["content"]) + len(_calls_text(m)) for m in messages if m["role"] == "assistant")
     for reason, failed in (
         ("prompt_too_short", prompt < filters.min_prompt_length),
         ("prompt_too_long", filters.max_prompt_length is not None and prompt > filters.max_prompt_length),
@@ -89,15 +98,20 @@ def text_drop_reason(messages: Sequence[dict], filters: QualityFilters) -> str |
     return None
 
 
-def conversation_hash(messages: Sequence[dict]) -> bytes:
-    """SHA256 of the conversation after NFKC, casefold and whitespace collapsing (roles included).
+def conversation_hash(messages: Sequence[dict], tools: Sequence[dict] = ()) -> bytes:
+    """SHA256 of the conversation after NFKC, casefold and whitespace collapsing (roles included); tool calls
+    and tool definitions count as they are, reasoning traces as they are (plain conversations hash as they did
+    before tools and traces).
 
     Used for exact-duplicate removal and, being independent of other rows, for the train/val split.
     """
     parts = []
     for m in messages:
         text = _WHITESPACE.sub(" ", unicodedata.normalize("NFKC", m["content"]).casefold()).strip()
-        parts.append(f"{m['role']}\x1f{text}")
+        parts.append(f"{m['role']}\x1f{text}" + (f"\x1f{_calls_text(m)}" if m.get("tool_calls") else "")
+                     + (f"\x1fthink\x1f{m[TRACE]}" if m.get(TRACE) else ""))
+    if tools:
+        parts.append("tools\x1f" + json.dumps(list(tools), ensure_ascii=False, sort_keys=True))
     return hashlib.sha256("\x1e".join(parts).encode("utf-8")).digest()
 
 
@@ -120,7 +134,8 @@ class Deduper:
 
 
 def fit_to_length(template: ChatTemplate, messages: Sequence[dict], encoded: EncodedConversation,
-                  sequence_length: int, overlong: str, train_on: str) -> tuple[EncodedConversation | None, str]:
+                  sequence_length: int, overlong: str, train_on: str,
+                  tools: Sequence[dict] = (), reasoning: str = "train") -> tuple[EncodedConversation | None, str]:
     """(``encoded``, "") when it fits, (a shorter encoding, "truncated"), or (None, drop reason).
 
     ``truncate`` drops trailing turns so the conversation still ends right after a complete assistant
@@ -135,7 +150,7 @@ def fit_to_length(template: ChatTemplate, messages: Sequence[dict], encoded: Enc
     for k in range(len(encoded.turn_ends) - 2, -1, -1):  # the last turn is the one that did not fit
         if encoded.turn_ends[k] > sequence_length:
             continue
-        shorter = template.encode(messages[:assistant_at[k] + 1], train_on)
+        shorter = template.encode(messages[:assistant_at[k] + 1], train_on, tools, reasoning)
         if len(shorter.input_ids) <= sequence_length and shorter.num_supervised:
             return shorter, "truncated"
     return None, "overlong_first_turn"

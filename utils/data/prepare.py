@@ -33,6 +33,7 @@ from utils.data.conversations import Conversation, RawText, Skip, check_dataset,
 from utils.data.data_card import build_manifest, print_summary, write_reports
 from utils.data.encode_workers import EncodeSettings, InlineRunner, PoolRunner
 from utils.data.filters import Deduper, QualityFilters
+from utils.data.messages import TOOL_USE_KEYS
 from utils.data.mixture import MixtureConfig, check_mixture, mixture_warnings, repeats, solve_multipliers, split_of
 from utils.data.shards import ShardWriter
 from utils.data.sources import DatasetSpec
@@ -126,6 +127,10 @@ class SourceStats:
     written: Counter = field(default_factory=Counter)
     tokens: Counter = field(default_factory=Counter)
     supervised: Counter = field(default_factory=Counter)
+    tool_use: Counter = field(default_factory=Counter)
+    """Kept conversations: ``conversations_with_tools``, ``tool_calls``, ``tool_results``."""
+    traces: Counter = field(default_factory=Counter)
+    """Kept conversations: reasoning ``traces`` in the data, ``rendered`` of them in the token ids."""
 
 
 @dataclass
@@ -158,8 +163,10 @@ class RunStats:
 
 
 # ---------------------------------------------------------------------- pass 1: read, dedupe, spill
-def chunked(items: Iterable[Conversation | RawText | Skip], stats: RunStats, strict: bool) -> Iterator[list[tuple]]:
-    """Conversations in worker-sized chunks; Skips are counted here and never sent."""
+def chunked(items: Iterable[Conversation | RawText | Skip], stats: RunStats, strict: bool,
+            reasoning: str = "train") -> Iterator[list[tuple]]:
+    """Conversations (with their dataset's ``reasoning`` mode) in worker-sized chunks; Skips are counted here
+    and never sent."""
     chunk: list[tuple] = []
     for item in items:
         stats.sources[item.source].read += 1
@@ -167,8 +174,8 @@ def chunked(items: Iterable[Conversation | RawText | Skip], stats: RunStats, str
             stats.skip(item, strict)
             continue
         want = stats.sources[item.source].read <= SAMPLES_PER_SOURCE
-        payload = item.text if isinstance(item, RawText) else item.messages
-        chunk.append((payload, item.source, item.origin, want))
+        payload = (item.text,) if isinstance(item, RawText) else (item.messages, item.tools, reasoning)
+        chunk.append((*payload, item.source, item.origin, want))
         if len(chunk) == CHUNK:
             yield chunk
             chunk = []
@@ -184,7 +191,7 @@ def read_and_encode(config: SFTDatasetConfig, runner, spill_dir: Path, stats: Ru
         source = stats.sources[spec.name]
         with open(spill_dir / f"{index}.tsv", "w", encoding="utf-8") as spill:
             items = iter_conversations(spec, Path.cwd())
-            for out in runner.map(chunked(items, stats, strict)):
+            for out in runner.map(chunked(items, stats, strict, spec.reasoning)):
                 progress.update(1)
                 if out.reason:
                     stats.drop(spec.name, out.reason, out.origin)
@@ -196,6 +203,8 @@ def read_and_encode(config: SFTDatasetConfig, runner, spill_dir: Path, stats: Ru
                 spill.write(f"{split}\t{out.digest.hex()}\t{out.tokens}\t{out.supervised}\t{out.line}\n")
                 source.kept[split] += 1
                 source.truncated += out.truncated
+                source.tool_use.update(dict(zip(TOOL_USE_KEYS, out.tool_use)))
+                source.traces.update(dict(zip(("traces", "rendered"), out.traces)))
                 best = stats.samples.get(spec.name)
                 if out.sample and (best is None or out.tokens < best[0]):  # the card shows a short one
                     stats.samples[spec.name] = (out.tokens, out.sample)

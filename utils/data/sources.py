@@ -27,15 +27,21 @@ from utils.common.errors import UserError, one_line
 TYPES = ("huggingface", "json", "jsonl", "parquet", "csv", "markdown_transcripts", "text_files")
 FORMATS = ("auto", "single_turn", "messages", "sharegpt", "oasst", "transcript", "text")
 ROLES = ("system", "user", "assistant")
+MESSAGE_ROLES = (*ROLES, "tool")
+"""Roles of a ``messages`` row: ``tool`` holds a tool's result."""
+SHAREGPT_ROLES = (*ROLES, "tool", "tool_call")
+"""What a ShareGPT ``from`` value may map to: ``tool_call`` is an assistant turn whose value is a call's JSON."""
 # Which text_fields keys each layout understands ("auto" infers the layout from them).
 TEXT_FIELDS = {
     "single_turn": {"prompt", "response", "input", "context", "system"},
-    "messages": {"messages", "system"},
-    "sharegpt": {"conversations", "system"},
+    "messages": {"messages", "system", "tools", "reasoning"},
+    "sharegpt": {"conversations", "system", "tools", "reasoning"},
     "transcript": {"text"},
     "oasst": set(),
     "text": {"text"},
 }
+REASONING_MODES = ("train", "keep_context", "drop")
+"""What a dataset's ``reasoning`` setting does with traces (``utils/data/reasoning.py``)."""
 # The keys that make "auto" pick a layout from text_fields.
 KEY_FIELDS = {"single_turn": {"prompt", "response"}, "messages": {"messages"},
               "sharegpt": {"conversations"}, "transcript": {"text"}}
@@ -84,6 +90,8 @@ class DatasetSpec:
     file_glob: str = "**/*.md"
     ignore_lines: list[str] = field(default_factory=list)
     """Markdown only: regexes; a whole line matching one (outside code fences) is dropped (dates, anchors)."""
+    reasoning: str = "train"
+    """Reasoning traces: train (supervised as rendered), keep_context (rendered, not supervised) or drop."""
 
     def __post_init__(self) -> None:
         where = f"dataset '{self.name}'"
@@ -102,9 +110,12 @@ class DatasetSpec:
         elif not self.dataset_name:
             raise UserError(f"{where}: dataset_name: missing; give a hub name, a file, a glob or a directory")
         self._check_text_fields(where)
-        bad = {k: v for k, v in self.role_map.items() if v not in ROLES}
+        bad = {k: v for k, v in self.role_map.items() if v not in SHAREGPT_ROLES}
         if bad:
-            raise UserError(f"{where}: role_map: {bad} maps to unknown roles; use {', '.join(ROLES)}")
+            raise UserError(f"{where}: role_map: {bad} maps to unknown roles; use {', '.join(SHAREGPT_ROLES)}")
+        if self.reasoning not in REASONING_MODES:
+            raise UserError(f"{where}: reasoning: unknown value {self.reasoning!r}; use one of "
+                            f"{', '.join(REASONING_MODES)}")
 
     def _check_markdown(self, where: str) -> None:
         if not self.directories:

@@ -35,8 +35,12 @@ import numpy as np
 
 from utils.common.errors import UserError
 from utils.common.labels import IGNORE
+from utils.data.families import FAMILY_NAMES, detect_family
+from utils.data.messages import is_structured
+from utils.data.reasoning import KEY as TRACE, apply_mode, context_end, has_traces, renders_reasoning
 from utils.data.renderers import ALPACA_PREAMBLE, Message, render_chat, render_chatml, render_instruct
-from utils.data.tokenizer import IM_END, IM_START, whole_backend
+from utils.data.tool_template import ToolTemplateError, check_rendered, check_tool_text, renders_tools, turn_start
+from utils.data.tokenizer import ANCHOR, IM_END, IM_START, plain_backend, special_token_ids, whole_backend
 
 TEMPLATES = ("chatml", "instruct", "chat", "alpaca", "tokenizer")
 TRAIN_ON = ("all_assistant_turns", "last_assistant_turn")
@@ -44,8 +48,10 @@ FIXED_DATE = "26 Jul 2024"
 """Llama 3.x templates print today's date unless given one; a fixed date keeps shards reproducible."""
 _SENTINEL0 = 0xF0000  # Supplementary Private Use Area-A: never produced by a template
 _SENTINEL_RE = re.compile("[\U000F0000-\U000FFFFC]")
-ANCHOR = "\U0010FFFD"
-"""Added to a private copy of the tokenizer only; data containing it cannot be encoded."""
+_TRACE = 0x8000
+"""Sentinel ``_SENTINEL0 + _TRACE + i`` stands for message i's reasoning trace (``contents`` key ``_TRACE + i``)."""
+MAX_MESSAGES = 0xFFFFC - _SENTINEL0 - _TRACE + 1
+"""The most messages a conversation may have: every trace sentinel stays inside ``_SENTINEL_RE``."""
 FOLD_NOTE = "system prompt folded into the first user turn ({family} template has no system role)"
 
 
@@ -58,6 +64,8 @@ class EncodedConversation:
     turn_ends: tuple[int, ...]
     """Token index just past each assistant turn's end-of-turn token, in message order."""
     num_supervised: int
+    traces: int = 0
+    """Reasoning traces in the ids (a template may leave out those of earlier turns)."""
 
 
 @dataclass(frozen=True)
@@ -69,7 +77,8 @@ class _Tokens:
     spans: np.ndarray
     """(tokens, 2) character start and end of every token."""
     contents: dict[int, tuple[int, int]]
-    """Message index -> character span of its content in ``text``."""
+    """Message index -> character span of its content in ``text``; ``_TRACE + i``: message i's trace, when
+    the template renders it."""
     specials: list[tuple[int, int]]
     """(character start, token index) of every special token, in order."""
 
@@ -77,10 +86,13 @@ class _Tokens:
 class ChatTemplate:
     """Renders and encodes conversations for one tokenizer; build with ``get_template``."""
 
-    def __init__(self, name: str, tokenizer, render: Callable[[list[Message], bool], str],
+    def __init__(self, name: str, tokenizer, render: Callable[[list[Message], bool, Sequence[dict]], str],
                  end_of_turn: Sequence[str], family: str = "", notes: Sequence[str] = (),
-                 fold_system: bool = False, verify: bool = False) -> None:
+                 fold_system: bool = False, verify: bool = False, tools: bool = False, traces: bool = True) -> None:
         self.name, self.tokenizer, self.family = name, tokenizer, family or name
+        self.renders_tools, self.renders_reasoning = tools, traces
+        """Whether the template renders tools, calls and results / reasoning traces (probed); else such
+        conversations fail (a trace is only dropped by the dataset's ``reasoning: drop``)."""
         self._verify = verify
         """Re-render the real text and compare: catches templates that edit contents (trim, escape)."""
         self.notes = list(notes)
@@ -88,7 +100,7 @@ class ChatTemplate:
         self._special = special_token_ids(tokenizer)
         self._split = re.compile("(" + "|".join(
             re.escape(t) for t in sorted(self._special, key=len, reverse=True)) + ")")
-        self._plain, self._anchor_id = _plain_backend(tokenizer)
+        self._plain, self._anchor_id = plain_backend(tokenizer)
         added = {t.content: t for t in tokenizer.added_tokens_decoder.values()}
         self._strip = {t: (bool(getattr(added.get(t), "lstrip", False)), bool(getattr(added.get(t), "rstrip", False)))
                        for t in self._special}
@@ -101,32 +113,37 @@ class ChatTemplate:
         self.stop_token_ids = list(dict.fromkeys(self.end_of_turn_ids + eos))
         """End-of-turn ids then eos: generation stops at any of them."""
     # ------------------------------------------------------------------ public API
-    def encode(self, messages: Sequence[Message], train_on: str = "all_assistant_turns") -> EncodedConversation:
-        """Ids and labels; raises ValueError when the template cannot render this conversation."""
-        tokens, supervised, turn_ends = self._encode(messages, train_on)
+    def encode(self, messages: Sequence[Message], train_on: str = "all_assistant_turns",
+               tools: Sequence[dict] = (), reasoning: str = "train") -> EncodedConversation:
+        """Ids and labels (traces as ``reasoning`` says); raises ValueError when the template cannot render
+        this conversation."""
+        tokens, supervised, turn_ends = self._encode(self._prepare(messages, reasoning), train_on, tools, reasoning)
         starts, ends = tokens.spans[:, 0], np.maximum(tokens.spans[:, 1], tokens.spans[:, 0] + 1)
         mask = np.zeros(len(tokens.ids), dtype=bool)
         for s, e in supervised:
             mask |= (starts < e) & (ends > s)
         labels = np.where(mask, np.asarray(tokens.ids, dtype=np.int64), IGNORE).tolist()
-        return EncodedConversation(tokens.ids, labels, turn_ends, int(mask.sum()))
+        traces = sum(k >= _TRACE for k in tokens.contents)
+        return EncodedConversation(tokens.ids, labels, turn_ends, int(mask.sum()), traces)
 
-    def encode_prompt(self, messages: Sequence[Message]) -> list[int]:
+    def encode_prompt(self, messages: Sequence[Message], tools: Sequence[dict] = (),
+                      reasoning: str = "train") -> list[int]:
         """The conversation without its final assistant turn, plus the assistant header: generation input."""
-        msgs = self._prepare(messages)
+        msgs = self._prepare(messages, reasoning)
         if msgs and msgs[-1]["role"] == "assistant":
             msgs = msgs[:-1]
-        return self._tokenize(msgs, add_generation_prompt=True).ids
+        return self._tokenize(msgs, True, tools).ids
 
-    def render(self, messages: Sequence[Message]) -> str:
+    def render(self, messages: Sequence[Message], tools: Sequence[dict] = (), reasoning: str = "train") -> str:
         """The conversation as the model sees it (text of the tokens ``encode`` returns)."""
-        return self._tokenize(self._prepare(messages), add_generation_prompt=False).text
+        return self._tokenize(self._prepare(messages, reasoning), False, tools).text
 
     def mark_supervised(self, messages: Sequence[Message], train_on: str = "all_assistant_turns",
-                        marks: tuple[str, str] = ("[[", "]]")) -> str:
+                        marks: tuple[str, str] = ("[[", "]]"), tools: Sequence[dict] = (),
+                        reasoning: str = "train") -> str:
         """``render`` with every run of supervised tokens wrapped in ``marks`` (for the data card)."""
-        encoded = self.encode(messages, train_on)
-        tokens = self._tokenize(self._prepare(messages), add_generation_prompt=False)
+        encoded = self.encode(messages, train_on, tools, reasoning)
+        tokens = self._tokenize(self._prepare(messages, reasoning), False, tools)
         out, pos, k = [], 0, 0
         while k < len(tokens.ids):
             if encoded.labels[k] == IGNORE:
@@ -141,24 +158,29 @@ class ChatTemplate:
         return "".join(out + [tokens.text[pos:]])
 
     # ------------------------------------------------------------------ internals
-    def _prepare(self, messages: Sequence[Message]) -> list[Message]:
-        msgs = [{"role": m["role"], "content": m["content"]} for m in messages]
+    def _prepare(self, messages: Sequence[Message], reasoning: str) -> list[Message]:
+        keys = ("role", "content", TRACE, "tool_calls", "tool_call_id")
+        msgs = [{k: m[k] for k in keys if k in m} for m in apply_mode(messages, reasoning)]
         if self._fold_system and len(msgs) > 1 and msgs[0]["role"] == "system":
             system = msgs.pop(0)["content"]
             msgs[0]["content"] = f"{system}\n\n{msgs[0]['content']}"
         return msgs
 
-    def _encode(self, messages: Sequence[Message], train_on: str):
+    def _encode(self, msgs: list[Message], train_on: str, tools: Sequence[dict], reasoning: str):
         if train_on not in TRAIN_ON:
             raise UserError(f"train_on: unknown value '{train_on}'; use one of {', '.join(TRAIN_ON)}")
-        msgs = self._prepare(messages)
-        tokens = self._tokenize(msgs, add_generation_prompt=False)
-        eot = set(self.end_of_turn_ids)
-        turns = []  # (content start, end of its end-of-turn token, token index past it)
+        tokens = self._tokenize(msgs, False, tools)
+        structured, eot = is_structured(msgs, tools), set(self.end_of_turn_ids)
+        whole_turns = structured or has_traces(msgs)
+        turns, spans = [], {}  # (turn start, end of its end-of-turn token, token index past it)
         for i, m in enumerate(msgs):
             if m["role"] != "assistant":
                 continue
-            start, end = tokens.contents[i]
+            # tools or traces: from where the template's text before the turn ends (a call may be all it holds)
+            start, end = (turn_start(self._render, msgs, i, tokens.text, tools),) * 2 if whole_turns \
+                else tokens.contents[i]
+            if reasoning == "keep_context" and _TRACE + i in tokens.contents:  # the trace is context
+                start = context_end(tokens.text, tokens.contents[_TRACE + i][1])
             k = bisect.bisect_left(tokens.specials, (end, -1))
             while k < len(tokens.specials) and tokens.ids[tokens.specials[k][1]] not in eot:
                 k += 1
@@ -166,18 +188,34 @@ class ChatTemplate:
                 raise ValueError(f"no end-of-turn token after assistant message {i}")
             index = tokens.specials[k][1]
             turns.append((start, int(tokens.spans[index, 1]), index + 1))
+            spans[i] = turns[-1][:2]
+        if structured:
+            check_rendered(msgs, tools, tokens.text, spans)
         trained = turns[-1:] if train_on == "last_assistant_turn" else turns
         return tokens, [(s, e) for s, e, _ in trained], tuple(t for _, _, t in turns)
 
-    def _tokenize(self, msgs: list[Message], add_generation_prompt: bool) -> _Tokens:
-        if len(msgs) > 0xFFFC:
-            raise ValueError("more messages than sentinel characters")
-        sentinels = [{"role": m["role"], "content": chr(_SENTINEL0 + i)} for i, m in enumerate(msgs)]
-        parts = self._split.split(self._render(sentinels, add_generation_prompt))
-        if self._whole is not None and not any(self._unsafe.search(m["content"]) for m in msgs):
+    def _tokenize(self, msgs: list[Message], add_generation_prompt: bool, tools: Sequence[dict] = ()) -> _Tokens:
+        if len(msgs) > MAX_MESSAGES:
+            raise ValueError(f"more than {MAX_MESSAGES} messages (sentinel characters)")
+        structured = is_structured(msgs, tools)
+        if has_traces(msgs) and not self.renders_reasoning:
+            raise ToolTemplateError("template_without_reasoning", f"the chat_template of "
+                                    f"{self.tokenizer.name_or_path} renders no reasoning_content")
+        if structured:
+            if not self.renders_tools:
+                raise ToolTemplateError("template_without_tools", f"the chat_template of {self.tokenizer.name_or_path} "
+                                        "renders no tools or tool calls" if self.name == "tokenizer" else
+                                        f"template '{self.name}' has no tool format")
+            check_tool_text(msgs, tools, self._unsafe)
+        # a tool-using turn may have no text (just a call): it gets no sentinel, so templates that test it see ""
+        sentinels = [{**m, "content": chr(_SENTINEL0 + i) if m["content"] or not structured else "",
+                      **({TRACE: chr(_SENTINEL0 + _TRACE + i)} if m.get(TRACE) else {})} for i, m in enumerate(msgs)]
+        expected = sum(bool(m["content"]) for m in sentinels)
+        parts = self._split.split(self._render(sentinels, add_generation_prompt, tools))
+        if self._whole is not None and not any(self._unsafe.search(m["content"] + m.get(TRACE, "")) for m in msgs):
             tokens = self._tokenize_whole(parts, msgs)
-            if tokens is not None and len(tokens.contents) == len(msgs) and (
-                    not self._verify or tokens.text == self._render(msgs, add_generation_prompt)):
+            if tokens is not None and _count(tokens.contents) == expected and (
+                    not self._verify or tokens.text == self._render(msgs, add_generation_prompt, tools)):
                 return tokens  # else the run-by-run path below, which also reports what is wrong
         text, starts, contents, pos = [], [], {}, 0
         for k, part in enumerate(parts):  # special-token strings (odd k) stay; contents go in place
@@ -197,13 +235,13 @@ class ChatTemplate:
             hi = len(part) - (_space_run(part[::-1]) if k + 1 < len(text) and self._strip[text[k + 1]][0] else 0)
             if lo < hi:
                 self._encode_run(part[lo:hi], pos + lo, ids, spans)
-        if len(contents) != len(msgs):
+        if _count(contents) != expected:
             raise ValueError("the chat template did not render every message exactly once")
         rendered = "".join(text)
-        if self._verify and rendered != self._render(msgs, add_generation_prompt):
+        if self._verify and rendered != self._render(msgs, add_generation_prompt, tools):
             trimmed = [{**m, "content": m["content"].strip()} for m in msgs]
             if trimmed != msgs:  # a template that trims contents (Llama 3's ``| trim``): encode what it renders
-                return self._tokenize(trimmed, add_generation_prompt)
+                return self._tokenize(trimmed, add_generation_prompt, tools)
             raise ValueError("the chat template changes message text (escapes it)")
         spans_array = np.concatenate(spans) if spans else np.zeros((0, 2), dtype=np.int64)
         return _Tokens(rendered, ids, spans_array, contents, specials)
@@ -240,12 +278,14 @@ class ChatTemplate:
         out, last = [], 0
         for match in _SENTINEL_RE.finditer(part):
             i = ord(match.group()) - _SENTINEL0
-            if i >= len(msgs) or i in contents:
+            m = msgs[i % _TRACE] if i % _TRACE < len(msgs) else {}
+            piece = m.get(TRACE if i >= _TRACE else "content")
+            if piece is None or i in contents:
                 raise ValueError("the chat template did not render every message exactly once")
             out.append(part[last:match.start()])
             start = pos + sum(map(len, out))
-            out.append(msgs[i]["content"])
-            contents[i] = (start, start + len(msgs[i]["content"]))
+            out.append(piece)
+            contents[i] = (start, start + len(piece))
             last = match.end()
         out.append(part[last:])
         return "".join(out)
@@ -262,6 +302,11 @@ class ChatTemplate:
         spans.append(np.asarray(enc.offsets[skip:], dtype=np.int64).reshape(-1, 2) + (pos - len(lead)))
 
 
+def _count(contents: dict) -> int:
+    """How many message contents (not traces) ``contents`` holds."""
+    return sum(k < _TRACE for k in contents)
+
+
 def _space_run(text: str) -> int:
     """Length of the whitespace at the start of ``text`` (Unicode White_Space, as the tokenizers library
     strips it: Python's isspace() without the four separators U+001C..U+001F)."""
@@ -269,32 +314,6 @@ def _space_run(text: str) -> int:
     while n < len(text) and text[n].isspace() and text[n] not in "\x1c\x1d\x1e\x1f":
         n += 1
     return n
-
-
-def special_token_ids(tokenizer) -> dict[str, int]:
-    """Every special token string of the tokenizer -> its id."""
-    out = {t.content: i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
-    for token in tokenizer.all_special_tokens:
-        tid = tokenizer.convert_tokens_to_ids(token)
-        if isinstance(tid, int) and tid != tokenizer.unk_token_id or token == tokenizer.unk_token:
-            out.setdefault(token, tid)
-    return out
-
-
-def _plain_backend(tokenizer):
-    """A copy of the fast tokenizer that reads special-token strings as text, plus the anchor token."""
-    # tokenizers is needed only on this path
-    from tokenizers import AddedToken, Tokenizer
-
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None:
-        raise UserError(f"{tokenizer.name_or_path}: needs a fast (tokenizer.json) tokenizer")
-    plain = Tokenizer.from_str(backend.to_str())
-    plain.no_truncation()
-    plain.no_padding()
-    plain.encode_special_tokens = True
-    plain.add_tokens([AddedToken(ANCHOR, special=False, normalized=False)])
-    return plain, plain.token_to_id(ANCHOR)
 
 
 def _require_special(tokenizer, tokens: Sequence[str | None], template: str, fix: str) -> None:
@@ -311,12 +330,12 @@ def get_template(name: str, tokenizer, model_type: str | None = None) -> ChatTem
     fix = "use template 'tokenizer' or a tokenizer made by scripts/00_train_tokenizer.py"
     if name == "chatml":
         _require_special(tokenizer, [IM_START, IM_END], name, fix)
-        return ChatTemplate(name, tokenizer, render_chatml, [IM_END])
+        return ChatTemplate(name, tokenizer, render_chatml, [IM_END], tools=True)
     if name in ("instruct", "chat", "alpaca"):
         _require_special(tokenizer, [eos], name, "set eos_token in tokenizer_config.json")
-        render = {"instruct": lambda m, g: render_instruct(m, eos),
-                  "alpaca": lambda m, g: render_instruct(m, eos, ALPACA_PREAMBLE),
-                  "chat": lambda m, g: render_chat(m, eos)}[name]
+        render = {"instruct": lambda m, g, t=(): render_instruct(m, eos),
+                  "alpaca": lambda m, g, t=(): render_instruct(m, eos, ALPACA_PREAMBLE),
+                  "chat": lambda m, g, t=(): render_chat(m, eos)}[name]
         return ChatTemplate(name, tokenizer, render, [eos], notes=["no bos token is added"])
     if name == "tokenizer":
         return tokenizer_template(tokenizer, model_type)
@@ -333,38 +352,6 @@ def model_type_for(tokenizer_dir: str | Path) -> str | None:
 
 
 # ---------------------------------------------------------------------- the tokenizer's own template
-FAMILY_NAMES = {"llama2": "Llama 2", "llama3": "Llama 3", "qwen": "Qwen", "chatml": "ChatML",
-                "gemma": "Gemma", "mistral": "Mistral", "phi3": "Phi-3", "generic": "generic"}
-
-
-_FAMILY_MARKERS = (  # checked in this order; the first family with a marker present wins
-    ("llama3", ("<|start_header_id|>", "<|eot_id|>")),
-    ("gemma", ("<start_of_turn>",)),
-    ("phi3", ("<|assistant|>", "<|user|>")),
-    ("chatml", ("<|im_start|>",)),
-    ("llama2", ("<<SYS>>",)),
-    ("mistral", ("[INST]",)),
-)
-
-
-def detect_family(tokenizer, model_type: str | None = None) -> str:
-    """Model family from the chat template text, else the special tokens, else the name and ``model_type``.
-
-    The template text comes first because a tokenizer may carry tokens of several families
-    (ours has ``<|im_start|>`` whatever template it is given).
-    """
-    template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else ""
-    name = f"{tokenizer.name_or_path} {model_type or ''}".lower()
-    for text in (template, " ".join(special_token_ids(tokenizer))):
-        for family, markers in _FAMILY_MARKERS:
-            if any(m in text for m in markers):
-                return "qwen" if family == "chatml" and "qwen" in name else family
-    for family in ("gemma", "mistral", "phi3", "qwen", "llama"):
-        if family in name:
-            return {"llama": "llama2"}.get(family, family)
-    return "generic"
-
-
 def tokenizer_template(tokenizer, model_type: str | None = None) -> ChatTemplate:
     """The tokenizer's ``chat_template``: family detected, system folded where it has no system role."""
     where = f"template 'tokenizer': {tokenizer.name_or_path}"
@@ -372,10 +359,10 @@ def tokenizer_template(tokenizer, model_type: str | None = None) -> ChatTemplate
         raise UserError(f"{where} has no chat_template; use template chatml, instruct, chat or alpaca")
     family = detect_family(tokenizer, model_type)
 
-    def render(msgs: list[Message], add_generation_prompt: bool) -> str:
+    def render(msgs: list[Message], add_generation_prompt: bool, tools: Sequence[dict] = ()) -> str:
         try:
-            return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=add_generation_prompt,
-                                                 date_string=FIXED_DATE)
+            return tokenizer.apply_chat_template(msgs, tools=list(tools) or None, tokenize=False,
+                                                 add_generation_prompt=add_generation_prompt, date_string=FIXED_DATE)
         except Exception as err:  # jinja2 errors, including the template's own raise_exception()
             raise ValueError(f"chat template error: {err}") from None
 
@@ -385,7 +372,11 @@ def tokenizer_template(tokenizer, model_type: str | None = None) -> ChatTemplate
         notes.append(FOLD_NOTE.format(family=FAMILY_NAMES[family]))
     if "strftime_now" in tokenizer.chat_template or "date_string" in tokenizer.chat_template:
         notes.append(f"date in the template fixed to {FIXED_DATE} for reproducibility")
-    template = ChatTemplate("tokenizer", tokenizer, render, [], family, notes, fold, verify=True)
+    tools, traces = renders_tools(render), renders_reasoning(render)
+    notes.append("renders tools, tool calls and tool results" if tools else "renders no tools or tool calls")
+    notes.append("renders reasoning traces (reasoning_content)" if traces else "renders no reasoning traces")
+    template = ChatTemplate("tokenizer", tokenizer, render, [], family, notes, fold, verify=True, tools=tools,
+                            traces=traces)
     end = _probe_end_of_turn(template, where)
     template.end_of_turn_ids = [template._special[end]]
     template.stop_token_ids = list(dict.fromkeys(template.end_of_turn_ids + template.stop_token_ids))

@@ -20,22 +20,48 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from utils.common.atomic import atomic_dir, exclusive
-from utils.common.errors import UserError, check_readable
+from utils.common.errors import UserError, check_readable, one_line
 from utils.data.fingerprint import TOKENIZER_FILES, tokenizer_fingerprint
 from utils.data.text_sources import TextSource, iter_documents
 from utils.model.gguf import hf_dir_for_gguf
+
+ANCHOR = "\U0010FFFD"
+"""Added to a private copy of the tokenizer only (``plain_backend``); data containing it cannot be encoded."""
 
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<s>", "</s>"
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 CONTROL_TOKENS = (IM_START, IM_END)
 
-# ChatML. The {% generation %} block marks assistant text for tools that ask the
-# template for assistant masks (transformers' return_assistant_tokens_mask).
+TOOLS_HEADER = ('# Tools\nYou may call the functions below. To call one, reply with <tool_call>{"name": <function name>, '
+                '"arguments": <JSON object>}</tool_call>; its result comes back as a tool message.')
+"""The project's tool format (``renderers.render_chatml``): this header and one JSON definition per line close the
+system turn; calls follow an assistant's text; results are ``tool`` turns."""
+# ChatML, with the project's tool format. The {% generation %} block marks assistant text (and calls) for tools
+# that ask the template for assistant masks (transformers' return_assistant_tokens_mask).
 CHATML_TEMPLATE = (
+    "{%- set system_first = messages and messages[0]['role'] == 'system' -%}"
+    "{%- if tools -%}"
+    "{{- '<|im_start|>system\\n' -}}"
+    "{%- if system_first -%}{{- messages[0]['content'] + '\\n\\n' -}}{%- endif -%}"
+    "{{- '" + TOOLS_HEADER.replace("\n", "\\n") + "' -}}"
+    "{%- for tool in tools -%}{{- '\\n' + (tool | tojson) -}}{%- endfor -%}"
+    "{{- '<|im_end|>\\n' -}}"
+    "{%- endif -%}"
     "{%- for message in messages -%}"
-    "{%- if message['role'] == 'assistant' -%}"
+    "{%- if tools and system_first and loop.first -%}"
+    "{%- elif message['role'] == 'assistant' -%}"
     "{{- '<|im_start|>assistant\\n' -}}"
-    "{% generation %}{{- message['content'] + '<|im_end|>' -}}{% endgeneration %}"
+    "{% generation %}"
+    "{%- if message.reasoning_content -%}"
+    "{{- '<think>\\n' + message.reasoning_content + '\\n</think>\\n' -}}"
+    "{%- endif -%}"
+    "{{- message['content'] -}}"
+    "{%- for call in message.tool_calls or [] -%}"
+    "{%- if message['content'] or not loop.first -%}{{- '\\n' -}}{%- endif -%}"
+    "{{- '<tool_call>' + ({'name': call['function']['name'], 'arguments': call['function']['arguments']} | tojson)"
+    " + '</tool_call>' -}}"
+    "{%- endfor -%}"
+    "{{- '<|im_end|>' -}}{% endgeneration %}"
     "{{- '\\n' -}}"
     "{%- else -%}"
     "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' -}}"
@@ -153,13 +179,27 @@ def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
     hf_dir = hf_dir_for(path)
+    check_tokenizer_files(hf_dir)
     try:
         tok = AutoTokenizer.from_pretrained(str(hf_dir), trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
-        raise UserError(f"{hf_dir}: cannot load tokenizer: {str(err).splitlines()[0]}") from None
+        raise UserError(f"{hf_dir}: cannot load tokenizer ({one_line(err)[:300]}); pass --tokenizer_path a "
+                        "complete tokenizer directory") from None
     if tok.pad_token_id is None:
         raise UserError(f"{hf_dir}: tokenizer has no pad token; set pad_token in tokenizer_config.json")
     return tok
+
+
+def check_tokenizer_files(hf_dir: Path) -> None:
+    """Refuse a directory with none of the files a tokenizer is read from (an empty one, or a model directory
+    saved without its tokenizer), naming what is missing and what to pass."""
+    if not hf_dir.is_dir() or any((hf_dir / name).is_file() for name in TOKENIZER_FILES):
+        return
+    what = ("is a model directory without tokenizer files" if (hf_dir / "config.json").is_file()
+            else "is empty" if not any(hf_dir.iterdir()) else "holds no tokenizer files")
+    raise UserError(f"{hf_dir}: {what} (no tokenizer.json, tokenizer_config.json or tokenizer.model); pass "
+                    "--tokenizer_path the tokenizer directory the model was trained with (e.g. the final/ of a run, "
+                    "or one `make tokenizer-train-mix` wrote)")
 
 
 def copy_tokenizer_files(src: str | Path, dst: Path) -> None:
@@ -248,3 +288,29 @@ def whole_backend(tokenizer):
     whole.no_padding()
     whole.encode_special_tokens = False
     return whole
+
+
+def special_token_ids(tokenizer) -> dict[str, int]:
+    """Every special token string of the tokenizer -> its id."""
+    out = {t.content: i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    for token in tokenizer.all_special_tokens:
+        tid = tokenizer.convert_tokens_to_ids(token)
+        if isinstance(tid, int) and tid != tokenizer.unk_token_id or token == tokenizer.unk_token:
+            out.setdefault(token, tid)
+    return out
+
+
+def plain_backend(tokenizer):
+    """A copy of the fast tokenizer that reads special-token strings as text, plus the anchor token."""
+    # tokenizers is needed only on this path
+    from tokenizers import AddedToken, Tokenizer
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise UserError(f"{tokenizer.name_or_path}: needs a fast (tokenizer.json) tokenizer")
+    plain = Tokenizer.from_str(backend.to_str())
+    plain.no_truncation()
+    plain.no_padding()
+    plain.encode_special_tokens = True
+    plain.add_tokens([AddedToken(ANCHOR, special=False, normalized=False)])
+    return plain, plain.token_to_id(ANCHOR)

@@ -7,6 +7,7 @@ model against those inputs, so the tuned and the base model see exactly the same
 * validation loss / perplexity over the prepared val shards: packed, padding-free, no grad, summed
   per source and weighted by supervised tokens (the trainer's own loss, ``utils.model.loss``);
 * instruction following on a held-out JSONL of verifiable prompts (exact match, format compliance);
+* tool use on the held-out turns of the val shards that call tools (``utils.eval.tool_calls``);
 * generation of the config's ``eval_prompts`` (samples to read);
 * word-level text metrics of every response (``utils.eval.metrics``);
 * response log-likelihood (the coherence measure; see ``response_logprob``);
@@ -26,6 +27,7 @@ from tqdm import tqdm
 
 from utils.common.errors import UserError
 from utils.eval.metrics import check_answer, loss_record, score_answers, text_metrics
+from utils.eval.tool_calls import tool_call_metrics
 from utils.model.generation import GenerationSettings, generate_responses
 from utils.model.loss import SupervisedLoss, loss_sums
 from utils.model.probes import copy_probe
@@ -67,6 +69,8 @@ class EvalInputs:
     """The same families asked in wordings training never used (scored apart: exact_match_rephrased)."""
     positions: list[tuple[str, int, str]] = field(default_factory=list)
     """(what, positions it needs, what to change): checked against each model before it is evaluated."""
+    tool_items: list = field(default_factory=list)
+    """Held-out assistant turns that call tools (``utils.eval.tool_calls.ToolCallItem``), from the val shards."""
 
 
 @dataclass
@@ -267,15 +271,16 @@ def generation_metrics(model, inputs: EvalInputs) -> tuple[dict, list[dict], lis
 
 
 SCALARS = ("val_loss", "val_ppl", "exact_match", "exact_match_rephrased", "format_compliance", "success_rate",
-           "retention_loss",
-           "retention_ppl", "copy_loss_first", "copy_loss_second", "distinct_1", "distinct_2", "repetition_3", "prompt_overlap", "response_logprob")
+           "tool_call_parse_rate", "tool_call_name_match", "tool_call_accuracy", "retention_loss", "retention_ppl",
+           "copy_loss_first", "copy_loss_second", "distinct_1", "distinct_2", "repetition_3", "prompt_overlap",
+           "response_logprob")
 """The flat per-model keys every report has (None where the input for it was not given)."""
 
 
 def evaluate_model(model, inputs: EvalInputs) -> ModelEval:
     """Every metric of one model (put in eval mode, no grad) on ``inputs``."""
     model.eval()
-    metrics: dict = dict.fromkeys(SCALARS + ("eval_examples",))
+    metrics: dict = dict.fromkeys(SCALARS + ("eval_examples", "tool_call_examples"))
     timing = {}
     start = time.perf_counter()
     if inputs.val_stores:
@@ -287,6 +292,12 @@ def evaluate_model(model, inputs: EvalInputs) -> ModelEval:
     generated, predictions, lengths = generation_metrics(model, inputs)
     metrics.update(generated)
     timing["generation"] = time.perf_counter() - start
+    if inputs.tool_items:
+        start = time.perf_counter()
+        tools, tool_predictions = tool_call_metrics(model, inputs, precision_context(inputs))
+        metrics.update(tools)
+        predictions += tool_predictions
+        timing["tool_calls"] = time.perf_counter() - start
     if inputs.retention is not None:
         start = time.perf_counter()
         kept = retention_metrics(model, inputs)

@@ -23,6 +23,11 @@ DEFINITIONS = {
     "format_compliance": "share of eval-set responses that ended with the template's stop token "
                          "(end-of-turn or eos) within max_new_tokens",
     "success_rate": "share of eval-set responses that are non-empty and ended with a stop token",
+    "tool_call_parse_rate": "share of the held-out assistant turns that call tools (val split of --data_dirs) whose "
+                            "response ended with a stop token and holds only well-formed <tool_call> JSON calls",
+    "tool_call_name_match": "share of those turns whose response calls the reference's functions, in order",
+    "tool_call_accuracy": "share of those turns whose calls equal the reference's: function names and arguments "
+                          "(equal as JSON values, key order ignored)",
     "retention_loss": "mean next-token cross-entropy (nats) over fixed windows of the raw-text retention corpus",
     "retention_ppl": "exp(retention_loss): lower = more of the pre-training domain kept",
     "copy_loss_first": "loss on the first showing of random token runs (utils/model/probes.py): chance level",

@@ -12,17 +12,19 @@ from pathlib import Path
 import torch
 
 from utils.common.atomic import recover_published
-from utils.common.config import from_dict, load_config, load_eval_prompts, read_json
+from utils.common.config import from_dict, load_config, load_eval_prompts, read_json, read_json_dict
 from utils.common.errors import UserError
+from utils.data.chat_jinja import CHAT_TEMPLATE_FILE, trained_chat_template
 from utils.data.fingerprint import TOKENIZER_FILES, tokenizer_fingerprint
 from utils.data.shards import verify_data_dir
 from utils.data.templates import get_template, model_type_for
 from utils.data.text_sources import JSONL_SUFFIXES, TextSource, iter_documents
 from utils.data.tokenizer import hf_dir_for, load_tokenizer
 from utils.eval.evaluation import EvalInputs, prompt_conversations, read_eval_set, retention_store
+from utils.eval.tool_calls import tool_call_items
 from utils.model.architectures import check_model, check_positions
 from utils.model.attention import use_packed_attention
-from utils.model.modeling import check_vocab_fits, load_model, not_a_model_dir
+from utils.model.modeling import check_model_files, check_vocab_fits, load_model, not_a_model_dir
 from utils.monitor.run_plan import RunPlan
 from utils.parallel.accelerator import fast_bf16_available
 from utils.parallel.quantization import load_base
@@ -64,11 +66,7 @@ def read_summary(model_dir: str | Path | None) -> dict:
     path = Path(model_dir or "") / SUMMARY
     if not model_dir or not path.is_file():
         return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+    return read_json_dict(path)
 
 
 def _has_tokenizer(path: Path) -> bool:
@@ -78,6 +76,8 @@ def _has_tokenizer(path: Path) -> bool:
 def check_model_tokenizer(model_dir: str | Path, fingerprint: str, tokenizer_path: str) -> None:
     """A model directory that carries tokenizer files must carry the evaluation tokenizer."""
     path = Path(model_dir)
+    if read_summary(path).get("tokenizer_sha256") == fingerprint:
+        return  # trained with this tokenizer; its chat template may be the trained one (utils/data/chat_jinja.py)
     if _has_tokenizer(path) and tokenizer_fingerprint(path) != fingerprint:
         raise UserError(f"{path}: its tokenizer differs from the evaluation tokenizer {tokenizer_path} "
                         f"(sha256 {tokenizer_fingerprint(path)[:12]} vs {fingerprint[:12]}); compare only "
@@ -108,6 +108,9 @@ def check_lengths(config, where: str, positions: list[tuple[str, int, str]]) -> 
 def _load_adapter(path: Path, trust_remote_code: bool):
     config_file = path / "adapter_config.json"
     base = read_json(config_file).get("base_model_name_or_path")
+    trained_on = read_summary(path).get("model_path")
+    if trained_on and Path(trained_on).exists() and not Path(str(base)).exists():
+        base = trained_on  # final/ names its base by Hub id; the copy training read is here
     if not base or (base.startswith(("/", ".", "checkpoints")) and not Path(base).exists()):
         raise UserError(f"{config_file}: base_model_name_or_path {base!r} not found; run from the directory "
                         "training ran in, or set that field to the base model's directory")
@@ -141,6 +144,7 @@ def _tokenizer(args: EvalRequest, plan: RunPlan):
     recover_published(args.model_path)
     if Path(args.model_path).is_file() and Path(args.model_path).suffix != ".gguf":
         raise UserError(not_a_model_dir(args.model_path))
+    check_model_files(Path(args.model_path), args.model_path)  # the model's files first, then its tokenizer's
     if args.tokenizer_path:
         path, origin = args.tokenizer_path, "--tokenizer_path"
     elif not Path(args.model_path).exists():
@@ -149,11 +153,30 @@ def _tokenizer(args: EvalRequest, plan: RunPlan):
     elif _has_tokenizer(Path(args.model_path)):
         path, origin = args.model_path, "the model directory"
     else:
-        raise UserError(f"{args.model_path}: holds no tokenizer files; pass --tokenizer_path")
+        raise UserError(f"{args.model_path}: holds no tokenizer files (no tokenizer.json, tokenizer_config.json or "
+                        "tokenizer.model); pass --tokenizer_path the tokenizer the model was trained with")
     tokenizer = load_tokenizer(path)
     fingerprint = tokenizer_fingerprint(hf_dir_for(path))
+    trained = _as_trained(Path(path), fingerprint, tokenizer) if origin == "the model directory" else None
+    if trained:
+        plan.add("tokenizer", f"{path} (sha256 {trained[:12]} as trained: final/ carries the trained chat template)",
+                 origin)
+        return tokenizer, trained, str(path)
     plan.add("tokenizer", f"{path} (sha256 {fingerprint[:12]})", origin)
     return tokenizer, fingerprint, str(path)
+
+
+def _as_trained(model_dir: Path, fingerprint: str, tokenizer) -> str | None:
+    """The training tokenizer's fingerprint (training_summary.json), for an SFT run's final/ whose tokenizer differs
+    from it by the trained chat template alone: the run wrote its project template over the tokenizer's own
+    (utils/data/chat_jinja.py), while the data was prepared with the tokenizer before that. None otherwise."""
+    summary = read_summary(model_dir)
+    recorded, name = summary.get("tokenizer_sha256"), (summary.get("template") or {}).get("name")
+    written = model_dir / CHAT_TEMPLATE_FILE
+    if not recorded or recorded == fingerprint or name in (None, "tokenizer") or not written.is_file():
+        return None
+    trained = trained_chat_template(get_template(name, tokenizer, model_type_for(model_dir)))
+    return recorded if written.read_text(encoding="utf-8") == trained else None
 
 
 def _check_base(path: str | None, fingerprint: str, tokenizer_path: str) -> None:
@@ -251,6 +274,10 @@ def resolve_inputs(args: EvalRequest) -> tuple[EvalInputs, RunPlan]:
     name, name_from = _template_name(args, manifests, summary)
     template = get_template(name, tokenizer, model_type_for(hf_dir_for(tokenizer_path)))
     plan.add("template", f"{name} (stop ids {template.stop_token_ids})", name_from)
+    tool_items = tool_call_items(stores, tokenizer, template.stop_token_ids, args.max_eval_examples)
+    if stores:
+        plan.add("tool-call turns", f"{len(tool_items)} held-out assistant turns that call tools",
+                 "val split of the data dirs, --max_eval_examples")
     eval_cfg, cfg_from = _eval_config(args, summary)
     settings = eval_cfg.generation_config
     if args.max_new_tokens:
@@ -274,7 +301,7 @@ def resolve_inputs(args: EvalRequest) -> tuple[EvalInputs, RunPlan]:
     inputs = EvalInputs(tokenizer, template, settings, stores, items, prompts, retention,
                         batch_size=args.batch_size, batch_tokens=args.eval_batch_tokens, precision=precision,
                         device=device, show_progress=not args.no_progress, tokenizer_path=tokenizer_path,
-                        fingerprint=fingerprint, data_dirs=list(dirs), rephrased=rephrased)
+                        fingerprint=fingerprint, data_dirs=list(dirs), rephrased=rephrased, tool_items=tool_items)
     inputs.positions = _positions(inputs, settings.max_new_tokens)
     return inputs, plan
 
@@ -288,6 +315,10 @@ def _positions(inputs: EvalInputs, new_tokens: int) -> list[tuple[str, int, str]
                       "the model's limit"))
     if inputs.retention is not None:
         needs.append(("a --retention_corpus window", int(inputs.retention.lengths.max()), "lower --retention_window"))
+    if inputs.tool_items:
+        longest = max(len(item.prompt_ids) for item in inputs.tool_items)
+        needs.append((f"the longest held-out tool-call prompt ({longest} tokens) plus max_new_tokens ({new_tokens})",
+                      longest + new_tokens, "lower --max_new_tokens or --max_eval_examples"))
     for flag, conversations in (("--eval_set", [i.messages for i in inputs.items + inputs.rephrased]),
                                 ("eval prompts", inputs.prompts)):
         if conversations:

@@ -1,64 +1,50 @@
-"""Which Hugging Face causal LM layouts the pipeline trains, and each one's default LoRA targets.
+"""Which Hugging Face causal LMs the pipeline trains, and each one's default LoRA targets.
 
-Training runs packed, padding-free rows through ``packed_sdpa`` (utils/model/attention.py). That is correct
+Training runs packed, padding-free rows through ``packed_varlen`` (utils/model/attention.py). That is correct
 for an architecture only when its attention goes through transformers' attention interface with the example
-bounds and its positions come from ``position_ids`` (rotary or absolute): ``tests/model/test_architectures.py``
-checks, for each type listed here, that an example packed with others gives the same hidden states as the
-example alone under transformers' own SDPA. Any other ``model_type`` is refused in one line before a stage
-writes anything, rather than trained with attention leaking between packed examples.
+bounds and nothing else in it mixes the examples of a row. No table of trusted types says so: before a stage
+writes anything, ``utils/model/packing_check.py`` proves it for the model's type on a tiny random twin of its
+config (packed == alone: losses, gradients, generation), once per type and library versions, and a type that
+fails is refused in one line naming what broke.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import torch
+
 from utils.common.errors import UserError
 from utils.model.gguf import gguf_architecture
-
-_LLAMA_LIKE = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-LORA_TARGETS: dict[str, tuple[str, ...]] = {
-    "llama": _LLAMA_LIKE,
-    "mistral": _LLAMA_LIKE,
-    "qwen2": _LLAMA_LIKE,
-    "gemma": _LLAMA_LIKE,
-    "phi3": ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"),
-    "gpt2": ("c_attn", "c_proj", "c_fc"),
-    "gpt_neox": ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"),
-}
-"""Supported ``model_type`` -> every linear layer of its attention and MLP (the default LoRA targets)."""
+from utils.model.packing_check import Verdict, check_packing
 
 
-def _refusal(where: str, model_type) -> UserError:
-    return UserError(
-        f"{where}: model_type {model_type!r} is not supported (packed training is verified for "
-        f"{', '.join(sorted(LORA_TARGETS))}); convert the model to one of these or use another base model")
+def check_model_dir(path: str | Path) -> Verdict | None:
+    """Refuse a local HF model directory (or .gguf) whose type cannot train packed, from its config alone, before a
+    stage writes anything. Hub names and directories without a readable config are left to the loader, whose
+    errors name them, and to ``check_model`` once loaded."""
+    # transformers costs seconds to import; deferred so callers that skip this stay fast
+    from transformers import AutoConfig
 
-
-def check_model_type(model_type, where: str) -> str:
-    """The model type itself when the pipeline supports it, else one line naming the supported ones."""
-    if model_type not in LORA_TARGETS:
-        raise _refusal(where, model_type)
-    return model_type
-
-
-def check_model_dir(path: str | Path) -> None:
-    """Refuse an unsupported local HF model directory from its config.json alone (before a stage writes).
-
-    A .gguf file is checked from its header's ``general.architecture``. Hub names and directories without a
-    readable config.json are left to the loader, whose errors name them, and to ``check_model`` once loaded.
-    """
-    if Path(path).suffix == ".gguf" and Path(path).is_file():
-        check_model_type(_gguf_model_type(Path(path)), str(path))
-        return
-    config = Path(path) / "config.json"
-    if not config.is_file():
-        return
+    path = Path(path)
+    if path.suffix == ".gguf" and path.is_file():
+        model_type = _gguf_model_type(path)
+        try:
+            config = AutoConfig.for_model(model_type)
+        except (ValueError, KeyError):
+            raise UserError(f"{path}: GGUF architecture {model_type!r} is not a model type transformers knows; "
+                            "use a GGUF of a transformers architecture or an HF model directory") from None
+        return check_packing(config, str(path))
+    if not (path / "config.json").is_file():
+        return None
     try:
-        model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
-    except (OSError, ValueError, AttributeError):
-        return
-    check_model_type(model_type, str(path))
+        model_type = json.loads((path / "config.json").read_text(encoding="utf-8")).get("model_type")
+        config = AutoConfig.from_pretrained(str(path))
+    except (OSError, ValueError, AttributeError, KeyError):
+        return None
+    if getattr(config, "model_type", None) != model_type:
+        return None
+    return check_packing(config, str(path))
 
 
 _GGUF_TYPES = {"gptneox": "gpt_neox"}
@@ -73,18 +59,37 @@ def _gguf_model_type(path: Path) -> str | None:
 
 def model_type_of(model) -> str:
     """The ``model_type`` of a (possibly peft-wrapped) model."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return getattr(base.config, "model_type", None)
+    return getattr(_base(model).config, "model_type", None)
 
 
-def check_model(model, where: str = "--model_path") -> str:
-    """Refuse a loaded model of an unsupported type; returns its type."""
-    return check_model_type(model_type_of(model), where)
+def check_model(model, where: str = "--model_path") -> Verdict:
+    """Refuse a loaded model whose type cannot train packed (the verdict is cached: a second call is free)."""
+    return check_packing(_base(model).config, where)
 
 
 def default_lora_targets(model) -> list[str]:
-    """Every linear layer of the model's attention and MLP (its type must be supported)."""
-    return list(LORA_TARGETS[check_model(model)])
+    """Every linear layer of the model's decoder (attention and MLP), by the leaf names LoRA targets: read from the
+    model itself, so every architecture has its own. An MoE model's fused experts and its router are parameters,
+    not linear layers: they stay frozen (``frozen_experts`` says how many weights that leaves out)."""
+    # transformers costs seconds to import; deferred so callers that skip this stay fast
+    from transformers.pytorch_utils import Conv1D
+
+    decoder = _base(model).get_decoder()
+    names = {name.rsplit(".", 1)[-1] for name, module in decoder.named_modules()
+             if isinstance(module, (torch.nn.Linear, Conv1D)) and name}
+    if not names:
+        raise UserError(f"model_type {model_type_of(model)!r}: its decoder has no linear layers for LoRA to adapt; "
+                        "name them in lora_config.target_modules or train the full model (no lora_config)")
+    return sorted(names)
+
+
+def frozen_experts(model) -> int:
+    """The weights of an MoE model's fused experts (3-D parameters), which default LoRA targets do not adapt."""
+    return sum(p.numel() for p in _base(model).get_decoder().parameters() if p.dim() == 3)
+
+
+def _base(model):
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def position_limit(config) -> tuple[int | None, str]:

@@ -1,4 +1,4 @@
-"""Varlen attention for padding-free packed rows, registered with transformers as ``packed_sdpa``.
+"""Varlen attention for padding-free packed rows, registered with transformers as ``packed_varlen``.
 
 A packed row holds several examples; attention must stay inside each. Building an
 [N x N] block-diagonal mask costs O(N^2) memory and compute for mostly-masked scores. On a GPU the whole
@@ -9,9 +9,10 @@ length). On the CPU each example's slice runs through SDPA with ``is_causal=True
 bounds come from ``cu_seq_lens_q`` (computed on the host by the packer, so no device
 sync); without them (generation, padded batches) this is plain SDPA with the usual mask.
 A sliding window (Mistral, and Qwen2 / Phi-3 configs that set one) is honoured in both cases: an example
-longer than the window gets a banded causal mask instead of ``is_causal``.
+longer than the window gets a banded causal mask instead of ``is_causal``. Soft-capped and sink layers, and
+keywords this path does not know, are sorted out first (utils/model/attention_eager.py).
 
-``packed_sdpa_fp32`` is the same with the attention itself in float32 when bf16 autocast hands it bf16
+``packed_varlen_fp32`` is the same with the attention itself in float32 when bf16 autocast hands it bf16
 tensors on the CPU: PyTorch's CPU flash-attention kernels run float32 faster than bf16 (forward and
 backward, measured in docs/BENCHMARKS.md), and the projections around it stay bf16 matmuls.
 """
@@ -21,13 +22,15 @@ import torch
 import torch.nn.functional as F
 
 from utils.common.errors import UserError, one_line
+from utils.model.attention_eager import eager_attention, slow_feature
 from utils.model.kernels import VarlenKernel, cuda_kernel, cuda_path, kernel_dtype, unserved
 
-NAME = "packed_sdpa"
-NAME_FP32 = "packed_sdpa_fp32"
+NAME = "packed_varlen"  # no "sdpa" in it: transformers would then ask for SDPA support (Gemma 2 has none)
+NAME_FP32 = "packed_varlen_fp32"
 _registered = False
 
 
+@torch.compiler.disable  # kept out of compiled decoder layers: it reads the example bounds on the host
 def packed_sdpa_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """query [1, H, N, D], key/value [1, Hkv, N, D] → ([1, N, H, D], None)."""
     # transformers costs seconds to import; deferred so callers that skip this stay fast
@@ -39,6 +42,8 @@ def packed_sdpa_attention(module, query, key, value, attention_mask, scaling=Non
         if bounds is None:
             raise ValueError("the bounds mask of a packed row needs cu_seq_lens_q")
         attention_mask = None
+    if slow_feature(module, kwargs):  # soft-capping, sinks: the model's own eager attention, per example
+        return eager_attention(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
     if attention_mask is None and window and key.shape[2] > window and (bounds is None or query.shape[0] != 1):
         attention_mask = _band(query.shape[2], key.shape[2], window, query.device)[None, None]
     if bounds is None or attention_mask is not None or query.shape[0] != 1:
@@ -62,6 +67,7 @@ def packed_sdpa_attention(module, query, key, value, attention_mask, scaling=Non
     return out, None
 
 
+@torch.compiler.disable  # as packed_sdpa_attention
 def packed_sdpa_fp32_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """``packed_sdpa_attention`` computed in float32 when given bf16 tensors on the CPU; output in bf16."""
     if cuda_path(query.device) or query.dtype != torch.bfloat16:
@@ -90,10 +96,14 @@ def _per_example(module, query, key, value, bounds, scaling, dropout, window=Non
 
 
 def describe(device: torch.device | str, fp32: bool, dtype: torch.dtype | None = None,
-             head_dim: int | None = None, dropout: float = 0.0) -> str:
+             head_dim: int | None = None, dropout: float = 0.0, slow: str = "") -> str:
     """The run plan's line on packed attention for ``device``, attention computed in ``dtype`` (the autocast
     dtype, else the weights') with heads of ``head_dim`` and ``dropout`` in training: the same choice
-    ``packed_sdpa_attention`` makes."""
+    ``packed_sdpa_attention`` makes. ``slow``: the features (soft-capping, sinks) its layers hand the attention,
+    which send them through the model's own eager attention instead."""
+    if slow:
+        return (f"the model's own eager attention per example on the layers with {slow} (neither SDPA nor a "
+                "varlen kernel computes it; slower, exact)")
     if not cuda_path(device):
         return "SDPA per example" + (", float32 inside bf16 autocast" if fp32 else "")
     kernel = cuda_kernel()
@@ -182,7 +192,7 @@ def bounds_mask(device) -> torch.Tensor:
 
     transformers hands a 4-D mask to attention as it is, building none; without one it reads the packed layout
     back from ``position_ids`` with a host sync per forward (``.all()`` in ``find_packed_sequence_indices``), and
-    GPT-2 checks the row for padding, another. Only ``packed_sdpa`` accepts this mask (a model on another
+    GPT-2 checks the row for padding, another. Only ``packed_varlen`` accepts this mask (a model on another
     attention refuses it), and it attends within the bounds.
     """
     return torch.empty((1, 1, 0, 0), dtype=torch.bool, device=device)
@@ -203,7 +213,7 @@ def _packed_mask(*args, **kwargs):
 
 
 def register(fp32: bool = False) -> str:
-    """Register ``packed_sdpa`` and ``packed_sdpa_fp32`` with transformers once; returns the name asked for."""
+    """Register ``packed_varlen`` and ``packed_varlen_fp32`` with transformers once; returns the name asked for."""
     global _registered
     if not _registered:
         # transformers costs seconds to import; deferred so callers that skip this stay fast
@@ -219,7 +229,7 @@ def register(fp32: bool = False) -> str:
 
 
 def use_packed_attention(model, fp32: bool = False) -> None:
-    """Switch a loaded model to ``packed_sdpa`` or, with ``fp32``, ``packed_sdpa_fp32``; a model transformers
+    """Switch a loaded model to ``packed_varlen`` or, with ``fp32``, ``packed_varlen_fp32``; a model transformers
     will not switch is refused (the run plan would name a kernel the model does not use)."""
     name = register(fp32)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -232,6 +242,6 @@ def use_packed_attention(model, fp32: bool = False) -> None:
 
 
 def uses_packed_attention(model) -> bool:
-    """Whether ``model`` (a transformers model or its decoder) attends through ``packed_sdpa``."""
+    """Whether ``model`` (a transformers model or its decoder) attends through ``packed_varlen``."""
     config = getattr(model, "config", None)
     return getattr(config, "_attn_implementation", None) in (NAME, NAME_FP32)

@@ -49,11 +49,18 @@ def _cut(tokens: list[int], stop_ids: set[int], pad_id: int) -> tuple[list[int],
 def generate_responses(model, tokenizer, template, conversations: list[list[dict]], settings,
                        batch_size: int = 16, show_progress: bool = False) -> list[GenerationResult]:
     """Responses to conversations (each ending with a user turn), in order; deterministic per seed."""
+    prompts = [template.encode_prompt(c) for c in conversations]
+    return generate_from_ids(model, tokenizer, template.stop_token_ids, prompts, settings, batch_size, show_progress)
+
+
+@torch.no_grad()
+def generate_from_ids(model, tokenizer, stop_token_ids, prompts: list[list[int]], settings, batch_size: int = 16,
+                      show_progress: bool = False) -> list[GenerationResult]:
+    """Responses to prompts already encoded (each ending with the assistant header), in order."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    stop_ids = set(template.stop_token_ids)
-    prompts = [template.encode_prompt(c) for c in conversations]
+    stop_ids = set(stop_token_ids)
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))  # similar lengths pad less
     results: dict[int, GenerationResult] = {}
     sample = settings.temperature > 0

@@ -72,8 +72,28 @@ def model_dir(path: str) -> str:
     elif not local.exists() and (local.is_absolute() or path.startswith((".", "checkpoints", "data"))):
         raise UserError(f"{path}: model not found; train one first (e.g. `make pretrain-tiny`) "
                         "or pass an HF model directory")
+    check_model_files(local, path)
     # adapters record this path: absolute, so they load from any directory
     return str(local.resolve()) if local.exists() else path
+
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+
+
+def check_model_files(local: Path, path, weights: bool = False) -> None:
+    """Refuse a local directory without a model's config.json (nor a LoRA adapter's adapter_config.json) and, with
+    ``weights``, a config without weights, naming what is missing and what to pass."""
+    if not local.is_dir() or (local / "adapter_config.json").is_file():
+        return
+    fix = "pass --model_path the directory that holds config.json and the weights (e.g. the final/ of a run) or a .gguf"
+    if not (local / "config.json").is_file():
+        what = "is empty" if not any(local.iterdir()) else "holds no config.json"
+        raise UserError(f"{path}: {what}, so it is not a model directory; {fix}")
+    if weights and not any((local / name).is_file() for name in WEIGHT_FILES) \
+            and not any(local.glob("*.safetensors")):
+        raise UserError(f"{path}: has config.json but no weights (model.safetensors or pytorch_model.bin); "
+                        "copy the weights in beside it, or " + fix)
 
 
 def not_a_model_dir(path) -> str:
@@ -91,6 +111,7 @@ def load_model(path: str, trust_remote_code: bool = False, dtype: torch.dtype = 
     from transformers import AutoModelForCausalLM
 
     local = model_dir(path)
+    check_model_files(Path(local), path, weights=True)
     extra = {"quantization_config": quantization_config} if quantization_config is not None else {}
     try:
         return AutoModelForCausalLM.from_pretrained(local, dtype=dtype, trust_remote_code=trust_remote_code,

@@ -15,8 +15,8 @@ class LoraSettings:
     lora_alpha: float = 32.0
     lora_dropout: float = 0.05
     target_modules: list[str] | None = None
-    """None: every attention and MLP layer (the stages name them from utils/model/architectures.LORA_TARGETS;
-    called directly, peft's ``all-linear`` picks the same layers)."""
+    """None: every linear layer of the decoder (the stages read them from the model:
+    utils/model/architectures.default_lora_targets; called directly, peft's ``all-linear`` picks the same layers)."""
     bias: str = "none"
     modules_to_save: list[str] | None = None
 

@@ -36,9 +36,13 @@ class PackedBatch:
 
     def to(self, device, pin: bool = False) -> "PackedBatch":
         """On ``device``; with ``pin`` copied from page-locked host memory, so the copy does not wait for the GPU."""
-        move = {k: (getattr(self, k).pin_memory() if pin else getattr(self, k)).to(device, non_blocking=True)
-                for k in _ON_DEVICE}
-        return replace(self, **move)
+        host = self.pinned() if pin else self
+        return replace(self, **{k: getattr(host, k).to(device, non_blocking=True) for k in _ON_DEVICE})
+
+    def pinned(self) -> "PackedBatch":
+        """The tensors a device copy reads, in page-locked host memory (once: pinned ones stay as they are)."""
+        return replace(self, **{k: t if t.is_pinned() else t.pin_memory()
+                                for k in _ON_DEVICE for t in [getattr(self, k)]})
 
     def loss_inputs(self) -> tuple:
         """The arguments of ``SupervisedLoss``."""

@@ -51,7 +51,10 @@ def base_of(model_dir: Path) -> str | None:
         base = json.loads((Path(model_dir) / "adapter_config.json").read_text()).get("base_model_name_or_path")
     except (OSError, ValueError, AttributeError):
         base = None
-    return base or read_summary(model_dir).get("model_path") or None
+    trained_on = read_summary(model_dir).get("model_path")
+    if trained_on and Path(trained_on).exists():
+        return trained_on  # the copy training read (adapter_config.json may name the base by its Hub id)
+    return base or trained_on or None
 
 
 @dataclass

@@ -43,6 +43,11 @@ class TrainingParams:
     per_device_train_batch_size."""
     gradient_accumulation_steps: int = 1
     """Micro-batches per optimizer step on each device."""
+    fold_micro_batches: bool | str = "auto"
+    """Run the micro-batches of a step as fewer, larger ones (gradient_accumulation_steps divided and
+    micro_batch_tokens multiplied by the largest factor the free device memory holds, by an estimate; the tokens
+    per step stay); auto = on for the CUDA path, off on the CPU. The split is recorded in each checkpoint and kept
+    on resume."""
     warmup_steps: int = 0
     """Linear warm-up steps from 0 to learning_rate."""
     scheduler: str = "cosine"
@@ -82,6 +87,9 @@ class TrainingParams:
     SFT_EMULATE_CUDA_KERNELS, which runs the CUDA path on the CPU)."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward to save memory."""
+    compile: bool = False
+    """Compile every decoder layer with torch.compile (inductor; packed attention stays eager): the first steps
+    compile (about a minute), later lengths reuse the graphs; the run says at its end how many it compiled."""
     load_best_model_at_end: bool = False
     """Publish the checkpoint with the lowest eval/loss as final/ instead of the last step's weights; that
     checkpoint is kept through rotation. Needs eval_steps > 0 and save_steps a multiple of eval_steps."""

@@ -1,6 +1,7 @@
 """The one training loop, shared by pre-training/CPT (01) and SFT (03).
 
-Each optimizer step: take this rank's micro-batches of the step the planner drew →
+Each optimizer step: take this rank's micro-batches of the step the planner drew (drawn and
+packed ahead on a thread, ``utils/sampling/prefetch.py``) →
 forward/backward (gradients synchronised on the last one) → clip → optimizer and
 scheduler step → log (the only host synchronisation) → evaluate / checkpoint.
 The loss of every micro-batch is divided by the supervised tokens of the WHOLE step
@@ -14,7 +15,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import torch
 from torch.distributed.tensor import DTensor
@@ -23,14 +24,15 @@ from tqdm import tqdm
 from utils.checkpoint.checkpoints import save_checkpoint
 from utils.common.errors import Stopped, UserError
 from utils.common.labels import perplexity
-from utils.model.loss import loss_sums
+from utils.model.compiled import CompileStats
+from utils.model.loss import loss_sums, router_of
 from utils.model.modeling import load_weights_into
 from utils.monitor.trackers import RunLogger
 from utils.parallel.fsdp import local, set_gradient_sync
 from utils.parallel.state_dict import unwrap_lm
-from utils.sampling.example_store import ExampleStore
-from utils.sampling.packing import PackedBatch, pack
+from utils.sampling.packing import PackedBatch
 from utils.sampling.planner import StepBatches
+from utils.sampling.prefetch import Prefetcher, collate
 from utils.train.config import TrainingParams
 from utils.train.preemption import StopSignals, signal_name
 from utils.train.run import TrainRun
@@ -50,11 +52,14 @@ class TrainState:
     best_eval_loss: float | None = None
     initial_eval: dict = field(default_factory=dict)
     """The evaluation before the first step (not saved: a resumed run has none)."""
+    planner_state: dict | None = None
+    """The step planner's state after this state's step was drawn (None: the planner's own, nothing drawn ahead)."""
 
     def to_record(self, run: TrainRun) -> dict:
         """training_state.json of a checkpoint: this state, the sampler position and the run's record."""
         return {"step": self.step, "tokens_seen": self.tokens_seen, "supervised_seen": self.supervised_seen,
-                "loss_history": self.loss_history, "planner": run.planner.state_dict(), "last_eval": self.last_eval,
+                "loss_history": self.loss_history, "planner": self.planner_state or run.planner.state_dict(),
+                "last_eval": self.last_eval,
                 "best_step": self.best_step, "best_eval_loss": self.best_eval_loss,
                 "total_steps": run.total_steps, "world_size": run.accelerator.num_processes, **run.run_info}
 
@@ -66,25 +71,24 @@ class TrainState:
                    best_step=saved.get("best_step", 0), best_eval_loss=saved.get("best_eval_loss"))
 
 
-def collate(stores: list[ExampleStore], items: list[tuple[int, int]]) -> PackedBatch:
-    return pack([(*stores[s].get(i), s) for s, i in items])
-
-
-def train_step(run: TrainRun, batches: StepBatches) -> torch.Tensor:
-    """Forward/backward over this rank's micro-batches; returns the local loss sum (no sync)."""
+def train_step(run: TrainRun, batches: StepBatches, packed: Iterable[PackedBatch] | None = None) -> torch.Tensor:
+    """Forward/backward over this rank's micro-batches (``packed``: already packed, else packed here); returns the
+    local loss sum and router auxiliary loss sum (an MoE model's; 0 otherwise), without a sync."""
     acc = run.accelerator
     my_bins = batches.for_rank(acc.process_index, acc.num_processes)
     scale = acc.num_processes / max(1, batches.num_supervised)  # DDP averages over ranks
-    local = torch.zeros((), device=acc.device)
-    for i, items in enumerate(my_bins):
-        batch = collate(run.stores, items).to(acc.device, pin=run.pin_memory)
+    local = torch.zeros(2, device=acc.device)
+    if packed is None:
+        packed = (collate(run.stores, items) for items in my_bins)
+    for i, host in enumerate(packed):
+        batch = host.to(acc.device, pin=run.pin_memory)
         last = i == len(my_bins) - 1
         sync = contextlib.nullcontext() if last else acc.no_sync(run.loss_module)  # DDP
         set_gradient_sync(run.loss_module, last)  # FSDP2: reduce-scatter on the last micro-batch only
         with sync, acc.autocast():
-            loss_sum, _ = run.loss_module(*batch.loss_inputs())
-        acc.backward(loss_sum * scale)
-        local += loss_sum.detach()
+            objective, parts = run.loss_module(*batch.loss_inputs())
+        acc.backward(objective * scale)
+        local += parts[-2:]
     return local
 
 
@@ -188,23 +192,29 @@ def fit(run: TrainRun, state: TrainState) -> TrainState:
     """
     acc = run.accelerator
     logger = RunLogger(acc, state.step, run.run_info.get("config"))
+    compiled = CompileStats.now() if run.params.compile else None
     try:
         with _out_of_memory_hint():
             if run.val_stores and state.step == 0:
                 state.initial_eval = evaluate(run)
             bar = tqdm(total=run.total_steps, initial=state.step, desc=run.label, disable=not acc.is_main_process)
-            with bar as progress, StopSignals() as signals:
-                return _fit(run, state, signals, _Window(run, logger, progress))
+            feed = Prefetcher(run.planner, run.stores, run.total_steps - state.step, acc.process_index,
+                              acc.num_processes, pin=run.pin_memory)
+            with bar as progress, StopSignals() as signals, feed:
+                return _fit(run, state, signals, _Window(run, logger, progress), feed)
     finally:
         logger.close()
+        if compiled is not None and acc.is_main_process:
+            print(f"torch.compile: {CompileStats.now().since(compiled).describe()}", flush=True)
 
 
-def _fit(run: TrainRun, state: TrainState, signals: StopSignals, window: _Window) -> TrainState:
+def _fit(run: TrainRun, state: TrainState, signals: StopSignals, window: _Window, feed: Prefetcher) -> TrainState:
     acc, params = run.accelerator, run.params
     run.loss_module.train()
     while state.step < run.total_steps:
-        batches = run.planner.next_step()
-        window.add(train_step(run, batches), batches)
+        fetched = feed.next_step()
+        batches, state.planner_state = fetched.batches, fetched.planner_state
+        window.add(train_step(run, batches, fetched.micro_batches), batches)
         grad_norm = optimizer_step(run)
         state.step += 1
         state.tokens_seen += batches.num_tokens
@@ -270,7 +280,8 @@ class _Window:
 
     def __init__(self, run: TrainRun, logger: RunLogger, progress) -> None:
         self.run, self.logger, self.progress = run, logger, progress
-        self.pending: list[tuple[torch.Tensor, int]] = []  # (local loss sum, step supervised tokens)
+        self.pending: list[tuple[torch.Tensor, int]] = []  # (local loss and aux sums, step supervised tokens)
+        self.routed = router_of(unwrap_lm(run.accelerator, run.loss_module)) is not None
         self.start, self.tokens = time.perf_counter(), 0
 
     def add(self, loss_sum: torch.Tensor, batches: StepBatches) -> None:
@@ -281,7 +292,8 @@ class _Window:
         run = self.run
         tokens_per_s = self.tokens / max(time.perf_counter() - self.start, 1e-9)
         sums = run.accelerator.reduce(torch.stack([p[0] for p in self.pending]), "sum").tolist()
-        losses = [s / max(1, p[1]) for s, p in zip(sums, self.pending)]
+        losses = [s[0] / max(1, p[1]) for s, p in zip(sums, self.pending)]
+        routed = {"router_aux_loss": sums[-1][1] / max(1, self.pending[-1][1])} if self.routed else {}
         _check_finite(losses, state.step - len(losses) + 1, run.output_dir)
         state.loss_history.extend(losses)
         self.logger.log({
@@ -290,6 +302,7 @@ class _Window:
             "supervised_tokens": state.supervised_seen, "tokens_per_s": tokens_per_s,
             "elapsed_s": time.perf_counter() - run.start_time,
             "process_cpu_s": time.process_time(),  # with elapsed_s: how much of the wall time was ours
+            **routed,
         })
         self.progress.set_postfix(loss=f"{losses[-1]:.4f}", tok_s=f"{tokens_per_s:,.0f}")
         self.pending, self.start, self.tokens = [], time.perf_counter(), 0

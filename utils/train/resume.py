@@ -123,10 +123,11 @@ def _with_shares(planner: dict, weights: list[float] | None) -> dict:
 APPLIED = ("learning_rate", "scheduler", "warmup_steps", "min_lr_ratio", "weight_decay", "adam_beta1", "adam_beta2",
            "adam_epsilon", "max_grad_norm", "max_steps", "num_train_epochs", "save_steps", "eval_steps",
            "logging_steps", "save_total_limit", "eval_max_batches", "gradient_checkpointing", "bf16", "fp16",
-           "attention_fp32", "load_best_model_at_end", "report_to", "dataloader_pin_memory")
+           "attention_fp32", "load_best_model_at_end", "report_to", "dataloader_pin_memory", "compile")
 REFUSED = {"seed": "it sets the data order",
            "per_device_train_batch_size": "it sets the batch shape of the data order",
-           "micro_batch_tokens": "it sets the batch shape of the data order"}
+           "micro_batch_tokens": "it sets the batch shape of the data order",
+           "fold_micro_batches": "the checkpoint's split of each step is kept"}
 OPTIMIZER_FIELDS = ("learning_rate", "scheduler", "warmup_steps", "min_lr_ratio", "weight_decay", "adam_beta1",
                     "adam_beta2", "adam_epsilon", "max_steps", "num_train_epochs")
 """The fields the restored optimizer/scheduler state would otherwise override."""

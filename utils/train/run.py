@@ -12,7 +12,9 @@ from accelerate import Accelerator
 
 from utils.checkpoint.final_model import save_final
 from utils.model.attention import attention_dropout, describe as describe_attention, head_dim
-from utils.model.loss import SupervisedLoss
+from utils.model.architectures import check_model, frozen_experts
+from utils.model.kernels import cuda_path
+from utils.model.loss import SupervisedLoss, router_of
 from utils.model.modeling import count_parameters
 from utils.monitor.plots import plot_training
 from utils.monitor.run_plan import RunPlan
@@ -20,6 +22,7 @@ from utils.parallel.fsdp import gather_dtype, shard
 from utils.sampling.example_store import ExampleStore
 from utils.sampling.planner import StepPlanner
 from utils.train.config import TrainingParams
+from utils.train.fold import choose_split
 from utils.train.optim import build_optimizer
 from utils.train.start import RunStart
 from utils.train.steps import plan_steps
@@ -61,13 +64,18 @@ class TrainRun:
 
 
 def build_run(start: RunStart, model, data: TrainData, params: TrainingParams, *, output_dir: Path,
-              run_info: dict, plan: RunPlan, label: str = "training", on_eval=None) -> TrainRun:
-    """Plan the steps, build optimizer and schedule, prepare them with the model (FSDP2 over every rank when the
-    run is sharded, else accelerate: DDP or one process); the derived numbers go into ``plan``. ``model`` is ready
-    to train (``start.ready_to_train``)."""
+              run_info: dict, plan: RunPlan, label: str = "training", on_eval=None,
+              resumed: dict | None = None) -> TrainRun:
+    """Split each step for the device (``fold.choose_split``; ``resumed``: the training state of the checkpoint the
+    run continues, whose split it keeps), plan the steps, build optimizer and schedule, prepare them with the model
+    (FSDP2 over every rank when the run is sharded, else accelerate: DDP or one process); the derived numbers go
+    into ``plan``. ``model`` is ready to train (``start.ready_to_train``)."""
     accelerator, sharded = start.accelerator, start.sharding == "fsdp2"
     world = accelerator.num_processes
-    planner, total_steps, steps_from = plan_steps(data.stores, data.weights, params, world, data.longest)
+    split = choose_split(params, model, accelerator.device, world, world if sharded else 1, resumed,
+                         cuda_path(accelerator.device))
+    planned = split.params
+    planner, total_steps, steps_from = plan_steps(data.stores, data.weights, planned, world, data.longest)
     loss_module = SupervisedLoss(model, num_sources=max(len(data.stores), len(data.val_stores)))
     if sharded:
         loss_module = shard(loss_module.to(accelerator.device), accelerator.device, start.reshard_after_forward,
@@ -76,7 +84,8 @@ def build_run(start: RunStart, model, data: TrainData, params: TrainingParams, *
     else:
         optimizer, scheduler = build_optimizer(loss_module, params, total_steps)
         loss_module, optimizer = accelerator.prepare(loss_module, optimizer)
-    _describe(plan, params, world, total_steps, steps_from, model, accelerator.device)
+    _describe(plan, planned, world, total_steps, steps_from, model, accelerator.device)
+    plan.add("micro-batch split", f"{split.factor} configured micro-batch(es) per device pass", split.why)
     kind = "fused" if optimizer.defaults.get("fused") else "foreach" if optimizer.defaults.get("foreach") else "for-loop"
     plan.add("optimizer", f"AdamW, {kind}", "fused where torch has it for every trainable tensor")
     if sharded:
@@ -89,7 +98,9 @@ def build_run(start: RunStart, model, data: TrainData, params: TrainingParams, *
                  "training_params.bf16 on the CUDA path" if gather else "training_params (bf16 gathers: CUDA path)")
         plan.add("checkpoints", "full state dicts keyed by name (resume on any world size)", "this trainer")
     return TrainRun(accelerator, loss_module, optimizer, scheduler, planner, data.stores, data.val_stores, params,
-                    total_steps, output_dir, {**run_info, "plan": plan.as_dict()}, start_time=time.perf_counter(),
+                    total_steps, output_dir, {**run_info, "plan": plan.as_dict(),
+                                              "micro_batch_split": split.record},
+                    start_time=time.perf_counter(),
                     label=label, on_eval=on_eval, sharded=sharded,
                     pin_memory=params.dataloader_pin_memory and accelerator.device.type == "cuda")
 
@@ -113,14 +124,24 @@ def _describe(plan: RunPlan, params: TrainingParams, world: int, total_steps: in
     plan.add("trainable parameters", trainable, "LoRA adapter" if hasattr(model, "peft_config") else "full model")
     if hasattr(model, "peft_config"):
         targets = sorted(model.peft_config["default"].target_modules)
-        plan.add("LoRA targets", ", ".join(targets), "lora_config.target_modules (absent: every attention and "
-                 f"MLP layer of {model.config.model_type})")
+        plan.add("LoRA targets", ", ".join(targets), "lora_config.target_modules (absent: every linear layer of "
+                 f"the {model.config.model_type} decoder)")
+        frozen = frozen_experts(model)
+        if frozen:
+            plan.add("MoE experts", f"{frozen:,} weights of fused experts frozen (not linear layers)", "LoRA")
+    if router_of(model):
+        plan.add("router auxiliary loss", f"x {router_of(model).coef:g}, per example, logged as router_aux_loss",
+                 "config router_aux_loss_coef")
+    verdict = check_model(model)
+    plan.add("packed == alone", verdict.describe(), "start-up check (utils/model/packing_check.py)")
     plan.add("total parameters", total, "model")
     plan.add("precision", "bf16" if params.bf16 else "fp16" if params.fp16 else "fp32", "training_params")
     plan.add("attention", describe_attention(device, bool(params.bf16 and params.attention_fp32),
                                              _attention_dtype(params, model), head_dim(model.config),
-                                             attention_dropout(model.config)),
+                                             attention_dropout(model.config), verdict.slow_features()),
              f"packed rows on {device.type} (training_params.attention_fp32)")
+    plan.add("torch.compile", "every decoder layer (inductor), packed attention eager" if params.compile else "off",
+             "training_params.compile")
     if params.dataloader_pin_memory:
         plan.add("pinned batches", "yes" if device.type == "cuda" else "no: nothing is copied to a device on the CPU",
                  "training_params.dataloader_pin_memory" + ("" if device.type == "cuda" else " (ignored here)"))

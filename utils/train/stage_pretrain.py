@@ -66,7 +66,7 @@ def run_pretraining(cfg: PretrainConfig, inputs: PretrainInputs) -> str | None:
                          [s for s in [val] + [d.val for d in dirs] if len(s)],
                          max([cfg.data.sequence_length] + [int(d.manifest["sequence_length"]) for d in dirs]))
         run = build_run(start, model, data, params, output_dir=output_dir, run_info=run_info, plan=plan,
-                        label="pre-training")
+                        label="pre-training", resumed=checkpoint.saved if checkpoint else None)
         state = restore(run, checkpoint)
         if main:
             print(plan.render(), flush=True)

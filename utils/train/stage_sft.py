@@ -63,7 +63,7 @@ def run_sft(cfg: SFTTrainingConfig, inputs: SFTInputs) -> str | None:
                                output_dir / SAMPLES) if cfg.evaluation_config.eval_prompts else None
         data = TrainData([d.train for d in corpora.dirs], corpora.weights, corpora.val_stores, corpora.longest)
         run = build_run(start, model, data, params, output_dir=output_dir, run_info=run_info, plan=plan,
-                        label="sft", on_eval=samples)
+                        label="sft", on_eval=samples, resumed=checkpoint.saved if checkpoint else None)
         state = restore(run, checkpoint)
         if main:
             _drop_samples_after(output_dir / SAMPLES, state.step)

@@ -14,8 +14,10 @@ from utils.data.fingerprint import tokenizer_fingerprint
 from utils.data.tokenizer import hf_dir_for, load_tokenizer
 from utils.model.architectures import check_model, default_lora_targets
 from utils.model.attention import use_packed_attention
+from utils.model.compiled import compile_layers
 from utils.monitor.trackers import make_trackers
 from utils.parallel.accelerator import make_accelerator
+from utils.parallel.fsdp import decoder_layers
 from utils.parallel.lora import LoraSettings, apply_lora
 from utils.train.cli import RunInputs
 from utils.train.config import TrainingParams
@@ -86,10 +88,11 @@ def _own_policy(accelerator: Accelerator, plugin) -> bool:
 
 
 def ready_to_train(model, lora: LoraSettings | None, params: TrainingParams, where: str):
-    """Refuse an unsupported architecture; wrap LoRA, targeting every attention and MLP layer of the
-    architecture when ``lora.target_modules`` is left out; switch on packed attention and, when asked, gradient
-    checkpointing. Returns the model and the LoRA settings as applied (targets filled in), which the run
-    records, so a resume compares the layers actually adapted."""
+    """Refuse an architecture that cannot train packed (the start-up check, cached per type); wrap LoRA, targeting
+    every linear layer of the model's decoder when ``lora.target_modules`` is left out; switch on packed attention
+    and, when asked, gradient checkpointing and torch.compile of every decoder layer. Returns the model and the LoRA
+    settings as applied (targets filled in), which the run records, so a resume compares the layers actually
+    adapted."""
     check_model(model, where)
     if lora is not None:
         if lora.target_modules is None:
@@ -100,4 +103,6 @@ def ready_to_train(model, lora: LoraSettings | None, params: TrainingParams, whe
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if hasattr(model, "enable_input_require_grads"):
             model.enable_input_require_grads()
+    if params.compile:
+        compile_layers(decoder_layers(model))
     return model, lora
