@@ -1,14 +1,15 @@
 """The pre-training / CPT stage, top to bottom: start → lengths against the model → the checkpoint to resume →
-claim the output → data (token windows of the text, and prepared SFT corpora mixed in) → model → plan →
-restore → fit → final/ (a merged, plain HF model).
+the prepared text verified → claim the output → data (token windows of the text, and prepared SFT corpora mixed
+in) → model → plan → restore → fit → final/ (a merged, plain HF model).
 
 The text is a prepared text corpus (--data_dirs, scripts/01_prepare_text_corpus.py: verified like 03's corpora,
-tokenizer hash and every shard's sha256), or the config's data.sources tokenized here by the main process while
-the other ranks wait: a convenience for small corpora, said so in the run plan. Those token streams are cached
-in the output directory, so it is claimed before the data is read.
+tokenizer hash and every shard's sha256, before the output is claimed), or the config's data.sources tokenized
+here by the main process while the other ranks wait: a convenience for small corpora, said so in the run plan.
+Those token streams are cached in the output directory, so it is claimed before they are built.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from pathlib import Path
 from types import SimpleNamespace
@@ -49,8 +50,11 @@ def run_pretraining(cfg: PretrainConfig, inputs: PretrainInputs) -> str | None:
     _check_lengths(cfg, inputs)
     checkpoint, _ = find_checkpoint(inputs.resume_from_checkpoint, output_dir, main)
     supervised_dirs = [s.data_dir for s in cfg.data.supervised]
-    with reading(supervised_dirs + inputs.data_dirs), own_output(accelerator, inputs, "pretrain"):
-        train, val, stats = _windows(cfg, inputs, start)
+    with contextlib.ExitStack() as held:
+        held.enter_context(reading(supervised_dirs + inputs.data_dirs))  # a prepare --force waits for this run
+        prepared = _prepared_streams(inputs.data_dirs, start.fingerprint) if inputs.data_dirs else None
+        held.enter_context(own_output(accelerator, inputs, "pretrain"))  # claimed after the data is verified
+        train, val, stats = _windows(cfg, inputs, start, prepared)
         supervised = cfg.data.supervised
         corpora = load_corpora(supervised_dirs, start.fingerprint, accelerator) if supervised else None
         dirs = corpora.dirs if corpora else []
@@ -83,11 +87,11 @@ def run_pretraining(cfg: PretrainConfig, inputs: PretrainInputs) -> str | None:
             f"{state.tokens_seen:,} tokens\nfinal model: {final}")
 
 
-def _windows(cfg: PretrainConfig, inputs: PretrainInputs, start: RunStart):
-    """The train and val windows of the text, and their stats: the prepared corpora of --data_dirs, or the
-    config's data.sources tokenized here (token streams cached in output_dir)."""
-    if inputs.data_dirs:
-        streams, stats = _prepared_streams(inputs.data_dirs, start.fingerprint)
+def _windows(cfg: PretrainConfig, inputs: PretrainInputs, start: RunStart, prepared=None):
+    """The train and val windows of the text, and their stats: the verified streams of --data_dirs
+    (``prepared``), or the config's data.sources tokenized here (token streams cached in output_dir)."""
+    if prepared is not None:
+        streams, stats = prepared
     else:
         with start.accelerator.main_process_first():
             streams, stats = build_streams(cfg.data, start.tokenizer, start.fingerprint,
