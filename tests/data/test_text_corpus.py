@@ -3,13 +3,15 @@ processes, the same token stream as the launch's tokenization, and the reader's 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from utils.common.errors import UserError
-from utils.data.executors import LocalExecutor, make_executor
+from paths import ROOT
+from utils.data.executors import RAY_MISSING, LocalExecutor, make_executor
 from utils.data.pretrain_data import PretrainData, build_streams
 from utils.data.text_corpus import TextCorpusSpec, load_text_corpus, prepare_text_corpus
 from utils.data.text_sources import TextSource, iter_documents, partitions, read_partition
@@ -163,3 +165,32 @@ def test_ray_address_without_ray_executor_is_refused():
     with pytest.raises(UserError, match="--ray_address: only used with --executor ray"):
         make_executor("local", 1, "127.0.0.1:6379")
     assert LocalExecutor(1).describe() == "local, 1 process"
+
+
+@pytest.mark.parametrize("stem", ["01_prepare_text_corpus", "02_prepare_sft_corpus"])
+def test_executor_ray_without_ray_installed_is_one_line(stem, monkeypatch, toy_tokenizer_dir, tmp_path, capsys):
+    from reliability_helpers import error_line, script
+    from utils.common.errors import run_cli
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError, as where it is not installed
+    config = ROOT / ("config/pretrain/tiny.json" if stem.startswith("01") else "config/sft_datasets/demo.json")
+    out = tmp_path / "out"
+    assert run_cli(script(stem).main, ["--config", str(config), "--tokenizer_path", str(toy_tokenizer_dir),
+                                       "--output_dir", str(out), "--executor", "ray"]) == 2
+    assert error_line(capsys) == f"error: {RAY_MISSING}"
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("stem", ["01_prepare_text_corpus", "02_prepare_sft_corpus"])
+def test_a_ray_address_that_does_not_answer_is_one_line(stem, toy_tokenizer_dir, tmp_path, capsys):
+    from reliability_helpers import error_line, script
+    from utils.common.errors import run_cli
+
+    pytest.importorskip("ray")
+    config = ROOT / ("config/pretrain/tiny.json" if stem.startswith("01") else "config/sft_datasets/demo.json")
+    out = tmp_path / "out"
+    assert run_cli(script(stem).main, ["--config", str(config), "--tokenizer_path", str(toy_tokenizer_dir),
+                                       "--output_dir", str(out), "--executor", "ray", "--ray_address",
+                                       "127.0.0.1:9"]) == 2
+    assert error_line(capsys).startswith("error: --ray_address 127.0.0.1:9: no Ray cluster answers there (")
+    assert not out.exists()

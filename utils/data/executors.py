@@ -91,11 +91,13 @@ class RayExecutor:
         if address and address != "auto":
             check_address(address)
         self.ray, self.address = ray, address
+        self.owned = not ray.is_initialized()
+        """False where the caller had connected to Ray already: its instance is left running on close."""
         env = {"env_vars": {**ONE_THREAD, "PYTHONPATH": str(ROOT)}}
         try:
-            if address:
+            if self.owned and address:
                 ray.init(address=address, runtime_env=env, log_to_driver=False, ignore_reinit_error=True)
-            else:
+            elif self.owned:
                 ray.init(num_cpus=num_proc, runtime_env=env, include_dashboard=False, log_to_driver=False,
                          ignore_reinit_error=True)
         except (ConnectionError, RuntimeError, ValueError) as err:
@@ -110,7 +112,9 @@ class RayExecutor:
         return f"ray ({where}, {self.slots} CPU{'s' if self.slots > 1 else ''})"
 
     def map(self, fn: Callable, items: Iterable) -> Iterator:
-        remote = self._remote.setdefault(fn, self.ray.remote(num_cpus=1, max_retries=0)(fn))
+        if fn not in self._remote:
+            self._remote[fn] = self.ray.remote(num_cpus=1, max_retries=0)(fn)
+        remote = self._remote[fn]
         pending: deque = deque()
         for item in items:
             pending.append(remote.remote(item))
@@ -128,7 +132,8 @@ class RayExecutor:
             raise
 
     def close(self) -> None:
-        self.ray.shutdown()
+        if self.owned:
+            self.ray.shutdown()
 
 
 def check_address(address: str, timeout: float = 5.0) -> None:
