@@ -312,7 +312,7 @@ bench-profile: $(DEMO_TOKENIZER_STAMP) ## where one training step of the small p
 bench-qlora: $(DEMO_TOKENIZER_STAMP) $(QLORA_STAMP) ## QLoRA against LoRA (small, SmolLM2-135M): peak memory, tokens/s, loss
 	$(PY) scripts/benchmark_throughput.py --qlora
 
-bench-scaling: $(DEMO_TOKENIZER_STAMP) ## cost as the corpus grows: prepare and train 10k, 100k, 1M generated conversations -> docs/BENCHMARKS.md, docs/scaling.png
+bench-scaling: $(DEMO_TOKENIZER_STAMP) $(RAY_STAMP) ## cost as the corpus grows: prepare and train 10k, 100k, 1M generated conversations, and the text prepare stage's tokens/s with 1 and 2 processes, local and Ray -> docs/BENCHMARKS.md, docs/scaling.png
 	$(PY) scripts/benchmark_scaling.py $(SCALING_ARGS)
 
 bench-packing-check: $(STAMP) ## what the start-up packing check costs per model type, checked and cached -> docs/BENCHMARKS.md
