@@ -3,6 +3,7 @@ what they generate (``make config-docs``), and each field carries one descriptio
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,11 +47,20 @@ def _config_classes() -> list[type]:
     return sorted(seen, key=lambda c: c.__name__)
 
 
+def _referenced(hint) -> bool:
+    """The field holds a class written once elsewhere ($ref): its class docstring describes it."""
+    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    return any(arg in CONFIG_DOCS.HOMES for arg in (typing.get_args(hint) if union else (hint,)))
+
+
 @pytest.mark.parametrize("cls", _config_classes(), ids=lambda c: c.__name__)
 def test_every_field_has_one_description(cls):
-    docs = field_docstrings(cls)
-    missing = sorted({f.name for f in dataclasses.fields(cls)} - set(docs))
+    docs, hints = field_docstrings(cls), typing.get_type_hints(cls)
+    fields = [f.name for f in dataclasses.fields(cls)]
+    missing = sorted(name for name in fields if name not in docs and not _referenced(hints[name]))
     assert not missing, f"{cls.__name__}: fields without a docstring (their description): {missing}"
+    twice = sorted(name for name in fields if name in docs and _referenced(hints[name]))
+    assert not twice, f"{cls.__name__}: {twice} hold a class described by its own docstring; drop the field's copy"
 
 
 @dataclass

@@ -6,9 +6,10 @@ Schema adds (ranges, choices, patterns) is in its metadata, written with ``setti
     learning_rate: float = setting(3e-4, minimum=0)
     \"\"\"Peak learning rate of AdamW.\"\"\"
 
-A nested dataclass becomes an object inside its parent's schema, or a ``$ref`` where ``SchemaFile.defs`` gives it
-a home of its own ($defs of one schema file, or a whole file); the first paragraph of its class docstring is then
-its description, and a class attribute ``json_schema_extra`` adds keywords such as ``allOf``.
+A nested dataclass becomes an object inside its parent's schema (the field's docstring describes it), or a ``$ref``
+where ``Generator.homes`` gives it a home of its own ($defs of one schema file, or a whole file): the first paragraph
+of its class docstring is then its description, and the fields holding it carry none. A class attribute
+``json_schema_extra`` adds keywords such as ``allOf``.
 ``scripts/config_docs.py`` names the files and writes them (``make config-docs``); a test fails when a committed
 schema differs from what the dataclasses generate.
 """

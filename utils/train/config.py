@@ -170,9 +170,7 @@ class SFTTrainingConfig:
     name: str
     """Run name, used in logs and the model card."""
     training_params: TrainingParams
-    """Optimisation, batching, checkpointing and logging of the training loop shared by pre-training/CPT and SFT."""
     lora_config: LoraSettings | None = None
-    """LoRA adapter settings (peft); absent or null = full fine-tuning."""
     quantization: QuantizationParams | None = None
     """A 4-bit base under the LoRA adapter (QLoRA, bitsandbytes; pip install -r requirements-qlora.txt); needs
     lora_config. Absent or null = the base in full precision."""
@@ -200,11 +198,9 @@ class PretrainConfig:
     data: PretrainData
     """Raw text to train on: documents separated by EOS and cut into fixed-length sequences."""
     training_params: TrainingParams
-    """Optimisation, batching, checkpointing and logging of the training loop shared by pre-training/CPT and SFT."""
     model: ModelArchitecture = field(default_factory=ModelArchitecture)
     """Llama-style architecture for training from scratch (ignored with --model_path, which continues an existing
     checkpoint). The vocabulary size comes from the tokenizer."""
     lora_config: LoraSettings | None = None
-    """LoRA adapter settings (peft); absent or null = full fine-tuning."""
     description: str = ""
     """Free text."""
