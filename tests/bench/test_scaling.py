@@ -30,7 +30,8 @@ def test_small_path_prepares_and_trains_and_reports(tmp_path, toy_tokenizer_dir,
     script = load_script("benchmark_scaling")
     report, plot, out = tmp_path / "B.md", tmp_path / "s.png", tmp_path / "s.json"
     report.write_text("# Benchmarks\n")
-    code = run_cli(script.main, ["--sizes", "200", "--steps", "1", "--tokenizer_path", str(toy_tokenizer_dir),
+    code = run_cli(script.main, ["--parts", "sft", "--sizes", "200", "--steps", "1", "--tokenizer_path",
+                                 str(toy_tokenizer_dir),
                                  "--work_dir", str(tmp_path / "work"), "--report", str(report),
                                  "--plot", str(plot), "--json", str(out)])
     assert code == 0, capsys.readouterr().err
