@@ -70,7 +70,7 @@ def test_the_adapter_names_its_base_by_hub_id_when_known(tmp_path, toy_tokenizer
 def test_evaluation_and_studio_load_the_base_training_read(tmp_path, toy_tokenizer, toy_tokenizer_dir):
     from peft import PeftModel
 
-    from utils.eval.setup import load_eval_model
+    from utils.eval.models import load_eval_model
     from utils.studio.chat import base_of
 
     base = _base(tmp_path / "base", toy_tokenizer, toy_tokenizer_dir, HUB_ID)

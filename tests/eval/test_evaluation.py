@@ -21,7 +21,7 @@ from utils.data.templates import get_template
 from utils.data.tokenizer import copy_tokenizer_files
 from utils.eval.evaluation import (EvalInputs, evaluate_model, generation_metrics, read_eval_set, retention_metrics,
                               retention_store, val_metrics)
-from utils.eval.setup import load_eval_model
+from utils.eval.models import load_eval_model
 from utils.model.generation import GenerationResult
 from utils.model.generation import GenerationSettings
 from utils.sampling.example_store import load_sft_store

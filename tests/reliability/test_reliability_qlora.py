@@ -83,7 +83,7 @@ def test_sigkill_then_auto_resume_is_bit_identical(work, straight):
 def _eval_model(work, final):
     from utils.data.fingerprint import tokenizer_fingerprint
     from utils.data.tokenizer import load_tokenizer
-    from utils.eval.setup import load_eval_model
+    from utils.eval.models import load_eval_model
 
     tokenizer = load_tokenizer(work / "tokenizer")
     return load_eval_model(str(final), tokenizer, tokenizer_fingerprint(work / "tokenizer"), str(work / "tokenizer"),

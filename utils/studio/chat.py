@@ -12,7 +12,7 @@ from utils.common.errors import UserError
 from utils.data.fingerprint import tokenizer_fingerprint
 from utils.data.templates import get_template, model_type_for
 from utils.data.tokenizer import hf_dir_for, load_tokenizer
-from utils.eval.setup import load_eval_model, read_summary
+from utils.eval.models import load_eval_model, read_summary
 
 
 def find_models(root: Path, max_depth: int = 6) -> list[Path]:
