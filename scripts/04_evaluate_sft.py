@@ -25,9 +25,10 @@ from typing import Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.common.atomic import atomic_dir, check_owner, exclusive, refuse_inside  # noqa: E402
 from utils.common.cli_values import output_dir, positive_int  # noqa: E402
 from utils.common.errors import run_cli  # noqa: E402
+from utils.common.locks import exclusive  # noqa: E402
+from utils.common.publish import atomic_dir, check_owner, refuse_inside  # noqa: E402
 from utils.eval.evaluation import evaluate_model  # noqa: E402
 from utils.eval.report import build_report, render_table, write_report  # noqa: E402
 from utils.eval.setup import EvalRequest, check_lengths, load_eval_model, resolve_inputs  # noqa: E402

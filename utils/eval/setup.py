@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
-from utils.common.atomic import recover_published
 from utils.common.config import from_dict, load_config, load_eval_prompts, read_json, read_json_dict
 from utils.common.errors import UserError
+from utils.common.locks import recover_published
 from utils.data.chat_jinja import CHAT_TEMPLATE_FILE, trained_chat_template
 from utils.data.fingerprint import TOKENIZER_FILES, tokenizer_fingerprint
 from utils.data.shards import verify_data_dir

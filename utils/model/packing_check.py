@@ -23,9 +23,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from utils.common.atomic import exclusive, write_json_atomic
 from utils.common.config import read_json_dict
 from utils.common.errors import UserError, one_line
+from utils.common.locks import exclusive
+from utils.common.publish import write_json_atomic
 from utils.model import attention, attention_eager, loss, twin
 from utils.model.attention_eager import UnsupportedAttention
 

@@ -11,9 +11,9 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from utils.common.atomic import reading
 from utils.common.config import to_dict
 from utils.common.errors import UserError
+from utils.common.locks import reading
 from utils.data.pretrain_data import build_streams
 from utils.data.shards import load_manifest
 from utils.model.architectures import check_model_dir, check_positions
