@@ -13,7 +13,8 @@ import utils.model.kernels as kernels
 from scripts_loader import load_script
 from train_helpers import count_stand_in_calls, emulate_cuda_kernels, random_store, tiny_llama
 from utils.bench import gpu_model, gpu_profile, gpu_quick
-from utils.bench.gpu import Budget, run_checks, throughput_command
+from utils.bench.gpu import throughput_command
+from utils.bench.gpu_runner import Budget, run_checks
 from utils.bench.syncs import sync_reason
 from utils.common.errors import run_cli
 
@@ -262,12 +263,12 @@ def test_the_quick_checks_run_in_order_within_the_budget(tmp_path, emulate):
                                    micro_tokens=96)
     assert tuple(named) == gpu_quick.QUICK_CHECKS
     monkey = {"varlen": lambda: gpu_model.check_varlen_models("cpu", shape=SHAPE, lengths=LENGTHS)}
-    checks = run_checks(["varlen", "syncs", "profile"], tmp_path, 5, Budget(600), {**named, **monkey})
+    checks = run_checks(["varlen", "syncs", "profile"], {**named, **monkey}, Budget(600))
     assert [(c.name, c.passed) for c in checks] == [("varlen", True), ("syncs", True), ("profile", True)], \
         [c.summary for c in checks]
     assert "0.00 host-device syncs per steady-state step" in checks[1].summary and "SyncCounter" in checks[1].summary
     assert checks[2].summary.startswith("96 tokens micro-batch: attention ")
-    spent = run_checks(list(gpu_quick.QUICK_CHECKS), tmp_path, 5, Budget(4), named)
+    spent = run_checks(list(gpu_quick.QUICK_CHECKS), named, Budget(4))
     assert all(c.summary == "not run: the bench's time limit was spent" for c in spent)
 
 

@@ -7,15 +7,19 @@ then each example of the row alone, with no example bounds (plain causal SDPA, t
 example's loss (its source id is its index, so the loss's per-source sums are per example) and every parameter
 gradient must agree within a tolerance set by the autocast dtype. On a GPU the packed row goes through the varlen
 flash kernel of this torch; on the CPU, under ``SFT_EMULATE_CUDA_KERNELS``, through its stand-in, which refuses
-what the real kernel refuses (the tests run it so). The bare-tensor kernel time (utils/bench/gpu.py) stays as a
+what the real kernel refuses (the tests run it so). The bare-tensor kernel time (``time_fwd_bwd`` below) stays as a
 sub-figure: the kernel against a per-example loop at the same shapes.
 """
 from __future__ import annotations
 
+import time
+from typing import Callable
+
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from utils.bench.gpu import Check, alone, time_fwd_bwd, varlen
+from utils.bench.gpu_runner import Check
 from utils.model import attention
 from utils.model.kernels import cuda_kernel, unserved
 from utils.model.loss import SupervisedLoss
@@ -99,6 +103,59 @@ def model_line(family: str, diff: dict, dtype: torch.dtype) -> tuple[bool, str]:
     ok = diff["loss_rel"] <= limit["loss"] and diff["grad_rel"] <= limit["grad"]
     return ok, (f"{family}: loss rel {diff['loss_rel']:.1e} (<= {limit['loss']:g}), gradient rel "
                 f"{diff['grad_rel']:.1e} (<= {limit['grad']:g}, worst {diff['worst_param']})")
+
+
+# ------------------------------------------------------------------------ the kernel on bare tensors, and its time
+def alone(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bounds: list[int]) -> torch.Tensor:
+    """Reference: each example of the packed row through causal SDPA by itself. Tensors are [N, H, D]."""
+    outs = []
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        q, k, v = (t[a:b].transpose(0, 1) for t in (query, key, value))
+        outs.append(F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                                   enable_gqa=q.shape[0] != k.shape[0]).transpose(0, 1))
+    return torch.cat(outs)
+
+
+def varlen(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bounds: list[int]) -> torch.Tensor:
+    """The trainer's own packed attention on CUDA (one varlen flash call for the row, the kernel this torch
+    offers: ``attention.cuda_kernel``), causal inside each example. Tensors are [N, H, D]."""
+    q, k, v = (t.transpose(0, 1)[None] for t in (query, key, value))
+    return attention._varlen(attention.cuda_kernel(), q, k, v, torch.tensor(bounds, dtype=torch.int32), None, None)[0]
+
+
+def compare_with_alone(packed: Callable, bounds: list[int], heads: int = 8, kv_heads: int = 4, dim: int = 64,
+                       device: str = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0) -> dict:
+    """Largest differences of output and input gradients between ``packed`` and ``alone``."""
+    gen = torch.Generator().manual_seed(seed)
+    n = bounds[-1]
+    shapes = ((n, heads, dim), (n, kv_heads, dim), (n, kv_heads, dim))
+    base = [torch.randn(s, generator=gen).to(device, dtype) for s in shapes]
+    grad = torch.randn((n, heads, dim), generator=gen).to(device, dtype)
+    results = []
+    for fn in (packed, alone):
+        inputs = [t.clone().requires_grad_(True) for t in base]
+        out = fn(*inputs, bounds)
+        out.backward(grad)
+        results.append((out.detach().float(), [t.grad.float() for t in inputs]))
+    (out_p, grads_p), (out_a, grads_a) = results
+    return {"max_abs_out": float((out_p - out_a).abs().max()),
+            "max_abs_grad": max(float((gp - ga).abs().max()) for gp, ga in zip(grads_p, grads_a)),
+            "scale": float(out_a.abs().max())}
+
+
+def time_fwd_bwd(fn: Callable, bounds: list[int], device: str, dtype: torch.dtype, repeats: int = 20) -> float:
+    """Median seconds of one forward+backward of ``fn`` over a packed row."""
+    n = bounds[-1]
+    q = torch.randn(n, 12, 64, device=device, dtype=dtype, requires_grad=True)
+    k, v = (torch.randn(n, 12, 64, device=device, dtype=dtype, requires_grad=True) for _ in range(2))
+    times = []
+    for _ in range(repeats + 3):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn(q, k, v, bounds).sum().backward()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return sorted(times[3:])[len(times[3:]) // 2]
 
 
 def check_varlen_models(device: str = "cuda", dtype: torch.dtype = torch.bfloat16, shape: dict | None = None,
