@@ -5,7 +5,8 @@ switched to the trainer's packed attention (``attention.use_packed_attention``, 
 row through the trainer's own loss (``SupervisedLoss``) under ``torch.autocast`` in bf16, forward and backward;
 then each example of the row alone, with no example bounds (plain causal SDPA, the padded-batch path). Each
 example's loss (its source id is its index, so the loss's per-source sums are per example) and every parameter
-gradient must agree within a tolerance set by the autocast dtype. On a GPU the packed row goes through the varlen
+gradient must agree within a tolerance set by the autocast dtype, judged by the packing check's own comparison
+(``packing_check.compare``: a tensor's largest difference against the reference's largest magnitude). On a GPU the packed row goes through the varlen
 flash kernel of this torch; on the CPU, under ``SFT_EMULATE_CUDA_KERNELS``, through its stand-in, which refuses
 what the real kernel refuses (the tests run it so). The bare-tensor kernel time (``time_fwd_bwd`` below) stays as a
 sub-figure: the kernel against a per-example loop at the same shapes.
@@ -20,16 +21,17 @@ import torch
 import torch.nn.functional as F
 
 from utils.bench.gpu_runner import Check
-from utils.model import attention
+from utils.model import attention, packing_check
 from utils.model.kernels import cuda_kernel, unserved
 from utils.model.loss import SupervisedLoss
 from utils.sampling.packing import pack
 
 FAMILIES = ("llama", "qwen2")
 TOLERANCE = {torch.bfloat16: {"loss": 5e-3, "grad": 5e-2}, torch.float16: {"loss": 5e-3, "grad": 1e-2},
-             torch.float32: {"loss": 1e-4, "grad": 1e-4}}
-"""Largest relative differences allowed, packed against alone: of an example's loss, and of a parameter's
-gradient (norm of the difference over the norm of the reference); bf16 keeps 8 bits of mantissa."""
+             torch.float32: {"loss": packing_check.RTOL, "grad": packing_check.RTOL}}
+"""Largest relative differences allowed, packed against alone (``packing_check.compare``: the largest difference
+over the reference's largest magnitude): of the examples' losses, and of each parameter's gradient; bf16 keeps 8
+bits of mantissa. float32's are the packing check's own (``packing_check.RTOL``)."""
 GPU_SHAPE = {"hidden": 256, "layers": 2, "heads": 4, "kv_heads": 2, "vocab": 512}  # head_dim 64: the kernel's
 GPU_LENGTHS = (37, 263, 1, 511, 688, 548)
 
@@ -60,49 +62,49 @@ def _examples(lengths, vocab: int, seed: int) -> list[tuple[np.ndarray, np.ndarr
     return out
 
 
-def _losses_and_grads(model, batches, num_sources: int, device, dtype) -> tuple[torch.Tensor, dict]:
-    """Per-example loss sums and parameter gradients over ``batches`` (PackedBatch, bounds or None)."""
+def _losses_and_grads(model, batches, num_sources: int, device, dtype) -> dict:
+    """Per-example loss sums, the router's auxiliary loss and parameter gradients over ``batches`` (PackedBatch,
+    bounds or None), as ``packing_check.compare`` takes them."""
     loss_module = SupervisedLoss(model, num_sources)
     model.zero_grad(set_to_none=True)
-    per_example = torch.zeros(num_sources, dtype=torch.float64)
+    per_example, aux = torch.zeros(num_sources, dtype=torch.float64), torch.zeros((), dtype=torch.float64)
     for batch, bounds in batches:
         inputs = batch.to(device).loss_inputs()[:-1]
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
             loss_sum, parts = loss_module(*inputs, bounds)
         loss_sum.backward()
-        per_example += parts[:num_sources].detach().double().cpu()  # parts: per-source sums, then loss and aux
+        parts = parts.detach().double().cpu()  # per-source sums, then loss and aux
+        per_example, aux = per_example + parts[:num_sources], aux + parts[-1]
     grads = {name: p.grad.detach().double().cpu() for name, p in model.named_parameters() if p.grad is not None}
-    return per_example, grads
+    return {"losses": per_example, "aux": aux, "grads": grads}
 
 
 def packed_vs_alone(model, lengths, device: torch.device | str = "cpu", dtype: torch.dtype = torch.bfloat16,
                     seed: int = 0) -> dict:
-    """One packed row against each example alone through ``model`` on the trainer's packed attention:
-    the largest relative difference of an example's loss and of a parameter's gradient."""
+    """One packed row against each example alone through ``model`` on the trainer's packed attention, judged
+    by the packing check's comparison at ``dtype``'s tolerance: ``problem`` (None: they agree) and the largest
+    relative difference of an example's loss and of a parameter's gradient."""
     device = torch.device(device)
     model = model.to(device).train()
     attention.use_packed_attention(model)
     examples = _examples(lengths, model.config.vocab_size, seed)
     row = pack(examples)
-    packed_loss, packed_grads = _losses_and_grads(model, [(row, row.cu_seq_lens)], len(examples), device, dtype)
-    alone_loss, alone_grads = _losses_and_grads(model, [(pack([e]), None) for e in examples], len(examples),
-                                                device, dtype)
-    if set(packed_grads) != set(alone_grads) or not packed_grads:
-        raise RuntimeError("packed and alone runs gave gradients to different parameters")
-    loss_rel = ((packed_loss - alone_loss).abs() / alone_loss.abs().clamp_min(1e-6)).max()
-    grad_rel = {name: float((packed_grads[name] - g).norm() / g.norm().clamp_min(1e-12))
-                for name, g in alone_grads.items()}
-    worst = max(grad_rel, key=grad_rel.get)
-    return {"loss_rel": float(loss_rel), "grad_rel": grad_rel[worst], "worst_param": worst,
-            "tokens": row.num_tokens, "examples": len(examples)}
+    packed = _losses_and_grads(model, [(row, row.cu_seq_lens)], len(examples), device, dtype)
+    alone = _losses_and_grads(model, [(pack([e]), None) for e in examples], len(examples), device, dtype)
+    if not packed["grads"]:
+        raise RuntimeError("no parameter received a gradient")
+    limit = TOLERANCE[dtype]
+    return {"problem": packing_check.compare(packed, alone, limit["loss"], limit["grad"]),
+            **packing_check.relative_differences(packed, alone), "tokens": row.num_tokens,
+            "examples": len(examples)}
 
 
 def model_line(family: str, diff: dict, dtype: torch.dtype) -> tuple[bool, str]:
     """Whether ``diff`` is within the tolerance of ``dtype``, and its line in the report."""
     limit = TOLERANCE[dtype]
-    ok = diff["loss_rel"] <= limit["loss"] and diff["grad_rel"] <= limit["grad"]
-    return ok, (f"{family}: loss rel {diff['loss_rel']:.1e} (<= {limit['loss']:g}), gradient rel "
-                f"{diff['grad_rel']:.1e} (<= {limit['grad']:g}, worst {diff['worst_param']})")
+    line = (f"{family}: loss rel {diff['loss_rel']:.1e} (<= {limit['loss']:g}), gradient rel "
+            f"{diff['grad_rel']:.1e} (<= {limit['grad']:g}, worst {diff['worst_param']})")
+    return diff["problem"] is None, line + (f": {diff['problem']}" if diff["problem"] else "")
 
 
 # ------------------------------------------------------------------------ the kernel on bare tensors, and its time
