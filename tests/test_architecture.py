@@ -115,3 +115,71 @@ def test_modules_stay_short():
 def test_tests_mirror_every_package():
     missing = [p for p in PACKAGES if not (ROOT / "tests" / p).is_dir() or not any((ROOT / "tests" / p).glob("test_*.py"))]
     assert not missing, f"packages without a tests/<package>/ folder of tests: {missing}"
+
+
+def import_graph(bases=("utils", "scripts")) -> dict[str, dict[str, int]]:
+    """{module: {module it imports: line}} over the project's modules, imports at any depth (a deferred import
+    closes a circle as surely as one at the top); ``from package import name`` counts as the module ``name``
+    where ``package.name`` is one."""
+    files = {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
+             for base in bases for p in sorted((ROOT / base).rglob("*.py"))}
+    graph: dict[str, dict[str, int]] = {}
+    for name, path in files.items():
+        edges = graph.setdefault(name, {})
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1]) if node.level else ""
+                module = ".".join(filter(None, (base, node.module)))
+                targets = [f"{module}.{a.name}" if f"{module}.{a.name}" in files else module for a in node.names]
+            else:
+                continue
+            for target in targets:
+                if target in files and target != name:
+                    edges.setdefault(target, node.lineno)
+    return graph
+
+
+def import_circles(graph: dict[str, dict[str, int]]) -> list[list[str]]:
+    """The strongly connected groups of more than one module (Tarjan), each as a list of modules."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    circles = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for nxt in graph.get(node, {}):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            group = []
+            while not group or group[-1] != node:
+                group.append(stack.pop())
+            if len(group) > 1:
+                circles.append(sorted(group))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return circles
+
+
+def test_import_circles_are_found():
+    graph = {"a": {"b": 1}, "b": {"c": 3}, "c": {"a": 5}, "d": {"a": 2}}
+    assert import_circles(graph) == [["a", "b", "c"]]
+    assert import_circles({"a": {"b": 1}, "b": {}}) == []
+
+
+def test_no_two_modules_import_each_other():
+    """No import circle among the project's modules, directly or through others, deferred imports included."""
+    graph = import_graph()
+    found = ["; ".join(f"{m}:{line} -> {n}" for m in group for n, line in graph[m].items() if n in group)
+             for group in import_circles(graph)]
+    assert not found, "import circles (module:line -> what it imports):\n" + "\n".join(found)

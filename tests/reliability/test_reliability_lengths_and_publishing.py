@@ -160,7 +160,7 @@ def test_a_kill_between_the_two_renames_loses_nothing_the_next_reader_restores_i
 
 
 def test_the_swap_publishes_in_one_step_where_the_os_can(tmp_path):
-    from utils.common import atomic
+    from utils.common import publish
 
     final, tmp = tmp_path / "out", tmp_path / ".out.tmp-1"
     final.mkdir()
@@ -168,12 +168,12 @@ def test_the_swap_publishes_in_one_step_where_the_os_can(tmp_path):
     tmp.mkdir()
     (tmp / "v").write_text("new")
     swaps = []
-    real = atomic._exchange
-    atomic._exchange = lambda a, b: swaps.append((a, b)) or real(a, b)
+    real = publish._exchange
+    publish._exchange = lambda a, b: swaps.append((a, b)) or real(a, b)
     try:
-        atomic.publish_dir(tmp, final)
+        publish.publish_dir(tmp, final)
     finally:
-        atomic._exchange = real
+        publish._exchange = real
     assert swaps == [(tmp, final)]
     assert (final / "v").read_text() == "new" and not tmp.exists() and sorted(os.listdir(tmp_path)) == ["out"]
 
@@ -264,17 +264,17 @@ def test_a_failed_gguf_conversion_leaves_no_lock_beside_the_users_file(tmp_path)
 
 
 def test_a_lock_that_cannot_be_written_names_the_parent(tmp_path, monkeypatch):
-    from utils.common import atomic
+    from utils.common import locks
     from utils.common.errors import UserError
 
     def read_only(path, *args):
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(atomic.os, "open", read_only)
-    monkeypatch.setattr(atomic.os, "access", lambda path, mode: False)
+    monkeypatch.setattr(locks.os, "open", read_only)
+    monkeypatch.setattr(locks.os, "access", lambda path, mode: False)
     out = tmp_path / "out"
     with pytest.raises(UserError) as err:
-        with atomic.exclusive(out):
+        with locks.exclusive(out):
             pass
     assert str(err.value) == (f"--output_dir {out}: its lock file goes beside it, in {tmp_path}, which is not writable "
                               f"(Permission denied); make {tmp_path} writable or choose a --output_dir in a writable "

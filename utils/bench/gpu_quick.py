@@ -18,10 +18,11 @@ from typing import Callable
 
 import torch
 
-from utils.bench.gpu import LAUNCHERS, Budget, Check, check_resume, check_throughput
+from utils.bench.gpu import LAUNCHERS, check_resume, check_throughput
 from utils.bench.gpu_model import check_varlen_models
 from utils.bench.gpu_profile import (MICRO_TOKENS, check_syncs, profile_line, profile_split, size_name,
                                      tokens_line, tokens_per_second)
+from utils.bench.gpu_runner import Budget, Check
 from utils.bench.scaling import ROOT
 
 QUICK_CHECKS = ("varlen", "syncs", "profile", "tokens", "throughput", "resume", "fsdp2")

@@ -32,9 +32,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from utils.common.atomic import fsync_tree, publish_dir, write_failure
 from utils.common.errors import UserError, one_line
 from utils.common.hashing import sha256_file
+from utils.common.publish import fsync_tree, publish_dir, write_failure
 from utils.model.modeling import load_weights_into
 from utils.parallel.state_dict import lm_state_dict, load_optimizer, optimizer_state, unwrap_lm
 

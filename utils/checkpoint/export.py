@@ -19,8 +19,9 @@ import torch
 
 from utils.checkpoint.hub import hub_id_of
 from utils.checkpoint.model_card import CardFacts, data_sources, model_card
-from utils.common.atomic import atomic_dir, check_owner, exclusive, recover_published, refuse_inside
 from utils.common.errors import UserError
+from utils.common.locks import exclusive, recover_published
+from utils.common.publish import atomic_dir, check_owner, refuse_inside
 from utils.data.chat_jinja import write_trained_template
 from utils.data.tokenizer import copy_tokenizer_files
 from utils.model.modeling import load_model

@@ -12,9 +12,9 @@ import platform
 import re
 from pathlib import Path
 
-from utils.common.atomic import write_json_atomic, write_text_atomic
 from utils.common.config import to_dict
 from utils.common.markdown import markdown_table
+from utils.common.publish import write_json_atomic, write_text_atomic
 from utils.data.fingerprint import tokenizer_fingerprint
 from utils.data.messages import TOOL_USE_KEYS
 from utils.data.mixture import achieved_ratios

@@ -26,10 +26,11 @@ from typing import Iterable, Iterator
 
 from tqdm import tqdm
 
-from utils.common.atomic import atomic_dir, exclusive
 from utils.common.config import load_config
 from utils.common.config_schema import setting
 from utils.common.errors import UserError
+from utils.common.locks import exclusive
+from utils.common.publish import atomic_dir
 from utils.data.conversations import Conversation, RawText, Skip, check_dataset, iter_conversations
 from utils.data.data_card import build_manifest, print_summary, write_reports
 from utils.data.dataset_entry import NAME_PATTERN, DatasetSpec

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.common.atomic import recover_published
 from utils.common.errors import UserError
 from utils.common.hashing import sha256_file
+from utils.common.locks import recover_published
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"

@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from utils.common.atomic import atomic_dir, exclusive, write_json_atomic, write_text_atomic
+from utils.common.locks import exclusive
+from utils.common.publish import atomic_dir, write_json_atomic, write_text_atomic
 from utils.common.errors import UserError
 from utils.common.markdown import markdown_table
 from utils.data.data_card import code_fence, library_versions, tokenizer_metadata

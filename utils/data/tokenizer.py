@@ -19,9 +19,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from utils.common.atomic import atomic_dir, exclusive
 from utils.common.config_schema import setting
 from utils.common.errors import UserError, check_readable, one_line
+from utils.common.locks import exclusive
+from utils.common.publish import atomic_dir
 from utils.data.fingerprint import TOKENIZER_FILES, tokenizer_fingerprint
 from utils.data.text_sources import TextSource, iter_documents
 from utils.model.gguf import hf_dir_for_gguf

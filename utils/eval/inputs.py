@@ -10,9 +10,9 @@ from pathlib import Path
 
 import torch
 
-from utils.common.atomic import recover_published
 from utils.common.config import from_dict, load_config, load_eval_prompts, read_json
 from utils.common.errors import UserError
+from utils.common.locks import recover_published
 from utils.data.chat_jinja import CHAT_TEMPLATE_FILE, trained_chat_template
 from utils.data.fingerprint import tokenizer_fingerprint
 from utils.data.shards import verify_data_dir

@@ -6,8 +6,8 @@ import json
 from datetime import datetime, timezone
 from pathlib import Path
 
-from utils.common.atomic import write_json_atomic, write_text_atomic
 from utils.common.markdown import markdown_table
+from utils.common.publish import write_json_atomic, write_text_atomic
 from utils.eval.evaluation import SCALARS, ModelEval
 from utils.eval.metrics import difference
 

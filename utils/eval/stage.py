@@ -8,7 +8,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from utils.common.atomic import atomic_dir, check_owner, exclusive, refuse_inside
+from utils.common.locks import exclusive
+from utils.common.publish import atomic_dir, check_owner, refuse_inside
 from utils.eval.evaluation import EvalInputs, ModelEval, evaluate_model
 from utils.eval.models import check_lengths, load_eval_model
 from utils.eval.report import build_report, render_table, write_report

@@ -25,8 +25,9 @@ import struct
 import sys
 from pathlib import Path
 
-from utils.common.atomic import atomic_dir, exclusive
 from utils.common.errors import UserError, one_line
+from utils.common.locks import exclusive
+from utils.common.publish import atomic_dir
 
 SOURCE_FILE = "gguf_source.json"
 _PACKAGE_DIRS = {"site-packages", "dist-packages"}

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from utils.common.atomic import recover_published
 from utils.common.config_schema import setting
 from utils.common.errors import UserError, check_readable
+from utils.common.locks import recover_published
 from utils.model.gguf import hf_dir_for_gguf
 
 # peft reads a property transformers 5 deprecated; the warning says nothing a user can act on.

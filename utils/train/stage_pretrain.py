@@ -17,9 +17,9 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from utils.common.atomic import reading
 from utils.common.config import to_dict
 from utils.common.errors import UserError
+from utils.common.locks import reading
 from utils.data.pretrain_data import StreamStats, build_streams
 from utils.data.shards import load_manifest
 from utils.data.text_corpus import load_text_corpus

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import torch
 
-from utils.common.atomic import reading, write_text_atomic
 from utils.common.config import to_dict
+from utils.common.locks import reading
+from utils.common.publish import write_text_atomic
 from utils.data.templates import get_template
 from utils.model.generation import generate_responses
 from utils.model.architectures import check_positions
