@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from utils.checkpoint.gguf_export import check_convertible, converter_dir, export_gguf
 from utils.checkpoint.hub import hub_id_of
 from utils.checkpoint.model_card import CardFacts, data_sources, model_card
 from utils.common.atomic import atomic_dir, check_owner, exclusive, recover_published, refuse_inside
@@ -190,9 +191,6 @@ def export_model(model_path: str | Path, output_dir: str | Path, options: Export
 
 def gguf_tools(types: list[str]) -> Path | None:
     """llama.cpp's converter directory when GGUF files are asked for."""
-    # the GGUF step is optional and its module reads the converter's files; deferred so plain exports skip it
-    from utils.checkpoint.gguf_export import converter_dir
-
     return converter_dir() if types else None
 
 
@@ -211,8 +209,6 @@ def _export(final: FinalDir, base, report: Path | None, out: Path, options: Expo
     dtype, why = export_dtype(final, options.dtype)
     model = load_merged(final, base) if base else load_model(str(final.path))
     if llama_cpp is not None:
-        from utils.checkpoint.gguf_export import check_convertible  # deferred with the GGUF step (gguf_tools)
-
         check_convertible(model.config, llama_cpp)
     model = model.to(DTYPES[dtype]).eval()
     base_id = options.base_model_id or hub_id_of(final.summary.get("model_path")) or hub_id_of(base)
@@ -228,8 +224,6 @@ def _export(final: FinalDir, base, report: Path | None, out: Path, options: Expo
                           options.license or "unknown", result.quantization,
                           _read_json(report) if report else None, data_sources(final.summary))
         if llama_cpp is not None:
-            from utils.checkpoint.gguf_export import export_gguf  # deferred with the GGUF step (gguf_tools)
-
             result.gguf, facts.gguf = export_gguf(tmp, out.name, options.gguf, final.summary, llama_cpp)
         (tmp / "README.md").write_text(model_card(facts), encoding="utf-8")
     return result
