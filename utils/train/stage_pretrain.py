@@ -6,6 +6,7 @@ The token streams are cached in the output directory, so it is claimed before th
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -49,7 +50,8 @@ def run_pretraining(cfg: PretrainConfig, inputs: PretrainInputs) -> str | None:
         supervised = cfg.data.supervised
         corpora = load_corpora(supervised_dirs, start.fingerprint, accelerator) if supervised else None
         dirs = corpora.dirs if corpora else []
-        model, base_sha256 = _model(cfg, inputs, start)
+        model, base_sha256, lora = _model(cfg, inputs, start)
+        cfg = dataclasses.replace(cfg, lora_config=lora)  # with the layers it adapts, as the run records them
         plan = _plan(cfg, inputs, train, val, stats)
         for d, source in zip(dirs, supervised):
             plan.add(f"supervised {d.path.name}", f"{len(d.train):,} examples, weight {source.weight}",
@@ -122,7 +124,8 @@ def _check_lengths(cfg: PretrainConfig, inputs: PretrainInputs) -> None:
 
 
 def _model(cfg: PretrainConfig, inputs: PretrainInputs, start: RunStart):
-    """The model ready to train, and the fingerprint of the weights LoRA (CPT) adapts."""
+    """The model ready to train, the fingerprint of the weights LoRA (CPT) adapts, and the LoRA settings with the
+    layers it adapts (None for full training)."""
     where = inputs.model_path or "preset"
     if inputs.model_path:
         model = load_model(inputs.model_path, trust_remote_code=inputs.trust_remote_code)
@@ -130,5 +133,5 @@ def _model(cfg: PretrainConfig, inputs: PretrainInputs, start: RunStart):
         model = build_model(cfg.model, start.tokenizer, cfg.training_params.seed)
     check_vocab_fits(model, start.tokenizer, where, inputs.tokenizer_path)
     base_sha256 = weights_fingerprint(model) if inputs.model_path else None
-    model, cfg.lora_config = ready_to_train(model, cfg.lora_config, cfg.training_params, where)
-    return model, base_sha256
+    model, lora = ready_to_train(model, cfg.lora_config, cfg.training_params, where)
+    return model, base_sha256, lora
