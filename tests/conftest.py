@@ -16,7 +16,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 TIERS = {
     "e2e": ("e2e/", "demo/", "studio/test_studio_browser.py", "model/test_gguf_smollm2.py"),
     "distributed": ("parallel/test_fsdp2.py", "reliability/test_reliability_preemption.py",
-                    "reliability/test_reliability_resume.py", "train/test_host_syncs.py"),
+                    "reliability/test_reliability_resume.py", "train/test_host_syncs.py",
+                    "parallel/test_ray_prepare.py"),
     "stage": ("reliability/",),
 }
 """Test tiers by file (the first match wins, anything else is ``unit``): ``make test-fast`` runs unit and stage,
@@ -29,7 +30,7 @@ whatever its file."""
 TIER_NAMES = {"unit": "fast tests of one module, toy tokenizers",
               "stage": "one stage driven in process on a tiny model",
               "e2e": "scripts run as a user runs them, or a real model",
-              "distributed": "several processes (torchrun, gloo)"}
+              "distributed": "several processes (torchrun, gloo, a local Ray instance)"}
 
 
 def pytest_configure(config) -> None:

@@ -208,7 +208,9 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 
 OWNER_FILE = ".sft-pipeline-owner"
 """Written into every directory a stage creates: JSON naming the stage kind that owns it."""
-KINDS = {"prepare": "a prepared corpus (02_prepare_sft_corpus.py)", "pretrain": "a pre-training run (01_pretrain.py)",
+KINDS = {"prepare": "a prepared corpus (02_prepare_sft_corpus.py)",
+         "prepare_text": "a prepared text corpus (01_prepare_text_corpus.py)",
+         "pretrain": "a pre-training run (01_pretrain.py)",
          "sft": "an SFT run (03_sft_industrial.py)", "final": "a trained model (final/ of a training run)",
          "eval": "an evaluation report (04_evaluate_sft.py)", "export": "an exported model (05_export_model.py)"}
 _SIGNATURES = {"prepare": ("manifest.json", "DATA_CARD.md"), "export": ("README.md", "training_summary.json"),

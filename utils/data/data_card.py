@@ -157,7 +157,7 @@ def write_histogram(path: Path, lengths, sequence_length: int) -> None:
     plt.close(fig)
 
 
-def _fence(text: str) -> str:
+def code_fence(text: str) -> str:
     """A backtick fence longer than any run of backticks inside ``text``."""
     longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
     return "`" * max(3, longest + 1)
@@ -213,7 +213,7 @@ def data_card(config, template: ChatTemplate, manifest: dict, stats) -> str:
     modes = {d.name: d.reasoning for d in config.datasets}
     for name, (_tokens, (messages, tools)) in stats.samples.items():
         text = template.mark_supervised(messages, config.train_on, tools=tools, reasoning=modes[name])
-        fence = _fence(text)
+        fence = code_fence(text)
         lines += [f"### {name}", "", fence + "text", text, fence, ""]
     return "\n".join(lines).rstrip() + "\n"
 

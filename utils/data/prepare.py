@@ -33,7 +33,7 @@ from utils.common.errors import UserError
 from utils.data.conversations import Conversation, RawText, Skip, check_dataset, iter_conversations
 from utils.data.data_card import build_manifest, print_summary, write_reports
 from utils.data.dataset_entry import NAME_PATTERN, DatasetSpec
-from utils.data.encode_workers import EncodeSettings, InlineRunner, PoolRunner
+from utils.data.encode_workers import EncodeSettings, ExecutorRunner, InlineRunner, PoolRunner
 from utils.data.filters import Deduper, QualityFilters
 from utils.data.messages import TOOL_USE_KEYS
 from utils.data.mixture import MixtureConfig, check_mixture, mixture_warnings, repeats, solve_multipliers, split_of
@@ -292,8 +292,9 @@ def default_num_proc() -> int:
 
 def prepare_corpus(config: SFTDatasetConfig, tokenizer_path: str | Path, output_dir: str | Path,
                    force: bool = False, num_proc: int | None = None, strict: bool = False,
-                   config_path: str | Path | None = None) -> dict:
-    """Run the whole stage; returns the manifest. Output appears atomically at ``output_dir``."""
+                   config_path: str | Path | None = None, executor=None) -> dict:
+    """Run the whole stage; returns the manifest. Output appears atomically at ``output_dir``. With an
+    ``executor`` (utils/data/executors.py, e.g. Ray) the encoding runs as its tasks instead of local processes."""
     hf_dir = hf_dir_for(tokenizer_path)
     model_type = model_type_for(hf_dir)
     template = get_template(config.template, load_tokenizer(hf_dir), model_type)  # fail before reading
@@ -306,9 +307,10 @@ def prepare_corpus(config: SFTDatasetConfig, tokenizer_path: str | Path, output_
     stats = RunStats({d.name: SourceStats() for d in config.datasets})
     print(f"template {template.name} (family {template.family}); " + "; ".join(template.notes or ["no notes"]))
     print(f"sequence_length {config.output_params.sequence_length}, overlong {config.output_params.overlong}, "
-          f"train_on {config.train_on}, num_proc {num_proc}, output {output_dir}", flush=True)
+          f"train_on {config.train_on}, {f'executor {executor.describe()}' if executor else f'num_proc {num_proc}'}, "
+          f"output {output_dir}", flush=True)
     with exclusive(output_dir), atomic_dir(output_dir, force, kind="prepare") as tmp:
-        splits = build_shards(config, settings, num_proc, tmp, stats, strict)
+        splits = build_shards(config, settings, num_proc, tmp, stats, strict, executor)
         manifest = build_manifest(config, template, hf_dir, splits, stats)
         write_reports(tmp, config, template, manifest, stats, num_proc, config_path)
         print_summary(config, manifest, stats)
@@ -331,12 +333,13 @@ def _nothing_left(where, stats: RunStats) -> str:
 
 
 def build_shards(config: SFTDatasetConfig, settings: EncodeSettings, num_proc: int, out_dir: Path,
-                 stats: RunStats, strict: bool) -> dict:
+                 stats: RunStats, strict: bool, executor=None) -> dict:
     """Both passes, with the spill files in ``out_dir/.spill`` removed afterwards; returns ``splits``."""
     start, cpu_start = time.perf_counter(), cpu_seconds()
     spill_dir = out_dir / ".spill"
     spill_dir.mkdir()
-    runner = InlineRunner(settings) if num_proc == 1 else PoolRunner(settings, num_proc)
+    runner = (ExecutorRunner(settings, executor) if executor is not None else InlineRunner(settings)
+              if num_proc == 1 else PoolRunner(settings, num_proc))
     try:
         with tqdm(desc="encode", unit=" conv", disable=None, mininterval=1.0) as progress:
             read_and_encode(config, runner, spill_dir, stats, strict, progress)

@@ -11,6 +11,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from tqdm import tqdm
@@ -19,6 +20,8 @@ from utils.common.config_schema import setting
 from utils.data.text_sources import TextSource, iter_documents
 
 BATCH_DOCS = 256
+TOKEN_DTYPE = np.dtype("<u4")
+"""Token files hold uint32 little-endian ids."""
 
 
 @dataclass(frozen=True)
@@ -104,12 +107,18 @@ def _write_streams(data: PretrainData, tokenizer, paths: dict[str, Path], show_p
 
 
 def _write_batch(docs: list[str], tokenizer, val_ratio: float, handles, stats: StreamStats) -> None:
+    for split, arr in encode_documents(docs, tokenizer, val_ratio):
+        handles[split].write(arr.tobytes())
+        stats.documents[split] += 1
+        stats.tokens[split] += len(arr)
+
+
+def encode_documents(docs: list[str], tokenizer, val_ratio: float) -> Iterator[tuple[str, np.ndarray]]:
+    """Each document's split and its tokens followed by EOS (uint32, little-endian): the one encoding of raw text
+    for pre-training, in the launch and in the prepare stage (utils/data/text_corpus.py) alike."""
     if not docs:
         return
     encoded = tokenizer(docs, add_special_tokens=False, split_special_tokens=True)["input_ids"]
     for text, ids in zip(docs, encoded):
         split = "val" if is_val(text, val_ratio) else "train"
-        arr = np.asarray(ids + [tokenizer.eos_token_id], dtype=np.uint32)
-        handles[split].write(arr.tobytes())
-        stats.documents[split] += 1
-        stats.tokens[split] += len(arr)
+        yield split, np.asarray(ids + [tokenizer.eos_token_id], dtype=TOKEN_DTYPE)

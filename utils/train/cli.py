@@ -55,6 +55,9 @@ class PretrainInputs(RunInputs):
     """The config file, named in errors."""
     model_path: str | None = None
     """Continue pre-training this HF checkpoint (CPT) instead of building the config's preset."""
+    data_dirs: list[str] = field(default_factory=list)
+    """Prepared text corpora (scripts/01_prepare_text_corpus.py) to train on instead of tokenizing the config's
+    data.sources at launch; their train (and val) streams are joined in the order given."""
 
 
 def add_run_args(parser: argparse.ArgumentParser) -> None:
