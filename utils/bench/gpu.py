@@ -277,7 +277,6 @@ LAUNCHERS = {"resume": [sys.executable],
 
 def full_checks(work: Path, steps: int, budget: Budget) -> dict[str, Callable[[], Check]]:
     """Each check of the full bench by name, ready to run."""
-    # these modules build on this one's Budget and Check
     from utils.bench.gpu_demo import check_demo
     from utils.bench.gpu_model import check_varlen_models
 

@@ -106,7 +106,6 @@ def run_measured(command: list[str], log: Path, poll: Path | None = None) -> tup
 
 def tiny_model(work: Path, tokenizer: Path) -> Path:
     """Initial weights of the tiny preset (config/pretrain/tiny.json) for ``tokenizer``, saved in ``work``."""
-    # torch costs seconds to import; only the training side needs it
     from utils.model.modeling import ModelArchitecture, build_model
 
     out = work / "tiny_model"
@@ -155,7 +154,6 @@ def report_table(results: list[SizeResult]) -> str:
 
 def plot(results: list[SizeResult], path: Path) -> None:
     """Log-log: seconds and MiB against conversations, with a linear-growth guide."""
-    # matplotlib costs a second to import; only the final plot needs it
     import matplotlib
 
     matplotlib.use("Agg")

@@ -133,7 +133,6 @@ def resolve_base(final: FinalDir, override: str | None) -> str:
 
 def load_merged(final: FinalDir, base: str):
     """The base with the adapter merged in (peft ``merge_and_unload``), as a plain transformers model."""
-    # peft costs seconds to import; deferred so callers that skip this stay fast
     from peft import PeftModel
 
     if (Path(base) / ADAPTER_CONFIG).is_file() and not (Path(base) / "config.json").is_file():
@@ -231,7 +230,6 @@ def _export(final: FinalDir, base, report: Path | None, out: Path, options: Expo
 
 def _save_model(model, final: FinalDir, tmp: Path) -> bool:
     """Weights, tokenizer with the trained chat template, generation config; True when the template changed."""
-    # transformers costs seconds to import; deferred so callers that skip this stay fast
     from transformers import GenerationConfig
 
     model.save_pretrained(str(tmp), safe_serialization=True)
@@ -251,7 +249,6 @@ def _save_model(model, final: FinalDir, tmp: Path) -> bool:
 def verify_export(model, export_dir: Path, dtype: str) -> float:
     """Reload the export with plain transformers; its logits must equal the in-memory model's within the
     tolerance of ``dtype`` (RELOAD_TOLERANCE, relative to the largest logit)."""
-    # transformers costs seconds to import; deferred so callers that skip this stay fast
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(export_dir))

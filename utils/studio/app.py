@@ -34,7 +34,7 @@ def guarded(outputs: int):
             try:
                 return fn(*args, **kwargs)
             except Exception as err:  # the page must outlive any bad file or model
-                import gradio as gr  # an optional extra (requirements-studio.txt), loaded with the page
+                import gradio as gr
 
                 return tuple([gr.skip()] * (outputs - 1) + [_message(err)])
         return inner
@@ -184,7 +184,7 @@ class Studio:
 
 def build_app(studio: Studio):
     """The Gradio Blocks of the studio."""
-    import gradio as gr  # an optional extra (requirements-studio.txt): the handlers above work without it
+    import gradio as gr
 
     def grid(headers: list[str], label: str, elem_id: str, **extra):
         return gr.Dataframe(headers=headers, interactive=False, label=label, elem_id=elem_id, **extra)
