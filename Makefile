@@ -332,8 +332,8 @@ docs-config: config-docs ## the former name of config-docs
 test: $(STAMP) $(QLORA_STAMP) $(GGUF_STAMP) $(STUDIO_STAMP) $(RAY_STAMP) ## run the test suite (CPU, tiny models; reads ../shared/data when present)
 	$(PY) -m pytest -q tests
 
-test-fast: $(STAMP) $(QLORA_STAMP) $(STUDIO_STAMP) ## the unit and stage tiers of the suite (no e2e scripts, real models or multi-process runs)
-	$(PY) -m pytest -q -m "unit or stage" tests
+test-fast: $(STAMP) $(QLORA_STAMP) $(STUDIO_STAMP) ## the unit and stage tiers of the suite (no e2e scripts, real models or multi-process runs), 2 workers
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadfile -m "unit or stage" tests
 
 clean: ## remove generated data and checkpoints (keeps .venv)
 	rm -rf data/demo data/sft_processed checkpoints/tokenizer checkpoints/pretrain checkpoints/sft_industrial

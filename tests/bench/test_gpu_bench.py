@@ -195,6 +195,7 @@ def test_out_holds_at_most_eight_small_files_with_the_report_figures_logs_and_ta
     assert "The main job on this GPU" in text and "| metric | a |" in text
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 def test_the_demo_check_runs_the_main_job_end_to_end_on_tiny_budgets(tmp_path):
     """The same check as on a GPU, on this CPU with tiny budgets: the copy holds all the main job needs."""

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from scripts_loader import load_script
 from utils.bench.scaling import conversation, write_section
 from utils.common.errors import run_cli
@@ -26,6 +28,7 @@ def test_the_section_is_replaced_and_the_rest_kept(tmp_path):
     assert text.count("scaling:begin") == 1
 
 
+@pytest.mark.e2e
 def test_small_path_prepares_and_trains_and_reports(tmp_path, toy_tokenizer_dir, capsys):
     script = load_script("benchmark_scaling")
     report, plot, out = tmp_path / "B.md", tmp_path / "s.png", tmp_path / "s.json"

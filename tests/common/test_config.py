@@ -91,6 +91,7 @@ def test_cross_field_check_is_one_line(tmp_path):
         load_config(path, "pretrain", PretrainConfig)
 
 
+@pytest.mark.e2e
 def test_cli_bad_config_exits_2_without_traceback(tmp_path):
     path = _pretrain_cfg(tmp_path, learning_rate=-1)
     proc = subprocess.run([sys.executable, str(ROOT / "scripts/01_pretrain.py"), "--config", str(path),

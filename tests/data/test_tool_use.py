@@ -199,6 +199,7 @@ def test_a_template_without_tools_stops_the_stage_on_the_first_tool_row(shared_d
     assert "renders no tools" in err[0] and not out.exists()
 
 
+@pytest.mark.e2e
 def test_smollm2_tokenizer_prepares_the_glaive_demo_in_the_project_tool_format(shared_data, tmp_path, capsys):
     """SmolLM2's own chat_template knows no tools; its tokenizer with template chatml (the project's tool format)
     prepares every Glaive row: 300 read, nothing dropped but the exact repeats, the calls counted."""

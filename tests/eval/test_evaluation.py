@@ -209,6 +209,7 @@ def test_stub_that_always_answers_right_scores_100_percent(env, tmp_path, monkey
     assert "exact_match" in printed and "tuned-base" in printed
 
 
+@pytest.mark.e2e
 def test_cli_end_to_end_on_tiny_models(env, tmp_path):
     out = tmp_path / "eval"
     proc = subprocess.run([sys.executable, str(SCRIPT), *cli_args(env, out)], capture_output=True, text=True,

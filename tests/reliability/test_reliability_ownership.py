@@ -15,15 +15,10 @@ from pathlib import Path
 import pytest
 
 from reliability_helpers import (ROOT, error_line, final_weights, newest_state, reference_run, script, sft_argv,
-                                 sft_config, sft_in_process)
+                                 sft_config, sft_in_process, snapshot)
 from utils.common.errors import run_cli
 from utils.common.locks import exclusive
 from utils.common.publish import OWNER_FILE
-
-
-def snapshot(path: Path) -> dict[str, bytes]:
-    """Every file below ``path`` (hidden ones too) and its bytes."""
-    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
 
 
 def prepare(work: Path, out: Path, *extra: str) -> int:

@@ -67,6 +67,7 @@ def test_training_lowers_the_loss_and_writes_an_adapter(straight):
     assert not (straight / "final" / "model.safetensors").exists()
 
 
+@pytest.mark.e2e
 def test_sigkill_then_auto_resume_is_bit_identical(work, straight):
     out = work / "out" / "qlora_killed"
     argv = sft_argv(work, qlora_config(work, "rel_qlora"), out, "--resume_from_checkpoint", "auto")

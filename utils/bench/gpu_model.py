@@ -39,7 +39,6 @@ GPU_LENGTHS = (37, 263, 1, 511, 688, 548)
 def family_model(model_type: str, hidden: int = 32, layers: int = 2, heads: int = 4, kv_heads: int = 2,
                  vocab: int = 128, seed: int = 0) -> torch.nn.Module:
     """A random causal LM of ``model_type`` (llama or qwen2) built from its config, weights in float32."""
-    # transformers costs seconds to import; deferred so the bench's flags stay fast
     from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
     kinds = {"llama": LlamaConfig, "qwen2": Qwen2Config}

@@ -38,7 +38,6 @@ MakeRun = Callable[[str, dict, int], object]
 
 def base_case_runs(data: Path, work: Path) -> MakeRun:
     """Runs of the base preset at 1,024 tokens on the bench corpus in ``data`` (prepared on first use)."""
-    # deferred: building the case imports the data pipeline, which the flags and tests of this module skip
     from utils.bench.benchmark import BenchSettings, build_cases
     from utils.bench.profile import bench_run
 

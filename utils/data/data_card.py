@@ -139,11 +139,9 @@ def length_summary(lengths) -> dict:
 
 
 def write_histogram(path: Path, lengths, sequence_length: int) -> None:
-    # matplotlib loads only when a plot is drawn (a second of start-up otherwise)
     import matplotlib
 
     matplotlib.use("Agg")
-    # matplotlib loads only when a plot is drawn (a second of start-up otherwise)
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 3.5), dpi=100)

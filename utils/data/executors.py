@@ -84,7 +84,6 @@ class RayExecutor:
 
     def __init__(self, num_proc: int, address: str | None = None) -> None:
         try:
-            # ray is an optional extra (requirements-ray.txt), imported only by --executor ray
             import ray
         except ImportError:
             raise UserError(RAY_MISSING) from None

@@ -201,7 +201,7 @@ def _check_csv_record(record: dict, origin: str) -> Row | BadRow:
 
 def read_parquet(path: Path, shown: str) -> Iterator[Row | BadRow]:
     """Parquet read one record batch at a time; origins are ``file[row]``."""
-    import pyarrow.parquet as pq  # pyarrow is only needed for parquet entries
+    import pyarrow.parquet as pq
 
     try:
         parquet = pq.ParquetFile(path)
@@ -228,7 +228,7 @@ def read_text_file(path: Path, shown: str) -> Iterator[Row | BadRow]:
 
 def read_hub(spec: DatasetSpec, base_dir: Path) -> Iterator[Row | BadRow]:
     """``datasets.load_dataset(..., streaming=True)``: a hub name, or a builder ("json") with data_files."""
-    import datasets  # slow to import; only hub entries pay for it
+    import datasets
 
     where = f"dataset '{spec.name}'"
     tag = f"hub:{spec.dataset_name}[{spec.split}]"

@@ -144,7 +144,6 @@ def _parse_line(line: str) -> Any:
 
 
 def _iter_huggingface(src: TextSource) -> Iterator[str]:
-    # datasets costs seconds to import; deferred so callers that skip this stay fast
     import datasets
 
     try:

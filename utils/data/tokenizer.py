@@ -77,7 +77,6 @@ def train_sentencepiece(text_file: Path, model_prefix: Path, vocab_size: int, mo
                         character_coverage: float, seed: int, max_sentence_length: int,
                         num_threads: int) -> None:
     """Train a byte-fallback SentencePiece model that keeps whitespace and newlines as they are."""
-    # sentencepiece is needed only when training a tokenizer
     import sentencepiece as spm
 
     spm.set_random_generator_seed(seed)
@@ -104,7 +103,6 @@ def train_sentencepiece(text_file: Path, model_prefix: Path, vocab_size: int, mo
 
 def export_hf_tokenizer(model_file: Path, out_dir: Path) -> None:
     """Write an HF tokenizer directory equivalent to the SentencePiece model."""
-    # transformers costs seconds to import; deferred so callers that skip this stay fast
     from transformers import LlamaTokenizer
     from transformers.tokenization_utils_sentencepiece import SentencePieceExtractor
 
@@ -177,7 +175,6 @@ def _note_once(line: str) -> None:
 
 def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
     """Load the HF tokenizer at ``path`` (directory or .model beside one) with plain transformers."""
-    # transformers costs seconds to import; deferred so callers that skip this stay fast
     from transformers import AutoTokenizer
 
     hf_dir = hf_dir_for(path)
@@ -296,7 +293,6 @@ def train_tokenizer(cfg: TokenizerConfig, num_threads: int) -> TokenizerResult:
 
 def whole_backend(tokenizer):
     """A copy of the fast tokenizer that matches special-token strings, with no truncation or padding."""
-    # tokenizers is needed only on this path
     from tokenizers import Tokenizer
 
     whole = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
@@ -318,7 +314,6 @@ def special_token_ids(tokenizer) -> dict[str, int]:
 
 def plain_backend(tokenizer):
     """A copy of the fast tokenizer that reads special-token strings as text, plus the anchor token."""
-    # tokenizers is needed only on this path
     from tokenizers import AddedToken, Tokenizer
 
     backend = getattr(tokenizer, "backend_tokenizer", None)

@@ -216,11 +216,9 @@ def _inline(text: str) -> str:
 
 # ---------------------------------------------------------------------- plots
 def _pyplot():
-    # matplotlib loads only when a plot is drawn (a second of start-up otherwise)
     import matplotlib
 
     matplotlib.use("Agg")
-    # matplotlib loads only when a plot is drawn (a second of start-up otherwise)
     import matplotlib.pyplot as plt
 
     return plt

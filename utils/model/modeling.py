@@ -59,7 +59,6 @@ class ModelArchitecture:
 
 def build_model(arch: ModelArchitecture, tokenizer, seed: int) -> torch.nn.Module:
     """A freshly initialised Llama model sized to the tokenizer (deterministic from ``seed``)."""
-    # transformers costs seconds to import; deferred so callers that skip this stay fast
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
@@ -118,7 +117,6 @@ def load_model(path: str, trust_remote_code: bool = False, dtype: torch.dtype = 
 
     ``quantization_config`` (a transformers ``BitsAndBytesConfig``) loads the linear layers quantized.
     """
-    # transformers costs seconds to import; deferred so callers that skip this stay fast
     from transformers import AutoModelForCausalLM
 
     local = model_dir(path)
@@ -138,7 +136,6 @@ def load_model(path: str, trust_remote_code: bool = False, dtype: torch.dtype = 
 
 def empty_model(path: str, trust_remote_code: bool = False):
     """The model's module tree without weights (on the meta device): its layer types, at no loading cost."""
-    # transformers and accelerate cost seconds to import; deferred so callers that skip this stay fast
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -152,7 +149,6 @@ def empty_model(path: str, trust_remote_code: bool = False):
 
 def _damaged_weights(local: Path) -> Path:
     """The first ``*.safetensors`` file of ``local`` whose header safetensors cannot read (else ``local``)."""
-    # safetensors is needed only when a load failed
     from safetensors import safe_open
 
     for file in sorted(local.glob("*.safetensors")) if local.is_dir() else []:
@@ -196,7 +192,6 @@ def load_weights_into(model, path: Path) -> None:
 
 def _replicated_inputs(model):
     """Plain tensors loaded into sharded (DTensor) parameters count as replicated on every rank."""
-    # deferred: torch.distributed's tensor module is needed only for sharded models
     from torch.distributed.tensor import DTensor
     from torch.distributed.tensor.experimental import implicit_replication
 
@@ -205,12 +200,10 @@ def _replicated_inputs(model):
 
 
 def _load_weights(model, path: Path) -> None:
-    # safetensors is needed only when loading weights
     from safetensors.torch import load_file
 
     path = Path(path)
     if hasattr(model, "peft_config"):
-        # peft costs seconds to import; deferred so callers that skip this stay fast
         from peft import set_peft_model_state_dict
 
         result = set_peft_model_state_dict(model, load_file(str(path / "adapter_model.safetensors")))
@@ -250,7 +243,6 @@ def weights_fingerprint(model) -> str:
 def model_config(path: str | Path, trust_remote_code: bool = False):
     """The transformers config of a model directory, a .gguf, or (for a LoRA adapter directory) of its base,
     read without loading weights: what checks before minutes of work need."""
-    # transformers costs seconds to import; deferred so callers that skip this stay fast
     from transformers import AutoConfig
 
     source = Path(path)

@@ -97,7 +97,7 @@ def cache_path() -> Path:
 
 def cache_key(config) -> str:
     """Model type, library versions, this code and the twin's config: what the verdict depends on."""
-    import transformers  # already imported by whoever made ``config``
+    import transformers
 
     code = hashlib.sha256()
     for module in (attention, attention_eager, loss, twin):
@@ -160,7 +160,6 @@ def _check(config) -> tuple[list[str], str | None]:
 
 def _packed_twin(reference):
     """A copy of the twin on a recording ``packed_varlen`` (None: its attention cannot be switched)."""
-    # transformers costs seconds to import; deferred so callers that skip this stay fast
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface
 

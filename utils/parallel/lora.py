@@ -38,7 +38,7 @@ class LoraSettings:
 
 def apply_lora(model, lora: LoraSettings):
     """Wrap ``model`` with a peft LoRA adapter; only the adapter (and modules_to_save) train."""
-    from peft import LoraConfig, get_peft_model  # peft costs a second at import; full fine-tuning never needs it
+    from peft import LoraConfig, get_peft_model
 
     targets = list(lora.target_modules or [])
     names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}

@@ -37,7 +37,7 @@ def guarded(outputs: Sequence):
             try:
                 return fn(*args, **kwargs)
             except Exception as err:  # the page must outlive any bad file or model
-                import gradio as gr  # an optional extra (requirements-studio.txt), loaded with the page
+                import gradio as gr
 
                 return tuple([gr.skip()] * (len(outputs) - 1) + [_message(err)])
         return inner
@@ -187,7 +187,7 @@ class Studio:
 
 def build_app(studio: Studio):
     """The Gradio Blocks of the studio."""
-    import gradio as gr  # an optional extra (requirements-studio.txt): the handlers above work without it
+    import gradio as gr
 
     with gr.Blocks(title="SFT Studio") as app:
         gr.Markdown(f"# SFT Studio\n`{studio.root}` — runs under `{studio.checkpoints}`, "

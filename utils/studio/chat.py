@@ -112,7 +112,6 @@ def to_messages(history: list[dict], message: str, system: str = "") -> list[dic
 def stream_reply(loaded: LoadedModel, messages: list[dict], max_new_tokens: int = 128, temperature: float = 0.0,
                  top_p: float = 1.0, seed: int = 1234) -> Iterator[str]:
     """The reply so far, after each new piece of text; generation runs in a thread and stops at a stop token."""
-    # torch and transformers cost seconds to import; the page starts without them
     import torch
     from transformers import TextIteratorStreamer
 
