@@ -74,7 +74,6 @@ def _load_adapter(path: Path, trust_remote_code: bool):
                         "training ran in, or set that field to the base model's directory")
     quant = _quantization(path)
     model = load_base(base, dataclasses.asdict(quant) if quant else None, trust_remote_code)
-    # peft costs seconds to import; deferred so callers that skip this stay fast
     from peft import PeftModel
 
     try:
