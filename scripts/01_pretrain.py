@@ -19,7 +19,7 @@ from utils.common.config import load_config  # noqa: E402
 from utils.common.cli_values import output_dir  # noqa: E402
 from utils.common.errors import run_cli  # noqa: E402
 from utils.parallel.accelerator import exit_process  # noqa: E402
-from utils.train.cli import PretrainInputs, add_run_args, apply_overrides  # noqa: E402
+from utils.train.cli import PretrainInputs, add_run_args, apply_overrides, run_inputs  # noqa: E402
 from utils.train.config import PretrainConfig  # noqa: E402
 from utils.train.stage_pretrain import run_pretraining  # noqa: E402
 
@@ -38,11 +38,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     cfg = load_config(args.config, "pretrain", PretrainConfig, args.set)
     overrides = apply_overrides(cfg.training_params, args)
-    inputs = PretrainInputs(config_path=args.config, tokenizer_path=args.tokenizer_path, model_path=args.model_path,
-                            output_dir=Path(args.output_dir or f"checkpoints/pretrain/{cfg.name}"),
-                            resume_from_checkpoint=args.resume_from_checkpoint,
-                            trust_remote_code=args.trust_remote_code, overrides=overrides,
-                            overwrite_output_dir=args.overwrite_output_dir, sharding=args.sharding)
+    inputs = run_inputs(PretrainInputs, args, overrides, config_path=args.config, model_path=args.model_path,
+                        output_dir=Path(args.output_dir or f"checkpoints/pretrain/{cfg.name}"))
     summary = run_pretraining(cfg, inputs)
     if summary:
         print(summary)
