@@ -21,7 +21,8 @@ SUMMARY_KEYS = {"stage", "initial_eval", "last_eval", "steps", "tokens_seen", "i
 FILES = [("sft_lora_checkpoint.json", SFTRecord, LOOP_KEYS), ("sft_full_checkpoint.json", SFTRecord, LOOP_KEYS),
          ("sft_lora_summary.json", SFTRecord, SUMMARY_KEYS), ("pretrain_checkpoint.json", StageRecord, LOOP_KEYS),
          ("pretrain_summary.json", StageRecord, SUMMARY_KEYS), ("cpt_lora_checkpoint.json", StageRecord, LOOP_KEYS),
-         ("synthetic_checkpoint.json", RunRecord, LOOP_KEYS)]
+         ("synthetic_checkpoint.json", RunRecord, LOOP_KEYS),
+         ("pretrain_mix_checkpoint.json", StageRecord, LOOP_KEYS)]
 
 
 def _dumped(data: dict) -> str:

@@ -1,8 +1,9 @@
 """The SFT stage reads as one story: following a real run from 03's main(), each utils/train module is entered
 from at most two places in the project's code (the recipe and the stage call one module per concern, once or
 twice; no helper module is bounced back into again and again). The recipe calls the stage's own builders (data,
-model, plan, final) in its order: those calls count as one place, the recipe; so do the script's calls into
-cli.py (its flags, overrides and inputs: the parsing)."""
+model, plan, final) in its order, and the loop its eval samples: the stage is entered from 03, the recipe and the
+loop, nowhere else. The script's calls into cli.py (its flags, overrides and inputs: the parsing) count as one
+place."""
 from __future__ import annotations
 
 import collections
@@ -29,8 +30,8 @@ def _project_caller(frame):
 
 def _one_place(callee: str, caller: str) -> bool:
     """Whether every call from ``caller`` into ``callee`` counts as one place (see the module's docstring)."""
-    return (callee, caller) == ("stage_sft.py", "utils/train/recipe.py") or (
-        callee == "cli.py" and caller.startswith("scripts/"))
+    return (callee, caller) in {("stage_sft.py", "utils/train/recipe.py"), ("stage_sft.py", "utils/train/loop.py")} \
+        or (callee == "cli.py" and caller.startswith("scripts/"))
 
 
 def entries_of_a_run(argv: list[str]) -> dict[str, set]:
@@ -64,5 +65,8 @@ def test_each_train_module_is_entered_from_at_most_two_places(tmp_path_factory, 
     builders = {c for c in sites["stage_sft.py"] if c[0] == "utils/train/recipe.py"}
     assert {c[2] for c in builders} >= {"data", "model", "plan", "final"}, builders
     places = {name: {c[0] if _one_place(name, c[0]) else c[:2] for c in calls} for name, calls in sites.items()}
+    script = {c[:2] for c in sites["stage_sft.py"] if c[0].startswith("scripts/")}
+    stage = places.pop("stage_sft.py")
+    assert len(script) == 1 and stage <= script | {"utils/train/recipe.py", "utils/train/loop.py"}, stage
     crowded = {name: sorted(sites[name]) for name, where in places.items() if len(where) > MAX_ENTRIES}
     assert not crowded, crowded
