@@ -92,7 +92,9 @@ class Trained:
 def build(stage: Stage, start: RunStart, checkpoint: Checkpoint | None = None,
           held: contextlib.ExitStack | None = None) -> Built:
     """data → model → claim the output (a stage of a kind, unless claimed first) → plan → the run
-    (``run.build_run``), keeping the step split of ``checkpoint``."""
+    (``run.build_run``), keeping the step split of ``checkpoint``. ``held`` keeps the output lock and the stage's
+    locks for as long as the run trains (``train`` closes it at the end); left out, for a run of kind None whose
+    builders take no lock (the step profile's)."""
     held = held if held is not None else contextlib.ExitStack()
     claim = stage.kind is not None
     if claim and stage.claims_output_first:
