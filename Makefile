@@ -59,7 +59,7 @@ TARGET_ARGS = $(foreach v,$(TARGET_VARS),$(call given,$(v))) --num_proc $(NPROC)
 	prepare-sft-corpus sft-train-tiny sft-train-small sft-train-base sft-custom \
 	sft-eval sft-pipeline-complete cpt-ift-pipeline smollm2-skill smollm2-tools qlora smollm2-qlora sft-export gguf \
 	sft-export-gguf studio bench \
-	bench-profile bench-qlora bench-scaling bench-gpu bench-gpu-quick bench-packing-check docs-config test test-fast clean
+	bench-profile bench-qlora bench-scaling bench-gpu bench-gpu-quick bench-packing-check config-docs docs-config test test-fast clean
 
 help: ## list the targets, in pipeline order
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_.-]+:.*## / {printf "  \033[1m%-24s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -310,8 +310,10 @@ bench-gpu: $(DEMO_TOKENIZER_STAMP) $(BENCH_STAMP) ## the GPU checks in 6 minutes
 bench-gpu-quick: $(DEMO_TOKENIZER_STAMP) $(BENCH_STAMP) ## the GPU figures in 4 minutes (varlen through models, syncs/step, step profile, tok/s at 4k-64k, TRL, resume, FSDP2; no main job); refuses without a GPU
 	$(PY) scripts/benchmark_gpu.py --quick $(GPU_ARGS)
 
-docs-config: $(STAMP) ## regenerate docs/CONFIG.md from the JSON Schemas and config defaults
-	$(PY) scripts/config_docs.py > docs/CONFIG.md.tmp && mv docs/CONFIG.md.tmp docs/CONFIG.md
+config-docs: $(STAMP) ## regenerate config/schemas/*.schema.json and docs/CONFIG.md from the config dataclasses
+	$(PY) scripts/config_docs.py
+
+docs-config: config-docs ## the former name of config-docs
 
 test: $(STAMP) $(QLORA_STAMP) $(GGUF_STAMP) $(STUDIO_STAMP) ## run the test suite (CPU, tiny models; reads ../shared/data when present)
 	$(PY) -m pytest -q tests

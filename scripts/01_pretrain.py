@@ -15,11 +15,10 @@ from typing import Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.common.config import load_config  # noqa: E402
 from utils.common.cli_values import output_dir  # noqa: E402
 from utils.common.errors import run_cli  # noqa: E402
 from utils.parallel.accelerator import exit_process  # noqa: E402
-from utils.train.cli import PretrainInputs, add_run_args, apply_overrides, run_inputs  # noqa: E402
+from utils.train.cli import PretrainInputs, add_run_args, load_with_overrides, run_inputs  # noqa: E402
 from utils.train.config import PretrainConfig  # noqa: E402
 from utils.train.stage_pretrain import run_pretraining  # noqa: E402
 
@@ -36,8 +35,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    cfg = load_config(args.config, "pretrain", PretrainConfig, args.set)
-    overrides = apply_overrides(cfg.training_params, args)
+    cfg, overrides = load_with_overrides(args, "pretrain", PretrainConfig)
     inputs = run_inputs(PretrainInputs, args, overrides, config_path=args.config, model_path=args.model_path,
                         output_dir=Path(args.output_dir or f"checkpoints/pretrain/{cfg.name}"))
     summary = run_pretraining(cfg, inputs)

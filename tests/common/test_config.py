@@ -101,14 +101,6 @@ def test_cli_bad_config_exits_2_without_traceback(tmp_path):
         f"error: {path}: training_params.learning_rate: -1 is less than the minimum of 0"]
 
 
-def test_config_docs_are_current():
-    from scripts_loader import load_script
-    from utils.common.config_docs import render
-
-    assert (ROOT / "docs" / "CONFIG.md").read_text(encoding="utf-8") == render(load_script("config_docs").KINDS), \
-        "docs/CONFIG.md is stale: run `make docs-config`"
-
-
 @pytest.mark.parametrize("path", sorted((ROOT / "config" / "accelerate").glob("*.yaml")), ids=lambda p: p.name)
 def test_accelerate_configs_load(path):
     from accelerate.commands.config.config_args import ClusterConfig

@@ -11,7 +11,7 @@ from scripts_loader import load_script
 from utils.common.errors import UserError, run_cli
 from utils.common.labels import IGNORE
 from utils.data.conversations import Conversation, Skip
-from utils.data.sources import DatasetSpec
+from utils.data.dataset_entry import DatasetSpec
 from utils.data.templates import get_template
 from utils.data.tokenizer import load_tokenizer
 from utils.data.tool_template import ToolTemplateError

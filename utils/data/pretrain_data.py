@@ -15,28 +15,36 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from utils.common.config_schema import setting
 from utils.data.text_sources import TextSource, iter_documents
 
 BATCH_DOCS = 256
 
 
-@dataclass
+@dataclass(frozen=True)
 class SupervisedSource:
     """A prepared SFT corpus mixed into pre-training: its examples keep their loss masks."""
 
-    data_dir: str
-    weight: float = 1.0
+    data_dir: str = setting(minLength=1)
+    """A prepared corpus directory (with manifest.json)."""
+    weight: float = setting(1.0, exclusiveMinimum=0)
+    """Sampling weight against text_weight and the other corpora."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class PretrainData:
-    sources: list[TextSource]
-    sequence_length: int = 256
-    val_ratio: float = 0.02
-    text_weight: float = 1.0
-    """Sampling weight of the raw-text windows against the ``supervised`` corpora (shares of examples)."""
+    sources: list[TextSource] = setting(minItems=1)
+    """Text sources (files, globs, JSONL fields, HF datasets)."""
+    sequence_length: int = setting(256, minimum=16)
+    """Tokens per training sequence."""
+    val_ratio: float = setting(0.02, minimum=0, exclusiveMaximum=1)
+    """Share of documents held out for validation (chosen by a hash of the text)."""
+    text_weight: float = setting(1.0, exclusiveMinimum=0)
+    """Sampling weight of the raw-text windows against the supervised corpora (shares of the examples drawn)."""
     supervised: list[SupervisedSource] = field(default_factory=list)
-    """Prepared SFT corpora trained alongside the text (instruction data in pre-training), masks kept."""
+    """Prepared SFT corpora (scripts/02_prepare_sft_corpus.py, same tokenizer) trained alongside the text with their
+    loss masks: instruction data in pre-training, so the base model learns skills such as copying from its
+    context that raw text alone teaches slowly."""
 
 
 @dataclass

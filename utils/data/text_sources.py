@@ -12,24 +12,39 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from utils.common.config_schema import setting
 from utils.common.errors import UserError
 
 TEXT_SUFFIXES = (".txt", ".md")
+SOURCE_TYPES = ("text_files", "jsonl", "huggingface")
+"""The readers of a text source (``_READERS``)."""
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json")
 
 
 @dataclass
 class TextSource:
-    type: str
+    type: str = setting(enum=SOURCE_TYPES)
+    """text_files: .txt/.md files or globs, one document per file; jsonl: JSON lines with text fields; huggingface:
+    datasets.load_dataset by hub name or local path."""
     name: str = ""
+    """Label used in logs and statistics (defaults to the first path or dataset name)."""
     paths: list[str] = field(default_factory=list)
+    """Files, directories (searched recursively for .txt/.md, or .jsonl/.jsonl.gz) or glob patterns; relative to the
+    working directory."""
     fields: list[str] = field(default_factory=lambda: ["text"])
+    """Dotted field paths holding text; a list on the path is walked, e.g. messages.content."""
     dataset_name: str = ""
+    """huggingface: hub name (e.g. wikitext) or local path given to datasets.load_dataset."""
     dataset_config: str | None = None
-    data_files: Any = None
+    """huggingface: the dataset's configuration name (e.g. wikitext-2-raw-v1)."""
+    data_files: Any = setting(None, type=["string", "array", "null"])
+    """huggingface: data_files passed to datasets.load_dataset."""
     split: str = "train"
-    weight: float = 1.0
-    max_documents: int | None = None
+    """huggingface: split to read."""
+    weight: float = setting(1.0, minimum=0)
+    """Relative share of this source in the mix (tokenizer training)."""
+    max_documents: int | None = setting(None, minimum=1)
+    """Read at most this many documents."""
 
     def __post_init__(self) -> None:
         if self.type in ("text_files", "jsonl") and not self.paths:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from utils.common.atomic import atomic_dir, exclusive
+from utils.common.config_schema import setting
 from utils.common.errors import UserError, check_readable, one_line
 from utils.data.fingerprint import TOKENIZER_FILES, tokenizer_fingerprint
 from utils.data.text_sources import TextSource, iter_documents
@@ -211,18 +212,32 @@ def copy_tokenizer_files(src: str | Path, dst: Path) -> None:
             shutil.copyfile(src_dir / name, dst / name)
 
 
+MODEL_TYPES = ("bpe", "unigram")
+"""SentencePiece algorithms a tokenizer config may name."""
+
+
 @dataclass
 class TokenizerConfig:
-    name: str
-    vocab_size: int
-    sources: list[TextSource]
+    name: str = setting(pattern=r"^[A-Za-z0-9_.-]+$")
+    """Output name: <output_dir>/<name>.model, <name>.vocab and the HF directory <name>/."""
+    vocab_size: int = setting(minimum=300, maximum=1000000)
+    """Vocabulary size, special and byte-fallback pieces included."""
+    sources: list[TextSource] = setting(minItems=1)
+    """Weighted text sources."""
     description: str = ""
+    """Free text."""
     output_dir: str = "checkpoints/tokenizer"
-    model_type: str = "bpe"
-    character_coverage: float = 1.0
-    max_chars: int = 20_000_000
-    max_sentence_length: int = 16384
-    seed: int = 1234
+    """Directory the tokenizer is written to."""
+    model_type: str = setting("bpe", enum=MODEL_TYPES)
+    """SentencePiece algorithm."""
+    character_coverage: float = setting(1.0, exclusiveMinimum=0, maximum=1)
+    """Share of characters covered by pieces; the rest falls back to bytes."""
+    max_chars: int = setting(20_000_000, minimum=1000)
+    """Characters of mixed text sampled for training (split between sources by weight)."""
+    max_sentence_length: int = setting(16384, minimum=256)
+    """Longest line (bytes) SentencePiece trains on; longer lines are split."""
+    seed: int = setting(1234, minimum=0)
+    """Seed of the text sampling and of SentencePiece."""
 
 
 @dataclass

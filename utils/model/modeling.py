@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from utils.common.atomic import recover_published
+from utils.common.config_schema import setting
 from utils.common.errors import UserError, check_readable
 from utils.model.gguf import hf_dir_for_gguf
 
@@ -24,20 +25,30 @@ from utils.model.gguf import hf_dir_for_gguf
 warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelArchitecture:
     """A Llama-style decoder; the vocabulary size is taken from the tokenizer."""
 
-    hidden_size: int = 256
-    num_hidden_layers: int = 4
-    num_attention_heads: int = 4
-    num_key_value_heads: int = 4
-    intermediate_size: int = 704
-    max_position_embeddings: int = 2048
-    rope_theta: float = 10000.0
-    rms_norm_eps: float = 1e-5
+    hidden_size: int = setting(256, minimum=8)
+    """Width of the residual stream."""
+    num_hidden_layers: int = setting(4, minimum=1)
+    """Decoder layers."""
+    num_attention_heads: int = setting(4, minimum=1)
+    """Query heads; must divide hidden_size."""
+    num_key_value_heads: int = setting(4, minimum=1)
+    """Key/value heads (grouped-query attention); must divide num_attention_heads."""
+    intermediate_size: int = setting(704, minimum=8)
+    """Width of the SwiGLU MLP."""
+    max_position_embeddings: int = setting(2048, minimum=16)
+    """Longest sequence the RoPE cache is sized for."""
+    rope_theta: float = setting(10000.0, exclusiveMinimum=0)
+    """RoPE base frequency."""
+    rms_norm_eps: float = setting(1e-5, exclusiveMinimum=0)
+    """RMSNorm epsilon."""
     tie_word_embeddings: bool = True
-    initializer_range: float = 0.02
+    """Share the input embedding and the output head."""
+    initializer_range: float = setting(0.02, exclusiveMinimum=0)
+    """Std of the normal initialisation."""
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_attention_heads:

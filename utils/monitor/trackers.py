@@ -12,7 +12,7 @@ from utils.common.atomic import write_text_atomic
 from utils.common.errors import UserError
 
 TRACKERS = ("tensorboard", "wandb", "mlflow", "trackio")
-"""Names ``report_to`` accepts (the transformers convention); the schema lists the same."""
+"""Names ``report_to`` accepts (the transformers convention)."""
 PROJECT = "sft-pipeline"
 """The project (wandb, trackio) or experiment (mlflow) every run logs to; a run is named after its directory."""
 _PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "trackio": "trackio"}

@@ -7,6 +7,7 @@ The token streams are cached in the output directory, so it is claimed before th
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -78,7 +79,8 @@ class PretrainStage(Stage):
 
     def model(self, start: RunStart):
         cfg, inputs, corpora = self.cfg, self.inputs, self.corpora
-        model, base_sha256 = _model(cfg, inputs, start)
+        model, base_sha256, lora = _model(cfg, inputs, start)
+        self.cfg = cfg = dataclasses.replace(cfg, lora_config=lora)  # with the layers it adapts, as recorded
         return model, StageRecord(
             config=to_dict(cfg), tokenizer_sha256=start.fingerprint,
             data_hashes={"text": self.stats.key, **corpora.hashes} if corpora else self.stats.key,
@@ -142,7 +144,8 @@ def _check_lengths(cfg: PretrainConfig, inputs: PretrainInputs) -> None:
 
 
 def _model(cfg: PretrainConfig, inputs: PretrainInputs, start: RunStart):
-    """The model ready to train, and the fingerprint of the weights LoRA (CPT) adapts."""
+    """The model ready to train, the fingerprint of the weights LoRA (CPT) adapts, and the LoRA settings with the
+    layers it adapts (None for full training)."""
     where = inputs.model_path or "preset"
     if inputs.model_path:
         model = load_model(inputs.model_path, trust_remote_code=inputs.trust_remote_code)
@@ -150,5 +153,5 @@ def _model(cfg: PretrainConfig, inputs: PretrainInputs, start: RunStart):
         model = build_model(cfg.model, start.tokenizer, cfg.training_params.seed)
     check_vocab_fits(model, start.tokenizer, where, inputs.tokenizer_path)
     base_sha256 = weights_fingerprint(model) if inputs.model_path else None
-    model, cfg.lora_config = ready_to_train(model, cfg.lora_config, cfg.training_params, where)
-    return model, base_sha256
+    model, lora = ready_to_train(model, cfg.lora_config, cfg.training_params, where)
+    return model, base_sha256, lora

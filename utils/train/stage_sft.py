@@ -8,6 +8,7 @@ so inputs that cannot train are refused before anything is written.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 from pathlib import Path
 
@@ -76,7 +77,8 @@ class SFTStage(Stage):
         check_vocab_fits(model, start.tokenizer, inputs.model_path, inputs.tokenizer_path)
         _check_lengths(cfg, inputs, self.corpora, self.generation, model.config)
         base_sha256 = weights_fingerprint(model)  # before LoRA: what an adapter's resume must find again
-        model, cfg.lora_config = ready_to_train(model, cfg.lora_config, cfg.training_params, inputs.model_path)
+        model, lora = ready_to_train(model, cfg.lora_config, cfg.training_params, inputs.model_path)
+        self.cfg = cfg = dataclasses.replace(cfg, lora_config=lora)  # with the layers it adapts, as recorded
         if cfg.evaluation_config.eval_prompts:
             self.on_eval = _EvalSamples(cfg.evaluation_config, self.generation, start.tokenizer,
                                         inputs.output_dir / SAMPLES)
