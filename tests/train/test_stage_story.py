@@ -40,7 +40,8 @@ def entries_of_a_run(argv: list[str]) -> dict[str, set]:
 
     def trace(frame, event, _arg):
         callee = Path(frame.f_code.co_filename)
-        if event == "call" and callee.parent == TRAIN and not frame.f_code.co_name.startswith("<"):
+        if event == "call" and callee.parent == TRAIN and not frame.f_code.co_name.startswith("<") \
+                and frame.f_code.co_name != "__post_init__":  # a config checking itself as it is made
             caller = _project_caller(frame)
             if caller is not None and Path(caller.f_code.co_filename) != callee:
                 where = Path(caller.f_code.co_filename).relative_to(ROOT)
