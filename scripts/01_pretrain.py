@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from utils.common.cli_values import output_dir  # noqa: E402
 from utils.common.errors import run_cli  # noqa: E402
 from utils.parallel.accelerator import exit_process  # noqa: E402
-from utils.train.cli import PretrainInputs, add_run_args, load_with_overrides  # noqa: E402
+from utils.train.cli import PretrainInputs, add_run_args, load_with_overrides, run_inputs  # noqa: E402
 from utils.train.config import PretrainConfig  # noqa: E402
 from utils.train.stage_pretrain import run_pretraining  # noqa: E402
 
@@ -41,12 +41,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     cfg, overrides = load_with_overrides(args, "pretrain", PretrainConfig)
-    inputs = PretrainInputs(config_path=args.config, tokenizer_path=args.tokenizer_path, model_path=args.model_path,
-                            data_dirs=args.data_dirs,
-                            output_dir=Path(args.output_dir or f"checkpoints/pretrain/{cfg.name}"),
-                            resume_from_checkpoint=args.resume_from_checkpoint,
-                            trust_remote_code=args.trust_remote_code, overrides=overrides,
-                            overwrite_output_dir=args.overwrite_output_dir, sharding=args.sharding)
+    inputs = run_inputs(PretrainInputs, args, overrides, config_path=args.config, model_path=args.model_path,
+                        data_dirs=args.data_dirs,
+                        output_dir=Path(args.output_dir or f"checkpoints/pretrain/{cfg.name}"))
     summary = run_pretraining(cfg, inputs)
     if summary:
         print(summary)

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from utils.common.cli_values import check_weights, output_dir, weight  # noqa: E402
 from utils.common.errors import run_cli  # noqa: E402
 from utils.parallel.accelerator import exit_process  # noqa: E402
-from utils.train.cli import SFTInputs, add_run_args, load_with_overrides  # noqa: E402
+from utils.train.cli import SFTInputs, add_run_args, load_with_overrides, run_inputs  # noqa: E402
 from utils.train.config import SFTTrainingConfig  # noqa: E402
 from utils.train.stage_sft import run_sft  # noqa: E402
 
@@ -43,10 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     check_weights("--data_weights", args.data_weights)
     cfg, overrides = load_with_overrides(args, "sft_training", SFTTrainingConfig)
-    inputs = SFTInputs(model_path=args.model_path, data_dirs=args.data_dirs, data_weights=args.data_weights,
-                       tokenizer_path=args.tokenizer_path, output_dir=Path(args.output_dir),
-                       resume_from_checkpoint=args.resume_from_checkpoint, trust_remote_code=args.trust_remote_code,
-                       overwrite_output_dir=args.overwrite_output_dir, overrides=overrides, sharding=args.sharding)
+    inputs = run_inputs(SFTInputs, args, overrides, model_path=args.model_path, data_dirs=args.data_dirs,
+                        data_weights=args.data_weights, output_dir=Path(args.output_dir))
     summary = run_sft(cfg, inputs)
     if summary:
         print(summary)

@@ -41,17 +41,31 @@ def run_training(out_dir: Path, *, batch: int | None = None, tokens: int | None 
                  steps: int = 4, save_steps: int = 0, resume: Path | None = None, lora: bool = False,
                  seed: int = 0, weights=(0.7, 0.3), learnable: bool = False, lr: float = 1e-2,
                  **overrides):
-    """Train the tiny model on two weighted sources; returns (state, model state_dict)."""
+    """Train the tiny model on two weighted sources with the stages' recipe; returns (state, model state_dict)."""
+    from utils.train.recipe import train
+
+    trained = train(synthetic_stage(out_dir, batch=batch, tokens=tokens, accum=accum, steps=steps,
+                                    save_steps=save_steps, resume=resume, lora=lora, seed=seed, weights=weights,
+                                    learnable=learnable, lr=lr, **overrides))
+    lm = trained.run.accelerator.unwrap_model(trained.run.loss_module).model
+    return trained.state, {k: v.detach().clone() for k, v in lm.state_dict().items()}
+
+
+def synthetic_stage(out_dir: Path, *, batch: int | None = None, tokens: int | None = None, accum: int = 1,
+                    steps: int = 4, save_steps: int = 0, resume: Path | None = None, lora: bool = False,
+                    seed: int = 0, weights=(0.7, 0.3), learnable: bool = False, lr: float = 1e-2, **overrides):
+    """The recipe's ``Stage`` of a synthetic run: the tiny model (LoRA when ``lora``) on two weighted random
+    sources, no tokenizer, nothing claimed or written but checkpoints."""
     from accelerate.utils import set_seed
 
-    from utils.parallel.lora import LoraSettings
+    from utils.checkpoint.record import RunRecord
     from utils.parallel.accelerator import make_accelerator
-    from utils.monitor.run_plan import RunPlan
+    from utils.parallel.lora import LoraSettings
     from utils.monitor.trackers import make_trackers
+    from utils.train.cli import RunInputs
     from utils.train.config import TrainingParams
-    from utils.train.loop import fit
-    from utils.train.resume import find_checkpoint, restore
-    from utils.train.run import TrainData, build_run
+    from utils.train.recipe import Stage
+    from utils.train.run import TrainData
     from utils.train.start import RunStart, ready_to_train
 
     settings = dict(learning_rate=lr, max_steps=steps, per_device_train_batch_size=batch,
@@ -59,20 +73,24 @@ def run_training(out_dir: Path, *, batch: int | None = None, tokens: int | None 
                     save_steps=save_steps, logging_steps=1, eval_steps=0, save_total_limit=None,
                     seed=seed, bf16=False, max_grad_norm=1.0)
     params = TrainingParams(**{**settings, **overrides})
-    set_seed(seed)
-    settings = LoraSettings(r=4, lora_alpha=8, lora_dropout=0.1, target_modules=["q_proj", "v_proj", "gate_proj"])
-    model, _ = ready_to_train(tiny_llama(seed), settings if lora else None, params, "tiny llama")
-    stores = [random_store("a", 60, 1, learnable=learnable), random_store("b", 30, 2, learnable=learnable)]
-    val = [random_store("a", 6, 3), random_store("b", 6, 4)]
-    accelerator = make_accelerator(params.mixed_precision(), make_trackers(params.report_to, out_dir, "test"))
-    checkpoint, _ = find_checkpoint(str(resume) if resume else None, out_dir, True)
-    data = TrainData(stores, list(weights), val, 40)
-    run = build_run(RunStart(accelerator, None, ""), model, data, params, output_dir=out_dir,
-                    run_info={"data_hashes": "synthetic", "tokenizer_sha256": "none"}, plan=RunPlan(),
-                    resumed=checkpoint.saved if checkpoint else None)
-    state = fit(run, restore(run, checkpoint))
-    lm = run.accelerator.unwrap_model(run.loss_module).model
-    return state, {k: v.detach().clone() for k, v in lm.state_dict().items()}
+    adapter = LoraSettings(r=4, lora_alpha=8, lora_dropout=0.1, target_modules=["q_proj", "v_proj", "gate_proj"])
+
+    class Synthetic(Stage):
+        def start(self) -> RunStart:
+            set_seed(seed)
+            trackers = make_trackers(self.params.report_to, out_dir, "test")
+            return RunStart(make_accelerator(self.params.mixed_precision(), trackers), None, "")
+
+        def data(self, start, checkpoint, held) -> TrainData:
+            stores = [random_store("a", 60, 1, learnable=learnable), random_store("b", 30, 2, learnable=learnable)]
+            return TrainData(stores, list(weights), [random_store("a", 6, 3), random_store("b", 6, 4)], 40)
+
+        def model(self, start):
+            model, _ = ready_to_train(tiny_llama(seed), adapter if lora else None, self.params, "tiny llama")
+            return model, RunRecord(data_hashes="synthetic", tokenizer_sha256="none")
+
+    return Synthetic(params, RunInputs(tokenizer_path="", output_dir=out_dir,
+                                       resume_from_checkpoint=str(resume) if resume else None))
 
 
 def count_stand_in_calls(monkeypatch) -> dict:

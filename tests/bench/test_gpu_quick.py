@@ -77,6 +77,7 @@ def tiny_run(tmp_path, name="run", params=None, steps=6, bf16=False):
     from utils.monitor.run_plan import RunPlan
     from utils.parallel.accelerator import make_accelerator
     from utils.train.config import TrainingParams
+    from utils.checkpoint.record import RunRecord
     from utils.train.run import TrainData, build_run
     from utils.train.start import RunStart, ready_to_train
 
@@ -86,7 +87,7 @@ def tiny_run(tmp_path, name="run", params=None, steps=6, bf16=False):
     model, _ = ready_to_train(tiny_llama(), None, params, "tiny llama")
     start = RunStart(make_accelerator(params.mixed_precision()), None, "")
     return build_run(start, model, TrainData([random_store("a", 60, 1)], [1.0], [], 40), params,
-                     output_dir=tmp_path / name, run_info={"data_hashes": "x", "tokenizer_sha256": "x"},
+                     output_dir=tmp_path / name, record=RunRecord(data_hashes="x", tokenizer_sha256="x"),
                      plan=RunPlan())
 
 

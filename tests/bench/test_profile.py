@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from train_helpers import random_store, tiny_llama
+from train_helpers import synthetic_stage
 from utils.bench.profile import GROUPS, group_of, profile_step
 
 
@@ -27,22 +27,10 @@ def test_ops_are_grouped_by_name_and_ancestors():
 
 @pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
 def test_profile_of_a_step_adds_up(tmp_path, bf16):
-    from accelerate.utils import set_seed
+    from utils.train.recipe import build
 
-    from utils.monitor.run_plan import RunPlan
-    from utils.parallel.accelerator import make_accelerator
-    from utils.train.config import TrainingParams
-    from utils.train.run import TrainData, build_run
-    from utils.train.start import RunStart, ready_to_train
-
-    params = TrainingParams(max_steps=3, per_device_train_batch_size=4, gradient_accumulation_steps=2,
-                            logging_steps=1, bf16=bf16)
-    set_seed(0)
-    model, _ = ready_to_train(tiny_llama(), None, params, "tiny llama")
-    data = TrainData([random_store("a", 40, 1)], [1.0], [], 40)
-    start = RunStart(make_accelerator(params.mixed_precision()), None, "")
-    run = build_run(start, model, data, params, output_dir=tmp_path,
-                    run_info={"data_hashes": "x", "tokenizer_sha256": "x"}, plan=RunPlan())
+    stage = synthetic_stage(tmp_path, steps=3, batch=4, accum=2, bf16=bf16)
+    run = build(stage, stage.start()).run
     result = profile_step(run, warmup=1, steps=2)
     assert set(result.seconds) <= set(GROUPS)
     for group in ("matmul", "attention", "loss", "optimizer", "elementwise"):

@@ -17,12 +17,17 @@ import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from utils.bench.syncs import SyncCounter, named_counts
+from utils.checkpoint.record import RunRecord
 from utils.data.shards import load_manifest
-from utils.monitor.run_plan import RunPlan
+from utils.model.modeling import load_model
 from utils.parallel.lora import LoraSettings
 from utils.sampling.example_store import load_sft_store
+from utils.train.cli import RunInputs
+from utils.train.config import TrainingParams
 from utils.train.loop import optimizer_step, train_step
-from utils.train.run import TrainRun
+from utils.train.recipe import Stage, build
+from utils.train.run import TrainData, TrainRun
+from utils.train.start import ready_to_train
 
 GROUPS = ("matmul", "cast", "attention", "loss", "optimizer", "elementwise", "host")
 LABELS = {"matmul": "matmuls (mm, addmm, bmm)", "cast": "dtype casts (_to_copy and its copy_)",
@@ -147,15 +152,12 @@ def run_profile(spec_case, out_dir: Path, warmup: int = 2, steps: int = 1, micro
 
 def bench_run(spec_case, out_dir: Path, max_steps: int, micro_examples: int | None = None,
               params: dict | None = None) -> TrainRun:
-    """This trainer's run on a bench ``Case`` with the bench's settings for it, built in this process;
-    ``params`` may set ``micro_batch_tokens`` (one packed micro-batch per step then) in place of examples."""
+    """This trainer's run on a bench ``Case`` with the bench's settings for it, built in this process by the
+    training recipe (``recipe.build``: nothing claimed, nothing resumed); ``params`` may set ``micro_batch_tokens``
+    (one packed micro-batch per step then) in place of examples."""
+    # deferred: the profile is the only bench part that builds this trainer's run in-process
     from utils.bench.benchmark import BenchSettings
     from utils.bench.benchmark import micro_examples as micro_examples_of
-    from utils.model.modeling import load_model
-    from utils.train.cli import RunInputs
-    from utils.train.config import TrainingParams
-    from utils.train.run import TrainData, build_run
-    from utils.train.start import ready_to_train, start_run
 
     params = dict(params or {})
     if params.get("micro_batch_tokens"):
@@ -167,10 +169,23 @@ def bench_run(spec_case, out_dir: Path, max_steps: int, micro_examples: int | No
     params = TrainingParams(**{"learning_rate": spec_case.learning_rate, "max_steps": max_steps, "warmup_steps": 0,
                                "scheduler": "constant", "adam_beta2": 0.95, "logging_steps": 1, "seed": 1234,
                                **batching, **params})
-    start = start_run(params, RunInputs(tokenizer_path=spec_case.tokenizer_dir, output_dir=out_dir))
-    data_dir = Path(spec_case.data_dir)
-    store = load_sft_store(data_dir, "train", load_manifest(data_dir))
-    lora = LoraSettings(**spec_case.lora) if spec_case.lora else None
-    model, _ = ready_to_train(load_model(spec_case.model_dir), lora, params, spec_case.model_dir)
-    return build_run(start, model, TrainData([store], [1.0], [], int(store.lengths.max())), params,
-                     output_dir=out_dir, run_info={"data_hashes": "bench", "tokenizer_sha256": "bench"}, plan=RunPlan())
+    stage = _BenchStage(params, RunInputs(tokenizer_path=spec_case.tokenizer_dir, output_dir=out_dir), spec_case)
+    return build(stage, stage.start()).run
+
+
+class _BenchStage(Stage):
+    """A bench case as a run of the recipe: its prepared corpus (one source) and model, recorded as the bench's."""
+
+    def __init__(self, params: TrainingParams, inputs: RunInputs, spec_case) -> None:
+        super().__init__(params, inputs)
+        self.case = spec_case
+
+    def data(self, start, checkpoint, held) -> TrainData:
+        data_dir = Path(self.case.data_dir)
+        store = load_sft_store(data_dir, "train", load_manifest(data_dir))
+        return TrainData([store], [1.0], [], int(store.lengths.max()))
+
+    def model(self, start):
+        lora = LoraSettings(**self.case.lora) if self.case.lora else None
+        model, _ = ready_to_train(load_model(self.case.model_dir), lora, self.params, self.case.model_dir)
+        return model, RunRecord(data_hashes="bench", tokenizer_sha256="bench")

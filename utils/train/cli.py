@@ -97,3 +97,11 @@ def load_with_overrides(args: argparse.Namespace, schema_name: str, cls: type[C]
                                                                              eval_prompts=prompts))
         applied["evaluation_config.eval_prompts"] = f"--eval_prompts {args.eval_prompts}"
     return cfg, applied
+
+
+def run_inputs(kind: type[RunInputs], args: argparse.Namespace, overrides: dict, **stage_fields) -> RunInputs:
+    """A stage's inputs (``kind``): what every training script's flags give (``add_run_args`` and
+    --tokenizer_path) from ``args``, the run's ``overrides``, and the stage's own fields."""
+    return kind(tokenizer_path=args.tokenizer_path, resume_from_checkpoint=args.resume_from_checkpoint,
+                trust_remote_code=args.trust_remote_code, overwrite_output_dir=args.overwrite_output_dir,
+                sharding=args.sharding, overrides=overrides, **stage_fields)

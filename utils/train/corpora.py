@@ -46,7 +46,22 @@ def load_corpora(paths: list[str], fingerprint: str, accelerator, cli_weights: l
     return _corpora(dirs, weights, weights_from)
 
 
-def in_order(corpora: Corpora, names: list[str]) -> Corpora:
+def matched_to_checkpoint(corpora: Corpora, recorded: list[str] | None, announce: bool) -> Corpora:
+    """``corpora`` in the order of the data dirs a checkpoint ``recorded`` (None: no checkpoint, as given): sources
+    are matched by name, so a reordered --data_dirs resumes bit-identically. Other data stays as given: the resume's
+    data hash check names the difference."""
+    if recorded is None:
+        return corpora
+    saved = [Path(p).name for p in recorded]
+    names = [d.path.name for d in corpora.dirs]
+    if saved == names or sorted(saved) != sorted(names):
+        return corpora
+    if announce:
+        print(f"--data_dirs: matched to the checkpoint's sources by name ({', '.join(saved)})", flush=True)
+    return _in_order(corpora, saved)
+
+
+def _in_order(corpora: Corpora, names: list[str]) -> Corpora:
     """The same corpora, their dirs (and weights) in the order of ``names``."""
     order = [[d.path.name for d in corpora.dirs].index(n) for n in names]
     return _corpora([corpora.dirs[i] for i in order], [corpora.weights[i] for i in order], corpora.weights_from)

@@ -61,7 +61,7 @@ class TrainState:
                 "loss_history": self.loss_history, "planner": self.planner_state or run.planner.state_dict(),
                 "last_eval": self.last_eval,
                 "best_step": self.best_step, "best_eval_loss": self.best_eval_loss,
-                "total_steps": run.total_steps, "world_size": run.accelerator.num_processes, **run.run_info}
+                "total_steps": run.total_steps, "world_size": run.accelerator.num_processes, **run.record.to_json()}
 
     @classmethod
     def from_record(cls, saved: dict) -> TrainState:
@@ -177,7 +177,7 @@ def fit(run: TrainRun, state: TrainState) -> TrainState:
     SIGTERM/SIGINT end the step in progress, write its checkpoint and raise Stopped (exit 143/130).
     """
     acc = run.accelerator
-    logger = RunLogger(acc, state.step, run.run_info.get("config"))
+    logger = RunLogger(acc, state.step, run.record.config)
     compiled = CompileStats.now() if run.params.compile else None
     try:
         with _out_of_memory_hint():

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from utils.checkpoint.checkpoints import load_checkpoint, load_training_state, resolve_resume
+from utils.checkpoint.record import RunRecord, SFTRecord, StageRecord
 from utils.common.errors import UserError
 from utils.train.config import TrainingParams
-from utils.train.corpora import Corpora, in_order
 from utils.train.loop import TrainState
 from utils.train.optim import lr_lambda
 from utils.train.run import TrainRun
@@ -35,27 +35,17 @@ class Checkpoint:
 
     path: Path
     saved: dict
-    """Its training_state.json."""
+    """Its training_state.json: the loop's state (``TrainState.to_record``) and the run's record."""
+
+    def record(self, kind: type[RunRecord]) -> RunRecord:
+        """The run's record it holds, read as ``kind`` (the record type of the run resuming it)."""
+        return kind.from_json(self.saved)
 
 
-def find_checkpoint(spec: str | None, output_dir: Path, main: bool,
-                    corpora: Corpora | None = None) -> tuple[Checkpoint | None, Corpora | None]:
-    """The checkpoint ``--resume_from_checkpoint`` names (``auto``: the newest intact one; None without the flag),
-    and ``corpora`` in the checkpoint's order: sources are matched by name, so a reordered --data_dirs resumes
-    bit-identically."""
+def find_checkpoint(spec: str | None, output_dir: Path, main: bool) -> Checkpoint | None:
+    """The checkpoint ``--resume_from_checkpoint`` names (``auto``: the newest intact one; None without the flag)."""
     path = resolve_resume(spec, output_dir, main)
-    if path is None:
-        return None, corpora
-    checkpoint = Checkpoint(path, load_training_state(path))
-    if corpora is None:
-        return checkpoint, None
-    saved = [Path(p).name for p in checkpoint.saved.get("data_dirs", [])]
-    names = [d.path.name for d in corpora.dirs]
-    if saved == names or sorted(saved) != sorted(names):
-        return checkpoint, corpora  # same order, or other data: the data hash check names the difference
-    if main:
-        print(f"--data_dirs: matched to the checkpoint's sources by name ({', '.join(saved)})", flush=True)
-    return checkpoint, in_order(corpora, saved)
+    return None if path is None else Checkpoint(path, load_training_state(path))
 
 
 def restore(run: TrainRun, checkpoint: Checkpoint | None) -> TrainState:
@@ -65,14 +55,15 @@ def restore(run: TrainRun, checkpoint: Checkpoint | None) -> TrainState:
     if checkpoint is None:
         return TrainState()
     acc, path, saved = run.accelerator, checkpoint.path, checkpoint.saved
+    before, now = checkpoint.record(type(run.record)), run.record
     for key in ("tokenizer_sha256", "data_hashes"):
-        if key in run.run_info and saved.get(key) != run.run_info[key]:
+        if getattr(before, key) != getattr(now, key):
             raise UserError(
                 f"{path}: checkpoint was trained with other {key.replace('_', ' ')} "
-                f"({_difference(saved.get(key), run.run_info[key])}); "
+                f"({_difference(getattr(before, key), getattr(now, key))}); "
                 "resume with the same data and tokenizer, or start a new --output_dir")
-    changed = _check_changes(path, saved, run.run_info.get("config", {}), run.params, acc.num_processes)
-    _check_base(path, saved, run.run_info)  # after the quantization check: a 4-bit base differs in its weights
+    changed = _check_changes(path, saved, now.config or {}, run.params, acc.num_processes)
+    _check_base(path, before, now)  # after the quantization check: a 4-bit base differs in its weights
     load_checkpoint(acc, path, run.loss_module, run.optimizer, run.scheduler)
     _apply_changes(changed, run.params, run.optimizer, run.scheduler, run.total_steps, saved["step"])
     if changed and acc.is_main_process:
@@ -80,21 +71,23 @@ def restore(run: TrainRun, checkpoint: Checkpoint | None) -> TrainState:
     sampler = run.planner.sampler
     run.planner.load_state_dict(_with_shares(saved["planner"], saved.get("data_weights")))
     if sampler.changed_from is not None and acc.is_main_process:
-        names = [Path(d).name for d in run.run_info.get("data_dirs", [])]
+        names = [Path(d).name for d in now.data_dirs or []] if isinstance(now, SFTRecord) else []
         print(_describe_weights(sampler.changed_from, sampler.shares, names, saved["step"]), flush=True)
     if acc.is_main_process:
         print(f"resuming from {path.name} (step {saved['step']} of {run.total_steps})", flush=True)
     return TrainState.from_record(saved)
 
 
-def _check_base(path: Path, saved: dict, now: dict) -> None:
+def _check_base(path: Path, before: RunRecord, now: RunRecord) -> None:
     """An adapter resumes only on the base model it was trained on: the same weights, whatever the path."""
-    before, after = saved.get("base_model_sha256"), now.get("base_model_sha256")
-    if not (now.get("config") or {}).get("lora_config") or not before or not after or before == after:
+    if not isinstance(now, StageRecord) or not (now.config or {}).get("lora_config"):
+        return
+    was, is_now = before.base_model_sha256, now.base_model_sha256
+    if not was or not is_now or was == is_now:
         return
     raise UserError(f"{path}: the checkpoint's adapter was trained on another base model (weights sha256 "
-                    f"{before[:12]} in the checkpoint, {after[:12]} for --model_path {now.get('model_path')}); "
-                    f"resume with the base it was trained on ({saved.get('model_path')}), or start a new "
+                    f"{was[:12]} in the checkpoint, {is_now[:12]} for --model_path {now.model_path}); "
+                    f"resume with the base it was trained on ({before.model_path}), or start a new "
                     "--output_dir")
 
 

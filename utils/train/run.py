@@ -3,7 +3,7 @@ and what a run leaves at its end (``finish``: final/, the loss plot)."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -11,6 +11,7 @@ import torch
 from accelerate import Accelerator
 
 from utils.checkpoint.final_model import save_final
+from utils.checkpoint.record import RunRecord
 from utils.model.attention import attention_dropout, describe as describe_attention, head_dim
 from utils.model.architectures import check_model, frozen_experts
 from utils.model.kernels import cuda_path
@@ -55,7 +56,7 @@ class TrainRun:
     params: TrainingParams
     total_steps: int
     output_dir: Path
-    run_info: dict                         # saved into training_state.json of each checkpoint
+    record: RunRecord                      # saved into training_state.json of each checkpoint, with the plan
     start_time: float                      # time.perf_counter() at set-up: metrics' elapsed_s counts from it
     label: str = "training"                # the progress bar's name
     on_eval: Callable[["TrainRun", int], dict] | None = None   # after each evaluation, e.g. generation samples
@@ -64,12 +65,13 @@ class TrainRun:
 
 
 def build_run(start: RunStart, model, data: TrainData, params: TrainingParams, *, output_dir: Path,
-              run_info: dict, plan: RunPlan, label: str = "training", on_eval=None,
+              record: RunRecord, plan: RunPlan, label: str = "training", on_eval=None,
               resumed: dict | None = None) -> TrainRun:
     """Split each step for the device (``fold.choose_split``; ``resumed``: the training state of the checkpoint the
     run continues, whose split it keeps), plan the steps, build optimizer and schedule, prepare them with the model
     (FSDP2 over every rank when the run is sharded, else accelerate: DDP or one process); the derived numbers go
-    into ``plan``. ``model`` is ready to train (``start.ready_to_train``)."""
+    into ``plan`` and, with the split, into the run's ``record``. ``model`` is ready to train
+    (``start.ready_to_train``)."""
     accelerator, sharded = start.accelerator, start.sharding == "fsdp2"
     world = accelerator.num_processes
     split = choose_split(params, model, accelerator.device, world, world if sharded else 1, resumed,
@@ -98,8 +100,7 @@ def build_run(start: RunStart, model, data: TrainData, params: TrainingParams, *
                  "training_params.bf16 on the CUDA path" if gather else "training_params (bf16 gathers: CUDA path)")
         plan.add("checkpoints", "full state dicts keyed by name (resume on any world size)", "this trainer")
     return TrainRun(accelerator, loss_module, optimizer, scheduler, planner, data.stores, data.val_stores, params,
-                    total_steps, output_dir, {**run_info, "plan": plan.as_dict(),
-                                              "micro_batch_split": split.record},
+                    total_steps, output_dir, replace(record, plan=plan.as_dict(), micro_batch_split=split.record),
                     start_time=time.perf_counter(),
                     label=label, on_eval=on_eval, sharded=sharded,
                     pin_memory=params.dataloader_pin_memory and accelerator.device.type == "cuda")

@@ -1,6 +1,7 @@
-"""The pre-training / CPT stage, top to bottom: start → lengths against the model → the checkpoint to resume →
-the prepared text verified → claim the output → data (token windows of the text, and prepared SFT corpora mixed
-in) → model → plan → restore → fit → final/ (a merged, plain HF model).
+"""The pre-training / CPT stage: the recipe (utils/train/recipe.py) given the stage's checks (lengths against the
+model), data (token windows of the text, and prepared SFT corpora mixed in), model and record: start → checks →
+the checkpoint to resume → data → model → claim the output → plan → restore → fit → final/ (a merged, plain HF
+model).
 
 The text is a prepared text corpus (--data_dirs, scripts/01_prepare_text_corpus.py: verified like 03's corpora,
 tokenizer hash and every shard's sha256, before the output is claimed), or the config's data.sources tokenized
@@ -9,7 +10,6 @@ Those token streams are cached in the output directory, so it is claimed before 
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 from pathlib import Path
@@ -17,6 +17,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from utils.checkpoint.record import StageRecord
 from utils.common.config import to_dict
 from utils.common.errors import UserError
 from utils.common.locks import reading
@@ -30,63 +31,84 @@ from utils.sampling.example_store import ExampleStore, window_store
 from utils.train.cli import PretrainInputs
 from utils.train.config import PretrainConfig
 from utils.train.corpora import load_corpora
-from utils.train.loop import fit
-from utils.train.output import own_output
-from utils.train.resume import find_checkpoint, restore
-from utils.train.run import TrainData, build_run, finish
-from utils.train.start import RunStart, ready_to_train, start_run
+from utils.train.recipe import Stage, train
+from utils.train.run import TrainData, finish
+from utils.train.start import RunStart, ready_to_train
 
 
 def run_pretraining(cfg: PretrainConfig, inputs: PretrainInputs) -> str | None:
     """Train, save final/ and return the summary to print (None on non-main ranks)."""
-    params, output_dir = cfg.training_params, inputs.output_dir
-    start = start_run(params, inputs)
-    accelerator, main = start.accelerator, start.accelerator.is_main_process
-    if inputs.model_path:  # an unsupported architecture is refused before anything is written
-        check_model_dir(inputs.model_path)
-    if cfg.lora_config is not None and start.sharding != "none":
-        raise UserError(f"{inputs.config_path}: lora_config with --sharding {start.sharding}: pre-training merges the "
-                        "adapter into final/, which this trainer does not do for a sharded model (untested); "
-                        "train this CPT without sharding, or fine-tune the full model sharded")
-    _check_lengths(cfg, inputs)
-    checkpoint, _ = find_checkpoint(inputs.resume_from_checkpoint, output_dir, main)
-    supervised_dirs = [s.data_dir for s in cfg.data.supervised]
-    with contextlib.ExitStack() as held:
-        held.enter_context(reading(supervised_dirs + inputs.data_dirs))  # a prepare --force waits for this run
-        prepared = _prepared_streams(inputs.data_dirs, start.fingerprint) if inputs.data_dirs else None
-        held.enter_context(own_output(accelerator, inputs, "pretrain"))  # claimed after the data is verified
-        train, val, stats = _windows(cfg, inputs, start, prepared)
-        supervised = cfg.data.supervised
-        corpora = load_corpora(supervised_dirs, start.fingerprint, accelerator) if supervised else None
-        dirs = corpora.dirs if corpora else []
-        model, base_sha256, lora = _model(cfg, inputs, start)
-        cfg = dataclasses.replace(cfg, lora_config=lora)  # with the layers it adapts, as the run records them
-        plan = _plan(cfg, inputs, train, val, stats)
-        for d, source in zip(dirs, supervised):
-            plan.add(f"supervised {d.path.name}", f"{len(d.train):,} examples, weight {source.weight}",
-                     "data.supervised")
-        run_info = {"config": to_dict(cfg), "tokenizer_sha256": start.fingerprint,
-                    "data_hashes": {"text": stats.key, **corpora.hashes} if corpora else stats.key,
-                    "overrides": inputs.overrides, "model_path": inputs.model_path, "base_model_sha256": base_sha256}
-        data = TrainData([train] + [d.train for d in dirs], [cfg.data.text_weight] + [s.weight for s in supervised],
-                         [s for s in [val] + [d.val for d in dirs] if len(s)],
-                         max([cfg.data.sequence_length] + [int(d.manifest["sequence_length"]) for d in dirs]))
-        run = build_run(start, model, data, params, output_dir=output_dir, run_info=run_info, plan=plan,
-                        label="pre-training", resumed=checkpoint.saved if checkpoint else None)
-        state = restore(run, checkpoint)
-        if main:
-            print(plan.render(), flush=True)
-        state = fit(run, state)
-        final = finish(run, state, inputs.tokenizer_path,
-                       {"stage": "pretrain", **run_info, "last_eval": state.last_eval,
-                        "initial_eval_loss": state.initial_eval.get("eval/loss")},
-                       merge_adapter=True, title=f"pre-training {cfg.name}")
-    if not main:
+    trained = train(PretrainStage(cfg, inputs))
+    if trained.final is None:
         return None
+    state = trained.state
     initial = state.initial_eval.get("eval/loss")
     start_loss = f"{initial:.4f}" if initial is not None else "(resumed)"
     return (f"validation loss: {start_loss} -> {state.last_eval.get('eval/loss'):.4f} after {state.step} steps, "
-            f"{state.tokens_seen:,} tokens\nfinal model: {final}")
+            f"{state.tokens_seen:,} tokens\nfinal model: {trained.final}")
+
+
+class PretrainStage(Stage):
+    """Pre-training a preset, or CPT of a model (full or LoRA, merged into final/), on token windows of the config's
+    text and prepared SFT corpora mixed in."""
+
+    kind, label = "pretrain", "pre-training"
+
+    @property
+    def claims_output_first(self) -> bool:
+        """Text tokenized here is cached in the output directory, so that is claimed first; a prepared text corpus
+        (--data_dirs) is verified before anything is claimed."""
+        return not self.inputs.data_dirs
+
+    def __init__(self, cfg: PretrainConfig, inputs: PretrainInputs) -> None:
+        super().__init__(cfg.training_params, inputs)
+        self.cfg = cfg
+
+    def check(self, start: RunStart) -> None:
+        cfg, inputs = self.cfg, self.inputs
+        if inputs.model_path:  # an unsupported architecture is refused before anything is written
+            check_model_dir(inputs.model_path)
+        if cfg.lora_config is not None and start.sharding != "none":
+            raise UserError(f"{inputs.config_path}: lora_config with --sharding {start.sharding}: pre-training "
+                            "merges the adapter into final/, which this trainer does not do for a sharded model "
+                            "(untested); train this CPT without sharding, or fine-tune the full model sharded")
+        _check_lengths(cfg, inputs)
+
+    def data(self, start: RunStart, checkpoint, held) -> TrainData:
+        cfg, inputs = self.cfg, self.inputs
+        supervised = cfg.data.supervised
+        supervised_dirs = [s.data_dir for s in supervised]
+        held.enter_context(reading(supervised_dirs + inputs.data_dirs))  # a prepare --force waits for this run
+        prepared = _prepared_streams(inputs.data_dirs, start.fingerprint) if inputs.data_dirs else None
+        train, val, self.stats = _windows(cfg, inputs, start, prepared)
+        self.train, self.val = train, val
+        self.corpora = load_corpora(supervised_dirs, start.fingerprint, start.accelerator) if supervised else None
+        dirs = self.corpora.dirs if self.corpora else []
+        return TrainData([train] + [d.train for d in dirs], [cfg.data.text_weight] + [s.weight for s in supervised],
+                         [s for s in [val] + [d.val for d in dirs] if len(s)],
+                         max([cfg.data.sequence_length] + [int(d.manifest["sequence_length"]) for d in dirs]))
+
+    def model(self, start: RunStart):
+        cfg, inputs, corpora = self.cfg, self.inputs, self.corpora
+        model, base_sha256, lora = _model(cfg, inputs, start)
+        self.cfg = cfg = dataclasses.replace(cfg, lora_config=lora)  # with the layers it adapts, as recorded
+        return model, StageRecord(
+            config=to_dict(cfg), tokenizer_sha256=start.fingerprint,
+            data_hashes={"text": self.stats.key, **corpora.hashes} if corpora else self.stats.key,
+            overrides=inputs.overrides, model_path=inputs.model_path, base_model_sha256=base_sha256)
+
+    def plan(self) -> RunPlan:
+        plan = _plan(self.cfg, self.inputs, self.train, self.val, self.stats)
+        for d, source in zip(self.corpora.dirs if self.corpora else [], self.cfg.data.supervised):
+            plan.add(f"supervised {d.path.name}", f"{len(d.train):,} examples, weight {source.weight}",
+                     "data.supervised")
+        return plan
+
+    def final(self, run, state, record: StageRecord) -> Path | None:
+        return finish(run, state, self.inputs.tokenizer_path,
+                      {"stage": "pretrain", **record.to_json(), "last_eval": state.last_eval,
+                       "initial_eval_loss": state.initial_eval.get("eval/loss")},
+                      merge_adapter=True, title=f"pre-training {self.cfg.name}")
 
 
 def _windows(cfg: PretrainConfig, inputs: PretrainInputs, start: RunStart, prepared=None):

@@ -1,5 +1,6 @@
-"""The SFT stage, top to bottom: start → data → model → the checkpoint to resume → claim the output → plan →
-restore → fit → final/.
+"""The SFT stage: the recipe (utils/train/recipe.py: start → check → resume point → data → model → claim the
+output → plan → restore → fit → final/) given the stage's corpora (in the checkpoint's order on resume), base
+model, eval samples and record.
 
 Data, model and the checkpoint named by --resume_from_checkpoint are read before the output directory is claimed,
 so inputs that cannot train are refused before anything is written.
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from utils.checkpoint.record import SFTRecord
 from utils.common.config import to_dict
 from utils.common.locks import reading
 from utils.common.publish import write_text_atomic
@@ -26,13 +28,12 @@ from utils.parallel.quantization import load_base
 from utils.parallel.state_dict import unwrap_lm
 from utils.train.cli import SFTInputs
 from utils.train.config import EvaluationConfig, SFTTrainingConfig
-from utils.train.corpora import Corpora, load_corpora
-from utils.train.loop import TrainState, fit
-from utils.train.output import own_output
+from utils.train.corpora import Corpora, load_corpora, matched_to_checkpoint
+from utils.train.loop import TrainState
 from utils.train.qlora import check_quantizable, describe_base
-from utils.train.resume import find_checkpoint, restore
-from utils.train.run import TrainData, build_run, finish
-from utils.train.start import ready_to_train, start_run
+from utils.train.recipe import Stage, train
+from utils.train.run import TrainData, finish
+from utils.train.start import RunStart, ready_to_train
 
 SAMPLES = "samples.jsonl"
 """Responses to the config's eval prompts at each evaluation, one JSON line each."""
@@ -40,43 +41,62 @@ SAMPLES = "samples.jsonl"
 
 def run_sft(cfg: SFTTrainingConfig, inputs: SFTInputs) -> str | None:
     """Train; write checkpoints, metrics, samples, final/ and a plot; return the summary (None on other ranks)."""
-    params, output_dir = cfg.training_params, inputs.output_dir
-    start = start_run(params, inputs)
-    accelerator, main = start.accelerator, start.accelerator.is_main_process
-    if cfg.quantization is not None:
-        check_quantizable(cfg.quantization, cfg.lora_config, inputs.model_path, start.sharding,
-                          inputs.trust_remote_code)
-    with contextlib.ExitStack() as held:
+    trained = train(SFTStage(cfg, inputs))
+    return _summary(trained.state, trained.final) if trained.final is not None else None
+
+
+class SFTStage(Stage):
+    """SFT on prepared corpora: LoRA, QLoRA or full fine-tuning of a base model."""
+
+    kind, label = "sft", "sft"
+
+    def __init__(self, cfg: SFTTrainingConfig, inputs: SFTInputs) -> None:
+        super().__init__(cfg.training_params, inputs)
+        self.cfg = cfg
+
+    def check(self, start: RunStart) -> None:
+        cfg, inputs = self.cfg, self.inputs
+        if cfg.quantization is not None:
+            check_quantizable(cfg.quantization, cfg.lora_config, inputs.model_path, start.sharding,
+                              inputs.trust_remote_code)
+
+    def data(self, start: RunStart, checkpoint, held: contextlib.ExitStack) -> TrainData:
+        inputs = self.inputs
         held.enter_context(reading(inputs.data_dirs))  # 02 --force cannot replace a corpus this run reads
-        corpora = load_corpora(inputs.data_dirs, start.fingerprint, accelerator, inputs.data_weights, cfg.data_weights)
-        checkpoint, corpora = find_checkpoint(inputs.resume_from_checkpoint, output_dir, main, corpora)
-        template = corpora.dirs[0].manifest["template"]
-        generation = get_template(template["name"], start.tokenizer)
+        corpora = load_corpora(inputs.data_dirs, start.fingerprint, start.accelerator, inputs.data_weights,
+                               self.cfg.data_weights)
+        recorded = (SFTRecord.from_json(checkpoint.saved).data_dirs or []) if checkpoint else None
+        self.corpora = corpora = matched_to_checkpoint(corpora, recorded, start.accelerator.is_main_process)
+        self.template = corpora.dirs[0].manifest["template"]
+        self.generation = get_template(self.template["name"], start.tokenizer)
+        return TrainData([d.train for d in corpora.dirs], corpora.weights, corpora.val_stores, corpora.longest)
+
+    def model(self, start: RunStart):
+        cfg, inputs = self.cfg, self.inputs
         model = load_base(inputs.model_path, to_dict(cfg.quantization) if cfg.quantization else None,
                           inputs.trust_remote_code)
         check_vocab_fits(model, start.tokenizer, inputs.model_path, inputs.tokenizer_path)
-        _check_lengths(cfg, inputs, corpora, generation, model.config)
+        _check_lengths(cfg, inputs, self.corpora, self.generation, model.config)
         base_sha256 = weights_fingerprint(model)  # before LoRA: what an adapter's resume must find again
-        model, lora = ready_to_train(model, cfg.lora_config, params, inputs.model_path)
-        cfg = dataclasses.replace(cfg, lora_config=lora)  # with the layers it adapts, as the run records them
-        held.enter_context(own_output(accelerator, inputs, "sft"))
-        plan = _plan(cfg, corpora, inputs)
-        run_info = {**_run_info(cfg, inputs, start.fingerprint, corpora), "base_model_sha256": base_sha256}
-        samples = _EvalSamples(cfg.evaluation_config, generation, start.tokenizer,
-                               output_dir / SAMPLES) if cfg.evaluation_config.eval_prompts else None
-        data = TrainData([d.train for d in corpora.dirs], corpora.weights, corpora.val_stores, corpora.longest)
-        run = build_run(start, model, data, params, output_dir=output_dir, run_info=run_info, plan=plan,
-                        label="sft", on_eval=samples, resumed=checkpoint.saved if checkpoint else None)
-        state = restore(run, checkpoint)
-        if main:
-            _drop_samples_after(output_dir / SAMPLES, state.step)
-            print(plan.render(), flush=True)
-        state = fit(run, state)
-        final = finish(run, state, inputs.tokenizer_path,
-                       {"stage": "sft", **run_info, "initial_eval": state.initial_eval,
-                        "last_eval": state.last_eval, "steps": state.step, "tokens_seen": state.tokens_seen},
-                       merge_adapter=False, title=f"SFT {cfg.name}", stop_token_ids=template.get("stop_token_ids"))
-    return _summary(state, final) if main else None
+        model, lora = ready_to_train(model, cfg.lora_config, cfg.training_params, inputs.model_path)
+        self.cfg = cfg = dataclasses.replace(cfg, lora_config=lora)  # with the layers it adapts, as recorded
+        if cfg.evaluation_config.eval_prompts:
+            self.on_eval = _EvalSamples(cfg.evaluation_config, self.generation, start.tokenizer,
+                                        inputs.output_dir / SAMPLES)
+        return model, _record(cfg, inputs, start.fingerprint, self.corpora, base_sha256)
+
+    def plan(self) -> RunPlan:
+        return _plan(self.cfg, self.corpora, self.inputs)
+
+    def restored(self, state: TrainState) -> None:
+        _drop_samples_after(self.inputs.output_dir / SAMPLES, state.step)
+
+    def final(self, run, state: TrainState, record: SFTRecord) -> Path | None:
+        return finish(run, state, self.inputs.tokenizer_path,
+                      {"stage": "sft", **record.to_json(), "initial_eval": state.initial_eval,
+                       "last_eval": state.last_eval, "steps": state.step, "tokens_seen": state.tokens_seen},
+                      merge_adapter=False, title=f"SFT {self.cfg.name}",
+                      stop_token_ids=self.template.get("stop_token_ids"))
 
 
 def _check_lengths(cfg: SFTTrainingConfig, inputs: SFTInputs, corpora: Corpora, template, config) -> None:
@@ -118,12 +138,13 @@ def _plan(cfg: SFTTrainingConfig, corpora: Corpora, inputs: SFTInputs) -> RunPla
     return plan
 
 
-def _run_info(cfg: SFTTrainingConfig, inputs: SFTInputs, fingerprint: str, corpora: Corpora) -> dict:
+def _record(cfg: SFTTrainingConfig, inputs: SFTInputs, fingerprint: str, corpora: Corpora,
+            base_sha256: str) -> SFTRecord:
     """What each checkpoint and final/ record of the run (resume checks the tokenizer and data hashes)."""
-    return {"config": to_dict(cfg), "tokenizer_sha256": fingerprint, "data_hashes": corpora.hashes,
-            "model_path": str(inputs.model_path), "data_dirs": [str(d.path) for d in corpora.dirs],
-            "data_weights": corpora.weights, "template": corpora.dirs[0].manifest["template"],
-            "overrides": inputs.overrides}
+    return SFTRecord(config=to_dict(cfg), tokenizer_sha256=fingerprint, data_hashes=corpora.hashes,
+                     model_path=str(inputs.model_path), data_dirs=[str(d.path) for d in corpora.dirs],
+                     data_weights=corpora.weights, template=corpora.dirs[0].manifest["template"],
+                     overrides=inputs.overrides, base_model_sha256=base_sha256)
 
 
 def _summary(state: TrainState, final: Path) -> str:
