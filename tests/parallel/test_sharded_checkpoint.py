@@ -1,6 +1,7 @@
 """The sharded checkpoint layer (torch.distributed.checkpoint) on its own, in a subprocess with a world of one:
 weights and optimizer state written as shards, read back into a fresh model, and the weights alone (what
-load_best_model_at_end reads) without the optimizer."""
+load_best_model_at_end reads) without the optimizer; an optimizer with an empty parameter group (LoRA's no-decay
+group) included."""
 from __future__ import annotations
 
 import subprocess
@@ -24,9 +25,12 @@ SCRIPT = textwrap.dedent('''
         def forward(self, ids):
             return self.model(input_ids=ids).logits.square().mean()
 
+    def adamw(model):  # with an empty no-decay group, as a LoRA run's optimizer has
+        return torch.optim.AdamW([{"params": list(model.parameters())}, {"params": [], "weight_decay": 0.0}], lr=1e-2)
+
     def trained():
         model = shard(Head(), torch.device("cpu"))
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        optimizer = adamw(model)
         model(torch.arange(16).view(1, 16)).backward()
         optimizer.step()
         return model, optimizer
@@ -38,7 +42,7 @@ SCRIPT = textwrap.dedent('''
     save_sharded(model, optimizer, sys.argv[2])
     saved, moments = local(model), {k: v["exp_avg"].full_tensor().clone() for k, v in optimizer.state.items()}
     fresh = shard(Head(), torch.device("cpu"))
-    fresh_optimizer = torch.optim.AdamW(fresh.parameters(), lr=1e-2)
+    fresh_optimizer = adamw(fresh)
     load_sharded(fresh, fresh_optimizer, sys.argv[2])
     assert all(torch.equal(saved[k], v) for k, v in local(fresh).items()), "weights differ after load"
     restored = [s["exp_avg"].full_tensor() for s in fresh_optimizer.state.values()]

@@ -143,10 +143,11 @@ def load_optimizer_state(module: torch.nn.Module, optimizer, state: dict) -> Non
     set_optimizer_state_dict(module, optimizer, state, options=StateDictOptions(full_state_dict=True))
 
 
-_SHARDED = StateDictOptions(ignore_frozen_params=True, flatten_optimizer_state_dict=True, strict=False)
+_SHARDED = StateDictOptions(ignore_frozen_params=True, strict=False)
 """Sharded checkpoints hold the trainable weights only (a LoRA run's adapter; the frozen base comes from the base
-model at resume), keyed by parameter name, with the optimizer state flattened per parameter, so that DCP can
-reshard every tensor on its own."""
+model at resume) and the optimizer state, both keyed by parameter name, so that DCP reshards every tensor on its
+own. The optimizer state stays nested (``flatten_optimizer_state_dict`` cannot read back a parameter group left
+empty, as LoRA leaves its no-decay group)."""
 
 
 def save_sharded(module: torch.nn.Module, optimizer, path) -> None:
