@@ -72,14 +72,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(table(results).splitlines()[-1], flush=True)
     parameters = results[0]["parameters"]
     rank0 = {(r["layout"], r["world"]): r["peak_rise_mib"] for r in results if r["rank"] == 0}
-    ratios = [f"{n} ranks: {rank0[('sharded', n)] / rank0[('gathered', n)]:.2f}x" for n in args.ranks
-              if rank0.get(("gathered", n))]
+    ratios = [f"{n} rank(s): {rank0[('sharded', n)]:.0f} MiB vs {rank0[('gathered', n)]:.0f} MiB" for n in args.ranks]
     command = "python scripts/benchmark_checkpoint.py " + " ".join(sys.argv[1:] if argv is None else argv)
     text = (f"### Checkpoint of a sharded run: gathered vs DCP shards\n\n`{command}` ({datetime.date.today()}, "
             f"{machine_info()['cpu']}; FSDP2 over gloo, one thread per rank; a Llama shape of {parameters / 1e6:.0f}M "
             f"parameters, fp32 weights + AdamW = {results[0]['state_mib']:.0f} MiB)\n\n{table(results)}\n\n"
-            f"Rank 0's peak rise, DCP over gathered: {', '.join(ratios)}. \"peak rise\" is the highest resident set "
-            "sampled every 2 ms during `save_checkpoint`, less the resident set just before it.")
+            f"Rank 0's peak rise, DCP vs gathered: {'; '.join(ratios)}. \"peak rise\" is the highest resident set "
+            "sampled every 2 ms during `save_checkpoint`, less the resident set just before it. With one rank the "
+            "gathered state is the rank's own tensors (nothing to collect); with more, rank 0 collects the whole "
+            "weights and AdamW state of every rank, while under DCP each rank writes the shards it holds.")
     write_section(args.report, text, begin="<!-- checkpoint:begin", end="<!-- checkpoint:end -->",
                   writer="scripts/benchmark_checkpoint.py")
     if args.json:

@@ -263,4 +263,4 @@ def test_the_checkpoint_bench_measures_both_layouts_on_every_rank(tmp_path):
                                                               ("sharded", 1)]
     largest = {r["layout"]: r["largest_file_mib"] for r in rows}
     assert largest["sharded"] < largest["gathered"]  # no shard file holds the whole state
-    assert "<!-- checkpoint:begin" in report.read_text() and "DCP over gathered" in report.read_text()
+    assert "<!-- checkpoint:begin" in report.read_text() and "DCP vs gathered" in report.read_text()
