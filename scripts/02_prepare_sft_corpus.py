@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from utils.common.cli_values import mapping, output_dir, positive_int  # noqa: E402
 from utils.common.errors import run_cli  # noqa: E402
+from utils.data.executors import EXECUTORS, make_executor  # noqa: E402
 from utils.data.prepare import default_num_proc, load_dataset_config, prepare_corpus, with_local_copies  # noqa: E402
 
 COPIES_ENV = "SFT_LOCAL_COPIES"
@@ -34,6 +35,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--num_proc", type=positive_int("--num_proc"), default=default_num_proc(),
                         help="tokenizer worker processes (default: all cores)")
     parser.add_argument("--strict", action="store_true", help="stop at the first malformed row")
+    parser.add_argument("--executor", choices=EXECUTORS, default="local",
+                        help="local: this machine's processes; ray: the encoding as Ray tasks, reading, dedup and "
+                        "the mixture on this machine (requirements-ray.txt, docs/DISTRIBUTED.md)")
+    parser.add_argument("--ray_address", help="HOST:PORT of a Ray cluster's head, or auto (a node of a running "
+                        "cluster); without it --executor ray starts a local Ray instance of --num_proc CPUs")
     parser.add_argument("--local_copy", action="append", type=mapping("--local_copy"), default=[],
                         metavar="HUB_NAME=FILE", help="read hub dataset HUB_NAME (a huggingface entry's dataset_name) "
                         "from a local .json/.jsonl/.parquet/.csv copy (repeatable; also the environment variable "
@@ -48,8 +54,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     copies = dict(mapping(COPIES_ENV)(item) for item in os.environ.get(COPIES_ENV, "").split(",") if item.strip())
     hub = {d.dataset_name for d in config.datasets if d.type == "huggingface"}
     config = with_local_copies(config, {k: v for k, v in copies.items() if k in hub}, COPIES_ENV)
-    manifest = prepare_corpus(config, args.tokenizer_path, args.output_dir, force=args.force,
-                              num_proc=args.num_proc, strict=args.strict, config_path=args.config)
+    executor = make_executor(args.executor, args.num_proc, args.ray_address) if args.executor == "ray" or \
+        args.ray_address else None
+    try:
+        manifest = prepare_corpus(config, args.tokenizer_path, args.output_dir, force=args.force,
+                                  num_proc=args.num_proc, strict=args.strict, config_path=args.config,
+                                  executor=executor)
+    finally:
+        if executor is not None:
+            executor.close()
     train = manifest["splits"]["train"]
     print(f"wrote {args.output_dir}: {train['conversations']} train examples in {train['num_shards']} "
           f"shard(s); see {Path(args.output_dir) / 'DATA_CARD.md'}")

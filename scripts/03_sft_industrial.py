@@ -16,11 +16,10 @@ from typing import Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.common.config import load_config, load_eval_prompts  # noqa: E402
 from utils.common.cli_values import check_weights, output_dir, weight  # noqa: E402
 from utils.common.errors import run_cli  # noqa: E402
 from utils.parallel.accelerator import exit_process  # noqa: E402
-from utils.train.cli import SFTInputs, add_run_args, apply_overrides  # noqa: E402
+from utils.train.cli import SFTInputs, add_run_args, load_with_overrides  # noqa: E402
 from utils.train.config import SFTTrainingConfig  # noqa: E402
 from utils.train.stage_sft import run_sft  # noqa: E402
 
@@ -43,11 +42,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     check_weights("--data_weights", args.data_weights)
-    cfg = load_config(args.config, "sft_training", SFTTrainingConfig, args.set)
-    overrides = apply_overrides(cfg.training_params, args)
-    if args.eval_prompts:
-        cfg.evaluation_config.eval_prompts = load_eval_prompts(args.eval_prompts)
-        overrides["evaluation_config.eval_prompts"] = f"--eval_prompts {args.eval_prompts}"
+    cfg, overrides = load_with_overrides(args, "sft_training", SFTTrainingConfig)
     inputs = SFTInputs(model_path=args.model_path, data_dirs=args.data_dirs, data_weights=args.data_weights,
                        tokenizer_path=args.tokenizer_path, output_dir=Path(args.output_dir),
                        resume_from_checkpoint=args.resume_from_checkpoint, trust_remote_code=args.trust_remote_code,

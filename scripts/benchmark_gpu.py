@@ -68,8 +68,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    from utils.bench.gpu import Budget, full_checks, report, require_gpu, run_checks, write_out  # torch: after flags
+    from utils.bench.gpu import full_checks  # torch: after flags
     from utils.bench.gpu_quick import quick_checks
+    from utils.bench.gpu_runner import Budget, report, require_gpu, run_checks, write_out
     from utils.bench.scaling import write_section
 
     gpu = require_gpu()
@@ -83,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         named = full_checks(work, args.steps, budget)
         if args.quick:
             named.update(quick_checks(work, budget, args.data_dir.resolve()))
-        checks = run_checks(args.checks, work, args.steps, budget, named)
+        checks = run_checks(args.checks, named, budget)
         text = report(checks, gpu, command.strip(), str(datetime.date.today()))
         if args.out is not None:
             write_out(args.out, checks, text, work)

@@ -13,8 +13,8 @@ from typing import Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.common.atomic import write_text_atomic  # noqa: E402
 from utils.common.errors import UserError, run_cli  # noqa: E402
+from utils.common.publish import write_text_atomic  # noqa: E402
 from utils.monitor.pipeline_summary import read_column, render  # noqa: E402
 
 

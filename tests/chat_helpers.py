@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 from utils.data.conversations import iter_conversations
-from utils.data.sources import DatasetSpec
+from utils.data.dataset_entry import DatasetSpec
 from utils.data.tokenizer import load_tokenizer
 
 CHAT_TEMPLATES = Path(__file__).parent / "data" / "chat_templates"

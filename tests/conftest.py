@@ -16,24 +16,32 @@ sys.path.insert(0, str(ROOT / "tests"))
 TIERS = {
     "e2e": ("e2e/", "demo/", "studio/test_studio_browser.py", "model/test_gguf_smollm2.py"),
     "distributed": ("parallel/test_fsdp2.py", "reliability/test_reliability_preemption.py",
-                    "reliability/test_reliability_resume.py", "train/test_host_syncs.py"),
+                    "reliability/test_reliability_resume.py", "train/test_host_syncs.py",
+                    "parallel/test_ray_prepare.py"),
     "stage": ("reliability/",),
 }
 """Test tiers by file (the first match wins, anything else is ``unit``): ``make test-fast`` runs unit and stage,
-``make test`` (what CI runs) every tier. e2e runs the scripts as a user does, or a real model; distributed
-launches several processes; stage drives one stage in process on a tiny model."""
+``make test`` (what CI runs) every tier. e2e runs the scripts as a user does (a numbered script in a child
+process, killed or limited or not), or a real model or llama.cpp; distributed launches several processes; stage
+drives one stage in process on a tiny model. A test marked with a tier (``@pytest.mark.e2e``) is of that tier
+whatever its file."""
+
+
+TIER_NAMES = {"unit": "fast tests of one module, toy tokenizers",
+              "stage": "one stage driven in process on a tiny model",
+              "e2e": "scripts run as a user runs them, or a real model",
+              "distributed": "several processes (torchrun, gloo, a local Ray instance)"}
 
 
 def pytest_configure(config) -> None:
-    for tier, what in (("unit", "fast tests of one module, toy tokenizers"),
-                       ("stage", "one stage driven in process on a tiny model"),
-                       ("e2e", "scripts run as a user runs them, or a real model"),
-                       ("distributed", "several processes (torchrun, gloo)")):
+    for tier, what in TIER_NAMES.items():
         config.addinivalue_line("markers", f"{tier}: {what}")
 
 
 def pytest_collection_modifyitems(config, items) -> None:
     for item in items:
+        if any(item.get_closest_marker(name) for name in TIER_NAMES):
+            continue
         where = Path(str(item.fspath)).resolve().relative_to(ROOT / "tests").as_posix()
         tier = next((t for t, prefixes in TIERS.items() if where.startswith(prefixes)), "unit")
         item.add_marker(tier)

@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 import utils.checkpoint.checkpoints as checkpoint  # noqa: E402
-import utils.common.atomic as atomic  # noqa: E402
+import utils.common.publish as publish  # noqa: E402
 import utils.train.loop as train_loop  # noqa: E402
 from utils.common.errors import run_cli  # noqa: E402
 
@@ -188,7 +188,7 @@ def _file_size_limit_after(step: int, patch) -> None:
 
 
 class _OsProxy:
-    """``os`` as utils.common.atomic sees it; ``replace`` dies right after its first call."""
+    """``os`` as utils.common.publish sees it; ``replace`` dies right after its first call."""
 
     def __getattr__(self, name):
         return getattr(os, name)
@@ -199,19 +199,19 @@ class _OsProxy:
 
 
 def _publish_rename(_step: int, patch) -> None:
-    patch(atomic, "_exchange", lambda a, b: False)
+    patch(publish, "_exchange", lambda a, b: False)
 
     def make(orig):
         def publish_dir(tmp, final):
             if Path(final).exists():
-                patch(atomic, "os", _OsProxy())
+                patch(publish, "os", _OsProxy())
             orig(tmp, final)
         return publish_dir
-    _wrap(patch, atomic, "publish_dir", make)
+    _wrap(patch, publish, "publish_dir", make)
 
 
 def _publish_write(_step: int, patch) -> None:
-    patch(atomic, "share_tree", lambda path: _die())
+    patch(publish, "share_tree", lambda path: _die())
 
 
 FAULTS = {

@@ -46,6 +46,12 @@ def write_json(path: Path, data) -> Path:
     return path
 
 
+def snapshot(path: Path, skip: tuple[str, ...] = ()) -> dict[str, bytes]:
+    """Every file below ``path`` (hidden ones too) and its bytes, but those under a folder named in ``skip``."""
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*"))
+            if p.is_file() and not set(p.relative_to(path).parts) & set(skip)}
+
+
 def sft_work(tmp_path_factory, tokenizer_dir: Path) -> Path:
     """Two prepared corpora and a tiny model, built once per session whichever module asks first."""
     if "work" not in _BUILT:
@@ -54,9 +60,6 @@ def sft_work(tmp_path_factory, tokenizer_dir: Path) -> Path:
 
 
 def _build(work: Path, tokenizer_dir: Path) -> Path:
-    from utils.model.modeling import ModelArchitecture, build_model
-    from utils.data.tokenizer import load_tokenizer
-
     raw = work / "raw"
     raw.mkdir()
     sums = [{"messages": [{"role": "user", "content": f"What is {a} plus {b}?"},
@@ -77,20 +80,36 @@ def _build(work: Path, tokenizer_dir: Path) -> Path:
             "--config", str(config), "--output_dir", str(work / "data" / name),
             "--tokenizer_path", str(tokenizer_dir), "--num_proc", "1"])
         assert code == 0
-    arch = ModelArchitecture(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                             intermediate_size=64, max_position_embeddings=256)
-    build_model(arch, load_tokenizer(tokenizer_dir), seed=0).save_pretrained(work / "model")
+    save_tiny_llama(tokenizer_dir, work / "model")
     (work / "tokenizer").symlink_to(tokenizer_dir)
     return work
 
 
-def sft_config(work: Path, name: str, lora: bool = True, **params) -> Path:
-    """A small SFT config: packing (micro_batch_tokens), checkpoints every 2 steps, 2 kept, eval every 3."""
-    training = {"learning_rate": 0.003, "max_steps": 8, "micro_batch_tokens": 256, "warmup_steps": 1,
-                "logging_steps": 1, "eval_steps": 3, "save_steps": 2, "save_total_limit": 2,
-                "eval_max_batches": 2, "bf16": False, "seed": 7, **params}
-    config = {"name": name, "training_params": training,
-              "evaluation_config": {"eval_prompts": ["What is 2 plus 3?"], "generation_config": {"max_new_tokens": 3}}}
+def save_tiny_llama(tokenizer_dir: Path, out: Path, seed: int = 0) -> Path:
+    """A randomly initialised 2-layer, 32-wide Llama-layout model sized to the tokenizer, saved in ``out``."""
+    from utils.data.tokenizer import load_tokenizer
+    from utils.model.modeling import ModelArchitecture, build_model
+
+    arch = ModelArchitecture(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                             intermediate_size=64, max_position_embeddings=256)
+    build_model(arch, load_tokenizer(tokenizer_dir), seed=seed).save_pretrained(out)
+    return out
+
+
+SMALL_TRAINING = {"learning_rate": 0.003, "max_steps": 8, "micro_batch_tokens": 256, "warmup_steps": 1,
+                  "logging_steps": 1, "eval_steps": 3, "save_steps": 2, "save_total_limit": 2, "eval_max_batches": 2,
+                  "bf16": False, "seed": 7}
+"""The reliability suite's training parameters: packing (micro_batch_tokens), checkpoints every 2 steps, 2 kept,
+eval every 3."""
+
+
+def sft_config(work: Path, name: str, lora: bool = True, base: dict = SMALL_TRAINING, max_new_tokens: int = 3,
+               **params) -> Path:
+    """``work/<name>.json``: an SFT config of ``base`` training parameters changed by ``params``, one eval prompt
+    answered in ``max_new_tokens``, and a small LoRA unless ``lora`` is False."""
+    config = {"name": name, "training_params": {**base, **params},
+              "evaluation_config": {"eval_prompts": ["What is 2 plus 3?"],
+                                    "generation_config": {"max_new_tokens": max_new_tokens}}}
     if lora:  # dropout > 0, so an exact resume must restore the RNG too
         config["lora_config"] = {"r": 4, "lora_alpha": 8, "lora_dropout": 0.1,
                                  "target_modules": ["q_proj", "v_proj", "up_proj"]}

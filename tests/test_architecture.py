@@ -83,27 +83,76 @@ def test_scripts_do_not_import_each_other():
     assert not wrong, wrong
 
 
-def test_imports_inside_functions_say_why():
-    """A deferred import carries a reason (optional dependency, start-up cost) on its line or just above."""
-    missing = []
+def late_imports() -> dict[str, str]:
+    """Module -> why, for the heavy or optional modules listed between the late-imports markers of
+    docs/ARCHITECTURE.md: the only ones a function may import."""
+    text = (ROOT / "docs" / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    block = text.split("<!-- late-imports:begin -->")[1].split("<!-- late-imports:end -->")[0]
+    late = {}
+    for line in block.splitlines():
+        match = re.match(r"- ([\w, ]+): (.+)", line)
+        if match:
+            late |= {name.strip(): match[2] for name in match[1].split(",")}
+    return late
+
+
+def load_time_imports(path: Path) -> list[str]:
+    """Modules ``path`` imports when it is loaded (outside functions and ``if TYPE_CHECKING:``); for
+    ``from utils.x import y`` also ``utils.x.y``, which may be a module."""
+    out, todo = [], list(ast.parse(path.read_text(encoding="utf-8")).body)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) or \
+                (isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)):
+            continue
+        if isinstance(node, ast.Import):
+            out += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out += [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        else:
+            todo += list(ast.iter_child_nodes(node))
+    return out
+
+
+def heavy_project_modules(late: set[str]) -> set[str]:
+    """The ``utils`` modules that load a late-import module when they are loaded, directly or through others."""
+    loads = {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): load_time_imports(p)
+             for p in UTILS.rglob("*.py")}
+    heavy, grew = set(), True
+    while grew:
+        new = {m for m, imports in loads.items() if m not in heavy
+               and any(i.split(".")[0] in late or i in heavy for i in imports)}
+        heavy, grew = heavy | new, bool(new)
+    return heavy
+
+
+def test_only_heavy_modules_are_imported_late():
+    """A function imports only a module of the late-imports list (docs/ARCHITECTURE.md) or a project module
+    that loads one; everything else is imported at the top of the module."""
+    late = set(late_imports())
+    allowed = late | heavy_project_modules(late)
+    wrong = []
     for path in sorted(UTILS.rglob("*.py")):
-        lines = path.read_text(encoding="utf-8").splitlines()
-        for func in ast.walk(ast.parse("\n".join(lines))):
-            if not isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                continue
-            for node in ast.walk(func):
-                if isinstance(node, (ast.Import, ast.ImportFrom)) and not _has_reason(lines, node.lineno - 1):
-                    missing.append(f"{path.relative_to(ROOT)}:{node.lineno}: {lines[node.lineno - 1].strip()}")
-    assert not missing, "\n".join(missing)
+        for func in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                wrong += [f"{path.relative_to(ROOT)}:{line}: {module} is imported inside a function but is neither "
+                          "in the late-imports list of docs/ARCHITECTURE.md, nor loads one (import it at the top)"
+                          for line, module, loaded in imports_in(func)
+                          if module.split(".")[0] not in late and not set(loaded) & allowed]
+    assert not wrong, "\n".join(sorted(set(wrong)))
 
 
-def _has_reason(lines: list[str], index: int) -> bool:
-    """A comment on the import's line, or above the run of import lines it belongs to."""
-    if "#" in lines[index]:
-        return True
-    while index > 0 and lines[index - 1].strip().startswith(("import ", "from ")):
-        index -= 1
-    return index > 0 and lines[index - 1].strip().startswith("#")
+def imports_in(func: ast.AST) -> list[tuple[int, str, list[str]]]:
+    """(line, module, what it may load) of each import in ``func``: ``from utils.x import y`` loads ``utils.x``
+    and, where ``y`` is a module, ``utils.x.y``."""
+    out = []
+    for node in ast.walk(func):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, alias.name, [alias.name]) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            module = "." * node.level + (node.module or "")
+            out.append((node.lineno, module, [module] + [f"{module}.{alias.name}" for alias in node.names]))
+    return out
 
 
 def test_modules_stay_short():
@@ -115,3 +164,71 @@ def test_modules_stay_short():
 def test_tests_mirror_every_package():
     missing = [p for p in PACKAGES if not (ROOT / "tests" / p).is_dir() or not any((ROOT / "tests" / p).glob("test_*.py"))]
     assert not missing, f"packages without a tests/<package>/ folder of tests: {missing}"
+
+
+def import_graph(bases=("utils", "scripts")) -> dict[str, dict[str, int]]:
+    """{module: {module it imports: line}} over the project's modules, imports at any depth (a deferred import
+    closes a circle as surely as one at the top); ``from package import name`` counts as the module ``name``
+    where ``package.name`` is one."""
+    files = {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
+             for base in bases for p in sorted((ROOT / base).rglob("*.py"))}
+    graph: dict[str, dict[str, int]] = {}
+    for name, path in files.items():
+        edges = graph.setdefault(name, {})
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1]) if node.level else ""
+                module = ".".join(filter(None, (base, node.module)))
+                targets = [f"{module}.{a.name}" if f"{module}.{a.name}" in files else module for a in node.names]
+            else:
+                continue
+            for target in targets:
+                if target in files and target != name:
+                    edges.setdefault(target, node.lineno)
+    return graph
+
+
+def import_circles(graph: dict[str, dict[str, int]]) -> list[list[str]]:
+    """The strongly connected groups of more than one module (Tarjan), each as a list of modules."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    circles = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for nxt in graph.get(node, {}):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            group = []
+            while not group or group[-1] != node:
+                group.append(stack.pop())
+            if len(group) > 1:
+                circles.append(sorted(group))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return circles
+
+
+def test_import_circles_are_found():
+    graph = {"a": {"b": 1}, "b": {"c": 3}, "c": {"a": 5}, "d": {"a": 2}}
+    assert import_circles(graph) == [["a", "b", "c"]]
+    assert import_circles({"a": {"b": 1}, "b": {}}) == []
+
+
+def test_no_two_modules_import_each_other():
+    """No import circle among the project's modules, directly or through others, deferred imports included."""
+    graph = import_graph()
+    found = ["; ".join(f"{m}:{line} -> {n}" for m in group for n, line in graph[m].items() if n in group)
+             for group in import_circles(graph)]
+    assert not found, "import circles (module:line -> what it imports):\n" + "\n".join(found)

@@ -15,8 +15,9 @@ import torch.nn.functional as F
 
 from paths import ROOT
 from scripts_loader import load_script
-from utils.bench import gpu, gpu_demo
-from utils.bench.gpu import Budget, Check, OutOfTime, alone, compare_with_alone, report
+from utils.bench import gpu, gpu_demo, gpu_runner
+from utils.bench.gpu_model import alone, compare_with_alone
+from utils.bench.gpu_runner import Budget, Check, OutOfTime, report
 from utils.bench.scaling import write_section
 from utils.common.errors import run_cli
 from utils.model.attention import packed_sdpa_attention
@@ -98,19 +99,19 @@ def test_the_budget_gives_each_command_what_is_left_and_stops_at_the_limit(tmp_p
     spent = Budget(4)
     with pytest.raises(OutOfTime):
         spent.cap(30)
-    checks = gpu.run_checks(["throughput", "resume", "demo"], tmp_path, 5, spent)
+    checks = gpu_runner.run_checks(["throughput", "resume", "demo"], gpu.full_checks(tmp_path, 5, spent), spent)
     assert not any(tmp_path.iterdir())  # nothing was started
     assert [(c.name, c.passed, c.summary) for c in checks] == [
         (name, False, "not run: the bench's time limit was spent") for name in ("throughput", "resume", "demo")]
 
 
 def test_a_command_past_its_time_or_failing_is_one_line_naming_it(tmp_path):
-    with pytest.raises(gpu.UserError) as err:
-        gpu.run_logged([sys.executable, "-c", "print('step 3 of 9', flush=True); import time; time.sleep(30)",
+    with pytest.raises(gpu_runner.UserError) as err:
+        gpu_runner.run_logged([sys.executable, "-c", "print('step 3 of 9', flush=True); import time; time.sleep(30)",
                         "x.py"], tmp_path / "a.log", timeout=1)
     assert str(err.value).startswith("x.py ran past 1s (last line: step 3 of 9)") and "\n" not in str(err.value)
-    with pytest.raises(gpu.UserError) as err:
-        gpu.run_logged(["make", "-C", str(tmp_path), "sft-pipeline-complete"], tmp_path / "b.log", timeout=30)
+    with pytest.raises(gpu_runner.UserError) as err:
+        gpu_runner.run_logged(["make", "-C", str(tmp_path), "sft-pipeline-complete"], tmp_path / "b.log", timeout=30)
     assert str(err.value).startswith("make sft-pipeline-complete failed (exit 2)")
 
 
@@ -185,15 +186,16 @@ def test_out_holds_at_most_eight_small_files_with_the_report_figures_logs_and_ta
     checks = [Check("peak", True, "bf16 800 TFLOP/s", {"bf16_flops": 8e14}),
               Check("demo", False, "missed: time", {"seconds": 400.0, "table": "| metric | a |\n|---|---|\n"})]
     text = report(checks, "GPU", "python scripts/benchmark_gpu.py", "2026-12-04")
-    written = gpu.write_out(tmp_path / "out", checks, text, work)
+    written = gpu_runner.write_out(tmp_path / "out", checks, text, work)
     assert sorted(p.name for p in written) == ["demo_summary.md", "gpu_checks.json", "gpu_checks.md", "gpu_logs.txt"]
-    assert len(list((tmp_path / "out").iterdir())) <= gpu.MAX_OUT_FILES
+    assert len(list((tmp_path / "out").iterdir())) <= gpu_runner.MAX_OUT_FILES
     assert json.loads((tmp_path / "out" / "gpu_checks.json").read_text())[1]["figures"]["seconds"] == 400.0
     logs = (tmp_path / "out" / "gpu_logs.txt").read_text()
     assert "==> demo.log (last 60 of 100 lines)" in logs and "line 39\n" not in logs and "line 40\n" in logs
     assert "The main job on this GPU" in text and "| metric | a |" in text
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 def test_the_demo_check_runs_the_main_job_end_to_end_on_tiny_budgets(tmp_path):
     """The same check as on a GPU, on this CPU with tiny budgets: the copy holds all the main job needs."""

@@ -13,7 +13,8 @@ import utils.model.kernels as kernels
 from scripts_loader import load_script
 from train_helpers import count_stand_in_calls, emulate_cuda_kernels, random_store, tiny_llama
 from utils.bench import gpu_model, gpu_profile, gpu_quick
-from utils.bench.gpu import Budget, run_checks, throughput_command
+from utils.bench.gpu import throughput_command
+from utils.bench.gpu_runner import Budget, run_checks
 from utils.bench.syncs import sync_reason
 from utils.common.errors import run_cli
 
@@ -45,7 +46,7 @@ def test_packed_rows_through_llama_and_qwen2_match_each_example_alone_under_bf16
 
 def test_fp32_matches_tightly_and_the_check_says_the_kernel_is_not_used_without_half_precision(emulate):
     diff = gpu_model.packed_vs_alone(gpu_model.family_model("qwen2", **SHAPE), LENGTHS, "cpu", torch.float32)
-    assert diff["loss_rel"] < 1e-5 and diff["grad_rel"] < 1e-5
+    assert diff["loss_rel"] < 1e-5 and diff["grad_rel"] < 1e-5 and diff["problem"] is None
     check = gpu_model.check_varlen_models("cpu", torch.float32, SHAPE, LENGTHS)
     assert not check.passed and "the varlen kernel is not used" in check.summary and emulate["n"] == 0
 
@@ -58,7 +59,7 @@ def test_attention_across_examples_fails_the_check(emulate, monkeypatch):
 
     monkeypatch.setattr(kernels, "_attend", leaking)
     check = gpu_model.check_varlen_models("cpu", shape=SHAPE, lengths=LENGTHS)
-    assert not check.passed
+    assert not check.passed and "differ packed and alone" in check.figures["llama"]["problem"]
     assert check.figures["llama"]["grad_rel"] > 5 * gpu_model.TOLERANCE[torch.bfloat16]["grad"]
 
 
@@ -262,12 +263,12 @@ def test_the_quick_checks_run_in_order_within_the_budget(tmp_path, emulate):
                                    micro_tokens=96)
     assert tuple(named) == gpu_quick.QUICK_CHECKS
     monkey = {"varlen": lambda: gpu_model.check_varlen_models("cpu", shape=SHAPE, lengths=LENGTHS)}
-    checks = run_checks(["varlen", "syncs", "profile"], tmp_path, 5, Budget(600), {**named, **monkey})
+    checks = run_checks(["varlen", "syncs", "profile"], {**named, **monkey}, Budget(600))
     assert [(c.name, c.passed) for c in checks] == [("varlen", True), ("syncs", True), ("profile", True)], \
         [c.summary for c in checks]
     assert "0.00 host-device syncs per steady-state step" in checks[1].summary and "SyncCounter" in checks[1].summary
     assert checks[2].summary.startswith("96 tokens micro-batch: attention ")
-    spent = run_checks(list(gpu_quick.QUICK_CHECKS), tmp_path, 5, Budget(4), named)
+    spent = run_checks(list(gpu_quick.QUICK_CHECKS), named, Budget(4))
     assert all(c.summary == "not run: the bench's time limit was spent" for c in spent)
 
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from scripts_loader import load_script
 from utils.bench.scaling import conversation, write_section
 from utils.common.errors import run_cli
@@ -26,11 +28,13 @@ def test_the_section_is_replaced_and_the_rest_kept(tmp_path):
     assert text.count("scaling:begin") == 1
 
 
+@pytest.mark.e2e
 def test_small_path_prepares_and_trains_and_reports(tmp_path, toy_tokenizer_dir, capsys):
     script = load_script("benchmark_scaling")
     report, plot, out = tmp_path / "B.md", tmp_path / "s.png", tmp_path / "s.json"
     report.write_text("# Benchmarks\n")
-    code = run_cli(script.main, ["--sizes", "200", "--steps", "1", "--tokenizer_path", str(toy_tokenizer_dir),
+    code = run_cli(script.main, ["--parts", "sft", "--sizes", "200", "--steps", "1", "--tokenizer_path",
+                                 str(toy_tokenizer_dir),
                                  "--work_dir", str(tmp_path / "work"), "--report", str(report),
                                  "--plot", str(plot), "--json", str(out)])
     assert code == 0, capsys.readouterr().err
@@ -52,3 +56,16 @@ def test_a_used_work_dir_is_refused_and_left_alone(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--work_dir" in err[0] and "not empty" in err[0]
     assert (work / "mine.txt").read_text() == "keep" and not (tmp_path / "B.md").exists()
+
+
+def test_the_text_part_measures_each_executor_with_the_same_shards(tmp_path, toy_tokenizer_dir, capsys):
+    script = load_script("benchmark_scaling")
+    report = tmp_path / "B.md"
+    report.write_text("# Benchmarks\n")
+    code = run_cli(script.main, ["--parts", "text", "--text_executors", "local", "--text_mb", "0.2",
+                                 "--partition_mb", "0.05", "--tokenizer_path", str(toy_tokenizer_dir),
+                                 "--work_dir", str(tmp_path / "work"), "--report", str(report)])
+    assert code == 0, capsys.readouterr().err
+    text = report.read_text()
+    assert "text-scaling:begin" in text and "| local | 1 |" in text and "| local | 2 |" in text
+    assert "scaling:begin (written" not in text.replace("text-scaling:begin", "")

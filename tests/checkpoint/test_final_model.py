@@ -8,17 +8,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from test_export import ARCH
 from utils.checkpoint.final_model import name_base, save_final
 from utils.data.fingerprint import tokenizer_fingerprint
 from utils.data.tokenizer import copy_tokenizer_files
 from utils.model.loss import SupervisedLoss
-from utils.model.modeling import ModelArchitecture, build_model, load_model
+from utils.model.modeling import build_model, load_model
 from utils.parallel.accelerator import make_accelerator
 from utils.parallel.lora import LoraSettings, apply_lora
 
 HUB_ID = "HuggingFaceTB/SmolLM2-135M"  # never reachable here: loading it from the Hub would fail the test
-ARCH = ModelArchitecture(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         intermediate_size=64, max_position_embeddings=128)
 IDS = torch.arange(4, 20)[None]
 
 
@@ -70,7 +69,7 @@ def test_the_adapter_names_its_base_by_hub_id_when_known(tmp_path, toy_tokenizer
 def test_evaluation_and_studio_load_the_base_training_read(tmp_path, toy_tokenizer, toy_tokenizer_dir):
     from peft import PeftModel
 
-    from utils.eval.setup import load_eval_model
+    from utils.eval.models import load_eval_model
     from utils.studio.chat import base_of
 
     base = _base(tmp_path / "base", toy_tokenizer, toy_tokenizer_dir, HUB_ID)

@@ -29,6 +29,7 @@ def gguf_export(run_dir) -> Path:  # noqa: F811
     return out
 
 
+@pytest.mark.e2e
 @needs_gguf
 def test_llama_cpp_reads_the_file_with_the_trained_template(gguf_export):
     from llama_cpp import Llama
@@ -44,6 +45,7 @@ def test_llama_cpp_reads_the_file_with_the_trained_template(gguf_export):
     assert "FROM ./export_gguf-f16.gguf" in modelfile and 'PARAMETER stop "<|im_end|>"' in modelfile
 
 
+@pytest.mark.e2e
 @needs_gguf
 def test_greedy_tokens_equal_transformers_and_the_card_says_so(gguf_export, capsys):
     card = (gguf_export / "README.md").read_text()
@@ -53,6 +55,7 @@ def test_greedy_tokens_equal_transformers_and_the_card_says_so(gguf_export, caps
     assert "gguf" in card.split("---")[1]  # tag in the Hub front matter
 
 
+@pytest.mark.e2e
 @needs_gguf
 def test_q8_0_is_about_half_of_f16(gguf_export):
     f16 = (gguf_export / "export_gguf-f16.gguf").stat().st_size
@@ -87,6 +90,7 @@ def test_an_architecture_llama_cpp_cannot_convert_is_refused(run_dir, tmp_path, 
     assert list(previous.iterdir()) == []
 
 
+@pytest.mark.e2e
 @needs_gguf
 def test_a_failed_conversion_leaves_the_previous_export(run_dir, gguf_export, tmp_path, monkeypatch, capsys):  # noqa: F811
     from utils.checkpoint import gguf_export as module
@@ -103,6 +107,7 @@ def test_a_failed_conversion_leaves_the_previous_export(run_dir, gguf_export, tm
     assert {p.name: p.read_bytes() for p in gguf_export.iterdir() if p.is_file()} == before
 
 
+@pytest.mark.e2e
 @needs_gguf
 def test_a_sigkill_during_the_gguf_conversion_leaves_the_previous_export(run_dir, gguf_export, tmp_path):  # noqa: F811
     """A real SIGKILL in the middle of --gguf (the process dies as llama.cpp's converter starts): the previous export

@@ -9,7 +9,7 @@ import pytest
 
 from utils.common.errors import UserError
 from utils.data.conversations import Conversation, Skip, check_dataset, iter_conversations
-from utils.data.sources import DatasetSpec, Participants
+from utils.data.dataset_entry import DatasetSpec, Participants
 
 
 def run(tmp_path: Path, rows: list, **spec) -> list[Conversation | Skip]:

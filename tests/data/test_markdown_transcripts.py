@@ -9,7 +9,7 @@ import pytest
 from utils.common.errors import UserError
 from utils.data.conversations import Conversation, iter_conversations
 from utils.data.markdown_transcripts import compile_speakers, split_turns
-from utils.data.sources import DatasetSpec, Participants
+from utils.data.dataset_entry import DatasetSpec, Participants
 
 BOLD = {"user": ["**Laurent-Philippe**:", "**User**:"], "assistant": ["**Mnemosyne**:", "**Assistant**:"]}
 

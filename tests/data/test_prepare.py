@@ -80,6 +80,7 @@ def shard_bytes(out):
     return {p.name: p.read_bytes() for p in sorted(out.glob("*.jsonl"))}
 
 
+@pytest.mark.e2e
 def test_cli_end_to_end_then_same_bytes_in_process(tmp_path, data_dir, toy_tokenizer_dir, script, capsys):
     config = make_config(tmp_path, data_dir)
     cli_out = tmp_path / "cli"

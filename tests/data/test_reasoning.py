@@ -12,7 +12,7 @@ from utils.common.config import validate
 from utils.common.errors import UserError, run_cli
 from utils.common.labels import IGNORE
 from utils.data.conversations import Conversation, Skip
-from utils.data.sources import DatasetSpec
+from utils.data.dataset_entry import DatasetSpec
 from utils.data import templates
 from utils.data.templates import MAX_MESSAGES, get_template
 from utils.data.tokenizer import IM_END, IM_START, load_tokenizer

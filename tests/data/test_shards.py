@@ -5,10 +5,10 @@ import json
 
 import pytest
 
-from utils.common.atomic import write_json_atomic
 from utils.common.errors import UserError
 from utils.common.hashing import sha256_file
 from shard_helpers import shard_examples
+from utils.common.publish import write_json_atomic
 from utils.data.shards import FORMAT_VERSION, ShardWriter, example_line, load_manifest, parse_example, verify_data_dir
 
 

@@ -10,7 +10,8 @@ import pytest
 import utils.data.sources as sources
 from utils.common.config import from_dict, load_schema, validate
 from utils.common.errors import UserError
-from utils.data.sources import DatasetSpec, Participants, Row, iter_rows
+from utils.data.dataset_entry import DatasetSpec, Participants
+from utils.data.sources import Row, iter_rows
 
 
 def rows(spec: DatasetSpec, base: Path) -> list:

@@ -11,7 +11,7 @@ from scripts_loader import load_script
 from utils.common.errors import UserError, run_cli
 from utils.common.labels import IGNORE
 from utils.data.conversations import Conversation, Skip
-from utils.data.sources import DatasetSpec
+from utils.data.dataset_entry import DatasetSpec
 from utils.data.templates import get_template
 from utils.data.tokenizer import load_tokenizer
 from utils.data.tool_template import ToolTemplateError
@@ -199,6 +199,7 @@ def test_a_template_without_tools_stops_the_stage_on_the_first_tool_row(shared_d
     assert "renders no tools" in err[0] and not out.exists()
 
 
+@pytest.mark.e2e
 def test_smollm2_tokenizer_prepares_the_glaive_demo_in_the_project_tool_format(shared_data, tmp_path, capsys):
     """SmolLM2's own chat_template knows no tools; its tokenizer with template chatml (the project's tool format)
     prepares every Glaive row: 300 read, nothing dropped but the exact repeats, the calls counted."""

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from reliability_helpers import snapshot
 from utils.common.errors import UserError
 from utils.demo.build import generate_demo_data
 from utils.demo.corpus import CORPUS_MODULES, clean_text
@@ -32,15 +33,11 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
-def tree_bytes(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
 # ---------------------------------------------------------------- determinism and writing
 
 def test_same_seed_is_byte_identical(tmp_path, demo):
     generate_demo_data(tmp_path / "again", seed=7, **SMALL)
-    assert tree_bytes(tmp_path / "again") == tree_bytes(demo)
+    assert snapshot(tmp_path / "again") == snapshot(demo)
 
 
 def test_cli_in_a_fresh_process_matches(tmp_path, demo):
@@ -51,12 +48,12 @@ def test_cli_in_a_fresh_process_matches(tmp_path, demo):
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "wrote" in done.stdout
-    assert tree_bytes(tmp_path / "cli") == tree_bytes(demo)
+    assert snapshot(tmp_path / "cli") == snapshot(demo)
 
 
 def test_other_seed_changes_the_instruct_data_only(tmp_path, demo):
     generate_demo_data(tmp_path / "other", seed=8, **SMALL)
-    other, same = tree_bytes(tmp_path / "other"), tree_bytes(demo)
+    other, same = snapshot(tmp_path / "other"), snapshot(demo)
     assert other["instruct/train.jsonl"] != same["instruct/train.jsonl"]
     assert other["instruct/test.jsonl"] != same["instruct/test.jsonl"]
     assert all(other[k] == same[k] for k in same if k.startswith(("corpus/", "transcripts/")))

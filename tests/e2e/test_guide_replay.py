@@ -92,7 +92,7 @@ class Project:
         self.path = path
         path.mkdir()
         for name in ("Makefile", "scripts", "utils", "requirements.txt", "requirements-qlora.txt",
-                     "requirements-studio.txt", "requirements-bench.txt"):
+                     "requirements-studio.txt", "requirements-bench.txt", "requirements-ray.txt"):
             (path / name).symlink_to(ROOT / name)
         shutil.copytree(ROOT / "config", path / "config")  # the Migration section writes a config of its own
         self.env = {**os.environ, "PATH": f"{shims}:{os.environ['PATH']}", "VENV": str(VENV),

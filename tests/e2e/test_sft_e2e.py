@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import launch_helpers
+import reliability_helpers
 from e2e_helpers import ROOT, run, training_params, write_json
 
 TOK = "checkpoints/tokenizer/spm_test"
@@ -35,15 +36,9 @@ def sft_work(pipeline_work) -> Path:
 
 
 def sft_config(work: Path, name: str, lora: bool = True, **params) -> str:
-    config = {"name": name, "training_params": training_params(**{"per_device_train_batch_size": None,
-                                                                     "micro_batch_tokens": 512, **params}),
-              "evaluation_config": {"eval_prompts": ["What is 2 plus 3?"],
-                                    "generation_config": {"max_new_tokens": 8}}}
-    if lora:
-        config["lora_config"] = {"r": 4, "lora_alpha": 8, "lora_dropout": 0.1,
-                                 "target_modules": ["q_proj", "v_proj", "up_proj"]}
-    write_json(work / f"{name}.json", config)
-    return f"{name}.json"
+    """``<name>.json`` in ``work``: packed micro-batches of 512 tokens, 8 new tokens for the eval prompt."""
+    base = training_params(per_device_train_batch_size=None, micro_batch_tokens=512)
+    return reliability_helpers.sft_config(work, name, lora, base=base, max_new_tokens=8, **params).name
 
 
 def sft(work: Path, config: str, out: str, *extra: str, check: bool = True, launcher=None):

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from utils.common.labels import perplexity
-from utils.eval.metrics import (check_answer, difference, distinct_n, is_success, length_stats, loss_record,
-                                prompt_overlap, repetition_rate, score_answers)
+from utils.eval.metrics import (check_answer, difference, distinct_n, is_success, length_stats, prompt_overlap,
+                                repetition_rate, score_answers)
+from utils.model.loss import loss_record
 
 
 def result(text: str, finished: bool = True):

@@ -21,7 +21,7 @@ from utils.data.templates import get_template
 from utils.data.tokenizer import copy_tokenizer_files
 from utils.eval.evaluation import (EvalInputs, evaluate_model, generation_metrics, read_eval_set, retention_metrics,
                               retention_store, val_metrics)
-from utils.eval.setup import load_eval_model
+from utils.eval.models import load_eval_model
 from utils.model.generation import GenerationResult
 from utils.model.generation import GenerationSettings
 from utils.sampling.example_store import load_sft_store
@@ -209,6 +209,7 @@ def test_stub_that_always_answers_right_scores_100_percent(env, tmp_path, monkey
     assert "exact_match" in printed and "tuned-base" in printed
 
 
+@pytest.mark.e2e
 def test_cli_end_to_end_on_tiny_models(env, tmp_path):
     out = tmp_path / "eval"
     proc = subprocess.run([sys.executable, str(SCRIPT), *cli_args(env, out)], capture_output=True, text=True,

@@ -176,6 +176,7 @@ def test_stage_reports_tool_call_accuracy_base_vs_tuned(tool_env, toy_tokenizer,
     assert "tool_call_accuracy" in capsys.readouterr().out
 
 
+@pytest.mark.e2e
 def test_cli_end_to_end_counts_a_tiny_models_text_as_misses(tool_env, tmp_path):
     out = tmp_path / "eval"
     proc = subprocess.run([sys.executable, str(SCRIPT), *cli_args(tool_env, out)], capture_output=True, text=True,

@@ -132,3 +132,16 @@ def test_the_moe_loss_reports_the_router_loss_apart():
                               torch.tensor([0, 5, 12], dtype=torch.int32))
     assert parts[-1] > 0 and parts[0] == parts[-2]
     torch.testing.assert_close(objective.detach(), parts[-2] + 0.01 * parts[-1])
+
+
+def test_the_comparison_takes_a_tolerance_per_quantity_and_reports_the_figures_it_judges():
+    theirs = {"losses": torch.tensor([2.0, 4.0]), "aux": torch.zeros(()), "grads": {"w": torch.tensor([1.0, -2.0])}}
+    mine = {"losses": torch.tensor([2.0, 4.01]), "aux": torch.zeros(()), "grads": {"w": torch.tensor([1.0, -2.1])}}
+    assert packing_check.compare(mine, theirs).startswith("the loss of each example packed")
+    assert packing_check.compare(mine, theirs, loss_rtol=5e-3) == (
+        "the gradients of 1 weights differ packed and alone (first w)")
+    assert packing_check.compare(mine, theirs, loss_rtol=5e-3, grad_rtol=5e-2) is None
+    assert packing_check.compare(theirs, theirs) is None
+    figures = packing_check.relative_differences(mine, theirs)
+    assert figures["loss_rel"] == pytest.approx(0.01 / 4, rel=1e-3) and figures["worst_param"] == "w"
+    assert figures["grad_rel"] == pytest.approx(0.1 / 2, rel=1e-3)

@@ -60,6 +60,7 @@ def test_tracker_not_installed_is_refused_by_name():
                               "or remove 'wandb' from report_to")
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(importlib.util.find_spec("wandb") is not None, reason="wandb is installed here")
 def test_cli_refuses_missing_tracker_before_writing(tmp_path, toy_tokenizer_dir):
     config = json.loads((ROOT / "config/pretrain/tiny.json").read_text())
@@ -79,6 +80,7 @@ def test_cli_refuses_missing_tracker_before_writing(tmp_path, toy_tokenizer_dir)
 
 @pytest.mark.skipif(importlib.util.find_spec("trackio") is None, reason="trackio not installed "
                     "(requirements-studio.txt)")
+@pytest.mark.e2e
 def test_trackio_gets_the_metrics_in_a_local_store(tmp_path):
     """trackio runs offline: a child process so its store directory (TRACKIO_DIR, read at import) is ours."""
     code = ("import sys; sys.path[:0] = ['.', 'tests']; from pathlib import Path; from train_helpers import run_training;"

@@ -8,14 +8,9 @@ import json
 import pytest
 
 from arch_helpers import ARCHITECTURES, NEWER_ARCHITECTURES, save_tiny_model
-from reliability_helpers import error_line, script, sft_argv, sft_config, sft_in_process
+from reliability_helpers import error_line, script, sft_argv, sft_config, sft_in_process, snapshot
 from utils.common.errors import run_cli
 from utils.data.tokenizer import load_tokenizer
-
-
-def _tree(path):
-    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
-
 
 _LLAMA = ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
 LINEAR_LAYERS = {"gpt2": ["c_attn", "c_fc", "c_proj"], "phi3": ["down_proj", "gate_up_proj", "o_proj", "qkv_proj"],
@@ -110,7 +105,7 @@ def test_an_unsupported_architecture_is_refused_before_anything_is_written(work,
     assert not out.exists() and not list(out.parent.glob(f".{out.name}*"))
     existing = work / "out" / "arch_full_gpt2"
     if existing.is_dir():
-        before = _tree(existing)
+        before = snapshot(existing)
         assert sft_in_process(sft_argv(work, cfg, existing, model=model) + ["--resume_from_checkpoint", "auto"]) == 2
         assert "model_type 'bloom'" in error_line(capsys)
-        assert _tree(existing) == before
+        assert snapshot(existing) == before

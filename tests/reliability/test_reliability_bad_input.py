@@ -150,6 +150,7 @@ def assert_no_output(out: Path) -> None:
     assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")], "a temp dir was left"
 
 
+@pytest.mark.e2e
 def test_every_malformed_row_is_a_counted_skip_through_the_real_cli(tmp_path, toy_tokenizer_dir):
     assert len(ALL_CASES) >= 50
     base = tmp_path / "in"
@@ -302,6 +303,7 @@ def test_unreadable_files_and_bad_config_are_one_line_and_leave_no_output(case, 
     assert_no_output(out)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("case", ["json_nested_1e5", "regex_ambiguous_alternation", "gz_truncated"])
 def test_the_real_cli_refuses_with_one_line(case, tmp_path, toy_tokenizer_dir, monkeypatch):
     base = tmp_path / "in"

@@ -12,12 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from reliability_helpers import ROOT, error_line, script
+from reliability_helpers import ROOT, error_line, script, snapshot
 from utils.common.errors import run_cli
-
-
-def snapshot(path: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture
@@ -111,6 +107,7 @@ def test_an_output_dir_that_is_a_file_or_below_a_file_is_one_line(stage, tmp_pat
     ("03_sft_industrial", ["--max_steps", "0"]),
     ("01_pretrain", ["--seed", str(2**70)]),
 ])
+@pytest.mark.e2e
 def test_through_the_real_cli_a_bad_value_is_one_line_and_exit_2(stage, argv, existing):
     before = snapshot(existing)
     args = (sft if stage == "03_sft_industrial" else pretrain)(existing, *argv)

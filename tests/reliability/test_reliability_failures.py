@@ -66,6 +66,7 @@ def test_disk_full_while_saving_a_checkpoint(work, monkeypatch, capsys, how):
         assert_same_run(reference_run(work, "full"), out)
 
 
+@pytest.mark.e2e
 def test_real_file_size_limit_while_saving_then_resume(work):
     """A real failed write: after checkpoint-2 the process may not grow a file past 64 KiB (RLIMIT_FSIZE,
     EFBIG like a full disk), so safetensors fails inside checkpoint-4: one line, exit 2, nothing lost."""

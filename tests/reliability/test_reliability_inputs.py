@@ -73,6 +73,7 @@ def _as_unprivileged() -> list[str]:
     return [setpriv, "--bounding-set=-dac_override,-dac_read_search"]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("what", ["weights file", "model directory"])
 def test_an_unreadable_model_is_reported_as_a_permission_problem(work, tmp_path, what):
     """Before, transformers reported an unreadable model.safetensors as "No such file or directory", and a

@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from reliability_helpers import (error_line, final_weights, reference_run, sft_argv, sft_config, sft_in_process,
-                                 write_json)
+                                 snapshot, write_json)
 from utils.common.errors import UserError
 from utils.data.shards import verify_data_dir
+
 
 def copy_data(work, tmp_path, name="instruct"):
     dst = tmp_path / name
@@ -149,10 +150,6 @@ def resume_full(work, tmp_path, spec: str) -> int:
     """The reference full-FT run's command line (same weights), resumed from ``spec``."""
     config = sft_config(work, "rel_full", lora=False)
     return sft_in_process(sft_argv(work, config, tmp_path / "out", "--resume_from_checkpoint", spec))
-
-
-def snapshot(path) -> dict[str, bytes]:
-    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
 
 
 def test_bit_rot_in_a_checkpoint_is_named_and_auto_resumes_from_the_newest_intact_one(work, tmp_path, capsys):

@@ -13,14 +13,8 @@ import time
 
 import pytest
 
-from reliability_helpers import (FAULT_SCRIPT, ROOT, error_line, script, sft_argv, sft_config, sft_in_process,
-                                 write_json)
-
-
-def tree(path) -> dict:
-    """Every file under ``path`` with its bytes (hidden leftovers included; not the readers' example cache)."""
-    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*"))
-            if p.is_file() and ".cache" not in p.relative_to(path).parts}
+from reliability_helpers import (FAULT_SCRIPT, ROOT, error_line, save_tiny_llama, script, sft_argv, sft_config,
+                                 sft_in_process, snapshot, write_json)
 
 
 def prepare_argv(work, config, out, *extra) -> list[str]:
@@ -102,51 +96,47 @@ def test_pretraining_windows_past_the_positions_are_refused_before_the_output_is
 
 # --- 2. a LoRA resume onto another base -------------------------------------------------------------------------
 def test_a_lora_resume_onto_another_base_of_the_same_shape_is_refused(work, tmp_path, capsys):
-    from utils.model.modeling import ModelArchitecture, build_model
-    from utils.data.tokenizer import load_tokenizer
-
-    other = tmp_path / "other_model"
-    arch = ModelArchitecture(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                             intermediate_size=64, max_position_embeddings=256)
-    build_model(arch, load_tokenizer(work / "tokenizer"), seed=5).save_pretrained(other)  # same shape, other weights
+    other = save_tiny_llama(work / "tokenizer", tmp_path / "other_model", seed=5)  # same shape, other weights
     config = sft_config(work, "rel_base_swap", lora=True, max_steps=4, save_steps=2)
     out = tmp_path / "run"
     assert sft_in_process(sft_argv(work, config, out, "--max_steps", "2")) == 0
-    before = tree(out)
+    before = snapshot(out, skip=(".cache",))
     assert sft_in_process(sft_argv(work, config, out, "--resume_from_checkpoint", "auto", model=other)) == 2
     line = error_line(capsys)
     assert line.startswith(f"error: {out / 'checkpoint-2'}: the checkpoint's adapter was trained on another base "
                            "model (weights sha256 ")
     assert line.endswith(f"resume with the base it was trained on ({work / 'model'}), or start a new --output_dir")
-    assert {k: v for k, v in tree(out).items() if k != "command.json"} == \
+    assert {k: v for k, v in snapshot(out, skip=(".cache",)).items() if k != "command.json"} == \
         {k: v for k, v in before.items() if k != "command.json"}
     assert sft_in_process(sft_argv(work, config, out, "--resume_from_checkpoint", "auto")) == 0  # its own base
 
 
 # --- 3. no window in which a kill loses an output ---------------------------------------------------------------
+@pytest.mark.e2e
 def test_a_prepare_killed_while_writing_leaves_a_temp_dir_the_next_run_sweeps(work, tmp_path):
     out = tmp_path / "corpus"
     config = work / "ds_instruct.json"
     assert prepare(work, config, out) == 0
-    before = tree(out)
+    before = snapshot(out, skip=(".cache",))
     proc = with_fault("kill@publish-write:0", "02_prepare_sft_corpus", prepare_argv(work, config, out, "--force"))
     assert proc.returncode == -signal.SIGKILL
     leftovers = list(tmp_path.glob(".corpus.tmp-*"))
-    assert len(leftovers) == 1 and tree(out) == before  # the published corpus untouched
+    assert len(leftovers) == 1 and snapshot(out, skip=(".cache",)) == before  # the published corpus untouched
     proc = subprocess.run([sys.executable, "scripts/02_prepare_sft_corpus.py",
                            *prepare_argv(work, config, out, "--force")], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"{out}: removed {leftovers[0].name}, left by a run killed while writing it" in proc.stdout
-    assert not list(tmp_path.glob(".corpus.*")) and tree(out).keys() == before.keys()
+    assert not list(tmp_path.glob(".corpus.*")) and snapshot(out, skip=(".cache",)).keys() == before.keys()
 
 
+@pytest.mark.e2e
 def test_a_kill_between_the_two_renames_loses_nothing_the_next_reader_restores_it(work, tmp_path, capsys):
     """Where names cannot be swapped in one step the previous corpus is renamed away first; killed right then,
     the trainer that reads it next puts it back (one line) and trains, instead of saying it was never prepared."""
     out = tmp_path / "instruct"
     config = work / "ds_instruct.json"
     assert prepare(work, config, out) == 0
-    before = tree(out)
+    before = snapshot(out, skip=(".cache",))
     proc = with_fault("kill@publish-rename:0", "02_prepare_sft_corpus", prepare_argv(work, config, out, "--force"))
     assert proc.returncode == -signal.SIGKILL
     assert not out.exists() and len(list(tmp_path.glob(".instruct.old-*"))) == 1
@@ -156,11 +146,11 @@ def test_a_kill_between_the_two_renames_loses_nothing_the_next_reader_restores_i
     argv[argv.index("--data_dirs") + 1] = str(out)
     assert sft_in_process(argv) == 0
     assert f"{out}: restored from .instruct.old-" in capsys.readouterr().out
-    assert tree(out) == before and not list(tmp_path.glob(".instruct.*"))
+    assert snapshot(out, skip=(".cache",)) == before and not list(tmp_path.glob(".instruct.*"))
 
 
 def test_the_swap_publishes_in_one_step_where_the_os_can(tmp_path):
-    from utils.common import atomic
+    from utils.common import publish
 
     final, tmp = tmp_path / "out", tmp_path / ".out.tmp-1"
     final.mkdir()
@@ -168,12 +158,12 @@ def test_the_swap_publishes_in_one_step_where_the_os_can(tmp_path):
     tmp.mkdir()
     (tmp / "v").write_text("new")
     swaps = []
-    real = atomic._exchange
-    atomic._exchange = lambda a, b: swaps.append((a, b)) or real(a, b)
+    real = publish._exchange
+    publish._exchange = lambda a, b: swaps.append((a, b)) or real(a, b)
     try:
-        atomic.publish_dir(tmp, final)
+        publish.publish_dir(tmp, final)
     finally:
-        atomic._exchange = real
+        publish._exchange = real
     assert swaps == [(tmp, final)]
     assert (final / "v").read_text() == "new" and not tmp.exists() and sorted(os.listdir(tmp_path)) == ["out"]
 
@@ -212,11 +202,12 @@ def _rows(tmp_path):
 
 
 # --- 5. a corpus re-prepared under a running trainer -------------------------------------------------------------
+@pytest.mark.e2e
 def test_preparing_a_corpus_a_live_run_reads_is_refused_naming_the_run(work, tmp_path, capsys):
     corpus = tmp_path / "instruct"
     config = work / "ds_instruct.json"
     assert prepare(work, config, corpus) == 0
-    before = tree(corpus)
+    before = snapshot(corpus, skip=(".cache",))
     argv = sft_argv(work, sft_config(work, "rel_reader", lora=True, max_steps=10_000, save_steps=0, eval_steps=0),
                     tmp_path / "run", data=("instruct",), weights=())
     argv[argv.index("--data_dirs") + 1] = str(corpus)
@@ -230,7 +221,7 @@ def test_preparing_a_corpus_a_live_run_reads_is_refused_naming_the_run(work, tmp
         line = error_line(capsys)
         assert line.startswith(f"error: --output_dir {corpus}: in use by pid {trainer.pid} (")
         assert "03_sft_industrial.py" in line and line.endswith("wait for it to finish or choose another --output_dir")
-        assert tree(corpus) == before
+        assert snapshot(corpus, skip=(".cache",)) == before
     finally:
         trainer.send_signal(signal.SIGTERM)
         trainer.wait(timeout=120)
@@ -264,17 +255,17 @@ def test_a_failed_gguf_conversion_leaves_no_lock_beside_the_users_file(tmp_path)
 
 
 def test_a_lock_that_cannot_be_written_names_the_parent(tmp_path, monkeypatch):
-    from utils.common import atomic
+    from utils.common import locks
     from utils.common.errors import UserError
 
     def read_only(path, *args):
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(atomic.os, "open", read_only)
-    monkeypatch.setattr(atomic.os, "access", lambda path, mode: False)
+    monkeypatch.setattr(locks.os, "open", read_only)
+    monkeypatch.setattr(locks.os, "access", lambda path, mode: False)
     out = tmp_path / "out"
     with pytest.raises(UserError) as err:
-        with atomic.exclusive(out):
+        with locks.exclusive(out):
             pass
     assert str(err.value) == (f"--output_dir {out}: its lock file goes beside it, in {tmp_path}, which is not writable "
                               f"(Permission denied); make {tmp_path} writable or choose a --output_dir in a writable "

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from arch_helpers import ARCHITECTURES, NEWER_ARCHITECTURES, save_tiny_model
-from reliability_helpers import ROOT, SFT_SCRIPT, error_line, script, sft_argv, sft_config, sft_in_process
+from reliability_helpers import ROOT, SFT_SCRIPT, error_line, script, sft_argv, sft_config, sft_in_process, snapshot
 from utils.common.errors import run_cli
 from utils.data.tokenizer import load_tokenizer
 
@@ -20,10 +20,6 @@ TYPES = ("llama",) + ARCHITECTURES + NEWER_ARCHITECTURES
 TOKENIZER_FIX = ("(no tokenizer.json, tokenizer_config.json or tokenizer.model); pass --tokenizer_path the "
                  "tokenizer directory the model was trained with")
 MODEL_FIX = "pass --model_path the directory that holds config.json and the weights (e.g. the final/ of a run)"
-
-
-def _tree(path):
-    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
 
 
 def _model(work, tmp_path, model_type):
@@ -69,14 +65,14 @@ def test_an_empty_tokenizer_directory_names_the_missing_files(work, tmp_path, ca
 def test_each_architectures_files_missing_are_named(work, tmp_path, capsys, model_type):
     """A model directory given as --tokenizer_path; the model without config.json; the model without weights."""
     model = _model(work, tmp_path, model_type)
-    before = _tree(model)
+    before = snapshot(model)
     for stage in ("03", "04"):
         out = tmp_path / f"out_{stage}"
         code = (_sft(work, out, model=model, tokenizer=model) if stage == "03" else
                 _evaluate(work, model, out, tokenizer=model))
         line = _refused(capsys, out, code)
         assert line.startswith(f"error: {model}: is a model directory without tokenizer files {TOKENIZER_FIX}"), line
-    assert _tree(model) == before
+    assert snapshot(model) == before
     weights = sorted(p for p in model.iterdir() if p.suffix == ".safetensors")
     for missing, what in (("config.json", "holds no config.json, so it is not a model directory; "),
                           ("weights", "has config.json but no weights (model.safetensors or pytorch_model.bin); ")):
@@ -84,14 +80,14 @@ def test_each_architectures_files_missing_are_named(work, tmp_path, capsys, mode
         shutil.copytree(model, broken)
         for path in ([broken / "config.json"] if missing == "config.json" else [broken / p.name for p in weights]):
             path.unlink()
-        kept = _tree(broken)
+        kept = snapshot(broken)
         for stage in ("03", "04"):
             out = tmp_path / f"out_{missing}_{stage}"
             code = (_sft(work, out, model=broken) if stage == "03" else
                     _evaluate(work, broken, out, tokenizer=work / "tokenizer"))
             line = _refused(capsys, out, code)
             assert line.startswith(f"error: {broken}: {what}") and MODEL_FIX in line, line
-        assert _tree(broken) == kept
+        assert snapshot(broken) == kept
 
 
 @pytest.mark.parametrize("stage", ("03", "04"))
@@ -114,6 +110,7 @@ def _unprivileged() -> list[str]:
     return ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("stage", ("03", "04"))
 def test_a_read_only_output_dir_on_a_fresh_run_says_so(work, tmp_path, stage):
     """It used to blame a .sft-pipeline-owner file that does not exist and suggest resuming from a checkpoint

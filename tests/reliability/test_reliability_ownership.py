@@ -15,14 +15,10 @@ from pathlib import Path
 import pytest
 
 from reliability_helpers import (ROOT, error_line, final_weights, newest_state, reference_run, script, sft_argv,
-                                 sft_config, sft_in_process)
-from utils.common.atomic import OWNER_FILE, exclusive
+                                 sft_config, sft_in_process, snapshot)
 from utils.common.errors import run_cli
-
-
-def snapshot(path: Path) -> dict[str, bytes]:
-    """Every file below ``path`` (hidden ones too) and its bytes."""
-    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+from utils.common.locks import exclusive
+from utils.common.publish import OWNER_FILE
 
 
 def prepare(work: Path, out: Path, *extra: str) -> int:
@@ -134,7 +130,7 @@ def test_a_second_process_on_the_same_output_dir_is_refused_naming_the_holder(wo
     before = snapshot(out)
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; sys.path.insert(0, '.'); "
-         "from utils.common.atomic import exclusive\n"
+         "from utils.common.locks import exclusive\n"
          f"with exclusive({str(out)!r}):\n    print('held', flush=True); time.sleep(120)"],
         cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:

@@ -67,6 +67,7 @@ def test_training_lowers_the_loss_and_writes_an_adapter(straight):
     assert not (straight / "final" / "model.safetensors").exists()
 
 
+@pytest.mark.e2e
 def test_sigkill_then_auto_resume_is_bit_identical(work, straight):
     out = work / "out" / "qlora_killed"
     argv = sft_argv(work, qlora_config(work, "rel_qlora"), out, "--resume_from_checkpoint", "auto")
@@ -83,7 +84,7 @@ def test_sigkill_then_auto_resume_is_bit_identical(work, straight):
 def _eval_model(work, final):
     from utils.data.fingerprint import tokenizer_fingerprint
     from utils.data.tokenizer import load_tokenizer
-    from utils.eval.setup import load_eval_model
+    from utils.eval.models import load_eval_model
 
     tokenizer = load_tokenizer(work / "tokenizer")
     return load_eval_model(str(final), tokenizer, tokenizer_fingerprint(work / "tokenizer"), str(work / "tokenizer"),

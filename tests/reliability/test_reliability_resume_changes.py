@@ -9,11 +9,7 @@ import shutil
 import pytest
 
 from reliability_helpers import (assert_same_run, error_line, final_weights, metrics, reference_run, sft_argv,
-                                 sft_config, sft_in_process)
-
-
-def snapshot(path):
-    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+                                 sft_config, sft_in_process, snapshot)
 
 
 def at_checkpoint_6(work, tmp_path):

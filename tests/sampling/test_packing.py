@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from utils.common.labels import IGNORE
-from utils.sampling.packing import best_fit_decreasing, pack
+from utils.sampling.packing import best_fit_decreasing, greedy_bins, pack
 
 
 def test_targets_never_cross_examples():
@@ -23,3 +23,11 @@ def test_best_fit_decreasing_respects_capacity():
     assert all(sum(lengths[i] for i in b) <= 12 for b in bins)
     placed = sorted(i for b in bins for i in b) + leftovers
     assert sorted(placed) == list(range(len(lengths)))
+
+
+def test_greedy_bins_keep_order_and_budget():
+    lengths = [4, 5, 3, 20, 1, 1]
+    assert list(greedy_bins(lengths, 10)) == [[0, 1], [2], [3], [4, 5]]  # 20 > budget: alone
+    assert list(greedy_bins(lengths, 10, per_bin=4)) == [[0, 1, 2, 3], [4, 5]]  # a count, not tokens
+    assert list(greedy_bins(lengths, 10, max_bins=2)) == [[0, 1], [2]]
+    assert list(greedy_bins([], 10)) == []

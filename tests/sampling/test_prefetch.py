@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import threading
+import time
 
 import pytest
 import torch
@@ -69,3 +70,15 @@ def test_leaving_early_stops_the_thread_while_its_queue_is_full():
     thread.join(timeout=5)
     assert not thread.is_alive()
     assert "sft-prefetch" not in [t.name for t in threading.enumerate()]
+
+
+def test_leaving_with_a_full_queue_stops_the_thread_at_once_and_drops_what_it_made_ahead():
+    stores = [random_store("a", 50, 0), random_store("b", 30, 1)]
+    with Prefetcher(_planner(stores), stores, steps=1000, rank=0, world_size=1, depth=3) as feed:
+        waited = time.monotonic() + 30
+        while not feed._queue.full() and time.monotonic() < waited:
+            time.sleep(0.01)
+        assert feed._queue.full()  # the thread now waits for room in its put
+        thread, ahead, leaving = feed._thread, feed._queue, time.monotonic()
+    assert time.monotonic() - leaving < 2 and not thread.is_alive()
+    assert ahead.empty()

@@ -52,7 +52,7 @@ def studio_home(tmp_path_factory, toy_tokenizer_dir) -> Path:
 
 def hold_lock(run_dir: Path) -> subprocess.Popen:
     """A child process that holds ``run_dir``'s output lock (as a training stage does) until killed."""
-    code = ("import sys, time; sys.path.insert(0, sys.argv[1]); from utils.common.atomic import exclusive\n"
+    code = ("import sys, time; sys.path.insert(0, sys.argv[1]); from utils.common.locks import exclusive\n"
             "with exclusive(sys.argv[2]):\n    print('locked', flush=True); time.sleep(600)")
     child = subprocess.Popen([sys.executable, "-c", code, str(ROOT), str(run_dir)], stdout=subprocess.PIPE,
                              text=True)

@@ -76,7 +76,7 @@ def test_guarded_handler_keeps_the_page(studio):
     gr = pytest.importorskip("gradio")
     from utils.studio.app import guarded
 
-    @guarded(3)
+    @guarded(["first", "second", "status"])
     def broken():
         raise UserError("file.json: damaged")
 

@@ -112,6 +112,7 @@ def test_launched_stage_runs_in_its_own_session_and_logs(tmp_path):
     assert more == ""
 
 
+@pytest.mark.e2e
 def test_launched_training_logs_inside_its_run_and_shows_under_runs(tmp_path, tmp_path_factory, toy_tokenizer_dir,
                                                                    studio_home):
     work = sft_work(tmp_path_factory, toy_tokenizer_dir)

@@ -8,6 +8,7 @@ import pytest
 
 from utils.common.errors import UserError
 from utils.data.tokenizer import load_tokenizer
+from utils.eval.report import fmt
 from utils.studio import data_view, evals
 
 
@@ -72,11 +73,15 @@ def test_eval_report_tables(studio_home):
     assert [p.name for p in found] == ["eval"]
     report = evals.load_report(found[0])
     rows = {r[0]: r for r in evals.metric_rows(report)}
-    assert rows["val_loss"][1] == evals.fmt(report["tuned"]["val_loss"])
-    assert rows["val_loss"][2] == evals.fmt(report["base"]["val_loss"])
+    assert rows["val_loss"][1] == fmt(report["tuned"]["val_loss"])
+    assert rows["val_loss"][2] == fmt(report["base"]["val_loss"])
     families = evals.family_rows(report)
     assert [f[0] for f in families] == ["sum"] and families[0][1] == 3
     assert [s[0] for s in evals.source_rows(report)] == ["instruct"]
+    assert all(len(row) == len(evals.FAMILY_HEADERS) for row in families)
+    assert all(len(row) == len(evals.SOURCE_HEADERS) for row in evals.source_rows(report))
+    markdown = (found[0] / "eval_report.md").read_text()  # the studio shows the Markdown report's rows
+    assert "| " + " | ".join(str(cell) for cell in families[0]) + " |" in markdown
     assert [p.rsplit("/", 1)[-1] for p in evals.plots(found[0])] == [
         f for f in report["files"] if f.endswith(".png")]
     generations = evals.generations(found[0])

@@ -221,7 +221,6 @@ def micro_examples(case: Case, trainer: str, settings: BenchSettings) -> int:
 
 def run_child_process(spec_path: Path) -> int:
     """The child side of ``run_one``: run the spec, write result.json beside it."""
-    # datasets costs seconds to import; deferred so callers that skip this stay fast
     import datasets
     import transformers
 
@@ -249,7 +248,6 @@ def _check_call(command: list[str], log: Path, timeout: int | None = None) -> No
 
 def run_benchmark(settings: BenchSettings) -> dict:
     """The prep race, then every case x repeat x trainer (interleaved within a repeat), and the matmul peak."""
-    # torch costs seconds to import; deferred so callers that skip this stay fast
     import torch
 
     dtypes = {"fp32": torch.float32, **({"bf16": torch.bfloat16} if fast_bf16_available() else {})}
@@ -301,7 +299,6 @@ def run_prep_race(settings: BenchSettings) -> dict:
 
 def run_prep_child(config: Path, model_dir: str, tokenizer_dir: str, num_proc: int, result: Path) -> int:
     """The child side of ``run_prep_race`` for TRL: time its tokenization, write ``result``."""
-    # datasets costs seconds to import; deferred so callers that skip this stay fast
     import datasets
     import transformers
 
@@ -314,7 +311,6 @@ def run_prep_child(config: Path, model_dir: str, tokenizer_dir: str, num_proc: i
 
 def machine_info() -> dict:
     """CPU model, cores, library versions: what a reader needs to compare numbers."""
-    # torch costs seconds to import; deferred so callers that skip this stay fast
     import torch
 
     cpu = platform.processor() or "unknown"

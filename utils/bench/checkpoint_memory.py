@@ -65,7 +65,6 @@ class _Head(torch.nn.Module):
 
 
 def build(hidden: int, layers: int, vocab: int) -> torch.nn.Module:
-    # transformers costs seconds to import; only the worker needs it
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=hidden * 8 // 3,
@@ -76,7 +75,6 @@ def build(hidden: int, layers: int, vocab: int) -> torch.nn.Module:
 
 
 def worker(layout: str, out: Path, hidden: int, layers: int, vocab: int) -> dict:
-    # accelerate and the trainer's modules cost seconds to import; only the worker needs them
     from accelerate import Accelerator
 
     import utils.checkpoint.checkpoints as checkpoints

@@ -14,8 +14,10 @@
   wall time and its table against the GPU targets.
 
 Every check runs inside one time limit (``Budget``): a command gets at most what is left, and a check that
-finds none left is recorded as not run. The reference side of ``varlen`` (examples alone), the comparison,
-the demo's scoring and the files written for ``--out`` run on CPU too, so the tests check them without a GPU.
+finds none left is recorded as not run. How checks are run and reported is utils/bench/gpu_runner.py; the
+``varlen`` check is utils/bench/gpu_model.py, the ``demo`` check utils/bench/gpu_demo.py. The reference side of
+``varlen`` (examples alone), the comparison, the demo's scoring and the files written for ``--out`` run on CPU
+too, so the tests check them without a GPU.
 """
 from __future__ import annotations
 
@@ -25,118 +27,22 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
+from utils.bench.gpu_demo import check_demo
+from utils.bench.gpu_model import check_varlen_models
+from utils.bench.gpu_runner import Budget, Check, run_logged
 from utils.bench.metrics import matmul_peak_flops
 from utils.bench.report import summarize
 from utils.bench.scaling import ROOT, dataset_config, generate, tiny_model, training_config
-from utils.common.errors import UserError
-from utils.common.markdown import markdown_table
-from utils.model import attention
 from utils.model.gguf import packaged_gguf
 
 CHECKS = ("varlen", "peak", "throughput", "resume", "fsdp2", "demo")
-MAX_OUT_FILES = 8
 
 
-@dataclass
-class Check:
-    """The outcome of one check: passed or not, a short line, and the figures it measured."""
-
-    name: str
-    passed: bool
-    summary: str
-    figures: dict = field(default_factory=dict)
-
-
-class OutOfTime(Exception):
-    """The bench's time limit is spent: the check is recorded as not run."""
-
-
-class Budget:
-    """One time limit for every check; each command gets at most what is left of it."""
-
-    def __init__(self, seconds: float):
-        self.deadline = time.monotonic() + seconds
-
-    def left(self) -> float:
-        return self.deadline - time.monotonic()
-
-    def cap(self, seconds: float) -> int:
-        """``seconds``, or less when less is left; OutOfTime when under 5 s are left."""
-        left = self.left()
-        if left < 5:
-            raise OutOfTime
-        return int(min(seconds, left))
-
-
-def require_gpu() -> str:
-    """The GPU's name; a UserError (one line) when torch sees no CUDA device."""
-    if not torch.cuda.is_available():
-        raise UserError("bench-gpu: no CUDA GPU visible to torch (torch.cuda.is_available() is False); "
-                        "run it on a machine with a GPU and a CUDA build of torch")
-    return torch.cuda.get_device_name(0)
-
-
-# ------------------------------------------------------------------------------------- varlen attention
-def alone(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bounds: list[int]) -> torch.Tensor:
-    """Reference: each example of the packed row through causal SDPA by itself. Tensors are [N, H, D]."""
-    outs = []
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        q, k, v = (t[a:b].transpose(0, 1) for t in (query, key, value))
-        outs.append(F.scaled_dot_product_attention(q, k, v, is_causal=True,
-                                                   enable_gqa=q.shape[0] != k.shape[0]).transpose(0, 1))
-    return torch.cat(outs)
-
-
-def varlen(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bounds: list[int]) -> torch.Tensor:
-    """The trainer's own packed attention on CUDA (one varlen flash call for the row, the kernel this torch
-    offers: ``attention.cuda_kernel``), causal inside each example. Tensors are [N, H, D]."""
-    q, k, v = (t.transpose(0, 1)[None] for t in (query, key, value))
-    return attention._varlen(attention.cuda_kernel(), q, k, v, torch.tensor(bounds, dtype=torch.int32), None, None)[0]
-
-
-def compare_with_alone(packed: Callable, bounds: list[int], heads: int = 8, kv_heads: int = 4, dim: int = 64,
-                       device: str = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0) -> dict:
-    """Largest differences of output and input gradients between ``packed`` and ``alone``."""
-    gen = torch.Generator().manual_seed(seed)
-    n = bounds[-1]
-    shapes = ((n, heads, dim), (n, kv_heads, dim), (n, kv_heads, dim))
-    base = [torch.randn(s, generator=gen).to(device, dtype) for s in shapes]
-    grad = torch.randn((n, heads, dim), generator=gen).to(device, dtype)
-    results = []
-    for fn in (packed, alone):
-        inputs = [t.clone().requires_grad_(True) for t in base]
-        out = fn(*inputs, bounds)
-        out.backward(grad)
-        results.append((out.detach().float(), [t.grad.float() for t in inputs]))
-    (out_p, grads_p), (out_a, grads_a) = results
-    return {"max_abs_out": float((out_p - out_a).abs().max()),
-            "max_abs_grad": max(float((gp - ga).abs().max()) for gp, ga in zip(grads_p, grads_a)),
-            "scale": float(out_a.abs().max())}
-
-
-def time_fwd_bwd(fn: Callable, bounds: list[int], device: str, dtype: torch.dtype, repeats: int = 20) -> float:
-    """Median seconds of one forward+backward of ``fn`` over a packed row."""
-    n = bounds[-1]
-    q = torch.randn(n, 12, 64, device=device, dtype=dtype, requires_grad=True)
-    k, v = (torch.randn(n, 12, 64, device=device, dtype=dtype, requires_grad=True) for _ in range(2))
-    times = []
-    for _ in range(repeats + 3):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn(q, k, v, bounds).sum().backward()
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return sorted(times[3:])[len(times[3:]) // 2]
-
-
-# ------------------------------------------------------------------------------------- the other checks
 def check_peak() -> Check:
     peak = matmul_peak_flops(size=8192, dtype=torch.bfloat16, device="cuda")
     return Check("peak", peak > 0, f"bf16 matmul peak {peak / 1e12:.1f} TFLOP/s (8192^3)", {"bf16_flops": peak})
@@ -246,30 +152,6 @@ def check_resume(work: Path, launcher: list[str], name: str, budget: Budget, ste
                  f"{summary.get('steps')} of {steps}", {"killed": killed, "steps": summary.get("steps")})
 
 
-def _label(command: list[str]) -> str:
-    """What a command runs, for its messages: the script, or the make target."""
-    scripts = [Path(arg).name for arg in command if arg.endswith(".py")]
-    if scripts:
-        return scripts[0]
-    words = [arg for before, arg in zip(["", *command], command)
-             if before != "-C" and not arg.startswith("-") and "=" not in arg]
-    return " ".join(words[:2])
-
-
-def run_logged(command: list[str], log: Path, timeout: int, cwd: Path = ROOT) -> None:
-    """Run ``command`` with its output in ``log``; a UserError (one line) when it fails or runs past ``timeout``."""
-    with open(log, "w") as out:
-        try:
-            code = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, timeout=timeout).returncode
-        except subprocess.TimeoutExpired:
-            tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
-            raise UserError(f"{_label(command)} ran past {timeout}s (last line: {tail[0][:200]}); "
-                            f"see {log}") from None
-    if code != 0:
-        tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
-        raise UserError(f"{_label(command)} failed (exit {code}): {tail[0][:300]}; full log in {log}")
-
-
 LAUNCHERS = {"resume": [sys.executable],
              "fsdp2": [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                        "config/accelerate/fsdp.yaml", "--num_processes", "1"]}
@@ -277,64 +159,9 @@ LAUNCHERS = {"resume": [sys.executable],
 
 def full_checks(work: Path, steps: int, budget: Budget) -> dict[str, Callable[[], Check]]:
     """Each check of the full bench by name, ready to run."""
-    # these modules build on this one's Budget and Check
-    from utils.bench.gpu_demo import check_demo
-    from utils.bench.gpu_model import check_varlen_models
-
     return {"varlen": check_varlen_models, "peak": check_peak,
             "throughput": lambda: check_throughput(work, steps, budget),
             "demo": lambda: check_demo(work, budget),
             **{name: (lambda name=name: check_resume(work, LAUNCHERS[name], name, budget)) for name in LAUNCHERS}}
 
 
-def run_checks(names: list[str], work: Path, steps: int, budget: Budget,
-               checks: dict[str, Callable[[], Check]] | None = None) -> list[Check]:
-    """The checks asked for, in order (``checks``: by name, else the full bench's); a failing one is recorded
-    and the others still run."""
-    checks = checks if checks is not None else full_checks(work, steps, budget)
-    out = []
-    for name in names:
-        try:
-            budget.cap(1)
-            out.append(checks[name]())
-        except OutOfTime:
-            out.append(Check(name, False, "not run: the bench's time limit was spent"))
-        except (UserError, RuntimeError, OSError, KeyError, ValueError) as err:
-            out.append(Check(name, False, f"error: {str(err).splitlines()[0][:300]}"))
-        print(f"[bench-gpu] {name}: {'ok' if out[-1].passed else 'FAILED'}: {out[-1].summary}", flush=True)
-    return out
-
-
-def write_out(out: Path, checks: list[Check], text: str, work: Path, tail_lines: int = 60) -> list[Path]:
-    """At most MAX_OUT_FILES small files in ``out``: the report, every figure as JSON, the end of each log,
-    and the demo's table."""
-    out.mkdir(parents=True, exist_ok=True)
-    files = {"gpu_checks.md": text + "\n",
-             "gpu_checks.json": json.dumps([asdict(c) for c in checks], indent=2, default=str) + "\n"}
-    logs = []
-    for log in sorted(work.glob("*.log")):
-        lines = log.read_text(errors="replace").splitlines()
-        logs.append(f"==> {log.name} (last {min(tail_lines, len(lines))} of {len(lines)} lines)\n"
-                    + "\n".join(lines[-tail_lines:]))
-    if logs:
-        files["gpu_logs.txt"] = "\n\n".join(logs) + "\n"
-    demo = next((c for c in checks if c.name == "demo" and "table" in c.figures), None)
-    if demo:
-        files["demo_summary.md"] = demo.figures["table"]
-    assert len(files) <= MAX_OUT_FILES
-    written = []
-    for name, content in files.items():
-        (out / name).write_text(content, encoding="utf-8")
-        written.append(out / name)
-    return written
-
-
-def report(checks: list[Check], gpu: str, command: str, date: str) -> str:
-    """The Markdown section of docs/BENCHMARKS.md for one run."""
-    rows = [[c.name, "yes" if c.passed else "**no**", c.summary] for c in checks]
-    table = "\n".join(markdown_table(["check", "passed", "result"], rows))
-    text = f"### GPU checks\n\n`{command}` ({date}, {gpu})\n\n{table}"
-    demo = next((c for c in checks if c.name == "demo" and "table" in c.figures), None)
-    if demo:  # the main job's own closing table
-        text += "\n\nThe main job on this GPU (`make sft-pipeline-complete`):\n\n" + demo.figures["table"].strip()
-    return text

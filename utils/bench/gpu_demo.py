@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from utils.bench.gpu import Budget, Check, run_logged
+from utils.bench.gpu_runner import Budget, Check, run_logged
 from utils.bench.scaling import ROOT
 from utils.common.errors import UserError
 

@@ -26,7 +26,7 @@ from typing import Iterable, Sequence
 import torch
 from torch.profiler import ProfilerActivity
 
-from utils.bench.gpu import Check
+from utils.bench.gpu_runner import Check
 from utils.bench.profile import OPTIMIZER_REGION, profiled_steps
 from utils.bench.syncs import SyncCounter, named_counts
 from utils.train.loop import optimizer_step, train_step

@@ -18,10 +18,11 @@ from typing import Callable
 
 import torch
 
-from utils.bench.gpu import LAUNCHERS, Budget, Check, check_resume, check_throughput
+from utils.bench.gpu import LAUNCHERS, check_resume, check_throughput
 from utils.bench.gpu_model import check_varlen_models
 from utils.bench.gpu_profile import (MICRO_TOKENS, check_syncs, profile_line, profile_split, size_name,
                                      tokens_line, tokens_per_second)
+from utils.bench.gpu_runner import Budget, Check
 from utils.bench.scaling import ROOT
 
 QUICK_CHECKS = ("varlen", "syncs", "profile", "tokens", "throughput", "resume", "fsdp2")
@@ -37,7 +38,6 @@ MakeRun = Callable[[str, dict, int], object]
 
 def base_case_runs(data: Path, work: Path) -> MakeRun:
     """Runs of the base preset at 1,024 tokens on the bench corpus in ``data`` (prepared on first use)."""
-    # deferred: building the case imports the data pipeline, which the flags and tests of this module skip
     from utils.bench.benchmark import BenchSettings, build_cases
     from utils.bench.profile import bench_run
 

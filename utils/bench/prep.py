@@ -47,7 +47,6 @@ def raw_conversations(config_path: Path) -> list[dict]:
 def trl_prepare(config_path: Path, model_dir: str, tokenizer_dir: str, seq: int, num_proc: int,
                 work_dir: Path) -> dict:
     """Time TRL's tokenization of the config's rows (run in a fresh process)."""
-    # datasets costs seconds to import; deferred so callers that skip this stay fast
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer

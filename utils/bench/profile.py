@@ -17,6 +17,10 @@ import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from utils.bench.syncs import SyncCounter, named_counts
+from utils.data.shards import load_manifest
+from utils.monitor.run_plan import RunPlan
+from utils.parallel.lora import LoraSettings
+from utils.sampling.example_store import load_sft_store
 from utils.train.loop import optimizer_step, train_step
 from utils.train.run import TrainRun
 
@@ -145,14 +149,9 @@ def bench_run(spec_case, out_dir: Path, max_steps: int, micro_examples: int | No
               params: dict | None = None) -> TrainRun:
     """This trainer's run on a bench ``Case`` with the bench's settings for it, built in this process;
     ``params`` may set ``micro_batch_tokens`` (one packed micro-batch per step then) in place of examples."""
-    # deferred: the profile is the only bench part that builds this trainer's run in-process
     from utils.bench.benchmark import BenchSettings
     from utils.bench.benchmark import micro_examples as micro_examples_of
-    from utils.monitor.run_plan import RunPlan
-    from utils.data.shards import load_manifest
     from utils.model.modeling import load_model
-    from utils.parallel.lora import LoraSettings
-    from utils.sampling.example_store import load_sft_store
     from utils.train.cli import RunInputs
     from utils.train.config import TrainingParams
     from utils.train.run import TrainData, build_run

@@ -153,11 +153,9 @@ def write_report(results: dict, report: Path) -> str:
 
 def plot(rows: list[dict], out: Path, machine: str) -> None:
     """Grouped bars: supervised tokens/s per case, one bar per trainer."""
-    # matplotlib loads only when a plot is drawn (a second of start-up otherwise)
     import matplotlib
 
     matplotlib.use("Agg")
-    # matplotlib loads only when a plot is drawn (a second of start-up otherwise)
     import matplotlib.pyplot as plt
 
     cases = list(dict.fromkeys(r["case"] for r in rows))

@@ -123,7 +123,6 @@ def run_ours(spec: RunSpec) -> RunResult:
 
 def _shape_of_saved(spec: RunSpec) -> ModelShape:
     """The FLOP shape of the model as this run trains it (LoRA adds its matrices), built on meta."""
-    # transformers costs seconds to import; deferred so callers that skip this stay fast
     from transformers import AutoConfig, AutoModelForCausalLM
 
     with torch.device("meta"):
@@ -164,7 +163,6 @@ class StepClock:
     """A TrainerCallback that stamps the end of every optimizer step and keeps the logged losses."""
 
     def __init__(self):
-        # transformers costs seconds to import; deferred so callers that skip this stay fast
         from transformers import TrainerCallback
 
         clock = self
@@ -204,7 +202,6 @@ class CountingCollator:
 
 def _examples_dataset(spec: RunSpec):
     """The examples of ``spec.order`` as a datasets.Dataset of input_ids/labels (labels unshifted)."""
-    # datasets costs seconds to import; deferred so callers that skip this stay fast
     from datasets import Dataset
 
     store = _train_store(spec.data_dir)
@@ -217,7 +214,6 @@ def _examples_dataset(spec: RunSpec):
 
 
 def _load_model(spec: RunSpec, dtype=torch.float32):
-    # transformers costs seconds to import; deferred so callers that skip this stay fast
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(spec.model_dir, dtype=dtype, attn_implementation="sdpa")
@@ -240,7 +236,6 @@ def _training_kwargs(spec: RunSpec, bf16: bool) -> dict:
 
 
 def _lora_config(spec: RunSpec):
-    # peft costs seconds to import; deferred so callers that skip this stay fast
     from peft import LoraConfig
 
     lora = dict(spec.lora)
@@ -250,7 +245,6 @@ def _lora_config(spec: RunSpec):
 
 def run_trl(spec: RunSpec) -> RunResult:
     """TRL SFTTrainer: padding-free (``trl``, ``trl_bf16``) or BFD-packed rows of ``seq`` (``trl_packed``)."""
-    # trl is a bench-only dependency (requirements-bench.txt)
     from trl import SFTConfig, SFTTrainer
 
     packed, bf16 = spec.trainer == "trl_packed", spec.trainer == "trl_bf16"
@@ -275,13 +269,11 @@ def run_trl(spec: RunSpec) -> RunResult:
 
 def run_hf(spec: RunSpec) -> RunResult:
     """transformers Trainer: batches padded to the longest example, labels -100 on prompt and padding."""
-    # transformers costs seconds to import; deferred so callers that skip this stay fast
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
     tokenizer = _tokenizer(spec)
     model = _load_model(spec)
     if spec.lora:
-        # peft costs seconds to import; deferred so callers that skip this stay fast
         from peft import get_peft_model
 
         torch.manual_seed(spec.seed)

@@ -22,8 +22,10 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from utils.common.config import read_json
 from utils.common.errors import UserError
 from utils.common.markdown import markdown_table
+from utils.data.tokenizer import load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
 WORDS = ("apple", "river", "piano", "cloud", "garden", "pencil", "train", "mountain", "coffee", "window",
@@ -104,9 +106,6 @@ def run_measured(command: list[str], log: Path, poll: Path | None = None) -> tup
 
 def tiny_model(work: Path, tokenizer: Path) -> Path:
     """Initial weights of the tiny preset (config/pretrain/tiny.json) for ``tokenizer``, saved in ``work``."""
-    # torch costs seconds to import; only the training side needs it
-    from utils.common.config import read_json
-    from utils.data.tokenizer import load_tokenizer
     from utils.model.modeling import ModelArchitecture, build_model
 
     out = work / "tiny_model"
@@ -155,7 +154,6 @@ def report_table(results: list[SizeResult]) -> str:
 
 def plot(results: list[SizeResult], path: Path) -> None:
     """Log-log: seconds and MiB against conversations, with a linear-growth guide."""
-    # matplotlib costs a second to import; only the final plot needs it
     import matplotlib
 
     matplotlib.use("Agg")

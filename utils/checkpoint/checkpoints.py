@@ -37,9 +37,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from utils.common.atomic import fsync_tree, publish_dir, write_failure
 from utils.common.errors import UserError, one_line
 from utils.common.hashing import sha256_file
+from utils.common.publish import fsync_tree, publish_dir, write_failure
 from utils.model.modeling import load_weights_into
 from utils.parallel.fsdp import is_sharded, load_sharded, save_sharded
 from utils.parallel.state_dict import lm_state_dict, load_optimizer, optimizer_state, unwrap_lm
@@ -198,7 +198,6 @@ def save_checkpoint(accelerator, output_dir: Path, step: int, model, optimizer, 
 def _save_shards(model, optimizer, path: Path) -> None:
     """DCP's write of every rank's shards; a failed write on any rank fails on all of them (DCP gathers the
     errors), reported as the first rank's reason."""
-    # deferred: torch.distributed.checkpoint's error type is needed only by sharded runs
     from torch.distributed.checkpoint.api import CheckpointException
 
     try:

@@ -17,10 +17,12 @@ from pathlib import Path
 
 import torch
 
+from utils.checkpoint.gguf_export import check_convertible, converter_dir, export_gguf
 from utils.checkpoint.hub import hub_id_of
 from utils.checkpoint.model_card import CardFacts, data_sources, model_card
-from utils.common.atomic import atomic_dir, check_owner, exclusive, recover_published, refuse_inside
 from utils.common.errors import UserError
+from utils.common.locks import exclusive, recover_published
+from utils.common.publish import atomic_dir, check_owner, refuse_inside
 from utils.data.chat_jinja import write_trained_template
 from utils.data.tokenizer import copy_tokenizer_files
 from utils.model.modeling import load_model
@@ -132,7 +134,6 @@ def resolve_base(final: FinalDir, override: str | None) -> str:
 
 def load_merged(final: FinalDir, base: str):
     """The base with the adapter merged in (peft ``merge_and_unload``), as a plain transformers model."""
-    # peft costs seconds to import; deferred so callers that skip this stay fast
     from peft import PeftModel
 
     if (Path(base) / ADAPTER_CONFIG).is_file() and not (Path(base) / "config.json").is_file():
@@ -190,9 +191,6 @@ def export_model(model_path: str | Path, output_dir: str | Path, options: Export
 
 def gguf_tools(types: list[str]) -> Path | None:
     """llama.cpp's converter directory when GGUF files are asked for."""
-    # the GGUF step is optional and its module reads the converter's files; deferred so plain exports skip it
-    from utils.checkpoint.gguf_export import converter_dir
-
     return converter_dir() if types else None
 
 
@@ -211,8 +209,6 @@ def _export(final: FinalDir, base, report: Path | None, out: Path, options: Expo
     dtype, why = export_dtype(final, options.dtype)
     model = load_merged(final, base) if base else load_model(str(final.path))
     if llama_cpp is not None:
-        from utils.checkpoint.gguf_export import check_convertible  # deferred with the GGUF step (gguf_tools)
-
         check_convertible(model.config, llama_cpp)
     model = model.to(DTYPES[dtype]).eval()
     base_id = options.base_model_id or hub_id_of(final.summary.get("model_path")) or hub_id_of(base)
@@ -228,8 +224,6 @@ def _export(final: FinalDir, base, report: Path | None, out: Path, options: Expo
                           options.license or "unknown", result.quantization,
                           _read_json(report) if report else None, data_sources(final.summary))
         if llama_cpp is not None:
-            from utils.checkpoint.gguf_export import export_gguf  # deferred with the GGUF step (gguf_tools)
-
             result.gguf, facts.gguf = export_gguf(tmp, out.name, options.gguf, final.summary, llama_cpp)
         (tmp / "README.md").write_text(model_card(facts), encoding="utf-8")
     return result
@@ -237,7 +231,6 @@ def _export(final: FinalDir, base, report: Path | None, out: Path, options: Expo
 
 def _save_model(model, final: FinalDir, tmp: Path) -> bool:
     """Weights, tokenizer with the trained chat template, generation config; True when the template changed."""
-    # transformers costs seconds to import; deferred so callers that skip this stay fast
     from transformers import GenerationConfig
 
     model.save_pretrained(str(tmp), safe_serialization=True)
@@ -257,7 +250,6 @@ def _save_model(model, final: FinalDir, tmp: Path) -> bool:
 def verify_export(model, export_dir: Path, dtype: str) -> float:
     """Reload the export with plain transformers; its logits must equal the in-memory model's within the
     tolerance of ``dtype`` (RELOAD_TOLERANCE, relative to the largest logit)."""
-    # transformers costs seconds to import; deferred so callers that skip this stay fast
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(export_dir))

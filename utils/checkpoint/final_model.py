@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from utils.checkpoint.hub import hub_id_of
-from utils.common.atomic import atomic_dir
+from utils.common.publish import atomic_dir
 from utils.data.chat_jinja import write_trained_template
 from utils.data.tokenizer import copy_tokenizer_files
 from utils.parallel.state_dict import lm_state_dict, unwrap_lm

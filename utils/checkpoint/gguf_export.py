@@ -95,7 +95,6 @@ def convert(hf_dir: Path, out_file: Path, gguf_type: str, llama_cpp: Path, end_o
 
 def metadata_spec(hf_dir: Path, end_of_turn: int | None) -> dict:
     """What utils/checkpoint/gguf_metadata.py writes into the converted file (its docstring says why)."""
-    # transformers costs seconds to import; deferred so callers that skip this stay fast
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(hf_dir))
@@ -162,7 +161,6 @@ def check_conversations(prompts: list[str]) -> list[list[dict]]:
 
 def hf_greedy(hf_dir: Path, conversations: list[list[dict]], stop_ids: list[int]) -> list[dict]:
     """Prompt ids and greedy tokens of the exported HF model, computed in float32 (its weights upcast exactly)."""
-    # torch and transformers cost seconds to import; deferred so callers that skip this stay fast
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -182,7 +180,6 @@ def hf_greedy(hf_dir: Path, conversations: list[list[dict]], stop_ids: list[int]
 def llama_cpp_greedy(gguf_file: Path, conversations: list[list[dict]], stop_ids: list[int]) -> list[dict]:
     """The same through llama-cpp-python: the GGUF's embedded chat template, llama.cpp's tokenizer and forward."""
     try:
-        # llama-cpp-python comes with requirements-gguf.txt; deferred: only this check needs it
         from llama_cpp import Llama
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
     except ImportError:
@@ -234,7 +231,6 @@ def export_gguf(hf_dir: Path, name: str, types: list[str], summary: dict,
     """Each GGUF type of ``types`` from the HF export in ``hf_dir`` (into it, as ``<name>-<type>.gguf``), checked
     with llama-cpp-python; the Modelfile; the model card's section. Prompt ids that differ from transformers' are
     refused."""
-    # transformers costs seconds to import; deferred so callers that skip this stay fast
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(hf_dir))

@@ -22,7 +22,6 @@ import sys
 
 
 def rewrite(raw: str, out: str, spec: dict) -> None:
-    # llama.cpp's gguf-py is on sys.path only in this script's process (gguf_export.run_llama_cpp sets it)
     import gguf
     from gguf.scripts.gguf_new_metadata import MetadataDetails, copy_with_new_metadata
 

@@ -54,6 +54,16 @@ def weight(flag: str) -> Callable[[str], float]:
     return check
 
 
+def positive_number(flag: str) -> Callable[[str], float]:
+    """A finite number > 0."""
+    def check(raw: str) -> float:
+        value = weight(flag)(raw) if raw.strip() else -1.0
+        if value <= 0:
+            raise UserError(f"{flag} {raw!r}: give a number > 0")
+        return value
+    return check
+
+
 def check_weights(flag: str, weights: Sequence[float] | None) -> None:
     """At least one weight > 0 (checked after parsing: it concerns the whole list)."""
     if weights is not None and not any(w > 0 for w in weights):

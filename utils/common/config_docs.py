@@ -1,7 +1,8 @@
-"""docs/CONFIG.md, generated from the JSON Schemas (what is allowed) and the dataclasses (defaults).
+"""docs/CONFIG.md, rendered from the JSON Schemas generated from the config dataclasses (utils/common/config_schema.py)
+and from the dataclasses' defaults.
 
-``scripts/config_docs.py`` names the config kinds and writes the file (``make docs-config``); a test fails when
-the committed file is stale.
+``scripts/config_docs.py`` names the config kinds and writes the file with the schemas (``make config-docs``); a test
+fails when a committed file is stale.
 """
 from __future__ import annotations
 
@@ -9,12 +10,10 @@ import dataclasses
 import json
 import typing
 
-from utils.common.config import load_schema
-
 HEADER = """# Configuration reference
 
-Generated from `config/schemas/*.schema.json` (types, ranges, descriptions) and the config
-dataclasses in `utils/` (defaults) by `make docs-config`; do not edit by hand.
+Generated from the config dataclasses in `utils/` (types, defaults, ranges and descriptions), like
+`config/schemas/*.schema.json`, by `make config-docs`; do not edit by hand.
 A value outside what is listed stops the stage with one line naming the file and the field.
 """
 
@@ -23,25 +22,16 @@ ConfigKind = tuple[str, str, type, str]
 """(schema name, section title, config dataclass, which files and which stage)."""
 
 
-def _resolve(node: dict) -> dict:
+def local_ref(node: dict, root: dict, schemas: dict[str, dict]) -> dict:
+    """``node`` with its ``$ref`` (to ``root`` or to another of ``schemas``) followed."""
     ref = node.get("$ref")
     if not ref:
         return node
     file, _, pointer = ref.partition("#")
-    target = load_schema(file.removesuffix(".schema.json"))
+    target = schemas[file.removesuffix(".schema.json")] if file else root
     for part in [p for p in pointer.split("/") if p]:
         target = target[part]
     return {**target, **{k: v for k, v in node.items() if k != "$ref"}}
-
-
-def local_ref(node: dict, root: dict) -> dict:
-    ref = node.get("$ref", "")
-    if ref.startswith("#/"):
-        target = root
-        for part in ref[2:].split("/"):
-            target = target[part]
-        return target
-    return _resolve(node)
 
 
 def _type_text(node: dict) -> str:
@@ -84,29 +74,29 @@ def child_class(cls: type | None, name: str) -> type | None:
     return None
 
 
-def _rows(node: dict, root: dict, cls: type | None, prefix: str, out: list[str]) -> None:
-    node = local_ref(node, root)
+def _rows(node: dict, root: dict, cls: type | None, prefix: str, out: list[str], schemas: dict[str, dict]) -> None:
+    node = local_ref(node, root, schemas)
     for name, sub in node.get("properties", {}).items():
-        sub = local_ref(sub, root)
+        sub = local_ref(sub, root, schemas)
         path = f"{prefix}{name}"
         description = " ".join(sub.get("description", "").split())
-        items = local_ref(sub.get("items", {}), root) if isinstance(sub.get("items"), dict) else {}
+        items = local_ref(sub.get("items", {}), root, schemas) if isinstance(sub.get("items"), dict) else {}
         type_text = _type_text(sub) + (f" of {_type_text(items)}" if items and "array" in str(sub.get("type")) else "")
         out.append(f"| `{path}` | {type_text} | {_default_text(cls, name)} | {description} |")
         child = child_class(cls, name)
         if "properties" in sub:
-            _rows(sub, root, child, f"{path}.", out)
+            _rows(sub, root, child, f"{path}.", out, schemas)
         elif items.get("properties"):
-            _rows(items, root, child, f"{path}[].", out)
+            _rows(items, root, child, f"{path}[].", out, schemas)
 
 
-def render(kinds: list[ConfigKind]) -> str:
-    """The whole CONFIG.md text, a section per config kind."""
+def render(kinds: list[ConfigKind], schemas: dict[str, dict]) -> str:
+    """The whole CONFIG.md text, a section per config kind; ``schemas`` by name (as generated)."""
     parts = [HEADER]
     for schema_name, title, cls, where in kinds:
-        schema = load_schema(schema_name)
+        schema = schemas[schema_name]
         rows = ["| field | type | default | description |", "|---|---|---|---|"]
-        _rows(schema, schema, cls, "", rows)
+        _rows(schema, schema, cls, "", rows, schemas)
         required = ", ".join(f"`{r}`" for r in schema.get("required", []))
         parts.append(f"## {title}\n\n{where} — schema `config/schemas/{schema_name}.schema.json`"
                      f"{'; required: ' + required if required else ''}.\n\n" + "\n".join(rows) + "\n")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from utils.common.atomic import write_text_atomic
+from utils.common.publish import write_text_atomic
 
 POINTER = "LAST"
 SFT_CORPORA = Path("data/sft_processed")

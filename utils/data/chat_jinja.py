@@ -112,7 +112,6 @@ def write_trained_template(model_dir: Path, template_name: str) -> bool:
     A tokenizer whose ``chat_template`` already renders it keeps its files byte for byte (and its fingerprint);
     otherwise the template goes to ``chat_template.jinja``, and any other copy (``chat_template`` in
     tokenizer_config.json, chat_template.json) is removed, since readers disagree on which one wins."""
-    # transformers costs seconds to import; deferred so callers that skip this stay fast
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))

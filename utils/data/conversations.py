@@ -32,13 +32,13 @@ import contextlib
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from utils.data.dataset_entry import MESSAGE_ROLES, DatasetSpec, layout_for_fields
 from utils.data.markdown_transcripts import compile_speakers, markdown_turns, split_turns
 from utils.data.messages import (Conversation, RawText, Skip, item_text, message, normalize, tool_calls, tools_list,
                                  type_name, typed_content)
 from utils.data.oasst import oasst_conversations
 from utils.data.reasoning import KEY as REASONING, turn_reasoning
-from utils.data.sources import (MESSAGE_ROLES, BadRow, DatasetSpec, Row, RowProblem, iter_rows, layout_for_fields,
-                                resolve_files)
+from utils.data.sources import BadRow, Row, RowProblem, iter_rows, resolve_files
 
 DEFAULT_ROLE_MAP = {"human": "user", "user": "user", "gpt": "assistant", "chatgpt": "assistant",
                     "bing": "assistant", "bard": "assistant", "assistant": "assistant",

@@ -12,9 +12,9 @@ import platform
 import re
 from pathlib import Path
 
-from utils.common.atomic import write_json_atomic, write_text_atomic
 from utils.common.config import to_dict
 from utils.common.markdown import markdown_table
+from utils.common.publish import write_json_atomic, write_text_atomic
 from utils.data.fingerprint import tokenizer_fingerprint
 from utils.data.messages import TOOL_USE_KEYS
 from utils.data.mixture import achieved_ratios
@@ -139,11 +139,9 @@ def length_summary(lengths) -> dict:
 
 
 def write_histogram(path: Path, lengths, sequence_length: int) -> None:
-    # matplotlib loads only when a plot is drawn (a second of start-up otherwise)
     import matplotlib
 
     matplotlib.use("Agg")
-    # matplotlib loads only when a plot is drawn (a second of start-up otherwise)
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 3.5), dpi=100)
@@ -157,7 +155,7 @@ def write_histogram(path: Path, lengths, sequence_length: int) -> None:
     plt.close(fig)
 
 
-def _fence(text: str) -> str:
+def code_fence(text: str) -> str:
     """A backtick fence longer than any run of backticks inside ``text``."""
     longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
     return "`" * max(3, longest + 1)
@@ -213,7 +211,7 @@ def data_card(config, template: ChatTemplate, manifest: dict, stats) -> str:
     modes = {d.name: d.reasoning for d in config.datasets}
     for name, (_tokens, (messages, tools)) in stats.samples.items():
         text = template.mark_supervised(messages, config.train_on, tools=tools, reasoning=modes[name])
-        fence = _fence(text)
+        fence = code_fence(text)
         lines += [f"### {name}", "", fence + "text", text, fence, ""]
     return "\n".join(lines).rstrip() + "\n"
 

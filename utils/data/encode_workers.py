@@ -178,3 +178,27 @@ class PoolRunner:
     def close(self) -> None:
         self.pool.terminate()
         self.pool.join()
+
+
+def encode_with(task: tuple[EncodeSettings, list[tuple]]) -> list[Outcome]:
+    """``encode_chunk`` in a worker that gets its settings with each chunk (a Ray task, on any node): the
+    tokenizer and template are loaded once per worker process and settings."""
+    settings, chunk = task
+    if _WORKER.get("settings") != settings:
+        init_worker(settings)
+    return encode_chunk(chunk)
+
+
+class ExecutorRunner:
+    """Chunks encoded as tasks of an executor (utils/data/executors.py: Ray), results in input order; the
+    driver keeps reading, dedup and the mixture, so they stay exact."""
+
+    def __init__(self, settings: EncodeSettings, executor) -> None:
+        self.settings, self.executor = settings, executor
+
+    def map(self, chunks: Iterable[list[tuple]]) -> Iterator[Outcome]:
+        for outcomes in self.executor.map(encode_with, ((self.settings, chunk) for chunk in chunks)):
+            yield from outcomes
+
+    def close(self) -> None:
+        pass  # the executor belongs to the caller

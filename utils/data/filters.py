@@ -19,10 +19,13 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Sequence
 
+from utils.common.config_schema import setting
 from utils.common.errors import UserError
 from utils.data.reasoning import KEY as TRACE
 from utils.data.templates import ChatTemplate, EncodedConversation
 
+NORMAL_FORMS = ("NFC", "NFKC", "none")
+"""Unicode normal forms quality_filters.unicode_normalization applies (none: as read)."""
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # Cc without \t and \n (\r is turned into \n first)
 _URL = re.compile(r"(?i)\b(?:https?://|ftp://|www\.)\S")
 _CODE_FENCE = re.compile(r"(?m)^[ ]{0,3}(?:```|~~~)")
@@ -31,21 +34,31 @@ _WHITESPACE = re.compile(r"\s+")
 
 @dataclass
 class QualityFilters:
-    """``quality_filters`` of an SFT dataset config (the schema documents each field)."""
+    """``quality_filters`` of an SFT dataset config."""
 
-    min_prompt_length: int = 0
-    """Characters of all user turns together (the system prompt is not counted)."""
-    max_prompt_length: int | None = None
-    min_response_length: int = 1
-    """Characters of all assistant turns together."""
-    max_response_length: int | None = None
-    max_tokens: int | None = None
-    """Tokens of the whole rendered conversation, before any truncation to sequence_length."""
+    min_prompt_length: int = setting(0, minimum=0)
+    """Drop a conversation whose user text (all user turns together; the system prompt is not counted) is shorter
+    than this many characters."""
+    max_prompt_length: int | None = setting(None, type="integer", minimum=0)
+    """Drop a conversation whose user text is longer than this many characters."""
+    min_response_length: int = setting(1, minimum=0)
+    """Drop a conversation whose assistant text is shorter than this many characters."""
+    max_response_length: int | None = setting(None, type="integer", minimum=0)
+    """Drop a conversation whose assistant text is longer than this many characters."""
+    max_tokens: int | None = setting(None, type="integer", minimum=1)
+    """Drop a conversation whose rendered, tokenized form is longer than this many tokens (counted before any
+    truncation to sequence_length)."""
     filter_urls: bool = False
+    """Drop conversations whose assistant text contains URLs."""
     filter_code_blocks: bool = False
+    """Drop conversations that contain fenced code blocks."""
     dedupe: bool = True
-    unicode_normalization: str = "NFC"
+    """Keep only the first of conversations with identical messages, compared after NFKC, case folding and
+    whitespace collapsing, across all sources."""
+    unicode_normalization: str = setting("NFC", enum=NORMAL_FORMS)
+    """Unicode normal form applied to every message: NFC, NFKC, or none."""
     strip_control_chars: bool = True
+    """Remove control characters other than newline and tab from every message."""
 
     def __post_init__(self) -> None:
         for low, high in (("min_prompt_length", "max_prompt_length"),

@@ -23,6 +23,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Mapping
 
+from utils.common.config_schema import setting
 from utils.common.errors import UserError
 
 MAX_REPEAT_WARNING = 10.0
@@ -30,10 +31,15 @@ MAX_REPEAT_WARNING = 10.0
 
 @dataclass
 class MixtureConfig:
-    """``mixture`` of an SFT dataset config (the schema documents each field)."""
+    """``mixture`` of an SFT dataset config."""
 
-    target_ratios: dict[str, float] = field(default_factory=dict)
-    custom_data_ratio: float | None = None
+    target_ratios: dict[str, float] = setting(
+        default_factory=dict, additionalProperties={"type": "number", "minimum": 0, "maximum": 1})
+    """Dataset entry name -> share of the written training examples (0 to 1). Unlisted entries keep their weighted
+    size and fill the rest; when every entry is listed the ratios are normalised and the total size is kept."""
+    custom_data_ratio: float | None = setting(None, type="number", minimum=0, maximum=1)
+    """Share of the written training examples (0 to 1) taken from the entries marked "domain": true (repeated as
+    needed); the other entries keep their weighted size. Not together with target_ratios."""
 
     def __post_init__(self) -> None:
         if self.target_ratios and self.custom_data_ratio is not None:

@@ -26,18 +26,20 @@ from typing import Iterable, Iterator
 
 from tqdm import tqdm
 
-from utils.common.atomic import atomic_dir, exclusive
 from utils.common.config import load_config
+from utils.common.config_schema import setting
 from utils.common.errors import UserError
+from utils.common.locks import exclusive
+from utils.common.publish import atomic_dir
 from utils.data.conversations import Conversation, RawText, Skip, check_dataset, iter_conversations
 from utils.data.data_card import build_manifest, print_summary, write_reports
-from utils.data.encode_workers import EncodeSettings, InlineRunner, PoolRunner
+from utils.data.dataset_entry import NAME_PATTERN, DatasetSpec
+from utils.data.encode_workers import EncodeSettings, ExecutorRunner, InlineRunner, PoolRunner
 from utils.data.filters import Deduper, QualityFilters
 from utils.data.messages import TOOL_USE_KEYS
 from utils.data.mixture import MixtureConfig, check_mixture, mixture_warnings, repeats, solve_multipliers, split_of
 from utils.data.shards import ShardWriter
-from utils.data.sources import DatasetSpec
-from utils.data.templates import TRAIN_ON, get_template, model_type_for
+from utils.data.templates import TEMPLATES, TRAIN_ON, get_template, model_type_for
 from utils.data.tokenizer import hf_dir_for, load_tokenizer
 
 CHUNK = 64
@@ -45,32 +47,54 @@ CHUNK = 64
 MAX_LISTED_SKIPS = 1000
 SAMPLES_PER_SOURCE = 20
 """The first conversations of each source carry their text back, for the data card's example."""
+OVERLONG = ("drop", "truncate")
+"""What output_params.overlong does with a conversation longer than sequence_length."""
 
 
 @dataclass
 class OutputParams:
-    """``output_params`` of an SFT dataset config (the schema documents each field)."""
+    """``output_params`` of an SFT dataset config."""
 
-    sequence_length: int = 2048
-    shard_size: int = 10000
-    train_ratio: float = 0.95
-    overlong: str = "truncate"
+    sequence_length: int = setting(2048, minimum=16)
+    """Maximum tokens per example; longer conversations are handled as overlong says."""
+    shard_size: int = setting(10000, minimum=1)
+    """Examples per output shard file."""
+    train_ratio: float = setting(0.95, exclusiveMinimum=0, maximum=1)
+    """Share of conversations that go to the training split, decided by a hash of each conversation (stable when
+    sources are added); the rest is validation. 1 means no validation split."""
+    overlong: str = setting("truncate", enum=OVERLONG)
+    """What to do with a conversation longer than sequence_length: drop it, or truncate it by dropping trailing
+    turns so it still ends after a complete assistant turn and its end-of-turn token (dropped when even the first
+    exchange does not fit)."""
 
 
 @dataclass
 class SFTDatasetConfig:
     """An SFT dataset config (config/sft_datasets/*.json, schema config/schemas/sft_dataset.schema.json)."""
 
-    name: str
-    datasets: list[DatasetSpec]
+    name: str = setting(pattern=NAME_PATTERN)
+    """Name of the prepared corpus; also the name of its output folder."""
+    datasets: list[DatasetSpec] = setting(minItems=1)
+    """The sources to read, in order."""
     description: str = ""
-    template: str = "chatml"
+    """Free text for humans and the data card."""
+    template: str = setting("chatml", enum=TEMPLATES)
+    """Chat template that renders messages to text: chatml, instruct, chat (Human:/Assistant: lines), alpaca, or
+    tokenizer (the tokenizer's own chat template)."""
     output_params: OutputParams = field(default_factory=OutputParams)
+    """Shape of the tokenized output."""
     quality_filters: QualityFilters = field(default_factory=QualityFilters)
+    """Rules that drop low-quality conversations before tokenization; lengths are in characters."""
     mixture: MixtureConfig = field(default_factory=MixtureConfig)
-    train_on: str = "all_assistant_turns"
+    """How the sources are mixed in the output."""
+    train_on: str = setting("all_assistant_turns", enum=TRAIN_ON)
+    """Which tokens carry the loss: every assistant turn, or only the last one (each with its end-of-turn token)."""
     seed: int = 42
-    max_train_examples: int | None = None
+    """Seed of the mixture's sampling (which examples a fractional multiplier keeps or repeats); the train/val split
+    depends only on each conversation's content."""
+    max_train_examples: int | None = setting(None, minimum=1)
+    """Write at most this many training examples in all, after mixing: a seeded sample that keeps the mixture's
+    shares (each source's max_examples caps what is read from it); null writes every one."""
 
     def __post_init__(self) -> None:
         names = [d.name for d in self.datasets]
@@ -269,8 +293,9 @@ def default_num_proc() -> int:
 
 def prepare_corpus(config: SFTDatasetConfig, tokenizer_path: str | Path, output_dir: str | Path,
                    force: bool = False, num_proc: int | None = None, strict: bool = False,
-                   config_path: str | Path | None = None) -> dict:
-    """Run the whole stage; returns the manifest. Output appears atomically at ``output_dir``."""
+                   config_path: str | Path | None = None, executor=None) -> dict:
+    """Run the whole stage; returns the manifest. Output appears atomically at ``output_dir``. With an
+    ``executor`` (utils/data/executors.py, e.g. Ray) the encoding runs as its tasks instead of local processes."""
     hf_dir = hf_dir_for(tokenizer_path)
     model_type = model_type_for(hf_dir)
     template = get_template(config.template, load_tokenizer(hf_dir), model_type)  # fail before reading
@@ -283,9 +308,10 @@ def prepare_corpus(config: SFTDatasetConfig, tokenizer_path: str | Path, output_
     stats = RunStats({d.name: SourceStats() for d in config.datasets})
     print(f"template {template.name} (family {template.family}); " + "; ".join(template.notes or ["no notes"]))
     print(f"sequence_length {config.output_params.sequence_length}, overlong {config.output_params.overlong}, "
-          f"train_on {config.train_on}, num_proc {num_proc}, output {output_dir}", flush=True)
+          f"train_on {config.train_on}, {f'executor {executor.describe()}' if executor else f'num_proc {num_proc}'}, "
+          f"output {output_dir}", flush=True)
     with exclusive(output_dir), atomic_dir(output_dir, force, kind="prepare") as tmp:
-        splits = build_shards(config, settings, num_proc, tmp, stats, strict)
+        splits = build_shards(config, settings, num_proc, tmp, stats, strict, executor)
         manifest = build_manifest(config, template, hf_dir, splits, stats)
         write_reports(tmp, config, template, manifest, stats, num_proc, config_path)
         print_summary(config, manifest, stats)
@@ -308,12 +334,13 @@ def _nothing_left(where, stats: RunStats) -> str:
 
 
 def build_shards(config: SFTDatasetConfig, settings: EncodeSettings, num_proc: int, out_dir: Path,
-                 stats: RunStats, strict: bool) -> dict:
+                 stats: RunStats, strict: bool, executor=None) -> dict:
     """Both passes, with the spill files in ``out_dir/.spill`` removed afterwards; returns ``splits``."""
     start, cpu_start = time.perf_counter(), cpu_seconds()
     spill_dir = out_dir / ".spill"
     spill_dir.mkdir()
-    runner = InlineRunner(settings) if num_proc == 1 else PoolRunner(settings, num_proc)
+    runner = (ExecutorRunner(settings, executor) if executor is not None else InlineRunner(settings)
+              if num_proc == 1 else PoolRunner(settings, num_proc))
     try:
         with tqdm(desc="encode", unit=" conv", disable=None, mininterval=1.0) as progress:
             read_and_encode(config, runner, spill_dir, stats, strict, progress)

@@ -11,32 +11,43 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from tqdm import tqdm
 
+from utils.common.config_schema import setting
 from utils.data.text_sources import TextSource, iter_documents
 
 BATCH_DOCS = 256
+TOKEN_DTYPE = np.dtype("<u4")
+"""Token files hold uint32 little-endian ids."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class SupervisedSource:
     """A prepared SFT corpus mixed into pre-training: its examples keep their loss masks."""
 
-    data_dir: str
-    weight: float = 1.0
+    data_dir: str = setting(minLength=1)
+    """A prepared corpus directory (with manifest.json)."""
+    weight: float = setting(1.0, exclusiveMinimum=0)
+    """Sampling weight against text_weight and the other corpora."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class PretrainData:
-    sources: list[TextSource]
-    sequence_length: int = 256
-    val_ratio: float = 0.02
-    text_weight: float = 1.0
-    """Sampling weight of the raw-text windows against the ``supervised`` corpora (shares of examples)."""
+    sources: list[TextSource] = setting(minItems=1)
+    """Text sources (files, globs, JSONL fields, HF datasets)."""
+    sequence_length: int = setting(256, minimum=16)
+    """Tokens per training sequence."""
+    val_ratio: float = setting(0.02, minimum=0, exclusiveMaximum=1)
+    """Share of documents held out for validation (chosen by a hash of the text)."""
+    text_weight: float = setting(1.0, exclusiveMinimum=0)
+    """Sampling weight of the raw-text windows against the supervised corpora (shares of the examples drawn)."""
     supervised: list[SupervisedSource] = field(default_factory=list)
-    """Prepared SFT corpora trained alongside the text (instruction data in pre-training), masks kept."""
+    """Prepared SFT corpora (scripts/02_prepare_sft_corpus.py, same tokenizer) trained alongside the text with their
+    loss masks: instruction data in pre-training, so the base model learns skills such as copying from its
+    context that raw text alone teaches slowly."""
 
 
 @dataclass
@@ -96,12 +107,18 @@ def _write_streams(data: PretrainData, tokenizer, paths: dict[str, Path], show_p
 
 
 def _write_batch(docs: list[str], tokenizer, val_ratio: float, handles, stats: StreamStats) -> None:
+    for split, arr in encode_documents(docs, tokenizer, val_ratio):
+        handles[split].write(arr.tobytes())
+        stats.documents[split] += 1
+        stats.tokens[split] += len(arr)
+
+
+def encode_documents(docs: list[str], tokenizer, val_ratio: float) -> Iterator[tuple[str, np.ndarray]]:
+    """Each document's split and its tokens followed by EOS (uint32, little-endian): the one encoding of raw text
+    for pre-training, in the launch and in the prepare stage (utils/data/text_corpus.py) alike."""
     if not docs:
         return
     encoded = tokenizer(docs, add_special_tokens=False, split_special_tokens=True)["input_ids"]
     for text, ids in zip(docs, encoded):
         split = "val" if is_val(text, val_ratio) else "train"
-        arr = np.asarray(ids + [tokenizer.eos_token_id], dtype=np.uint32)
-        handles[split].write(arr.tobytes())
-        stats.documents[split] += 1
-        stats.tokens[split] += len(arr)
+        yield split, np.asarray(ids + [tokenizer.eos_token_id], dtype=TOKEN_DTYPE)

@@ -22,7 +22,8 @@ from __future__ import annotations
 import re
 from typing import Callable, Sequence
 
-from utils.data.sources import REASONING_MODES as MODES, RowProblem
+from utils.data.dataset_entry import REASONING_MODES as MODES
+from utils.data.sources import RowProblem
 
 KEY = "reasoning_content"
 """The key of a trace on a message of the messages contract (and HF's, read by reasoning templates)."""

@@ -21,14 +21,18 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.common.atomic import recover_published
 from utils.common.errors import UserError
 from utils.common.hashing import sha256_file
+from utils.common.locks import recover_published
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 SPLITS = ("train", "val")
 RERUN = "re-run the prepare stage (make prepare-sft-corpus) to rebuild it"
+KINDS = {"sft": ("an SFT corpus (scripts/02_prepare_sft_corpus.py)", RERUN),
+         "text": ("a raw-text corpus (scripts/01_prepare_text_corpus.py)",
+                  "re-run the text prepare stage (make prepare-text-corpus) to rebuild it")}
+"""What a prepared directory holds (manifest ``kind``; an SFT manifest names none): its description and the fix."""
 
 
 def shard_name(split: str, index: int) -> str:
@@ -88,31 +92,39 @@ class ShardWriter:
 
 
 # ---------------------------------------------------------------------- reader side
-def load_manifest(data_dir: str | Path) -> dict:
-    """The manifest of a prepared directory; UserError naming the file when missing or invalid."""
+def load_manifest(data_dir: str | Path, kind: str = "sft") -> dict:
+    """The manifest of a prepared directory of ``kind``; UserError naming the file when missing, invalid or of
+    the other kind."""
     path = Path(data_dir) / MANIFEST
+    what, rerun = KINDS[kind]
     recover_published(data_dir)  # a prepare killed while publishing leaves the previous corpus beside it
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise UserError(f"{path}: not found; {data_dir} is not a prepared SFT corpus ({RERUN})") from None
+        raise UserError(f"{path}: not found; {data_dir} is not {what} ({rerun})") from None
     except (OSError, ValueError) as err:  # ValueError: invalid UTF-8 or JSON, numbers too long
-        raise UserError(f"{path}: unreadable ({str(err)[:200]}); {RERUN}") from None
+        raise UserError(f"{path}: unreadable ({str(err)[:200]}); {rerun}") from None
     except RecursionError:
-        raise UserError(f"{path}: unreadable (nested too deeply); {RERUN}") from None
+        raise UserError(f"{path}: unreadable (nested too deeply); {rerun}") from None
     if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
         version = manifest.get("format_version") if isinstance(manifest, dict) else None
-        raise UserError(f"{path}: format_version {version!r}, expected {FORMAT_VERSION}; {RERUN}")
-    for key in ("tokenizer_metadata", "splits", "sequence_length"):
+        raise UserError(f"{path}: format_version {version!r}, expected {FORMAT_VERSION}; {rerun}")
+    found = manifest.get("kind", "sft")
+    if found != kind:
+        other = KINDS[found][0] if found in KINDS else f"a corpus of kind {found!r}"
+        raise UserError(f"{path}: {data_dir} is {other}, not {what}; "
+                        + ("train SFT corpora with 03 (or mix them into pre-training with data.supervised)"
+                           if found == "sft" else "pass it to scripts/01_pretrain.py --data_dirs"))
+    for key in ("tokenizer_metadata", "splits") + (("sequence_length",) if kind == "sft" else ()):
         if key not in manifest:
-            raise UserError(f"{path}: field '{key}' missing; {RERUN}")
+            raise UserError(f"{path}: field '{key}' missing; {rerun}")
     if not isinstance(manifest["tokenizer_metadata"], dict) or not isinstance(manifest["splits"], dict):
-        raise UserError(f"{path}: tokenizer_metadata and splits must be objects; {RERUN}")
+        raise UserError(f"{path}: tokenizer_metadata and splits must be objects; {rerun}")
     for split in SPLITS:
         entry = manifest["splits"].get(split, {})
         shards = entry.get("shards", []) if isinstance(entry, dict) else None
         if not isinstance(shards, list) or not all(_is_shard_entry(s) for s in shards):
-            raise UserError(f"{path}: splits.{split}.shards is malformed; {RERUN}")
+            raise UserError(f"{path}: splits.{split}.shards is malformed; {rerun}")
     return manifest
 
 
@@ -122,14 +134,15 @@ def _is_shard_entry(shard) -> bool:
             and isinstance(shard.get("file"), str) and shard["file"] == Path(shard["file"]).name)
 
 
-def verify_data_dir(data_dir: str | Path, expected_tokenizer_sha: str | None = None) -> dict:
+def verify_data_dir(data_dir: str | Path, expected_tokenizer_sha: str | None = None, kind: str = "sft") -> dict:
     """Check the tokenizer fingerprint and re-hash every shard; returns the manifest.
 
     A missing shard or a hash mismatch is a UserError naming the file; a different tokenizer is a
     UserError starting with ``Tokenizer mismatch between datasets!``.
     """
     data_dir = Path(data_dir)
-    manifest = load_manifest(data_dir)
+    manifest = load_manifest(data_dir, kind)
+    rerun = KINDS[kind][1]
     found = manifest["tokenizer_metadata"].get("tokenizer_sha256")
     if expected_tokenizer_sha is not None and found != expected_tokenizer_sha:
         raise UserError(
@@ -140,9 +153,9 @@ def verify_data_dir(data_dir: str | Path, expected_tokenizer_sha: str | None = N
         for shard in manifest["splits"].get(split, {}).get("shards", []):
             path = data_dir / shard["file"]
             if not path.is_file():
-                raise UserError(f"{path}: shard listed in {MANIFEST} is missing; {RERUN}")
+                raise UserError(f"{path}: shard listed in {MANIFEST} is missing; {rerun}")
             if sha256_file(path) != shard["sha256"]:
-                raise UserError(f"{path}: sha256 differs from {MANIFEST} (file changed or corrupt); {RERUN}")
+                raise UserError(f"{path}: sha256 differs from {MANIFEST} (file changed or corrupt); {rerun}")
     return manifest
 
 

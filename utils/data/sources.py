@@ -18,134 +18,18 @@ import csv
 import glob
 import gzip
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
 from utils.common.errors import UserError, one_line
+from utils.data.dataset_entry import DatasetSpec
 
-TYPES = ("huggingface", "json", "jsonl", "parquet", "csv", "markdown_transcripts", "text_files")
-FORMATS = ("auto", "single_turn", "messages", "sharegpt", "oasst", "transcript", "text")
-ROLES = ("system", "user", "assistant")
-MESSAGE_ROLES = (*ROLES, "tool")
-"""Roles of a ``messages`` row: ``tool`` holds a tool's result."""
-SHAREGPT_ROLES = (*ROLES, "tool", "tool_call")
-"""What a ShareGPT ``from`` value may map to: ``tool_call`` is an assistant turn whose value is a call's JSON."""
-# Which text_fields keys each layout understands ("auto" infers the layout from them).
-TEXT_FIELDS = {
-    "single_turn": {"prompt", "response", "input", "context", "system"},
-    "messages": {"messages", "system", "tools", "reasoning"},
-    "sharegpt": {"conversations", "system", "tools", "reasoning"},
-    "transcript": {"text"},
-    "oasst": set(),
-    "text": {"text"},
-}
-REASONING_MODES = ("train", "keep_context", "drop")
-"""What a dataset's ``reasoning`` setting does with traces (``utils/data/reasoning.py``)."""
-# The keys that make "auto" pick a layout from text_fields.
-KEY_FIELDS = {"single_turn": {"prompt", "response"}, "messages": {"messages"},
-              "sharegpt": {"conversations"}, "transcript": {"text"}}
 SUFFIXES = {"json": (".json", ".json.gz"), "jsonl": (".jsonl", ".jsonl.gz"),
             "parquet": (".parquet",), "csv": (".csv",), "text_files": (".txt", ".md")}
 PARQUET_BATCH_ROWS = 1024
 # datasets' packaged builders read data_files from disk, so those can be checked before loading.
 LOCAL_BUILDERS = ("json", "csv", "parquet", "text", "arrow")
-
-
-@dataclass(frozen=True)
-class Participants:
-    """Speaker markers of a markdown transcript, per role: plain strings or regexes (see use_regex)."""
-
-    user: list[str] = field(default_factory=list)
-    assistant: list[str] = field(default_factory=list)
-    system: list[str] = field(default_factory=list)
-    ignore: list[str] = field(default_factory=list)
-    """Markers of blocks to drop entirely (tool output, code results)."""
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    """One entry of an SFT dataset config's ``datasets`` list; the schema documents each field."""
-
-    name: str
-    type: str
-    dataset_name: str | None = None
-    """Hub name (huggingface) or a file, glob or directory; relative paths resolve against ``base_dir``."""
-    format: str = "auto"
-    text_fields: dict[str, str] = field(default_factory=dict)
-    role_map: dict[str, str] = field(default_factory=dict)
-    """ShareGPT ``from`` value -> role; added to (and overriding) the defaults in utils.data.conversations."""
-    weight: float = 1.0
-    split: str = "train"
-    dataset_config: str | None = None
-    data_files: str | list[str] | dict | None = None
-    max_examples: int | None = None
-    license: str | None = None
-    input_join: str = "\n\n"
-    domain: bool = False
-    directories: list[str] = field(default_factory=list)
-    participants: Participants = field(default_factory=Participants)
-    use_regex: bool = False
-    case_sensitive: bool = True
-    file_glob: str = "**/*.md"
-    ignore_lines: list[str] = field(default_factory=list)
-    """Markdown only: regexes; a whole line matching one (outside code fences) is dropped (dates, anchors)."""
-    reasoning: str = "train"
-    """Reasoning traces: train (supervised as rendered), keep_context (rendered, not supervised) or drop."""
-
-    def __post_init__(self) -> None:
-        where = f"dataset '{self.name}'"
-        if self.type not in TYPES:
-            raise UserError(f"{where}: type: unknown type '{self.type}'; use one of {', '.join(TYPES)}")
-        if self.format not in FORMATS:
-            raise UserError(f"{where}: format: unknown format '{self.format}'; use one of {', '.join(FORMATS)}")
-        if self.weight < 0 or (self.max_examples is not None and self.max_examples < 0):
-            raise UserError(f"{where}: weight and max_examples must be >= 0")
-        if self.type == "text_files" and self.format == "auto":
-            object.__setattr__(self, "format", "text")  # plain files hold nothing but raw text (frozen spec)
-        if self.type == "text_files" and self.format != "text":
-            raise UserError(f"{where}: format: text_files hold raw text; use format 'text' or leave it out")
-        if self.type == "markdown_transcripts":
-            self._check_markdown(where)
-        elif not self.dataset_name:
-            raise UserError(f"{where}: dataset_name: missing; give a hub name, a file, a glob or a directory")
-        self._check_text_fields(where)
-        bad = {k: v for k, v in self.role_map.items() if v not in SHAREGPT_ROLES}
-        if bad:
-            raise UserError(f"{where}: role_map: {bad} maps to unknown roles; use {', '.join(SHAREGPT_ROLES)}")
-        if self.reasoning not in REASONING_MODES:
-            raise UserError(f"{where}: reasoning: unknown value {self.reasoning!r}; use one of "
-                            f"{', '.join(REASONING_MODES)}")
-
-    def _check_markdown(self, where: str) -> None:
-        if not self.directories:
-            raise UserError(f"{where}: directories: missing; list the folders holding the .md transcripts")
-        if not self.participants.user or not self.participants.assistant:
-            raise UserError(f"{where}: participants: give at least one 'user' and one 'assistant' marker")
-        if self.format != "auto":
-            raise UserError(f"{where}: format: markdown_transcripts has its own layout; remove 'format'")
-
-    def _check_text_fields(self, where: str) -> None:
-        keys = set(self.text_fields)
-        if self.format == "auto":
-            if keys and layout_for_fields(keys) is None:
-                raise UserError(f"{where}: text_fields: keys {sorted(keys)} fit no single layout; "
-                                "set 'format' or use the keys of one layout")
-            return
-        extra = keys - TEXT_FIELDS[self.format]
-        if extra:
-            raise UserError(f"{where}: text_fields: {sorted(extra)} do not apply to format '{self.format}'; "
-                            f"allowed: {sorted(TEXT_FIELDS[self.format]) or 'none'}")
-        if self.format == "single_turn" and keys and not {"prompt", "response"} <= keys:
-            raise UserError(f"{where}: text_fields: single_turn needs both 'prompt' and 'response'")
-
-
-def layout_for_fields(keys: set[str]) -> str | None:
-    """The layout whose text_fields keys these are (``format: auto``), or None."""
-    for layout, needed in KEY_FIELDS.items():
-        if needed <= keys <= TEXT_FIELDS[layout]:
-            return layout
-    return None
 
 
 @dataclass(frozen=True)
@@ -317,7 +201,7 @@ def _check_csv_record(record: dict, origin: str) -> Row | BadRow:
 
 def read_parquet(path: Path, shown: str) -> Iterator[Row | BadRow]:
     """Parquet read one record batch at a time; origins are ``file[row]``."""
-    import pyarrow.parquet as pq  # pyarrow is only needed for parquet entries
+    import pyarrow.parquet as pq
 
     try:
         parquet = pq.ParquetFile(path)
@@ -344,7 +228,7 @@ def read_text_file(path: Path, shown: str) -> Iterator[Row | BadRow]:
 
 def read_hub(spec: DatasetSpec, base_dir: Path) -> Iterator[Row | BadRow]:
     """``datasets.load_dataset(..., streaming=True)``: a hub name, or a builder ("json") with data_files."""
-    import datasets  # slow to import; only hub entries pay for it
+    import datasets
 
     where = f"dataset '{spec.name}'"
     tag = f"hub:{spec.dataset_name}[{spec.split}]"

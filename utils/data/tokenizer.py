@@ -19,8 +19,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from utils.common.atomic import atomic_dir, exclusive
+from utils.common.config_schema import setting
 from utils.common.errors import UserError, check_readable, one_line
+from utils.common.locks import exclusive
+from utils.common.publish import atomic_dir
 from utils.data.fingerprint import TOKENIZER_FILES, tokenizer_fingerprint
 from utils.data.text_sources import TextSource, iter_documents
 from utils.model.gguf import hf_dir_for_gguf
@@ -75,7 +77,6 @@ def train_sentencepiece(text_file: Path, model_prefix: Path, vocab_size: int, mo
                         character_coverage: float, seed: int, max_sentence_length: int,
                         num_threads: int) -> None:
     """Train a byte-fallback SentencePiece model that keeps whitespace and newlines as they are."""
-    # sentencepiece is needed only when training a tokenizer
     import sentencepiece as spm
 
     spm.set_random_generator_seed(seed)
@@ -102,7 +103,6 @@ def train_sentencepiece(text_file: Path, model_prefix: Path, vocab_size: int, mo
 
 def export_hf_tokenizer(model_file: Path, out_dir: Path) -> None:
     """Write an HF tokenizer directory equivalent to the SentencePiece model."""
-    # transformers costs seconds to import; deferred so callers that skip this stay fast
     from transformers import LlamaTokenizer
     from transformers.tokenization_utils_sentencepiece import SentencePieceExtractor
 
@@ -175,7 +175,6 @@ def _note_once(line: str) -> None:
 
 def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
     """Load the HF tokenizer at ``path`` (directory or .model beside one) with plain transformers."""
-    # transformers costs seconds to import; deferred so callers that skip this stay fast
     from transformers import AutoTokenizer
 
     hf_dir = hf_dir_for(path)
@@ -211,18 +210,32 @@ def copy_tokenizer_files(src: str | Path, dst: Path) -> None:
             shutil.copyfile(src_dir / name, dst / name)
 
 
+MODEL_TYPES = ("bpe", "unigram")
+"""SentencePiece algorithms a tokenizer config may name."""
+
+
 @dataclass
 class TokenizerConfig:
-    name: str
-    vocab_size: int
-    sources: list[TextSource]
+    name: str = setting(pattern=r"^[A-Za-z0-9_.-]+$")
+    """Output name: <output_dir>/<name>.model, <name>.vocab and the HF directory <name>/."""
+    vocab_size: int = setting(minimum=300, maximum=1000000)
+    """Vocabulary size, special and byte-fallback pieces included."""
+    sources: list[TextSource] = setting(minItems=1)
+    """Weighted text sources."""
     description: str = ""
+    """Free text."""
     output_dir: str = "checkpoints/tokenizer"
-    model_type: str = "bpe"
-    character_coverage: float = 1.0
-    max_chars: int = 20_000_000
-    max_sentence_length: int = 16384
-    seed: int = 1234
+    """Directory the tokenizer is written to."""
+    model_type: str = setting("bpe", enum=MODEL_TYPES)
+    """SentencePiece algorithm."""
+    character_coverage: float = setting(1.0, exclusiveMinimum=0, maximum=1)
+    """Share of characters covered by pieces; the rest falls back to bytes."""
+    max_chars: int = setting(20_000_000, minimum=1000)
+    """Characters of mixed text sampled for training (split between sources by weight)."""
+    max_sentence_length: int = setting(16384, minimum=256)
+    """Longest line (bytes) SentencePiece trains on; longer lines are split."""
+    seed: int = setting(1234, minimum=0)
+    """Seed of the text sampling and of SentencePiece."""
 
 
 @dataclass
@@ -280,7 +293,6 @@ def train_tokenizer(cfg: TokenizerConfig, num_threads: int) -> TokenizerResult:
 
 def whole_backend(tokenizer):
     """A copy of the fast tokenizer that matches special-token strings, with no truncation or padding."""
-    # tokenizers is needed only on this path
     from tokenizers import Tokenizer
 
     whole = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
@@ -302,7 +314,6 @@ def special_token_ids(tokenizer) -> dict[str, int]:
 
 def plain_backend(tokenizer):
     """A copy of the fast tokenizer that reads special-token strings as text, plus the anchor token."""
-    # tokenizers is needed only on this path
     from tokenizers import AddedToken, Tokenizer
 
     backend = getattr(tokenizer, "backend_tokenizer", None)

@@ -17,8 +17,9 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from utils.common.atomic import atomic_dir, exclusive
 from utils.common.errors import UserError
+from utils.common.locks import exclusive
+from utils.common.publish import atomic_dir
 from utils.demo.corpus import corpus_documents
 from utils.demo.domain import domain_conversations
 from utils.demo.stories import story_documents

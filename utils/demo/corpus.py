@@ -54,7 +54,6 @@ def clean_text(text: str) -> str:
 
 def pydoc_documents() -> list[tuple[str, str]]:
     """(topic, text) for every language-reference topic that pydoc ships."""
-    # read in the isolated child interpreter only (see corpus_documents)
     from pydoc_data.topics import topics
 
     return [(name, clean_text(topics[name])) for name in sorted(topics) if topics[name].strip()]

@@ -26,13 +26,13 @@ import torch
 from tqdm import tqdm
 
 from utils.common.errors import UserError
-from utils.eval.metrics import check_answer, loss_record, score_answers, text_metrics
+from utils.eval.metrics import check_answer, score_answers, text_metrics
 from utils.eval.tool_calls import tool_call_metrics
 from utils.model.generation import GenerationSettings, generate_responses
-from utils.model.loss import SupervisedLoss, loss_sums
+from utils.model.loss import SupervisedLoss, loss_record, loss_sums
 from utils.model.probes import copy_probe
 from utils.sampling.example_store import ExampleStore, window_store
-from utils.sampling.packing import pack
+from utils.sampling.packing import greedy_bins, pack
 
 Conversation = list[dict]
 
@@ -169,24 +169,11 @@ def precision_context(inputs: EvalInputs):
     return contextlib.nullcontext()
 
 
-def _bins(lengths: list[int], budget: int):
-    """Indices packed greedily, in order, into rows of at most ``budget`` tokens (a longer example goes alone)."""
-    current, used = [], 0
-    for i, length in enumerate(lengths):
-        if current and used + length > budget:
-            yield current
-            current, used = [], 0
-        current.append(i)
-        used += length
-    if current:
-        yield current
-
-
 def example_loss_sums(model, examples: list[tuple[np.ndarray, np.ndarray, int]], num_sources: int,
                       inputs: EvalInputs, desc: str) -> tuple[list[float], list[float]]:
     """Summed next-token loss and supervised-target count per source over (ids, labels, source) examples,
     by the training loop's own routine (``utils.model.loss.loss_sums``)."""
-    bins = _bins([len(e[0]) for e in examples], inputs.batch_tokens)
+    bins = greedy_bins([len(e[0]) for e in examples], inputs.batch_tokens)  # the trainer's validation packer
     batches = (pack([examples[i] for i in group]) for group in tqdm(list(bins), desc=desc,
                                                                      disable=not inputs.show_progress))
     sums, counts = loss_sums(SupervisedLoss(model, num_sources), batches, num_sources, inputs.device,

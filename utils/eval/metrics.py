@@ -10,16 +10,6 @@ import math
 from collections import defaultdict
 from typing import Callable, Sequence
 
-from utils.common.labels import perplexity
-
-def loss_record(names: Sequence[str], sums: Sequence[float], counts: Sequence[float]) -> dict:
-    """Token-weighted loss and perplexity, overall and per named part (e.g. per data source)."""
-    per_part = {name: {"loss": s / n, "ppl": perplexity(s / n), "tokens": int(n)}
-                for name, s, n in zip(names, sums, counts) if n}
-    total, tokens = float(sum(sums)), float(sum(counts))
-    loss = total / tokens if tokens else None
-    return {"loss": loss, "ppl": perplexity(loss), "tokens": int(tokens), "per_source": per_part}
-
 
 # ---------------------------------------------------------------------- instruction following
 def check_answer(task: str, prediction: str, reference: str) -> bool:

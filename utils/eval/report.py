@@ -6,8 +6,8 @@ import json
 from datetime import datetime, timezone
 from pathlib import Path
 
-from utils.common.atomic import write_json_atomic, write_text_atomic
 from utils.common.markdown import markdown_table
+from utils.common.publish import write_json_atomic, write_text_atomic
 from utils.eval.evaluation import SCALARS, ModelEval
 from utils.eval.metrics import difference
 
@@ -112,16 +112,51 @@ def fmt(value) -> str:
     return f"{value:,.1f}" if abs(value) >= 100 else f"{value:.4f}"
 
 
+def metric_rows(report: dict) -> list[list[str]]:
+    """The headline metrics, one row per ``ROWS`` key: metric, tuned, base, tuned − base ("-" where absent)."""
+    return [[key, fmt(lookup(report["tuned"], key)), fmt(lookup(report.get("base"), key)),
+             fmt(lookup(report.get("difference"), key))] for key in ROWS]
+
+
+def family_header(base: bool, rephrased: bool) -> list[str]:
+    return (["family", "n", "exact match"] + (["exact match, new wording"] if rephrased else [])
+            + ["format compliance"] + (["base exact match", "base format"] if base else []))
+
+
+def family_rows(report: dict, base: bool, rephrased: bool) -> list[list]:
+    """Per task family: n, exact match (and on the new wordings), format compliance; the base's beside them."""
+    reworded = report["tuned"].get("per_family_rephrased") or {}
+    others = (report.get("base") or {}).get("per_family") or {}
+    rows = []
+    for name, row in (report["tuned"].get("per_family") or {}).items():
+        cells = [name, row.get("n"), fmt(row.get("exact_match"))]
+        cells += [fmt(reworded.get(name, {}).get("exact_match"))] if rephrased else []
+        cells.append(fmt(row.get("format_compliance")))
+        if base:
+            cells += [fmt(others.get(name, {}).get("exact_match")), fmt(others.get(name, {}).get("format_compliance"))]
+        rows.append(cells)
+    return rows
+
+
+def source_header(base: bool) -> list[str]:
+    return ["source", "tokens", "loss", "ppl"] + (["base loss", "base ppl"] if base else [])
+
+
+def source_rows(report: dict, base: bool) -> list[list[str]]:
+    """Validation loss and perplexity per source (retention of the replay/general text shows here); the base's."""
+    others = (report.get("base") or {}).get("val_per_source") or {}
+    return [[name, fmt(row.get("tokens")), fmt(row.get("loss")), fmt(row.get("ppl"))]
+            + ([fmt(others.get(name, {}).get("loss")), fmt(others.get(name, {}).get("ppl"))] if base else [])
+            for name, row in (report["tuned"].get("val_per_source") or {}).items()]
+
+
 def render_table(report: dict) -> str:
     """The short table printed at the end: metric, tuned, base, tuned − base."""
     has_base = report["base"] is not None
     head = f"{'metric':<22}{'tuned':>12}" + (f"{'base':>12}{'tuned-base':>12}" if has_base else "")
     lines = [head, "-" * len(head)]
-    for key in ROWS:
-        row = f"{key:<22}{fmt(lookup(report['tuned'], key)):>12}"
-        if has_base:
-            row += f"{fmt(lookup(report['base'], key)):>12}{fmt(lookup(report['difference'], key)):>12}"
-        lines.append(row)
+    for key, tuned, base, diff in metric_rows(report):
+        lines.append(f"{key:<22}{tuned:>12}" + (f"{base:>12}{diff:>12}" if has_base else ""))
     return "\n".join(lines)
 
 
@@ -142,38 +177,18 @@ def render_markdown(report: dict) -> str:
 
 
 def _family_table(report: dict, has_base: bool) -> list[str]:
-    families = report["tuned"].get("per_family") or {}
-    if not families:
+    if not report["tuned"].get("per_family"):
         return []
-    header = ["family", "n", "exact match", "format compliance"] + (["base exact match", "base format"] if has_base else [])
-    rows = []
-    rephrased = report["tuned"].get("per_family_rephrased") or {}
-    if rephrased:
-        header.insert(3, "exact match, new wording")
-    for name, row in families.items():
-        cells = [name, row["n"], fmt(row["exact_match"]), fmt(row["format_compliance"])]
-        if rephrased:
-            cells.insert(3, fmt(rephrased.get(name, {}).get("exact_match")))
-        if has_base:
-            b = report["base"]["per_family"].get(name, {})
-            cells += [fmt(b.get("exact_match")), fmt(b.get("format_compliance"))]
-        rows.append(cells)
-    return ["## Instruction following per task family", ""] + markdown_table(header, rows) + [""]
+    rephrased = bool(report["tuned"].get("per_family_rephrased"))
+    table = markdown_table(family_header(has_base, rephrased), family_rows(report, has_base, rephrased))
+    return ["## Instruction following per task family", ""] + table + [""]
 
 
 def _source_table(report: dict, has_base: bool) -> list[str]:
-    sources = report["tuned"].get("val_per_source") or {}
-    if not sources:
+    if not report["tuned"].get("val_per_source"):
         return []
-    header = ["source", "tokens", "loss", "ppl"] + (["base loss", "base ppl"] if has_base else [])
-    rows = []
-    for name, row in sources.items():
-        cells = [name, f"{row['tokens']:,}", fmt(row["loss"]), fmt(row["ppl"])]
-        if has_base:
-            b = report["base"]["val_per_source"].get(name, {})
-            cells += [fmt(b.get("loss")), fmt(b.get("ppl"))]
-        rows.append(cells)
-    return ["## Validation loss per source", ""] + markdown_table(header, rows) + [""]
+    table = markdown_table(source_header(has_base), source_rows(report, has_base))
+    return ["## Validation loss per source", ""] + table + [""]
 
 
 def _samples(report: dict, has_base: bool) -> list[str]:
@@ -201,11 +216,9 @@ def _inline(text: str) -> str:
 
 # ---------------------------------------------------------------------- plots
 def _pyplot():
-    # matplotlib loads only when a plot is drawn (a second of start-up otherwise)
     import matplotlib
 
     matplotlib.use("Agg")
-    # matplotlib loads only when a plot is drawn (a second of start-up otherwise)
     import matplotlib.pyplot as plt
 
     return plt

@@ -23,7 +23,6 @@ def check_model_dir(path: str | Path) -> Verdict | None:
     """Refuse a local HF model directory (or .gguf) whose type cannot train packed, from its config alone, before a
     stage writes anything. Hub names and directories without a readable config are left to the loader, whose
     errors name them, and to ``check_model`` once loaded."""
-    # transformers costs seconds to import; deferred so callers that skip this stay fast
     from transformers import AutoConfig
 
     path = Path(path)
@@ -71,7 +70,6 @@ def default_lora_targets(model) -> list[str]:
     """Every linear layer of the model's decoder (attention and MLP), by the leaf names LoRA targets: read from the
     model itself, so every architecture has its own. An MoE model's fused experts and its router are parameters,
     not linear layers: they stay frozen (``frozen_experts`` says how many weights that leaves out)."""
-    # transformers costs seconds to import; deferred so callers that skip this stay fast
     from transformers.pytorch_utils import Conv1D
 
     decoder = _base(model).get_decoder()

@@ -33,7 +33,6 @@ _registered = False
 @torch.compiler.disable  # kept out of compiled decoder layers: it reads the example bounds on the host
 def packed_sdpa_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """query [1, H, N, D], key/value [1, Hkv, N, D] → ([1, N, H, D], None)."""
-    # transformers costs seconds to import; deferred so callers that skip this stay fast
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     bounds = kwargs.get("cu_seq_lens_q")
@@ -57,7 +56,7 @@ def packed_sdpa_attention(module, query, key, value, attention_mask, scaling=Non
             and unserved(kernel_dtype(query, key, value), query.shape[-1], kernel) is None:
         out = _varlen(kernel, query, key, value, bounds, scaling, window, kwargs.get("max_length_q"))
     if out is None:  # no varlen kernel for this row: SDPA per example, held to the flash backends
-        from torch.nn.attention import SDPBackend, sdpa_kernel  # imported where it runs
+        from torch.nn.attention import SDPBackend, sdpa_kernel
 
         # emulated on the CPU, whose flash backend lacks dropout, the math backend stands in where flash cannot
         backends = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION] + (
@@ -204,7 +203,6 @@ def is_bounds_mask(mask) -> bool:
 
 def _packed_mask(*args, **kwargs):
     """No mask for packed rows (attention uses the bounds); the SDPA mask for padded batches."""
-    # transformers costs seconds to import; deferred so callers that skip this stay fast
     from transformers.masking_utils import sdpa_mask
 
     if kwargs.get("attention_mask") is None:
@@ -216,7 +214,6 @@ def register(fp32: bool = False) -> str:
     """Register ``packed_varlen`` and ``packed_varlen_fp32`` with transformers once; returns the name asked for."""
     global _registered
     if not _registered:
-        # transformers costs seconds to import; deferred so callers that skip this stay fast
         from transformers import AttentionInterface
         from transformers.masking_utils import AttentionMaskInterface
 

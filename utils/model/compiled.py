@@ -30,7 +30,6 @@ class CompileStats:
 
     @classmethod
     def now(cls) -> "CompileStats":
-        # deferred: torch._dynamo costs a second to import, and only compiled runs read it
         from torch._dynamo.utils import counters
 
         breaks = Counter({_reason(text): n for text, n in counters["graph_break"].items()})

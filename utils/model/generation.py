@@ -10,15 +10,21 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
+from utils.common.config_schema import setting
 
-@dataclass
+
+@dataclass(frozen=True)
 class GenerationSettings:
     """How responses are sampled (the ``generation_config`` of an SFT training config)."""
 
-    max_new_tokens: int = 64
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int = 1234
+    max_new_tokens: int = setting(64, minimum=1)
+    """Longest response in tokens."""
+    temperature: float = setting(0.0, minimum=0)
+    """0 = greedy decoding."""
+    top_p: float = setting(1.0, exclusiveMinimum=0, maximum=1)
+    """Nucleus sampling mass (when temperature > 0)."""
+    seed: int = setting(1234, minimum=0)
+    """Seed of sampling, so samples are reproducible."""
 
 
 @dataclass

@@ -25,8 +25,9 @@ import struct
 import sys
 from pathlib import Path
 
-from utils.common.atomic import atomic_dir, exclusive
 from utils.common.errors import UserError, one_line
+from utils.common.locks import exclusive
+from utils.common.publish import atomic_dir
 
 SOURCE_FILE = "gguf_source.json"
 _PACKAGE_DIRS = {"site-packages", "dist-packages"}
@@ -136,7 +137,7 @@ def _check_complete(path: Path) -> None:
     """A truncated or damaged GGUF file is one line (the reader would fail deep inside with a struct or numpy
     error, or transformers with a reshape error that blames the architecture)."""
     try:
-        from gguf import GGUFReader  # needed only for GGUF files; _read_gguf says how to install it
+        from gguf import GGUFReader
     except ImportError:
         return  # _read_gguf says how to install it
     try:
@@ -151,7 +152,6 @@ def _check_complete(path: Path) -> None:
 
 
 def _read_gguf(path: Path):
-    # transformers costs seconds to import; deferred so callers that skip this stay fast
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder, name = str(path.absolute().parent), path.name
@@ -193,7 +193,7 @@ def gguf_architecture(path: Path) -> str | None:
 
 def _reader(path: Path):
     """The GGUF file's header and tensor index (memory-mapped; no tensor data is read)."""
-    import gguf  # only a GGUF base needs it
+    import gguf
 
     try:
         return gguf.GGUFReader(str(path))

@@ -9,12 +9,13 @@ load-balancing loss, per example.
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterable, NamedTuple
+from typing import Callable, Iterable, NamedTuple, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from utils.common.labels import perplexity
 from utils.model.attention import bounds_mask, uses_packed_attention
 from utils.model.modeling import decoder_and_head
 
@@ -138,3 +139,13 @@ def loss_sums(loss_module: SupervisedLoss, batches: Iterable, num_sources: int, 
             _, by_source = loss_module(*batch.to(device).loss_inputs())
         sums += by_source[:num_sources]
     return sums, torch.from_numpy(counts).float().to(device)
+
+
+def loss_record(names: Sequence[str], sums: Sequence[float], counts: Sequence[float]) -> dict:
+    """Token-weighted loss and perplexity, overall and per named part (e.g. per data source), from the sums and
+    target counts of ``loss_sums``: the validation record of the training loop and of evaluation."""
+    per_part = {name: {"loss": s / n, "ppl": perplexity(s / n), "tokens": int(n)}
+                for name, s, n in zip(names, sums, counts) if n}
+    total, tokens = float(sum(sums)), float(sum(counts))
+    loss = total / tokens if tokens else None
+    return {"loss": loss, "ppl": perplexity(loss), "tokens": int(tokens), "per_source": per_part}

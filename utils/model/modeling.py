@@ -16,28 +16,39 @@ from pathlib import Path
 
 import torch
 
-from utils.common.atomic import recover_published
+from utils.common.config_schema import setting
 from utils.common.errors import UserError, check_readable
+from utils.common.locks import recover_published
 from utils.model.gguf import hf_dir_for_gguf
 
 # peft reads a property transformers 5 deprecated; the warning says nothing a user can act on.
 warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelArchitecture:
     """A Llama-style decoder; the vocabulary size is taken from the tokenizer."""
 
-    hidden_size: int = 256
-    num_hidden_layers: int = 4
-    num_attention_heads: int = 4
-    num_key_value_heads: int = 4
-    intermediate_size: int = 704
-    max_position_embeddings: int = 2048
-    rope_theta: float = 10000.0
-    rms_norm_eps: float = 1e-5
+    hidden_size: int = setting(256, minimum=8)
+    """Width of the residual stream."""
+    num_hidden_layers: int = setting(4, minimum=1)
+    """Decoder layers."""
+    num_attention_heads: int = setting(4, minimum=1)
+    """Query heads; must divide hidden_size."""
+    num_key_value_heads: int = setting(4, minimum=1)
+    """Key/value heads (grouped-query attention); must divide num_attention_heads."""
+    intermediate_size: int = setting(704, minimum=8)
+    """Width of the SwiGLU MLP."""
+    max_position_embeddings: int = setting(2048, minimum=16)
+    """Longest sequence the RoPE cache is sized for."""
+    rope_theta: float = setting(10000.0, exclusiveMinimum=0)
+    """RoPE base frequency."""
+    rms_norm_eps: float = setting(1e-5, exclusiveMinimum=0)
+    """RMSNorm epsilon."""
     tie_word_embeddings: bool = True
-    initializer_range: float = 0.02
+    """Share the input embedding and the output head."""
+    initializer_range: float = setting(0.02, exclusiveMinimum=0)
+    """Std of the normal initialisation."""
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_attention_heads:
@@ -48,7 +59,6 @@ class ModelArchitecture:
 
 def build_model(arch: ModelArchitecture, tokenizer, seed: int) -> torch.nn.Module:
     """A freshly initialised Llama model sized to the tokenizer (deterministic from ``seed``)."""
-    # transformers costs seconds to import; deferred so callers that skip this stay fast
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
@@ -107,7 +117,6 @@ def load_model(path: str, trust_remote_code: bool = False, dtype: torch.dtype = 
 
     ``quantization_config`` (a transformers ``BitsAndBytesConfig``) loads the linear layers quantized.
     """
-    # transformers costs seconds to import; deferred so callers that skip this stay fast
     from transformers import AutoModelForCausalLM
 
     local = model_dir(path)
@@ -127,7 +136,6 @@ def load_model(path: str, trust_remote_code: bool = False, dtype: torch.dtype = 
 
 def empty_model(path: str, trust_remote_code: bool = False):
     """The model's module tree without weights (on the meta device): its layer types, at no loading cost."""
-    # transformers and accelerate cost seconds to import; deferred so callers that skip this stay fast
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -141,7 +149,6 @@ def empty_model(path: str, trust_remote_code: bool = False):
 
 def _damaged_weights(local: Path) -> Path:
     """The first ``*.safetensors`` file of ``local`` whose header safetensors cannot read (else ``local``)."""
-    # safetensors is needed only when a load failed
     from safetensors import safe_open
 
     for file in sorted(local.glob("*.safetensors")) if local.is_dir() else []:
@@ -185,7 +192,6 @@ def load_weights_into(model, path: Path) -> None:
 
 def _replicated_inputs(model):
     """Plain tensors loaded into sharded (DTensor) parameters count as replicated on every rank."""
-    # deferred: torch.distributed's tensor module is needed only for sharded models
     from torch.distributed.tensor import DTensor
     from torch.distributed.tensor.experimental import implicit_replication
 
@@ -194,12 +200,10 @@ def _replicated_inputs(model):
 
 
 def _load_weights(model, path: Path) -> None:
-    # safetensors is needed only when loading weights
     from safetensors.torch import load_file
 
     path = Path(path)
     if hasattr(model, "peft_config"):
-        # peft costs seconds to import; deferred so callers that skip this stay fast
         from peft import set_peft_model_state_dict
 
         result = set_peft_model_state_dict(model, load_file(str(path / "adapter_model.safetensors")))
@@ -239,7 +243,6 @@ def weights_fingerprint(model) -> str:
 def model_config(path: str | Path, trust_remote_code: bool = False):
     """The transformers config of a model directory, a .gguf, or (for a LoRA adapter directory) of its base,
     read without loading weights: what checks before minutes of work need."""
-    # transformers costs seconds to import; deferred so callers that skip this stay fast
     from transformers import AutoConfig
 
     source = Path(path)

@@ -23,9 +23,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from utils.common.atomic import exclusive, write_json_atomic
 from utils.common.config import read_json_dict
 from utils.common.errors import UserError, one_line
+from utils.common.locks import exclusive
+from utils.common.publish import write_json_atomic
 from utils.model import attention, attention_eager, loss, twin
 from utils.model.attention_eager import UnsupportedAttention
 
@@ -96,7 +97,7 @@ def cache_path() -> Path:
 
 def cache_key(config) -> str:
     """Model type, library versions, this code and the twin's config: what the verdict depends on."""
-    import transformers  # already imported by whoever made ``config``
+    import transformers
 
     code = hashlib.sha256()
     for module in (attention, attention_eager, loss, twin):
@@ -151,7 +152,7 @@ def _check(config) -> tuple[list[str], str | None]:
         return [], "its attention does not go through transformers' attention interface"
     features = _features(calls, packed)
     theirs = _alone_step(reference, examples, loss.router_of(reference))
-    problem = _compare(mine, theirs)
+    problem = compare(mine, theirs)
     if problem:
         return features, f"{problem}; {_culprit(packed, reference, examples, calls)}"
     return features, _generation(packed, reference, examples)
@@ -159,7 +160,6 @@ def _check(config) -> tuple[list[str], str | None]:
 
 def _packed_twin(reference):
     """A copy of the twin on a recording ``packed_varlen`` (None: its attention cannot be switched)."""
-    # transformers costs seconds to import; deferred so callers that skip this stay fast
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface
 
@@ -232,25 +232,41 @@ def _grads(model) -> dict:
     return grads
 
 
-def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
+def _close(a: torch.Tensor, b: torch.Tensor, rtol: float = RTOL) -> bool:
     scale = float(b.abs().max()) if b.numel() else 0.0
-    return a.shape == b.shape and float((a - b).abs().max() if a.numel() else 0.0) <= RTOL * scale + 1e-6
+    return a.shape == b.shape and float((a - b).abs().max() if a.numel() else 0.0) <= rtol * scale + 1e-6
 
 
-def _compare(mine: dict, theirs: dict) -> str | None:
-    if not _close(mine["losses"], theirs["losses"]):
+def compare(mine: dict, theirs: dict, loss_rtol: float = RTOL, grad_rtol: float = RTOL) -> str | None:
+    """What differs between a packed step (``mine``) and the same examples alone (``theirs``), in words; None when
+    all agree. Each is ``losses`` (one per example), the router's ``aux`` loss and ``grads`` by weight name; a
+    tensor agrees when its largest difference is at most ``rtol`` times the reference's largest magnitude (plus
+    1e-6). The GPU bench's varlen check (utils/bench/gpu_model.py) calls it with its autocast dtype's tolerances."""
+    if not _close(mine["losses"], theirs["losses"], loss_rtol):
         return (f"the loss of each example packed ({_fmt(mine['losses'])}) differs from alone "
                 f"({_fmt(theirs['losses'])})")
-    if not _close(mine["aux"], theirs["aux"]):
+    if not _close(mine["aux"], theirs["aux"], loss_rtol):
         return (f"the router's auxiliary loss packed ({float(mine['aux']):.6f}) differs from the model's own "
                 f"aux_loss alone ({float(theirs['aux']):.6f})")
     missing = sorted(set(theirs["grads"]) ^ set(mine["grads"]))
     if missing:
         return f"gradients reach different weights packed and alone ({', '.join(missing[:3])})"
-    wrong = [n for n in theirs["grads"] if not _close(mine["grads"][n], theirs["grads"][n])]
+    wrong = [n for n in theirs["grads"] if not _close(mine["grads"][n], theirs["grads"][n], grad_rtol)]
     if wrong:
         return f"the gradients of {len(wrong)} weights differ packed and alone (first {wrong[0]})"
     return None
+
+
+def relative_differences(mine: dict, theirs: dict) -> dict:
+    """The figures ``compare`` judges: the largest difference over the reference's largest magnitude, of the
+    examples' losses (``loss_rel``) and of the worst weight's gradient (``grad_rel``, that weight ``worst_param``)."""
+    def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float((a - b).abs().max()) / max(float(b.abs().max()), 1e-12)
+
+    grads = {name: rel(mine["grads"][name], g) for name, g in theirs["grads"].items() if name in mine["grads"]}
+    worst = max(grads, key=grads.get) if grads else ""
+    return {"loss_rel": rel(mine["losses"], theirs["losses"]), "grad_rel": grads.get(worst, float("nan")),
+            "worst_param": worst}
 
 
 def _fmt(values: torch.Tensor) -> str:

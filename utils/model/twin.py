@@ -60,7 +60,6 @@ def twin_config(config):
 def build_twin(config, attn_implementation: str = "eager", seed: int = 0):
     """The twin model of ``config`` (float32, on the CPU), its weights drawn from ``seed`` without touching the
     global random state."""
-    # transformers costs seconds to import; deferred so callers that skip this stay fast
     from transformers import AutoModelForCausalLM
 
     with torch.random.fork_rng(devices=[]):

@@ -8,11 +8,9 @@ from utils.monitor.metrics_log import read_metrics
 
 def plot_training(metrics_file: Path, out_png: Path, title: str) -> Path | None:
     """Loss (train and eval) and learning rate against step."""
-    # matplotlib loads only when a plot is drawn (a second of start-up otherwise)
     import matplotlib
 
     matplotlib.use("Agg")
-    # matplotlib loads only when a plot is drawn (a second of start-up otherwise)
     import matplotlib.pyplot as plt
 
     records = read_metrics(metrics_file) if Path(metrics_file).exists() else []

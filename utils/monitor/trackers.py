@@ -8,11 +8,11 @@ from pathlib import Path
 
 from accelerate.tracking import LOGGER_TYPE_TO_CLASS, GeneralTracker, TensorBoardTracker, on_main_process
 
-from utils.common.atomic import write_text_atomic
 from utils.common.errors import UserError
+from utils.common.publish import write_text_atomic
 
 TRACKERS = ("tensorboard", "wandb", "mlflow", "trackio")
-"""Names ``report_to`` accepts (the transformers convention); the schema lists the same."""
+"""Names ``report_to`` accepts (the transformers convention)."""
 PROJECT = "sft-pipeline"
 """The project (wandb, trackio) or experiment (mlflow) every run logs to; a run is named after its directory."""
 _PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "trackio": "trackio"}

@@ -39,7 +39,6 @@ def shard(module: torch.nn.Module, device: torch.device, reshard_after_forward: 
     """Apply ``fully_shard`` to every decoder layer of ``module``'s model, then to ``module`` (the root). With
     ``param_dtype`` the weights are gathered in it for forward and backward and the gradients reduced in float32
     (``MixedPrecisionPolicy``): half the all-gather traffic, full-precision sums; the shards stay float32."""
-    # deferred: torch.distributed.fsdp is imported only by sharded runs
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 

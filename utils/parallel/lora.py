@@ -6,24 +6,39 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from utils.common.config_schema import setting
 from utils.common.errors import UserError
 
+LORA_BIASES = ("none", "all", "lora_only")
+"""Which biases a LoRA adapter trains (peft's bias setting)."""
 
-@dataclass
+
+@dataclass(frozen=True)
 class LoraSettings:
-    r: int = 16
-    lora_alpha: float = 32.0
-    lora_dropout: float = 0.05
-    target_modules: list[str] | None = None
-    """None: every linear layer of the decoder (the stages read them from the model:
-    utils/model/architectures.default_lora_targets; called directly, peft's ``all-linear`` picks the same layers)."""
-    bias: str = "none"
+    """LoRA adapter settings (peft); absent or null = full fine-tuning."""
+
+    r: int = setting(16, minimum=1)
+    """Rank of the low-rank update."""
+    lora_alpha: float = setting(32.0, exclusiveMinimum=0)
+    """Scale of the update (alpha / r)."""
+    lora_dropout: float = setting(0.05, minimum=0, maximum=1)
+    """Dropout on the LoRA input."""
+    # None: the stages read the layers from the model (utils/model/architectures.default_lora_targets); called
+    # directly, peft's ``all-linear`` picks the same layers.
+    target_modules: list[str] | None = setting(None, type="array", minItems=1)
+    """Module names to adapt. Absent: every attention and MLP layer of the architecture (q_proj, k_proj, v_proj,
+    o_proj, gate_proj, up_proj, down_proj for Llama, Mistral, Qwen2, Gemma; qkv_proj, o_proj, gate_up_proj,
+    down_proj for Phi-3; c_attn, c_proj, c_fc for GPT-2; query_key_value, dense, dense_h_to_4h, dense_4h_to_h for
+    GPT-NeoX)."""
+    bias: str = setting("none", enum=LORA_BIASES)
+    """Which biases are trained."""
     modules_to_save: list[str] | None = None
+    """Modules trained in full beside the adapter (e.g. embed_tokens, lm_head)."""
 
 
 def apply_lora(model, lora: LoraSettings):
     """Wrap ``model`` with a peft LoRA adapter; only the adapter (and modules_to_save) train."""
-    from peft import LoraConfig, get_peft_model  # peft costs a second at import; full fine-tuning never needs it
+    from peft import LoraConfig, get_peft_model
 
     targets = list(lora.target_modules or [])
     names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}

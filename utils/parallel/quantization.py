@@ -35,7 +35,7 @@ def bnb_config(settings: dict):
     """The transformers ``BitsAndBytesConfig`` of a config's quantization block (as training_summary.json
     saves it): its ``load_in_4bit`` and ``bnb_4bit_*`` fields, the compute dtype named as a string."""
     require_bitsandbytes()
-    from transformers import BitsAndBytesConfig  # transformers costs seconds to import; deferred
+    from transformers import BitsAndBytesConfig
 
     kwargs = {k: v for k, v in settings.items() if k == "load_in_4bit" or k.startswith("bnb_4bit_")}
     kwargs["bnb_4bit_compute_dtype"] = getattr(torch, kwargs.get("bnb_4bit_compute_dtype", "float32"))
@@ -70,7 +70,7 @@ def check_targets(skeleton, target_modules: list[str]) -> None:
 
 def quantized_layers(model) -> list[str]:
     """Names of the 4-bit layers of ``model`` (under any peft wrapping)."""
-    import bitsandbytes as bnb  # optional (requirements-qlora.txt): only a 4-bit run needs it
+    import bitsandbytes as bnb
 
     return [n for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
 
@@ -86,7 +86,7 @@ def prepare_4bit(model, source: str):
     if not layers:
         raise UserError(f"{source}: no layer was quantized to 4 bits (bitsandbytes holds nn.Linear layers only); "
                         "remove the quantization block for this model")
-    import bitsandbytes as bnb  # optional (requirements-qlora.txt): only a 4-bit run needs it
+    import bitsandbytes as bnb
 
     for module in model.modules():
         if isinstance(module, bnb.nn.Linear4bit):

@@ -8,6 +8,7 @@ examples either.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -82,6 +83,27 @@ def pack(examples: list[tuple[np.ndarray, np.ndarray, int]]) -> PackedBatch:
     return PackedBatch(as_row(ids), as_row(pos), as_row(tgt), torch.from_numpy(kept.astype(np.int64)),
                        torch.from_numpy(tgt[kept]), torch.from_numpy(src[kept]), torch.from_numpy(bounds),
                        num_tokens=len(ids), num_supervised=len(kept))
+
+
+def greedy_bins(lengths: Iterable[int], budget: int, per_bin: int | None = None,
+                max_bins: int | None = None) -> Iterator[list[int]]:
+    """Indices in order, packed greedily into bins of ``per_bin`` items when set, else of at most ``budget``
+    tokens (a longer item goes alone); no more than ``max_bins`` bins when set. The validation batches of the
+    training loop and of evaluation: a fixed order, so every run measures the same batches."""
+    current: list[int] = []
+    used = made = 0
+    for i, length in enumerate(lengths):
+        full = len(current) == per_bin if per_bin else used + length > budget
+        if current and full:
+            yield current
+            made += 1
+            if max_bins and made >= max_bins:
+                return
+            current, used = [], 0
+        current.append(i)
+        used += length
+    if current:
+        yield current
 
 
 def best_fit_decreasing(lengths: list[int], capacity: int, num_bins: int) -> tuple[list[list[int]], list[int]]:

@@ -61,8 +61,16 @@ class Prefetcher:
         self._stop.set()
         while self._thread.is_alive():  # a put that waits for room sees the flag within its timeout
             self._thread.join(timeout=0.05)
-            with self._queue.mutex:
-                self._queue.queue.clear()
+            self._drain()
+        self._drain()
+
+    def _drain(self) -> None:
+        """Drop what the thread made ahead and nobody will take (packed, perhaps page-locked, batches)."""
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                return
 
     def next_step(self) -> FetchedStep:
         batches, planner_state = self._take()

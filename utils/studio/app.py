@@ -1,6 +1,7 @@
 """The Gradio page: five tabs over the project's folders (Runs, Data, Evaluation, Chat, Launch).
 
-Each handler is a plain method of ``Studio`` (tested without a browser); ``build_app`` wires them to Gradio.
+Each handler is a plain method of ``Studio`` (tested without a browser); ``build_app`` wires them to Gradio, one
+method of ``_Page`` per tab.
 A handler never lets an exception reach Gradio: a damaged file, a run deleted while shown or a model that does
 not load becomes a line in the tab's status box, and the server keeps serving.
 """
@@ -10,6 +11,7 @@ import functools
 import shlex
 import traceback
 from pathlib import Path
+from typing import Callable, Sequence
 
 from utils.common.errors import UserError
 from utils.studio import chat, curves, data_view, evals, launch, runs
@@ -26,17 +28,18 @@ def _message(err: BaseException) -> str:
     return f"⚠️ {type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}{at}"
 
 
-def guarded(outputs: int):
-    """Run the handler; on any error keep the other outputs as they are and put the message in the last one."""
+def guarded(outputs: Sequence):
+    """Run the handler; on any error keep the other ``outputs`` (the components it writes, in order) as they are
+    and put the message in the last one."""
     def wrap(fn):
         @functools.wraps(fn)
         def inner(*args, **kwargs):
             try:
                 return fn(*args, **kwargs)
             except Exception as err:  # the page must outlive any bad file or model
-                import gradio as gr  # an optional extra (requirements-studio.txt), loaded with the page
+                import gradio as gr
 
-                return tuple([gr.skip()] * (outputs - 1) + [_message(err)])
+                return tuple([gr.skip()] * (len(outputs) - 1) + [_message(err)])
         return inner
     return wrap
 
@@ -184,156 +187,174 @@ class Studio:
 
 def build_app(studio: Studio):
     """The Gradio Blocks of the studio."""
-    import gradio as gr  # an optional extra (requirements-studio.txt): the handlers above work without it
-
-    def grid(headers: list[str], label: str, elem_id: str, **extra):
-        return gr.Dataframe(headers=headers, interactive=False, label=label, elem_id=elem_id, **extra)
-
-    def first_chosen(names: list[str]):
-        return gr.update(choices=names, value=names[0] if names else None)
+    import gradio as gr
 
     with gr.Blocks(title="SFT Studio") as app:
         gr.Markdown(f"# SFT Studio\n`{studio.root}` — runs under `{studio.checkpoints}`, "
                     f"corpora under `{studio.data}`")
-        timer = gr.Timer(REFRESH_S)
-        with gr.Tab("Runs"):
-            runs_status = gr.Markdown(elem_id="runs-status")
-            table = grid(["run", "kind", "state", "step", "checkpoints"], "runs", "runs-table")
-            pick = gr.Dropdown(label="runs to show and compare", multiselect=True, elem_id="runs-pick")
-            refresh = gr.Button("refresh")
-            plot = gr.Plot(label="curves", elem_id="runs-plot")
-            latest = grid(["run", "step", "loss", "eval/loss", "lr", "tokens/s"], "latest values", "runs-latest")
-            details = gr.Markdown(elem_id="runs-details")
-
-            @guarded(3)
-            def list_runs(current):
-                rows, names = studio.runs_table()
-                keep = [n for n in current or [] if n in names] or names[:1]
-                return rows, gr.update(choices=names, value=keep), ""
-
-            @guarded(4)
-            def show_runs(selected, only_changes=False):
-                shown = studio.run_curves(selected, only_changes)
-                if shown is None:
-                    return gr.skip(), gr.skip(), gr.skip(), gr.skip()
-                figure, rows, notes = shown
-                return figure, rows, studio.run_details(selected), notes
-
-            shown = [plot, latest, details, runs_status]
-            refresh.click(list_runs, pick, [table, pick, runs_status]).then(show_runs, pick, shown)
-            app.load(list_runs, pick, [table, pick, runs_status]).then(show_runs, pick, shown)
-            pick.input(show_runs, pick, shown)
-            timer.tick(lambda selected: show_runs(selected, True), pick, [plot, latest, details, runs_status])
-        with gr.Tab("Data"):
-            data_status = gr.Markdown(elem_id="data-status")
-            corpus = gr.Dropdown(label="prepared corpus", elem_id="data-corpus")
-            summary = gr.Markdown(elem_id="data-summary")
-            splits = grid(data_view.SPLIT_HEADERS, "splits", "data-splits")
-            sources = grid(data_view.SOURCE_HEADERS, "mixture", "data-sources")
-            drops = grid(data_view.DROP_HEADERS, "drops by reason", "data-drops")
-            histogram = gr.Image(label="tokens per example", type="filepath", elem_id="data-histogram")
-            with gr.Row():
-                split = gr.Radio(["train", "val"], value="train", label="split")
-                index = gr.Number(value=0, precision=0, minimum=0, label="example")
-                count = gr.Number(value=0, precision=0, label="examples in train", interactive=False)
-            caption = gr.Markdown(elem_id="data-caption")
-            example = gr.HighlightedText(label="as the model sees it; trained tokens highlighted",
-                                         color_map={"trained": "#f5b041"}, elem_id="data-example",
-                                         show_legend=True)
-
-            @guarded(2)
-            def list_corpora():
-                names = studio.corpora()
-                return first_chosen(names), ""
-
-            corpus_outputs = [summary, splits, sources, drops, histogram, count, data_status]
-            app.load(list_corpora, None, [corpus, data_status])
-            corpus.change(guarded(7)(studio.corpus), corpus, corpus_outputs)
-            for trigger in (corpus.change, split.change, index.change):
-                trigger(guarded(3)(studio.example), [corpus, split, index], [example, caption, data_status])
-        with gr.Tab("Evaluation"):
-            eval_status = gr.Markdown(elem_id="eval-status")
-            report = gr.Dropdown(label="evaluation report", elem_id="eval-report")
-            header = gr.Markdown(elem_id="eval-header")
-            metrics = grid(evals.METRIC_HEADERS, "metrics", "eval-metrics")
-            families = grid(evals.FAMILY_HEADERS, "per task family", "eval-families")
-            retention = grid(evals.SOURCE_HEADERS, "validation loss per source (retention)", "eval-sources")
-            gallery = gr.Gallery(label="plots", columns=3, elem_id="eval-plots")
-            generated = grid(evals.GENERATION_HEADERS, "generations, tuned beside base", "eval-generations", wrap=True)
-
-            @guarded(2)
-            def list_reports():
-                names = studio.reports()
-                return first_chosen(names), ""
-
-            app.load(list_reports, None, [report, eval_status])
-            report.change(guarded(7)(studio.report), report,
-                          [header, metrics, families, retention, gallery, generated, eval_status])
-        with gr.Tab("Chat"):
-            chat_status = gr.Markdown(elem_id="chat-status")
-            with gr.Row():
-                model = gr.Dropdown(label="model (final/ or export)", elem_id="chat-model", scale=3)
-                with_base = gr.Checkbox(label="base model beside it", value=False)
-            system = gr.Textbox(label="system prompt", lines=1)
-            with gr.Row():
-                max_new = gr.Slider(1, 1024, value=64, step=1, label="max new tokens")
-                temperature = gr.Slider(0, 2, value=0, step=0.05, label="temperature (0 = greedy)", elem_id="chat-temperature")
-                top_p = gr.Slider(0.05, 1, value=1, step=0.05, label="top p")
-            with gr.Row():
-                tuned_box = gr.Chatbot(label="model", elem_id="chat-tuned", height=320)
-                base_box = gr.Chatbot(label="base model", elem_id="chat-base", height=320)
-            message = gr.Textbox(label="message", elem_id="chat-message")
-            send = gr.Button("send", elem_id="chat-send")
-            clear = gr.Button("clear")
-
-            @guarded(2)
-            def list_models():
-                names = studio.model_list()
-                return first_chosen(names), ""
-
-            def talk(*args):
-                try:
-                    yield from studio.chat(*args)
-                except Exception as err:  # a model that fails to load is a message, not a dead page
-                    yield gr.skip(), gr.skip(), _message(err)
-
-            app.load(list_models, None, [model, chat_status])
-            inputs = [model, message, tuned_box, base_box, with_base, system, max_new, temperature, top_p]
-            send.click(talk, inputs, [tuned_box, base_box, chat_status])
-            message.submit(talk, inputs, [tuned_box, base_box, chat_status])
-            clear.click(lambda: ([], [], ""), None, [tuned_box, base_box, chat_status])
-        with gr.Tab("Launch"):
-            launch_status = gr.Markdown(elem_id="launch-status")
-            stage = gr.Dropdown(list(launch.STAGES), value="sft", label="stage", elem_id="launch-stage")
-            config = gr.Dropdown(label="config (shipped, or type a path)", allow_custom_value=True,
-                                 elem_id="launch-config")
-            out_dir = gr.Textbox(label="output dir", elem_id="launch-output")
-            tok = gr.Textbox(label="tokenizer path", value="checkpoints/tokenizer/spm8k_demo")
-            model_path = gr.Textbox(label="model path", elem_id="launch-model")
-            data_dirs = gr.Textbox(label="data dirs (space-separated)", elem_id="launch-data")
-            base_path = gr.Textbox(label="base model path (evaluation)")
-            eval_set = gr.Textbox(label="eval set (evaluation)")
-            extra = gr.Textbox(label="more flags", placeholder="--max_steps 20 --overwrite_output_dir")
-            command = gr.Markdown(elem_id="launch-command")
-            go = gr.Button("start", elem_id="launch-start")
-            log = gr.Textbox(label="output", lines=16, max_lines=16, autoscroll=True, elem_id="launch-log")
-            fields = [stage, out_dir, config, tok, model_path, data_dirs, base_path, eval_set, extra]
-
-            @guarded(2)
-            def stage_configs(name):
-                found = studio.configs(name)
-                return gr.update(choices=found, value=found[0] if found else ""), ""
-
-            def preview(*values):
-                try:
-                    return studio.preview(*values)
-                except Exception as err:  # an incomplete form shows what is missing
-                    return _message(err)
-
-            stage.change(stage_configs, stage, [config, launch_status])
-            app.load(stage_configs, stage, [config, launch_status])
-            for field in fields:
-                field.change(preview, fields, command)
-            go.click(guarded(2)(studio.start), fields, [command, launch_status])
-            timer.tick(guarded(2)(lambda: (studio.launch_log(), "")), None, [log, launch_status])
+        page = _Page(gr, app, studio, gr.Timer(REFRESH_S))
+        for name, tab in (("Runs", page.runs), ("Data", page.data), ("Evaluation", page.evaluation),
+                          ("Chat", page.chat), ("Launch", page.launch)):
+            with gr.Tab(name):
+                tab()
     return app
+
+
+class _Page:
+    """The page being built (Gradio, its Blocks, the studio and the refresh timer): one method per tab, each
+    making its components and wiring their events."""
+
+    def __init__(self, gr, app, studio: Studio, timer) -> None:
+        self.gr, self.app, self.studio, self.timer = gr, app, studio, timer
+
+    def grid(self, headers: list[str], label: str, elem_id: str, **extra):
+        return self.gr.Dataframe(headers=headers, interactive=False, label=label, elem_id=elem_id, **extra)
+
+    def load_choices(self, names: Callable[[], list[str]], dropdown, status) -> None:
+        """On page load, ``dropdown`` offers ``names()`` with the first chosen."""
+        def choices():
+            found = names()
+            return self.gr.update(choices=found, value=found[0] if found else None), ""
+
+        outputs = [dropdown, status]
+        self.app.load(guarded(outputs)(choices), None, outputs)
+
+    def runs(self) -> None:
+        gr, studio = self.gr, self.studio
+        runs_status = gr.Markdown(elem_id="runs-status")
+        table = self.grid(["run", "kind", "state", "step", "checkpoints"], "runs", "runs-table")
+        pick = gr.Dropdown(label="runs to show and compare", multiselect=True, elem_id="runs-pick")
+        refresh = gr.Button("refresh")
+        plot = gr.Plot(label="curves", elem_id="runs-plot")
+        latest = self.grid(["run", "step", "loss", "eval/loss", "lr", "tokens/s"], "latest values", "runs-latest")
+        details = gr.Markdown(elem_id="runs-details")
+        listed, shown = [table, pick, runs_status], [plot, latest, details, runs_status]
+
+        @guarded(listed)
+        def list_runs(current):
+            rows, names = studio.runs_table()
+            keep = [n for n in current or [] if n in names] or names[:1]
+            return rows, gr.update(choices=names, value=keep), ""
+
+        @guarded(shown)
+        def show_runs(selected, only_changes=False):
+            found = studio.run_curves(selected, only_changes)
+            if found is None:
+                return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            figure, rows, notes = found
+            return figure, rows, studio.run_details(selected), notes
+
+        refresh.click(list_runs, pick, listed).then(show_runs, pick, shown)
+        self.app.load(list_runs, pick, listed).then(show_runs, pick, shown)
+        pick.input(show_runs, pick, shown)
+        self.timer.tick(lambda selected: show_runs(selected, True), pick, shown)
+
+    def data(self) -> None:
+        gr, studio = self.gr, self.studio
+        data_status = gr.Markdown(elem_id="data-status")
+        corpus = gr.Dropdown(label="prepared corpus", elem_id="data-corpus")
+        summary = gr.Markdown(elem_id="data-summary")
+        splits = self.grid(data_view.SPLIT_HEADERS, "splits", "data-splits")
+        sources = self.grid(data_view.SOURCE_HEADERS, "mixture", "data-sources")
+        drops = self.grid(data_view.DROP_HEADERS, "drops by reason", "data-drops")
+        histogram = gr.Image(label="tokens per example", type="filepath", elem_id="data-histogram")
+        with gr.Row():
+            split = gr.Radio(["train", "val"], value="train", label="split")
+            index = gr.Number(value=0, precision=0, minimum=0, label="example")
+            count = gr.Number(value=0, precision=0, label="examples in train", interactive=False)
+        caption = gr.Markdown(elem_id="data-caption")
+        example = gr.HighlightedText(label="as the model sees it; trained tokens highlighted",
+                                     color_map={"trained": "#f5b041"}, elem_id="data-example", show_legend=True)
+
+        self.load_choices(studio.corpora, corpus, data_status)
+        corpus_outputs = [summary, splits, sources, drops, histogram, count, data_status]
+        corpus.change(guarded(corpus_outputs)(studio.corpus), corpus, corpus_outputs)
+        example_outputs = [example, caption, data_status]
+        for trigger in (corpus.change, split.change, index.change):
+            trigger(guarded(example_outputs)(studio.example), [corpus, split, index], example_outputs)
+
+    def evaluation(self) -> None:
+        gr, studio = self.gr, self.studio
+        eval_status = gr.Markdown(elem_id="eval-status")
+        report = gr.Dropdown(label="evaluation report", elem_id="eval-report")
+        header = gr.Markdown(elem_id="eval-header")
+        metrics = self.grid(evals.METRIC_HEADERS, "metrics", "eval-metrics")
+        families = self.grid(evals.FAMILY_HEADERS, "per task family", "eval-families")
+        retention = self.grid(evals.SOURCE_HEADERS, "validation loss per source (retention)", "eval-sources")
+        gallery = gr.Gallery(label="plots", columns=3, elem_id="eval-plots")
+        generated = self.grid(evals.GENERATION_HEADERS, "generations, tuned beside base", "eval-generations",
+                              wrap=True)
+
+        self.load_choices(studio.reports, report, eval_status)
+        outputs = [header, metrics, families, retention, gallery, generated, eval_status]
+        report.change(guarded(outputs)(studio.report), report, outputs)
+
+    def chat(self) -> None:
+        gr, studio = self.gr, self.studio
+        chat_status = gr.Markdown(elem_id="chat-status")
+        with gr.Row():
+            model = gr.Dropdown(label="model (final/ or export)", elem_id="chat-model", scale=3)
+            with_base = gr.Checkbox(label="base model beside it", value=False)
+        system = gr.Textbox(label="system prompt", lines=1)
+        with gr.Row():
+            max_new = gr.Slider(1, 1024, value=64, step=1, label="max new tokens")
+            temperature = gr.Slider(0, 2, value=0, step=0.05, label="temperature (0 = greedy)",
+                                    elem_id="chat-temperature")
+            top_p = gr.Slider(0.05, 1, value=1, step=0.05, label="top p")
+        with gr.Row():
+            tuned_box = gr.Chatbot(label="model", elem_id="chat-tuned", height=320)
+            base_box = gr.Chatbot(label="base model", elem_id="chat-base", height=320)
+        message = gr.Textbox(label="message", elem_id="chat-message")
+        send = gr.Button("send", elem_id="chat-send")
+        clear = gr.Button("clear")
+
+        def talk(*args):
+            try:
+                yield from studio.chat(*args)
+            except Exception as err:  # a model that fails to load is a message, not a dead page
+                yield gr.skip(), gr.skip(), _message(err)
+
+        self.load_choices(studio.model_list, model, chat_status)
+        inputs = [model, message, tuned_box, base_box, with_base, system, max_new, temperature, top_p]
+        outputs = [tuned_box, base_box, chat_status]
+        send.click(talk, inputs, outputs)
+        message.submit(talk, inputs, outputs)
+        clear.click(lambda: ([], [], ""), None, outputs)
+
+    def launch(self) -> None:
+        gr, studio = self.gr, self.studio
+        launch_status = gr.Markdown(elem_id="launch-status")
+        stage = gr.Dropdown(list(launch.STAGES), value="sft", label="stage", elem_id="launch-stage")
+        config = gr.Dropdown(label="config (shipped, or type a path)", allow_custom_value=True,
+                             elem_id="launch-config")
+        out_dir = gr.Textbox(label="output dir", elem_id="launch-output")
+        tok = gr.Textbox(label="tokenizer path", value="checkpoints/tokenizer/spm8k_demo")
+        model_path = gr.Textbox(label="model path", elem_id="launch-model")
+        data_dirs = gr.Textbox(label="data dirs (space-separated)", elem_id="launch-data")
+        base_path = gr.Textbox(label="base model path (evaluation)")
+        eval_set = gr.Textbox(label="eval set (evaluation)")
+        extra = gr.Textbox(label="more flags", placeholder="--max_steps 20 --overwrite_output_dir")
+        command = gr.Markdown(elem_id="launch-command")
+        go = gr.Button("start", elem_id="launch-start")
+        log = gr.Textbox(label="output", lines=16, max_lines=16, autoscroll=True, elem_id="launch-log")
+        fields = [stage, out_dir, config, tok, model_path, data_dirs, base_path, eval_set, extra]
+        configs = [config, launch_status]
+
+        @guarded(configs)
+        def stage_configs(name):
+            found = studio.configs(name)
+            return gr.update(choices=found, value=found[0] if found else ""), ""
+
+        def preview(*values):
+            try:
+                return studio.preview(*values)
+            except Exception as err:  # an incomplete form shows what is missing
+                return _message(err)
+
+        stage.change(stage_configs, stage, configs)
+        self.app.load(stage_configs, stage, configs)
+        for field in fields:
+            field.change(preview, fields, command)
+        started, logged = [command, launch_status], [log, launch_status]
+        go.click(guarded(started)(studio.start), fields, started)
+        self.timer.tick(guarded(logged)(lambda: (studio.launch_log(), "")), None, logged)

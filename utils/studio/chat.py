@@ -12,7 +12,7 @@ from utils.common.errors import UserError
 from utils.data.fingerprint import tokenizer_fingerprint
 from utils.data.templates import get_template, model_type_for
 from utils.data.tokenizer import hf_dir_for, load_tokenizer
-from utils.eval.setup import load_eval_model, read_summary
+from utils.eval.models import load_eval_model, read_summary
 
 
 def find_models(root: Path, max_depth: int = 6) -> list[Path]:
@@ -112,7 +112,6 @@ def to_messages(history: list[dict], message: str, system: str = "") -> list[dic
 def stream_reply(loaded: LoadedModel, messages: list[dict], max_new_tokens: int = 128, temperature: float = 0.0,
                  top_p: float = 1.0, seed: int = 1234) -> Iterator[str]:
     """The reply so far, after each new piece of text; generation runs in a thread and stops at a stop token."""
-    # torch and transformers cost seconds to import; the page starts without them
     import torch
     from transformers import TextIteratorStreamer
 

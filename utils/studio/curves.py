@@ -121,7 +121,6 @@ class CurveCache:
 
 def plot_runs(tails: dict[str, MetricsTail]):
     """A matplotlib figure: one panel per PANELS key plus per-source eval loss, one line per run."""
-    # matplotlib loads only when a plot is drawn
     import matplotlib
 
     matplotlib.use("Agg")

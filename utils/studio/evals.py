@@ -8,11 +8,12 @@ import json
 from pathlib import Path
 
 from utils.common.errors import UserError
-from utils.eval.report import ROWS, fmt, lookup
+from utils.eval import report as tables
+from utils.eval.report import lookup
 
 METRIC_HEADERS = ["metric", "tuned", "base", "tuned - base"]
-FAMILY_HEADERS = ["family", "n", "exact match", "format", "base exact match", "base format"]
-SOURCE_HEADERS = ["source", "tokens", "loss", "base loss", "ppl", "base ppl"]
+FAMILY_HEADERS = tables.family_header(base=True, rephrased=False)
+SOURCE_HEADERS = tables.source_header(base=True)
 GENERATION_HEADERS = ["task", "prompt", "reference", "tuned", "tuned correct", "base", "base correct"]
 
 
@@ -41,26 +42,20 @@ def load_report(report_dir: Path) -> dict:
 
 
 def metric_rows(report: dict) -> list[list[str]]:
-    """The report's headline metrics (the table 04_evaluate_sft.py prints): tuned, base, difference."""
-    return [[key, fmt(lookup(report["tuned"], key)), fmt(lookup(report.get("base"), key)),
-             fmt(lookup(report.get("difference"), key))] for key in ROWS
-            if lookup(report["tuned"], key) is not None]
+    """The report's headline metrics (the table 04_evaluate_sft.py prints) that it measured: tuned, base,
+    difference."""
+    return [row for row in tables.metric_rows(report) if lookup(report["tuned"], row[0]) is not None]
 
 
 def family_rows(report: dict) -> list[list]:
-    """Per task family: n, exact match and format compliance, tuned and base."""
-    base = (report.get("base") or {}).get("per_family") or {}
-    return [[name, row.get("n"), fmt(row.get("exact_match")), fmt(row.get("format_compliance")),
-             fmt(base.get(name, {}).get("exact_match")), fmt(base.get(name, {}).get("format_compliance"))]
-            for name, row in (report["tuned"].get("per_family") or {}).items()]
+    """Per task family: n, exact match and format compliance, tuned and base (the Markdown report's rows)."""
+    return tables.family_rows(report, base=True, rephrased=False)
 
 
 def source_rows(report: dict) -> list[list]:
-    """Validation loss per source (retention of the replay/general text shows here), tuned and base."""
-    base = (report.get("base") or {}).get("val_per_source") or {}
-    return [[name, row.get("tokens"), fmt(row.get("loss")), fmt(base.get(name, {}).get("loss")),
-             fmt(row.get("ppl")), fmt(base.get(name, {}).get("ppl"))]
-            for name, row in (report["tuned"].get("val_per_source") or {}).items()]
+    """Validation loss per source (retention of the replay/general text shows here), tuned and base (the
+    Markdown report's rows)."""
+    return tables.source_rows(report, base=True)
 
 
 def plots(report_dir: Path) -> list[str]:

@@ -14,8 +14,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from utils.common.atomic import OWNER_FILE, mark_owner, owner_of
 from utils.common.errors import UserError
+from utils.common.publish import OWNER_FILE, mark_owner, owner_of
 
 STAGES = {
     "prepare": ("scripts/02_prepare_sft_corpus.py", "config/sft_datasets"),

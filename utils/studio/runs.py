@@ -1,7 +1,7 @@
 """The Runs tab: every pre-training, CPT, SFT, evaluation and export run under a root, read from its own files.
 
 State comes from what the stages write, never from guesses:
-running      the output directory's lock (``.<name>.lock`` beside it, utils/common/atomic.py ``exclusive``) is
+running      the output directory's lock (``.<name>.lock`` beside it, utils/common/locks.py ``exclusive``) is
              held by a live process (flock: the OS drops it when the process dies);
 finished     ``final/training_summary.json`` (training), ``eval_report.json`` (evaluation), an export's files;
 interrupted  anything else: checkpoints or metrics of a run that stopped before final/.
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from utils.checkpoint.checkpoints import list_checkpoints
-from utils.common.atomic import owner_of
+from utils.common.publish import owner_of
 
 SKIP = {"tensorboard", "data_cache", "final", "__pycache__", ".git"}
 """Directories inside a run that are never runs themselves (checkpoint-N are skipped by name)."""

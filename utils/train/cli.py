@@ -3,12 +3,16 @@ scripts fill from their flags (a stage never sees an argparse Namespace)."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from utils.common.cli_values import mapping, positive_int, seed
+from utils.common.config import load_config, load_eval_prompts
 from utils.parallel.fsdp import SHARDINGS
-from utils.train.config import TrainingParams
+
+C = TypeVar("C")
 
 
 @dataclass(kw_only=True)
@@ -51,6 +55,9 @@ class PretrainInputs(RunInputs):
     """The config file, named in errors."""
     model_path: str | None = None
     """Continue pre-training this HF checkpoint (CPT) instead of building the config's preset."""
+    data_dirs: list[str] = field(default_factory=list)
+    """Prepared text corpora (scripts/01_prepare_text_corpus.py) to train on instead of tokenizing the config's
+    data.sources at launch; their train (and val) streams are joined in the order given."""
 
 
 def add_run_args(parser: argparse.ArgumentParser) -> None:
@@ -73,13 +80,20 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
                         "model per process (DDP), the default")
 
 
-def apply_overrides(params: TrainingParams, args: argparse.Namespace) -> dict:
-    """Apply --max_steps/--seed to the config; returns {field: flag} for the run record, --set ones included
-    (load_config applied those)."""
+def load_with_overrides(args: argparse.Namespace, schema_name: str, cls: type[C]) -> tuple[C, dict[str, str]]:
+    """The one place a run's config changes after its file: ``args.config`` loaded with every ``--set`` applied
+    first (so checked like the file), then ``--max_steps``, ``--seed`` and, for a script that has the flag,
+    ``--eval_prompts``. Returns the config (never changed after this: later changes are new objects) and
+    {field: flag} of what the command line set, which the run plan announces and the run records."""
+    cfg = load_config(args.config, schema_name, cls, args.set)
     applied = {name: f"--set {name}={value}" for name, value in args.set}
-    for name in ("max_steps", "seed"):
-        value = getattr(args, name)
-        if value is not None:
-            setattr(params, name, value)
-            applied[name] = f"--{name}"
-    return applied
+    params = {name: getattr(args, name) for name in ("max_steps", "seed") if getattr(args, name) is not None}
+    if params:
+        cfg = dataclasses.replace(cfg, training_params=dataclasses.replace(cfg.training_params, **params))
+        applied.update({name: f"--{name}" for name in params})
+    if getattr(args, "eval_prompts", None):
+        prompts = load_eval_prompts(args.eval_prompts)
+        cfg = dataclasses.replace(cfg, evaluation_config=dataclasses.replace(cfg.evaluation_config,
+                                                                             eval_prompts=prompts))
+        applied["evaluation_config.eval_prompts"] = f"--eval_prompts {args.eval_prompts}"
+    return cfg, applied

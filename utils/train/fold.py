@@ -16,7 +16,6 @@ input and one layer's worth. The weights, their gradients and AdamW's two moment
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import os
 
@@ -77,9 +76,9 @@ def choose_split(params: TrainingParams, model, device: torch.device, world: int
     """The split of this run: the one of the checkpoint it resumes (``resumed``: its training state), else folded
     as far as the free memory allows where folding is on, else as configured."""
     split = _choose(params, model, device, world, shards, resumed, on_cuda_path)
-    planned = copy.copy(params)  # the config stays as given: resume compares it with the checkpoint's
-    planned.micro_batch_tokens = split.micro_batch_tokens
-    planned.gradient_accumulation_steps = split.gradient_accumulation_steps
+    # a copy with this split: the config stays as given (resume compares it with the checkpoint's)
+    planned = dataclasses.replace(params, micro_batch_tokens=split.micro_batch_tokens,
+                                  gradient_accumulation_steps=split.gradient_accumulation_steps)
     return dataclasses.replace(split, params=planned, record={
         "micro_batch_tokens": split.micro_batch_tokens,
         "micro_batches_per_step": split.gradient_accumulation_steps * world, "factor": split.factor})

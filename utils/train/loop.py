@@ -25,11 +25,11 @@ from utils.checkpoint.checkpoints import load_checkpoint_weights, save_checkpoin
 from utils.common.errors import Stopped, UserError
 from utils.common.labels import perplexity
 from utils.model.compiled import CompileStats
-from utils.model.loss import loss_sums, router_of
+from utils.model.loss import loss_record, loss_sums, router_of
 from utils.monitor.trackers import RunLogger
 from utils.parallel.fsdp import local, set_gradient_sync
 from utils.parallel.state_dict import unwrap_lm
-from utils.sampling.packing import PackedBatch
+from utils.sampling.packing import PackedBatch, greedy_bins
 from utils.sampling.planner import StepBatches
 from utils.sampling.prefetch import Prefetcher, collate
 from utils.train.config import TrainingParams
@@ -129,35 +129,21 @@ def _my_val_batches(run: TrainRun) -> Iterator[PackedBatch]:
 
 
 def _val_bins(stores, budget: int, params: TrainingParams):
-    """Validation examples in a fixed order, packed greedily into micro-batches."""
-    per_bin = params.per_device_train_batch_size
-    current, used, made = [], 0, 0
-    for s, store in enumerate(stores):
-        for i, length in enumerate(store.lengths.tolist()):
-            full = len(current) == per_bin if per_bin else used + length > budget
-            if current and full:
-                yield current
-                made += 1
-                if params.eval_max_batches and made >= params.eval_max_batches:
-                    return
-                current, used = [], 0
-            current.append((s, i))
-            used += length
-    if current:
-        yield current
+    """Validation examples in a fixed order, packed greedily into micro-batches (evaluation's packer)."""
+    items = [(s, i) for s, store in enumerate(stores) for i in range(len(store))]
+    lengths = [length for store in stores for length in store.lengths.tolist()]
+    for group in greedy_bins(lengths, budget, params.per_device_train_batch_size, params.eval_max_batches):
+        yield [items[k] for k in group]
 
 
 def _eval_record(stores, sums: list[float], counts: list[float]) -> dict:
-    record = {}
-    for store, total, n in zip(stores, sums, counts):
-        if n:
-            record[f"eval/{store.name}/loss"] = total / n
-            record[f"eval/{store.name}/ppl"] = perplexity(total / n)
-    if sum(counts):
-        record["eval/loss"] = sum(sums) / sum(counts)
-        record["eval/ppl"] = perplexity(record["eval/loss"])
-        record["eval/tokens"] = int(sum(counts))
-    return record
+    """The validation loss record (``loss_record``, the one evaluation reports) under the log's eval/ keys."""
+    record, logged = loss_record([store.name for store in stores], sums, counts), {}
+    for name, part in record["per_source"].items():
+        logged[f"eval/{name}/loss"], logged[f"eval/{name}/ppl"] = part["loss"], part["ppl"]
+    if record["loss"] is not None:
+        logged.update({"eval/loss": record["loss"], "eval/ppl": record["ppl"], "eval/tokens": record["tokens"]})
+    return logged
 
 
 def _check_finite(losses: list[float], first_step: int, output_dir: Path) -> None:

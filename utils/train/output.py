@@ -11,8 +11,9 @@ from pathlib import Path
 import torch
 
 from utils.checkpoint.checkpoints import list_checkpoints
-from utils.common.atomic import check_owner, exclusive, mark_owner, write_json_atomic
 from utils.common.errors import UserError
+from utils.common.locks import exclusive
+from utils.common.publish import check_owner, mark_owner, write_json_atomic
 from utils.train.cli import RunInputs
 
 COMMAND = "command.json"

@@ -1,21 +1,28 @@
 """The pre-training / CPT stage, top to bottom: start → lengths against the model → the checkpoint to resume →
-claim the output → data (token windows of the config's text, and prepared SFT corpora mixed in) → model → plan →
-restore → fit → final/ (a merged, plain HF model).
+the prepared text verified → claim the output → data (token windows of the text, and prepared SFT corpora mixed
+in) → model → plan → restore → fit → final/ (a merged, plain HF model).
 
-The token streams are cached in the output directory, so it is claimed before the data is read.
+The text is a prepared text corpus (--data_dirs, scripts/01_prepare_text_corpus.py: verified like 03's corpora,
+tokenizer hash and every shard's sha256, before the output is claimed), or the config's data.sources tokenized
+here by the main process while the other ranks wait: a convenience for small corpora, said so in the run plan.
+Those token streams are cached in the output directory, so it is claimed before they are built.
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import hashlib
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 
-from utils.common.atomic import reading
 from utils.common.config import to_dict
 from utils.common.errors import UserError
-from utils.data.pretrain_data import build_streams
+from utils.common.locks import reading
+from utils.data.pretrain_data import StreamStats, build_streams
 from utils.data.shards import load_manifest
+from utils.data.text_corpus import load_text_corpus
 from utils.model.architectures import check_model_dir, check_positions
 from utils.model.modeling import build_model, check_vocab_fits, load_model, model_config, weights_fingerprint
 from utils.monitor.run_plan import RunPlan
@@ -44,12 +51,16 @@ def run_pretraining(cfg: PretrainConfig, inputs: PretrainInputs) -> str | None:
     _check_lengths(cfg, inputs)
     checkpoint, _ = find_checkpoint(inputs.resume_from_checkpoint, output_dir, main)
     supervised_dirs = [s.data_dir for s in cfg.data.supervised]
-    with reading(supervised_dirs), own_output(accelerator, inputs, "pretrain"):
-        train, val, stats = _windows(cfg, inputs, start)
+    with contextlib.ExitStack() as held:
+        held.enter_context(reading(supervised_dirs + inputs.data_dirs))  # a prepare --force waits for this run
+        prepared = _prepared_streams(inputs.data_dirs, start.fingerprint) if inputs.data_dirs else None
+        held.enter_context(own_output(accelerator, inputs, "pretrain"))  # claimed after the data is verified
+        train, val, stats = _windows(cfg, inputs, start, prepared)
         supervised = cfg.data.supervised
         corpora = load_corpora(supervised_dirs, start.fingerprint, accelerator) if supervised else None
         dirs = corpora.dirs if corpora else []
-        model, base_sha256 = _model(cfg, inputs, start)
+        model, base_sha256, lora = _model(cfg, inputs, start)
+        cfg = dataclasses.replace(cfg, lora_config=lora)  # with the layers it adapts, as the run records them
         plan = _plan(cfg, inputs, train, val, stats)
         for d, source in zip(dirs, supervised):
             plan.add(f"supervised {d.path.name}", f"{len(d.train):,} examples, weight {source.weight}",
@@ -78,24 +89,57 @@ def run_pretraining(cfg: PretrainConfig, inputs: PretrainInputs) -> str | None:
             f"{state.tokens_seen:,} tokens\nfinal model: {final}")
 
 
-def _windows(cfg: PretrainConfig, inputs: PretrainInputs, start: RunStart):
-    """The train and val windows of the config's text (token streams cached in output_dir), and their stats."""
-    with start.accelerator.main_process_first():
-        streams, stats = build_streams(cfg.data, start.tokenizer, start.fingerprint, inputs.output_dir / "data_cache",
-                                       show_progress=start.accelerator.is_main_process)
+def _windows(cfg: PretrainConfig, inputs: PretrainInputs, start: RunStart, prepared=None):
+    """The train and val windows of the text, and their stats: the verified streams of --data_dirs
+    (``prepared``), or the config's data.sources tokenized here (token streams cached in output_dir)."""
+    if prepared is not None:
+        streams, stats = prepared
+    else:
+        with start.accelerator.main_process_first():
+            streams, stats = build_streams(cfg.data, start.tokenizer, start.fingerprint,
+                                           inputs.output_dir / "data_cache",
+                                           show_progress=start.accelerator.is_main_process)
     train, val = _pretrain_stores(streams, cfg.data.sequence_length)
     if len(train) == 0:
-        raise UserError(f"{inputs.config_path}: data.sources hold {stats.tokens['train']} training tokens, less "
-                        f"than one sequence of {cfg.data.sequence_length}; add text or shorten sequence_length")
+        where = f"--data_dirs {' '.join(inputs.data_dirs)}" if inputs.data_dirs else f"{inputs.config_path}: " \
+            "data.sources"
+        raise UserError(f"{where} hold {stats.tokens['train']} training tokens, less than one sequence of "
+                        f"{cfg.data.sequence_length}; add text or shorten sequence_length")
     return train, val, stats
+
+
+def _prepared_streams(data_dirs: list[str], fingerprint: str) -> tuple[dict[str, np.ndarray], StreamStats]:
+    """The token streams of prepared text corpora, verified and joined in the order given; the stats' key hashes
+    every train shard's sha256, so a resume on other data is refused."""
+    names = [Path(d).name for d in data_dirs]
+    if len(set(names)) != len(names):
+        raise UserError(f"--data_dirs: two directories share a name ({names}); give each corpus its own name")
+    stats, parts, digest = StreamStats(), {"train": [], "val": []}, hashlib.sha256()
+    for raw in data_dirs:
+        manifest, streams = load_text_corpus(raw, fingerprint)
+        for split in parts:
+            parts[split].append(streams[split])
+            stats.documents[split] += manifest["splits"][split]["documents"]
+            stats.tokens[split] += manifest["splits"][split]["total_tokens"]
+        digest.update("".join([Path(raw).name] + [s["sha256"] for s in manifest["splits"]["train"]["shards"]])
+                      .encode())
+    stats.key = digest.hexdigest()[:16]
+    return {k: v[0] if len(v) == 1 else np.concatenate(v) for k, v in parts.items()}, stats
 
 
 def _plan(cfg: PretrainConfig, inputs: PretrainInputs, train, val, stats) -> RunPlan:
     plan = RunPlan()
     plan.add("model", inputs.model_path or "new preset", "--model_path" if inputs.model_path else "config model")
+    if inputs.data_dirs:
+        plan.add("text", f"prepared corpora {', '.join(inputs.data_dirs)} (verified: tokenizer, every shard's "
+                 "sha256)", "--data_dirs (the config's data.sources and val_ratio are not read)")
+    else:
+        plan.add("text", "data.sources tokenized at launch by the main process (a convenience for small corpora; "
+                 "prepare large ones ahead with scripts/01_prepare_text_corpus.py)", "config data.sources")
     plan.add("sequence length", cfg.data.sequence_length, "data.sequence_length")
     plan.add("train sequences", len(train), f"{stats.documents['train']:,} documents")
-    plan.add("validation sequences", len(val), f"data.val_ratio {cfg.data.val_ratio}")
+    plan.add("validation sequences", len(val), "the corpora's val split" if inputs.data_dirs
+             else f"data.val_ratio {cfg.data.val_ratio}")
     return plan
 
 
@@ -122,7 +166,8 @@ def _check_lengths(cfg: PretrainConfig, inputs: PretrainInputs) -> None:
 
 
 def _model(cfg: PretrainConfig, inputs: PretrainInputs, start: RunStart):
-    """The model ready to train, and the fingerprint of the weights LoRA (CPT) adapts."""
+    """The model ready to train, the fingerprint of the weights LoRA (CPT) adapts, and the LoRA settings with the
+    layers it adapts (None for full training)."""
     where = inputs.model_path or "preset"
     if inputs.model_path:
         model = load_model(inputs.model_path, trust_remote_code=inputs.trust_remote_code)
@@ -130,5 +175,5 @@ def _model(cfg: PretrainConfig, inputs: PretrainInputs, start: RunStart):
         model = build_model(cfg.model, start.tokenizer, cfg.training_params.seed)
     check_vocab_fits(model, start.tokenizer, where, inputs.tokenizer_path)
     base_sha256 = weights_fingerprint(model) if inputs.model_path else None
-    model, cfg.lora_config = ready_to_train(model, cfg.lora_config, cfg.training_params, where)
-    return model, base_sha256
+    model, lora = ready_to_train(model, cfg.lora_config, cfg.training_params, where)
+    return model, base_sha256, lora

@@ -7,13 +7,15 @@ so inputs that cannot train are refused before anything is written.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 from pathlib import Path
 
 import torch
 
-from utils.common.atomic import reading, write_text_atomic
 from utils.common.config import to_dict
+from utils.common.locks import reading
+from utils.common.publish import write_text_atomic
 from utils.data.templates import get_template
 from utils.model.generation import generate_responses
 from utils.model.architectures import check_positions
@@ -55,7 +57,8 @@ def run_sft(cfg: SFTTrainingConfig, inputs: SFTInputs) -> str | None:
         check_vocab_fits(model, start.tokenizer, inputs.model_path, inputs.tokenizer_path)
         _check_lengths(cfg, inputs, corpora, generation, model.config)
         base_sha256 = weights_fingerprint(model)  # before LoRA: what an adapter's resume must find again
-        model, cfg.lora_config = ready_to_train(model, cfg.lora_config, params, inputs.model_path)
+        model, lora = ready_to_train(model, cfg.lora_config, params, inputs.model_path)
+        cfg = dataclasses.replace(cfg, lora_config=lora)  # with the layers it adapts, as the run records them
         held.enter_context(own_output(accelerator, inputs, "sft"))
         plan = _plan(cfg, corpora, inputs)
         run_info = {**_run_info(cfg, inputs, start.fingerprint, corpora), "base_model_sha256": base_sha256}

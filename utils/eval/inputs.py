@@ -1,4 +1,4 @@
-"""Wiring of the evaluation stage: which tokenizer, template, data and settings, and loading the models.
+"""Resolving an evaluation request: which tokenizer, template, data and settings (models load in models.py).
 
 Every value is resolved once, with where it came from (a flag, the data manifest, the model's
 ``training_summary.json``, or a default), printed at start-up and saved in the report.
@@ -6,140 +6,30 @@ Every value is resolved once, with where it came from (a flag, the data manifest
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import torch
 
-from utils.common.atomic import recover_published
-from utils.common.config import from_dict, load_config, load_eval_prompts, read_json, read_json_dict
+from utils.common.config import from_dict, load_config, load_eval_prompts, read_json
 from utils.common.errors import UserError
+from utils.common.locks import recover_published
 from utils.data.chat_jinja import CHAT_TEMPLATE_FILE, trained_chat_template
-from utils.data.fingerprint import TOKENIZER_FILES, tokenizer_fingerprint
+from utils.data.fingerprint import tokenizer_fingerprint
 from utils.data.shards import verify_data_dir
 from utils.data.templates import get_template, model_type_for
 from utils.data.text_sources import JSONL_SUFFIXES, TextSource, iter_documents
 from utils.data.tokenizer import hf_dir_for, load_tokenizer
 from utils.eval.evaluation import EvalInputs, prompt_conversations, read_eval_set, retention_store
+from utils.eval.models import SUMMARY, check_model_tokenizer, has_tokenizer, read_summary
+from utils.eval.request import EvalRequest
 from utils.eval.tool_calls import tool_call_items
-from utils.model.architectures import check_model, check_positions
-from utils.model.attention import use_packed_attention
-from utils.model.modeling import check_model_files, check_vocab_fits, load_model, not_a_model_dir
+from utils.model.modeling import check_model_files, not_a_model_dir
 from utils.monitor.run_plan import RunPlan
 from utils.parallel.accelerator import fast_bf16_available
-from utils.parallel.quantization import load_base
 from utils.sampling.example_store import ExampleStore, load_sft_store
-from utils.train.config import EvaluationConfig, QuantizationParams, SFTTrainingConfig
-
-SUMMARY = "training_summary.json"
+from utils.train.config import EvaluationConfig, SFTTrainingConfig
 
 
-@dataclasses.dataclass
-class EvalRequest:
-    """What scripts/04_evaluate_sft.py was asked (one field per flag; its --help says what each means)."""
-
-    model_path: str
-    output_dir: str
-    base_model_path: str | None = None
-    data_dirs: list[str] | None = None
-    config: str | None = None
-    eval_prompts: str | None = None
-    eval_set: str | None = None
-    max_eval_examples: int | None = None
-    rephrased_set: str | None = None
-    retention_corpus: list[str] | None = None
-    retention_field: str = "text"
-    retention_max_tokens: int = 50_000
-    retention_window: int | None = None
-    tokenizer_path: str | None = None
-    template: str | None = None
-    max_new_tokens: int | None = None
-    batch_size: int = 16
-    eval_batch_tokens: int = 4096
-    precision: str = "auto"
-    trust_remote_code: bool = False
-    no_progress: bool = False
-
-
-def read_summary(model_dir: str | Path | None) -> dict:
-    """A training stage's ``training_summary.json`` beside the weights, or {} when there is none."""
-    path = Path(model_dir or "") / SUMMARY
-    if not model_dir or not path.is_file():
-        return {}
-    return read_json_dict(path)
-
-
-def _has_tokenizer(path: Path) -> bool:
-    return path.is_dir() and any((path / name).is_file() for name in TOKENIZER_FILES)
-
-
-def check_model_tokenizer(model_dir: str | Path, fingerprint: str, tokenizer_path: str) -> None:
-    """A model directory that carries tokenizer files must carry the evaluation tokenizer."""
-    path = Path(model_dir)
-    if read_summary(path).get("tokenizer_sha256") == fingerprint:
-        return  # trained with this tokenizer; its chat template may be the trained one (utils/data/chat_jinja.py)
-    if _has_tokenizer(path) and tokenizer_fingerprint(path) != fingerprint:
-        raise UserError(f"{path}: its tokenizer differs from the evaluation tokenizer {tokenizer_path} "
-                        f"(sha256 {tokenizer_fingerprint(path)[:12]} vs {fingerprint[:12]}); compare only "
-                        "models that share the tokenizer the data was prepared with")
-
-
-def load_eval_model(path: str, tokenizer, fingerprint: str, tokenizer_path: str, device: str,
-                    trust_remote_code: bool = False, positions: list[tuple[str, int, str]] = ()):
-    """A LoRA adapter directory (its own base + the adapter, merged) or a full model, in eval mode; ``positions``
-    longer than the model takes are refused in one line before any evaluation."""
-    check_model_tokenizer(path, fingerprint, tokenizer_path)
-    if (Path(path) / "adapter_config.json").is_file():
-        model = _load_adapter(Path(path), trust_remote_code)
-    else:
-        model = load_model(str(path), trust_remote_code=trust_remote_code)
-    check_vocab_fits(model, tokenizer, str(path), tokenizer_path)
-    check_model(model, str(path))
-    check_lengths(model.config, str(path), positions)
-    use_packed_attention(model)
-    return model.to(device).eval()
-
-
-def check_lengths(config, where: str, positions: list[tuple[str, int, str]]) -> None:
-    for what, needed, fix in positions:
-        check_positions(config, needed, where, what, fix)
-
-
-def _load_adapter(path: Path, trust_remote_code: bool):
-    config_file = path / "adapter_config.json"
-    base = read_json(config_file).get("base_model_name_or_path")
-    trained_on = read_summary(path).get("model_path")
-    if trained_on and Path(trained_on).exists() and not Path(str(base)).exists():
-        base = trained_on  # final/ names its base by Hub id; the copy training read is here
-    if not base or (base.startswith(("/", ".", "checkpoints")) and not Path(base).exists()):
-        raise UserError(f"{config_file}: base_model_name_or_path {base!r} not found; run from the directory "
-                        "training ran in, or set that field to the base model's directory")
-    quant = _quantization(path)
-    model = load_base(base, dataclasses.asdict(quant) if quant else None, trust_remote_code)
-    # peft costs seconds to import; deferred so callers that skip this stay fast
-    from peft import PeftModel
-
-    try:
-        adapted = PeftModel.from_pretrained(model, str(path))
-    except (OSError, ValueError, RuntimeError) as err:
-        raise UserError(f"{path}: cannot load the LoRA adapter onto {base}: {str(err).splitlines()[0]}") from None
-    if quant is not None:
-        print(f"base {base} held in {quant.describe()} as in training (quantization in {SUMMARY}); "
-              "the adapter stays unmerged", flush=True)
-        # QLoRA: the 4-bit base as training held it, adapter beside it. Merging would round base + adapter to
-        # 4 bits again; the export merges into the dequantized base instead (the same weights, in full precision).
-        return adapted
-    # merged once, so every forward runs at plain-model speed; equal to base + adapter up to fp32 rounding
-    return adapted.merge_and_unload()
-
-
-def _quantization(path: Path) -> QuantizationParams | None:
-    """The quantization block training ran with (training_summary.json beside the adapter), or None."""
-    saved = read_summary(path).get("config", {}).get("quantization")
-    return from_dict(QuantizationParams, saved, "quantization.") if isinstance(saved, dict) else None
-
-
-# ---------------------------------------------------------------------- resolution
 def _tokenizer(args: EvalRequest, plan: RunPlan):
     recover_published(args.model_path)
     if Path(args.model_path).is_file() and Path(args.model_path).suffix != ".gguf":
@@ -150,7 +40,7 @@ def _tokenizer(args: EvalRequest, plan: RunPlan):
     elif not Path(args.model_path).exists():
         raise UserError(f"{args.model_path}: model not found; train one first (e.g. `make sft-train-tiny`) "
                         "or pass the final/ directory of an SFT run to --model_path")
-    elif _has_tokenizer(Path(args.model_path)):
+    elif has_tokenizer(Path(args.model_path)):
         path, origin = args.model_path, "the model directory"
     else:
         raise UserError(f"{args.model_path}: holds no tokenizer files (no tokenizer.json, tokenizer_config.json or "
