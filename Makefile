@@ -60,7 +60,7 @@ TARGET_ARGS = $(foreach v,$(TARGET_VARS),$(call given,$(v))) --num_proc $(NPROC)
 	prepare-text-corpus prepare-sft-corpus sft-train-tiny sft-train-small sft-train-base sft-custom \
 	sft-eval sft-pipeline-complete cpt-ift-pipeline smollm2-skill smollm2-tools qlora smollm2-qlora sft-export gguf ray \
 	sft-export-gguf studio bench \
-	bench-profile bench-qlora bench-scaling bench-gpu bench-gpu-quick bench-packing-check config-docs docs-config test test-fast clean
+	bench-profile bench-qlora bench-scaling bench-checkpoint bench-gpu bench-gpu-quick bench-packing-check config-docs docs-config test test-fast clean
 
 help: ## list the targets, in pipeline order
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_.-]+:.*## / {printf "  \033[1m%-24s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -312,8 +312,12 @@ bench-profile: $(DEMO_TOKENIZER_STAMP) ## where one training step of the small p
 bench-qlora: $(DEMO_TOKENIZER_STAMP) $(QLORA_STAMP) ## QLoRA against LoRA (small, SmolLM2-135M): peak memory, tokens/s, loss
 	$(PY) scripts/benchmark_throughput.py --qlora
 
-bench-scaling: $(DEMO_TOKENIZER_STAMP) $(RAY_STAMP) ## cost as the corpus grows: prepare and train 10k, 100k, 1M generated conversations, and the text prepare stage's tokens/s with 1 and 2 processes, local and Ray -> docs/BENCHMARKS.md, docs/scaling.png
+bench-scaling: $(DEMO_TOKENIZER_STAMP) $(RAY_STAMP) ## cost as the corpus grows: prepare and train 10k, 100k, 1M generated conversations, the text prepare stage's tokens/s with 1 and 2 processes, local and Ray, and a sharded checkpoint per rank -> docs/BENCHMARKS.md, docs/scaling.png
 	$(PY) scripts/benchmark_scaling.py $(SCALING_ARGS)
+	$(PY) scripts/benchmark_checkpoint.py
+
+bench-checkpoint: $(STAMP) ## what a sharded run's checkpoint costs each rank, gathered vs DCP shards (1 and 2 ranks) -> docs/BENCHMARKS.md
+	$(PY) scripts/benchmark_checkpoint.py
 
 bench-packing-check: $(STAMP) ## what the start-up packing check costs per model type, checked and cached -> docs/BENCHMARKS.md
 	$(PY) scripts/benchmark_packing_check.py

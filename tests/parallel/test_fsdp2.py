@@ -95,18 +95,23 @@ def test_sharded_kill_one_rank_then_resume_is_bit_identical(work, lora):
     assert_close(final_weights(single), a)
 
 
-def test_a_checkpoint_holds_every_ranks_optimizer_state_and_resumes_on_one_process(work):
+def test_a_sharded_checkpoint_is_written_by_every_rank_and_resumes_on_one_process(work):
+    """Each rank writes its own shard (DCP): no file holds the whole weights or optimizer state, and a 2-rank
+    checkpoint resumes on one unsharded process, resharded, exactly as the 2-rank run goes on."""
     two, one = configs(work, False, "fsdp_2to1")
     out, ref = work / "out" / "fsdp_2to1", straight(work, False)
     proc = sharded(work, two, out, fault="kill@update:3")
     assert proc.returncode != 0, proc.stderr[-3000:]
     checkpoint = out / "checkpoint-2"
-    optimizer = torch.load(checkpoint / "optimizer.pt", weights_only=True)
-    weights = final_weights_of(checkpoint)
-    trainable = {k.removeprefix("model.") for k in optimizer["state"]}
-    assert trainable == set(weights) - {"lm_head.weight"}, sorted(trainable ^ set(weights))[:5]
-    for key, state in optimizer["state"].items():  # whole tensors, not one rank's shard
-        assert state["exp_avg"].shape == weights[key.removeprefix("model.")].shape, key
+    assert not (checkpoint / "optimizer.pt").exists() and not (checkpoint / "model.safetensors").exists()
+    files, chunks = shard_layout(checkpoint / "sharded")
+    assert files == {"__0_0.distcp", "__1_0.distcp"}
+    moments = {key: where for key, where in chunks.items() if key.endswith(".exp_avg") and "layers" in key}
+    assert moments and all(where == files for where in moments.values()), sorted(moments.items())[:3]
+    layer_weights = {key: where for key, where in chunks.items()
+                     if key.startswith("model.") and "layers" in key and key.endswith("proj.weight")}
+    assert layer_weights and all(where == files for where in layer_weights.values())
+    assert_close(dcp_weights(straight(work, False) / "checkpoint-6"), final_weights(ref), atol=0)
 
     assert sft_in_process(sft_argv(work, one, out, "--resume_from_checkpoint", "auto")) == 0  # 2 ranks -> 1
     assert newest_state(out)["world_size"] == 1
@@ -114,10 +119,25 @@ def test_a_checkpoint_holds_every_ranks_optimizer_state_and_resumes_on_one_proce
     assert newest_state(out)["loss_history"] == pytest.approx(newest_state(ref)["loss_history"], rel=1e-4)
 
 
-def final_weights_of(checkpoint):
-    from safetensors.torch import load_file
+def dcp_weights(checkpoint):
+    """The weights a sharded checkpoint holds, as the LM names them (DCP's own converter to one torch file)."""
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
-    return load_file(str(checkpoint / "model.safetensors"))
+    target = checkpoint.parent / f"{checkpoint.name}.pt"
+    dcp_to_torch_save(str(checkpoint / "sharded"), str(target))
+    state = torch.load(target, weights_only=True)["model"]
+    return {key.removeprefix("model."): value for key, value in state.items() if key != "model.lm_head.weight"}
+
+
+def shard_layout(directory):
+    """The files DCP wrote, and for every tensor the set of files holding its chunks."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    storage = FileSystemReader(str(directory)).read_metadata().storage_data
+    chunks: dict[str, set] = {}
+    for index, info in storage.items():
+        chunks.setdefault(index.fqn, set()).add(info.relative_path)
+    return {p.name for p in directory.glob("*.distcp")}, chunks
 
 
 def test_a_one_process_checkpoint_resumes_sharded_on_two(work):
@@ -129,6 +149,23 @@ def test_a_one_process_checkpoint_resumes_sharded_on_two(work):
     proc = sharded(work, two, out, "--resume_from_checkpoint", "auto")  # 1 process -> 2 ranks, sharded
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert newest_state(out)["world_size"] == 2
+    assert newest_state(out)["loss_history"] == pytest.approx(newest_state(single)["loss_history"], rel=1e-4)
+    assert_close(final_weights(out), final_weights(single))
+
+
+def test_a_one_process_sharded_checkpoint_resumes_on_two_ranks(work):
+    """1 -> 2 through DCP: a 1-process --sharding fsdp2 run's checkpoint, resharded over two ranks, goes on as
+    the run would have on one."""
+    two, one = configs(work, False, "fsdp_dcp_1to2")
+    out, single = work / "out" / "fsdp_dcp_1to2", work / "out" / "fsdp_dcp_1to2_single"
+    proc = sft_with_fault("term@update:99", sft_argv(work, one, single, "--sharding", "fsdp2"))  # never fires
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = sft_with_fault("kill@update:3", sft_argv(work, one, out, "--sharding", "fsdp2"))
+    assert proc.returncode != 0 and newest_state(out)["step"] == 2
+    assert (out / "checkpoint-2" / "sharded" / ".metadata").is_file()
+    proc = sharded(work, two, out, "--resume_from_checkpoint", "auto")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resuming from checkpoint-2" in proc.stdout and newest_state(out)["world_size"] == 2
     assert newest_state(out)["loss_history"] == pytest.approx(newest_state(single)["loss_history"], rel=1e-4)
     assert_close(final_weights(out), final_weights(single))
 
@@ -213,3 +250,17 @@ def test_on_the_cuda_path_a_bf16_sharded_run_gathers_in_bf16_and_reduces_in_fp32
     assert "weights gathered and gradients reduced in fp32" in runs[False][0]
     assert losses == pytest.approx(runs[False][1], rel=2e-2) and losses != runs[False][1]
     assert all(w.dtype == torch.float32 for w in weights.values())
+
+
+def test_the_checkpoint_bench_measures_both_layouts_on_every_rank(tmp_path):
+    report, results = tmp_path / "BENCH.md", tmp_path / "results.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "benchmark_checkpoint.py"), "--ranks", "2",
+                           "--hidden", "64", "--layers", "2", "--report", str(report), "--json", str(results)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(results.read_text())
+    assert sorted((r["layout"], r["rank"]) for r in rows) == [("gathered", 0), ("gathered", 1), ("sharded", 0),
+                                                              ("sharded", 1)]
+    largest = {r["layout"]: r["largest_file_mib"] for r in rows}
+    assert largest["sharded"] < largest["gathered"]  # no shard file holds the whole state
+    assert "<!-- checkpoint:begin" in report.read_text() and "DCP vs gathered" in report.read_text()

@@ -4,6 +4,7 @@ Layout of ``<output_dir>/checkpoint-<step>/``::
 
     adapter_model.safetensors + adapter_config.json   (LoRA)  or  model.safetensors + config.json
     optimizer.pt                                       (the full optimizer state, keyed by parameter name)
+    sharded/                                           (sharded runs, instead of the two above: DCP shards)
     scheduler.pt                                       (torch.save of state dicts; loaded weights_only)
     rng_state_<rank>.pt                                (python, numpy, torch, cuda RNG of each rank)
     training_state.json                                (step, tokens, loss history, sampler, config, hashes)
@@ -13,8 +14,12 @@ Layout of ``<output_dir>/checkpoint-<step>/``::
 It is written in ``.checkpoint-<step>.tmp`` beside the final name, synced, then renamed; rotation renames
 an old checkpoint to ``.checkpoint-<step>.deleting`` before deleting it. So ``checkpoint-<step>`` is always
 whole: a crash (SIGKILL, power loss) at any moment leaves the newest complete one for ``auto`` to find.
-Weights and optimizer state are gathered from every rank first (under FSDP2 each rank holds a shard), so a
-checkpoint holds the whole run whatever the number of ranks that wrote it, and resumes on any other number.
+A sharded run (FSDP2) writes no ``model.safetensors`` and no ``optimizer.pt``: instead ``sharded/`` is a
+torch.distributed.checkpoint (DCP) directory in which every rank writes its own shard of the trainable weights and
+of the optimizer state (``__<rank>_0.distcp``, and DCP's ``.metadata``), so no rank gathers the run into its
+memory; loading reshards, so such a checkpoint resumes on any number of ranks, sharded or not. An unsharded run
+(one process, DDP) saves the whole weights and optimizer state as above, keyed by parameter name, and resumes on
+any number of ranks too.
 A file whose bytes changed after the write (bit rot, an edit) no longer matches checksums.json: resuming from
 that checkpoint is refused naming the file, and ``auto`` takes the newest intact one. Checkpoints written
 before checksums.json existed resume unverified.
@@ -36,10 +41,12 @@ from utils.common.errors import UserError, one_line
 from utils.common.hashing import sha256_file
 from utils.common.publish import fsync_tree, publish_dir, write_failure
 from utils.model.modeling import load_weights_into
+from utils.parallel.fsdp import is_sharded, load_sharded, save_sharded
 from utils.parallel.state_dict import lm_state_dict, load_optimizer, optimizer_state, unwrap_lm
 
 COMPLETE = "COMPLETE"
 CHECKSUMS = "checksums.json"
+SHARDED = "sharded"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -158,13 +165,15 @@ def save_checkpoint(accelerator, output_dir: Path, step: int, model, optimizer, 
     """
     final = Path(output_dir) / f"checkpoint-{step}"
     tmp = Path(output_dir) / f".checkpoint-{step}.tmp"
-    main = accelerator.is_main_process
-    weights, optim = lm_state_dict(accelerator, model), optimizer_state(model, optimizer)
+    main, sharded = accelerator.is_main_process, is_sharded(model)
+    weights, optim = ({}, {}) if sharded else (lm_state_dict(accelerator, model), optimizer_state(model, optimizer))
     failure = _attempt(lambda: _fresh_dir(tmp)) if main else None
     failure = _agree(accelerator, failure)
     if failure is None:
         failure = _agree(accelerator, _attempt(
             lambda: torch.save(rng_state(), tmp / f"rng_state_{accelerator.process_index}.pt")))
+    if failure is None and sharded:
+        failure = _agree(accelerator, _attempt(lambda: _save_shards(model, optimizer, tmp / SHARDED)))
     if failure is None and main:
         def write_and_publish() -> None:
             _write_main_files(unwrap_lm(accelerator, model), tmp, weights, optim, scheduler, state)
@@ -184,6 +193,22 @@ def save_checkpoint(accelerator, output_dir: Path, step: int, model, optimizer, 
         _rotate(Path(output_dir), save_total_limit, keep)
     accelerator.wait_for_everyone()
     return final
+
+
+def _save_shards(model, optimizer, path: Path) -> None:
+    """DCP's write of every rank's shards; a failed write on any rank fails on all of them (DCP gathers the
+    errors), reported as the first rank's reason."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    try:
+        save_sharded(model, optimizer, path)
+    except CheckpointException as err:
+        reasons = [write_failure(e) for e in (getattr(err, "failures", None) or {}).values()
+                   if isinstance(e, BaseException)]
+        reason = next((r for r in reasons if r), None)
+        if reason is None:
+            raise
+        raise OSError(reason) from None
 
 
 def _fresh_dir(path: Path) -> None:
@@ -214,8 +239,9 @@ def _agree(accelerator, failure: str | None) -> str | None:
 
 
 def _write_main_files(lm, tmp: Path, weights: dict, optim: dict, scheduler, state: dict) -> None:
-    lm.save_pretrained(str(tmp), safe_serialization=True, state_dict=weights)
-    torch.save(optim, tmp / "optimizer.pt")
+    if not (tmp / SHARDED).is_dir():
+        lm.save_pretrained(str(tmp), safe_serialization=True, state_dict=weights)
+        torch.save(optim, tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     (tmp / "training_state.json").write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
     _record_checksums(tmp)
@@ -251,6 +277,14 @@ def load_training_state(path: Path) -> dict:
                         "pick another checkpoint") from None
 
 
+def load_checkpoint_weights(accelerator, path: Path, model) -> None:
+    """Only the weights of checkpoint ``path`` into ``model`` (the prepared loss module): every rank must call it."""
+    if (path / SHARDED).is_dir():
+        load_sharded(model, None, path / SHARDED)
+    else:
+        load_weights_into(unwrap_lm(accelerator, model), path)
+
+
 def load_checkpoint(accelerator, path: Path, model, optimizer, scheduler) -> dict:
     """Restore weights, optimizer, scheduler and this rank's RNG; return training_state.
 
@@ -261,9 +295,12 @@ def load_checkpoint(accelerator, path: Path, model, optimizer, scheduler) -> dic
     if not rng_file.is_file():  # resumed on more ranks than saved: derive from rank 0's
         rng_file = path / "rng_state_0.pt"
     try:
-        load_weights_into(unwrap_lm(accelerator, model), path)
-        load_optimizer(model, optimizer, torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu"),
-                       str(path))
+        if (path / SHARDED).is_dir():
+            load_sharded(model, optimizer, path / SHARDED)
+        else:
+            load_weights_into(unwrap_lm(accelerator, model), path)
+            load_optimizer(model, optimizer, torch.load(path / "optimizer.pt", weights_only=True,
+                                                        map_location="cpu"), str(path))
         scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
         set_rng_state(torch.load(rng_file, weights_only=True))
     except UserError:

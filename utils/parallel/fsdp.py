@@ -8,9 +8,11 @@ the rest is the root unit. Precision is as on one
 device (fp32 master weights, bf16/fp16 autocast from training_params), and on the CUDA path a bf16 run gathers
 its weights in bf16 and reduces gradients in fp32 (``gather_dtype``).
 
-What needs every rank (collectives) is here: the full state dict of the weights and of the optimizer (both keyed
-by parameter name, so a checkpoint does not depend on the number of ranks that wrote it and resumes on any
-other number), and loading them back.
+What needs every rank (collectives) is here: the full state dict of the weights (final/, and checkpoints of
+unsharded runs) and of the optimizer, both keyed by parameter name; and the sharded checkpoint state of a sharded
+run, written with torch.distributed.checkpoint (DCP): each rank writes its own shard of the trainable weights and
+of the optimizer state, nothing is gathered, and loading reshards onto any number of ranks (or onto an unsharded
+model).
 """
 from __future__ import annotations
 
@@ -19,8 +21,10 @@ from typing import Iterator
 
 import torch
 import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                     get_optimizer_state_dict, set_optimizer_state_dict)
+                                                     get_optimizer_state_dict, get_state_dict, set_model_state_dict,
+                                                     set_optimizer_state_dict, set_state_dict)
 from torch.distributed.tensor import DTensor
 
 from utils.common.errors import UserError
@@ -136,3 +140,32 @@ def full_optimizer_state(module: torch.nn.Module, optimizer) -> dict:
 def load_optimizer_state(module: torch.nn.Module, optimizer, state: dict) -> None:
     """Put a ``full_optimizer_state`` (read from disk on every rank) into ``optimizer``: each rank keeps its shard."""
     set_optimizer_state_dict(module, optimizer, state, options=StateDictOptions(full_state_dict=True))
+
+
+_SHARDED = StateDictOptions(ignore_frozen_params=True, strict=False)
+"""Sharded checkpoints hold the trainable weights only (a LoRA run's adapter; the frozen base comes from the base
+model at resume) and the optimizer state, both keyed by parameter name, so that DCP reshards every tensor on its
+own. The optimizer state stays nested (``flatten_optimizer_state_dict`` cannot read back a parameter group left
+empty, as LoRA leaves its no-decay group)."""
+
+
+def save_sharded(module: torch.nn.Module, optimizer, path) -> None:
+    """Write ``module``'s trainable weights and ``optimizer``'s state to the DCP directory ``path``, each rank its
+    own shards (no gather; rank 0 also writes DCP's ``.metadata``). Every rank must call it."""
+    weights, optim = get_state_dict(module, optimizer, options=_SHARDED)
+    dcp.save({"model": weights, "optim": optim}, checkpoint_id=str(path))
+
+
+def load_sharded(module: torch.nn.Module, optimizer, path) -> None:
+    """Read a ``save_sharded`` directory into ``module`` and ``optimizer`` (``None``: the weights only), resharded
+    onto this run's ranks: sharded or not, any number of them. Every rank must call it."""
+    if optimizer is None:
+        weights = get_model_state_dict(module, options=_SHARDED)
+        dcp.load({"model": weights}, checkpoint_id=str(path))
+        set_model_state_dict(module, weights, options=_SHARDED)
+        return
+    weights, optim = get_state_dict(module, optimizer, options=_SHARDED)
+    state = {"model": weights, "optim": optim}
+    dcp.load(state, checkpoint_id=str(path))
+    set_state_dict(module, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
+                   options=_SHARDED)

@@ -21,12 +21,11 @@ import torch
 from torch.distributed.tensor import DTensor
 from tqdm import tqdm
 
-from utils.checkpoint.checkpoints import save_checkpoint
+from utils.checkpoint.checkpoints import load_checkpoint_weights, save_checkpoint
 from utils.common.errors import Stopped, UserError
 from utils.common.labels import perplexity
 from utils.model.compiled import CompileStats
 from utils.model.loss import loss_record, loss_sums, router_of
-from utils.model.modeling import load_weights_into
 from utils.monitor.trackers import RunLogger
 from utils.parallel.fsdp import local, set_gradient_sync
 from utils.parallel.state_dict import unwrap_lm
@@ -250,7 +249,7 @@ def restore_best(run: TrainRun, state: TrainState) -> None:
     if not state.best_step or state.best_step == state.step:
         return
     path = run.output_dir / f"checkpoint-{state.best_step}"
-    load_weights_into(unwrap_lm(run.accelerator, run.loss_module), path)
+    load_checkpoint_weights(run.accelerator, path, run.loss_module)
     if run.accelerator.is_main_process:
         print(f"load_best_model_at_end: final/ gets checkpoint-{state.best_step} "
               f"(eval/loss {state.best_eval_loss:.4f}), not step {state.step} "
