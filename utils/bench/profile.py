@@ -155,7 +155,6 @@ def bench_run(spec_case, out_dir: Path, max_steps: int, micro_examples: int | No
     """This trainer's run on a bench ``Case`` with the bench's settings for it, built in this process by the
     training recipe (``recipe.build``: nothing claimed, nothing resumed); ``params`` may set ``micro_batch_tokens``
     (one packed micro-batch per step then) in place of examples."""
-    # deferred: the profile is the only bench part that builds this trainer's run in-process
     from utils.bench.benchmark import BenchSettings
     from utils.bench.benchmark import micro_examples as micro_examples_of
 
