@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -62,6 +63,29 @@ def packing_check_cache(tmp_path_factory):
     """The start-up packing check caches its verdicts in a directory of the session, never the user's cache."""
     os.environ["SFT_PIPELINE_CACHE"] = str(tmp_path_factory.mktemp("sft_pipeline_cache"))
     yield
+
+
+THREAD_SETTINGS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TOKENIZERS_PARALLELISM", "RAYON_NUM_THREADS")
+
+
+@pytest.fixture(autouse=True)
+def threads_and_signals_as_they_were():
+    """A test leaves the process's thread settings and signal handlers as it found them: every later subprocess
+    inherits the environment (a leaked OMP_NUM_THREADS=1 made later training runs compute differently) and a
+    leaked SIGTERM handler turns a pool's shutdown into an exit."""
+    env = {key: os.environ.get(key) for key in THREAD_SETTINGS}
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    yield
+    leaked = [key for key in THREAD_SETTINGS if os.environ.get(key) != env[key]]
+    leaked += [signal.Signals(sig).name for sig, handler in handlers.items() if signal.getsignal(sig) != handler]
+    for key, value in env.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    for sig, handler in handlers.items():
+        signal.signal(sig, handler)
+    assert not leaked, f"the test changed the process's {leaked} and left them so (put them back)"
 
 
 @pytest.fixture(autouse=True)

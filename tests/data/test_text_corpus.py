@@ -167,6 +167,19 @@ def test_ray_address_without_ray_executor_is_refused():
     assert LocalExecutor(1).describe() == "local, 1 process"
 
 
+def test_one_process_runs_on_one_thread_and_leaves_the_callers_environment_as_it_was(monkeypatch):
+    """The caller's process and every process it starts afterwards keep their own thread settings: a leaked
+    OMP_NUM_THREADS=1 once made every later training subprocess of the test suite compute differently."""
+    import os
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    monkeypatch.delenv("RAYON_NUM_THREADS", raising=False)
+    seen = list(LocalExecutor(1).map(lambda _: (os.environ["OMP_NUM_THREADS"], os.environ["RAYON_NUM_THREADS"]),
+                                     range(2)))
+    assert seen == [("1", "1"), ("1", "1")]
+    assert os.environ["OMP_NUM_THREADS"] == "2" and "RAYON_NUM_THREADS" not in os.environ
+
+
 @pytest.mark.parametrize("stem", ["01_prepare_text_corpus", "02_prepare_sft_corpus"])
 def test_executor_ray_without_ray_installed_is_one_line(stem, monkeypatch, toy_tokenizer_dir, tmp_path, capsys):
     from reliability_helpers import error_line, script

@@ -11,6 +11,7 @@ project at the same path and the output directory on a shared filesystem (docs/D
 """
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -35,6 +36,22 @@ def one_thread() -> None:
     os.environ.update(ONE_THREAD)
 
 
+@contextlib.contextmanager
+def one_thread_while() -> Iterator[None]:
+    """``one_thread`` for as long as the block runs, then the environment as it was: the caller's process (and
+    every process it starts later) keeps its own thread settings."""
+    saved = {key: os.environ.get(key) for key in ONE_THREAD}
+    one_thread()
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def _quiet_worker() -> None:
     one_thread()
     if multiprocessing.parent_process() is not None:  # Ctrl-C is the main process's to handle
@@ -53,15 +70,14 @@ class LocalExecutor:
             methods = multiprocessing.get_all_start_methods()
             ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
             self.pool = ctx.Pool(num_proc, initializer=_quiet_worker)
-        else:
-            one_thread()
 
     def describe(self) -> str:
         return f"local, {self.num_proc} process{'es' if self.num_proc > 1 else ''}"
 
     def map(self, fn: Callable, items: Iterable) -> Iterator:
         if self.pool is None:
-            yield from map(fn, items)
+            with one_thread_while():
+                yield from map(fn, items)
             return
         pending: deque = deque()
         for item in items:
@@ -93,6 +109,8 @@ class RayExecutor:
         self.owned = not ray.is_initialized()
         """False where the caller had connected to Ray already: its instance is left running on close."""
         env = {"env_vars": {**ONE_THREAD, "PYTHONPATH": str(ROOT)}}
+        self._handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+        """The caller's signal handlers: ray.init replaces SIGTERM's with its own exit; close puts them back."""
         try:
             if self.owned and address:
                 ray.init(address=address, runtime_env=env, log_to_driver=False, ignore_reinit_error=True)
@@ -133,6 +151,8 @@ class RayExecutor:
     def close(self) -> None:
         if self.owned:
             self.ray.shutdown()
+            for sig, handler in self._handlers.items():
+                signal.signal(sig, handler)
 
 
 def check_address(address: str, timeout: float = 5.0) -> None:
