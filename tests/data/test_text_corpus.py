@@ -3,6 +3,7 @@ processes, the same token stream as the launch's tokenization, and the reader's 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -170,8 +171,6 @@ def test_ray_address_without_ray_executor_is_refused():
 def test_one_process_runs_on_one_thread_and_leaves_the_callers_environment_as_it_was(monkeypatch):
     """The caller's process and every process it starts afterwards keep their own thread settings: a leaked
     OMP_NUM_THREADS=1 once made every later training subprocess of the test suite compute differently."""
-    import os
-
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     monkeypatch.delenv("RAYON_NUM_THREADS", raising=False)
     seen = list(LocalExecutor(1).map(lambda _: (os.environ["OMP_NUM_THREADS"], os.environ["RAYON_NUM_THREADS"]),
