@@ -66,7 +66,7 @@ def synthetic_stage(out_dir: Path, *, batch: int | None = None, tokens: int | No
     from utils.train.config import TrainingParams
     from utils.train.recipe import Stage
     from utils.train.run import TrainData
-    from utils.train.start import RunStart, ready_to_train
+    from utils.train.start import RunStart, ready_to_train, resolve_auto, run_device
 
     settings = dict(learning_rate=lr, max_steps=steps, per_device_train_batch_size=batch,
                     micro_batch_tokens=tokens, gradient_accumulation_steps=accum, warmup_steps=1,
@@ -77,9 +77,12 @@ def synthetic_stage(out_dir: Path, *, batch: int | None = None, tokens: int | No
 
     class Synthetic(Stage):
         def start(self) -> RunStart:
+            params, auto = resolve_auto(self.params, run_device())
+            self.params = params
             set_seed(seed)
-            trackers = make_trackers(self.params.report_to, out_dir, "test")
-            return RunStart(make_accelerator(self.params.mixed_precision(), trackers), None, "")
+            trackers = make_trackers(params.report_to, out_dir, "test")
+            return RunStart(make_accelerator(params.mixed_precision(), trackers), None, "", params=params,
+                            resolved_auto=auto)
 
         def data(self, start, checkpoint, held) -> TrainData:
             stores = [random_store("a", 60, 1, learnable=learnable), random_store("b", 30, 2, learnable=learnable)]

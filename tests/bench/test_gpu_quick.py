@@ -79,10 +79,10 @@ def tiny_run(tmp_path, name="run", params=None, steps=6, bf16=False):
     from utils.train.config import TrainingParams
     from utils.checkpoint.record import RunRecord
     from utils.train.run import TrainData, build_run
-    from utils.train.start import RunStart, ready_to_train
+    from utils.train.start import RunStart, ready_to_train, resolve_auto
 
-    params = TrainingParams(max_steps=steps, logging_steps=1, bf16=bf16,
-                            **(params or {"micro_batch_tokens": 96}))
+    params, _ = resolve_auto(TrainingParams(max_steps=steps, logging_steps=1, bf16=bf16,
+                                            **(params or {"micro_batch_tokens": 96})), torch.device("cpu"))
     set_seed(0)
     model, _ = ready_to_train(tiny_llama(), None, params, "tiny llama")
     start = RunStart(make_accelerator(params.mixed_precision()), None, "")

@@ -4,6 +4,7 @@ resume apply from the resume step and are announced; the seed, the batch shape a
 change and are refused in one line, the run's files unchanged."""
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -35,6 +36,27 @@ def test_a_lower_learning_rate_on_resume_applies_from_the_resume_step(work, tmp_
     assert all(lr[s] == pytest.approx(ref_lr[s] / 10, rel=1e-9) for s in (7, 8))
     a, b = final_weights(out), final_weights(ref)
     assert any(not a[k].equal(b[k]) for k in a), "the new learning rate changed nothing"
+
+
+def test_an_auto_switch_that_resolves_otherwise_on_the_resuming_machine_is_announced(work, tmp_path, capsys,
+                                                                                      monkeypatch):
+    """The reference run trained in fp32 (bf16 false, attention_fp32 auto: off). Resumed with bf16 auto on a CPU
+    with bf16 matmul, both switches resolve on: applied from the resume step, announced with the reason, and
+    recorded in the new checkpoints."""
+    import utils.parallel.accelerator as accelerator
+
+    monkeypatch.setattr(accelerator, "cpu_flags", lambda: ["avx2", "avx512_bf16"])
+    out = at_checkpoint_6(work, tmp_path)
+    config = sft_config(work, "rel_lora_auto_bf16", bf16="auto")
+    assert sft_in_process(sft_argv(work, config, out, "--resume_from_checkpoint", "auto")) == 0
+    printed = capsys.readouterr().out
+    assert ("changed on resume: bf16 False -> True (auto: this CPU has avx512_bf16), attention_fp32 False -> True "
+            "(auto: bf16 on the CPU, where float32 attention kernels are faster)") in printed
+    saved = json.loads((out / "checkpoint-8" / "training_state.json").read_text())
+    assert saved["config"]["training_params"]["bf16"] is True
+    assert saved["resolved_auto"]["bf16"] == {"value": True, "why": "this CPU has avx512_bf16"}
+    assert saved["plan"]["precision"] == {"value": "bf16", "from": "training_params.bf16 auto: on, this CPU has "
+                                                                   "avx512_bf16"}
 
 
 def test_max_steps_on_resume_extends_the_run_or_is_refused_below_the_checkpoint(work, tmp_path, capsys):

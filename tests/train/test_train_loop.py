@@ -35,14 +35,6 @@ def test_resume_is_bit_identical(tmp_path, lora):
         assert torch.equal(weights_full[name], weights_resumed[name]), name
 
 
-def test_attention_fp32_auto_follows_bf16_on_cpu(tmp_path):
-    from utils.train.config import TrainingParams
-
-    assert TrainingParams(per_device_train_batch_size=2, bf16=True).attention_fp32 is True
-    assert TrainingParams(per_device_train_batch_size=2, bf16=False).attention_fp32 is False
-    assert TrainingParams(per_device_train_batch_size=2, bf16=True, attention_fp32=False).attention_fp32 is False
-
-
 def test_bf16_batch8_accum1_equals_batch2_accum4(tmp_path):
     state_a, weights_a = run_training(tmp_path / "a", batch=8, accum=1, steps=3, bf16=True)
     state_b, weights_b = run_training(tmp_path / "b", batch=2, accum=4, steps=3, bf16=True)

@@ -4,7 +4,7 @@ training_summary.json say about the run, and what a resume checks the checkpoint
 Three kinds, by what a run knows of itself:
 
 - ``RunRecord``: the tokenizer and data hashes (a synthetic run of the tests or the bench records only these),
-  and, set by ``train/run.build_run``, the run plan and the micro-batch split;
+  and, set by ``train/run.build_run``, the run plan, the micro-batch split and the auto switches as resolved;
 - ``StageRecord``: a training stage's (pre-training / CPT): the resolved config, the CLI overrides, the model path
   and the sha256 of the base weights (null for a new preset);
 - ``SFTRecord``: the SFT stage's, with its data dirs, their weights and the chat template.
@@ -37,6 +37,9 @@ class RunRecord:
     """The run plan (``RunPlan.as_dict``), set by ``build_run``."""
     micro_batch_split: dict | None = field(default=None, metadata=_OPTIONAL)
     """How each step was split for the device (``fold.choose_split``), kept on resume; set by ``build_run``."""
+    resolved_auto: dict | None = field(default=None, metadata=_OPTIONAL)
+    """{field: {"value", "why"}} of the training_params switches left at auto and resolved for the machine at run
+    start (``start.resolve_auto``; the config holds the resolved values); set by ``build_run``."""
 
     def to_json(self) -> dict:
         """The record's keys and values as the checkpoint's JSON holds them (sorted keys)."""

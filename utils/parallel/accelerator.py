@@ -28,14 +28,32 @@ def make_accelerator(mixed_precision: str, log_with: list | None = None) -> Acce
 
 def fast_bf16_available() -> bool:
     """bf16 autocast pays off on GPUs that support it and CPUs with bf16 matmul instructions."""
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
+    return bf16_support(torch.device("cuda" if torch.cuda.is_available() else "cpu"))[0]
+
+
+def bf16_support(device: torch.device) -> tuple[bool, str]:
+    """(whether bf16 autocast pays off on ``device``, why): on a GPU that supports bf16, and on a CPU with bf16
+    matmul instructions (avx512_bf16 or amx_bf16 in /proc/cpuinfo); elsewhere bf16 matmul is slower than fp32."""
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return True, f"{torch.cuda.get_device_name(device)} supports bf16"
+        return False, f"{torch.cuda.get_device_name(device)} has no bf16 support"
+    found = sorted(set(cpu_flags()) & {"avx512_bf16", "amx_bf16"})
+    if found:
+        return True, f"this CPU has {' and '.join(found)}"
+    return False, "this CPU has no avx512_bf16 or amx_bf16 (bf16 matmul is slower than fp32 here)"
+
+
+def cpu_flags() -> list[str]:
+    """The CPU's feature flags from /proc/cpuinfo (none where it cannot be read)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            flags = handle.read()
+            for line in handle:
+                if line.startswith("flags"):
+                    return line.split(":", 1)[1].split()
     except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+        pass
+    return []
 
 
 def exit_process(code: int) -> None:

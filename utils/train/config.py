@@ -8,19 +8,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
-
 from utils.common.config_schema import setting
 from utils.data.pretrain_data import PretrainData
 from utils.model.generation import GenerationSettings
-from utils.model.kernels import cuda_path
 from utils.model.modeling import ModelArchitecture
 from utils.monitor.trackers import TRACKERS
-from utils.parallel.accelerator import fast_bf16_available
 from utils.parallel.lora import LoraSettings
 
 AUTO_BOOL = (True, False, "auto")
 """A switch whose auto is resolved for the hardware at run start."""
+HARDWARE_AUTO = ("bf16", "attention_fp32")
+"""The switches whose auto depends on the machine alone, resolved by ``start.resolve_auto`` as a run starts and
+recorded in its record (``resolved_auto``); fold_micro_batches' auto also needs the model and the free memory and
+is resolved with the step's split (``fold.choose_split``)."""
 SCHEDULERS = ("cosine", "linear", "constant")
 """Learning-rate decays after warm-up (``optim.lr_lambda``)."""
 QUANT_TYPES = ("nf4", "fp4")
@@ -83,7 +83,9 @@ class TrainingParams:
     """Seed of data order, initialisation and dropout."""
     bf16: bool | str = setting("auto", enum=AUTO_BOOL)
     """bfloat16 autocast; auto = on where bf16 matmul is fast (GPUs with bf16 support, CPUs with
-    avx512_bf16 or amx_bf16), off elsewhere (there it is slower than fp32)."""
+    avx512_bf16 or amx_bf16), off elsewhere (there it is slower than fp32). An auto is resolved as the run starts:
+    the plan says to what and why, the checkpoints record it (resolved_auto), and a resume where it resolves
+    otherwise applies the new value and says so."""
     fp16: bool = False
     """float16 autocast with loss scaling (GPU only)."""
     attention_fp32: bool | str = setting("auto", enum=AUTO_BOOL)
@@ -111,18 +113,23 @@ class TrainingParams:
             raise ValueError("set exactly one of per_device_train_batch_size and micro_batch_tokens")
         if self.bf16 is True and self.fp16:
             raise ValueError("bf16 and fp16 are exclusive")
-        if self.bf16 == "auto":  # frozen: the auto switches are resolved once, as the object is made
-            object.__setattr__(self, "bf16", not self.fp16 and fast_bf16_available())
-        if self.attention_fp32 == "auto":
-            object.__setattr__(self, "attention_fp32",
-                               bool(self.bf16) and not cuda_path("cuda" if torch.cuda.is_available() else "cpu"))
         if self.load_best_model_at_end and not (self.eval_steps > 0 and self.save_steps > 0
                                                  and self.save_steps % self.eval_steps == 0):
             raise ValueError("load_best_model_at_end needs eval_steps > 0 and save_steps a multiple of "
                              f"eval_steps (got eval_steps {self.eval_steps}, save_steps {self.save_steps})")
 
+    def check_resolved(self) -> TrainingParams:
+        """Itself, once no hardware-dependent switch is left at auto (``start.resolve_auto`` resolves them at run
+        start); code that trains is handed resolved params only."""
+        unresolved = [name for name in HARDWARE_AUTO if getattr(self, name) == "auto"]
+        if unresolved:
+            raise ValueError(f"training_params {', '.join(unresolved)} still auto: resolve them at run start "
+                             "(utils/train/start.resolve_auto)")
+        return self
+
     def mixed_precision(self) -> str:
         """accelerate's name for the precision: "bf16", "fp16" or "no"."""
+        self.check_resolved()
         return "bf16" if self.bf16 else "fp16" if self.fp16 else "no"
 
 

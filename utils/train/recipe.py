@@ -43,8 +43,11 @@ class Stage:
         self.params, self.inputs = params, inputs
 
     def start(self) -> RunStart:
-        """The accelerator, seed and tokenizer (``start.start_run``)."""
-        return start_run(self.params, self.inputs)
+        """The auto switches resolved, the accelerator, seed and tokenizer (``start.start_run``); the stage trains
+        with the resolved params from here on (a stage keeping its whole config puts them in it)."""
+        start = start_run(self.params, self.inputs)
+        self.params = start.params
+        return start
 
     def check(self, start: RunStart) -> None:
         """Refuse, from the configs alone, what cannot train (before the checkpoint and the data are read)."""
@@ -95,6 +98,7 @@ def build(stage: Stage, start: RunStart, checkpoint: Checkpoint | None = None,
     (``run.build_run``), keeping the step split of ``checkpoint``. ``held`` keeps the output lock and the stage's
     locks for as long as the run trains (``train`` closes it at the end); left out, for a run of kind None whose
     builders take no lock (the step profile's)."""
+    stage.params.check_resolved()  # by ``Stage.start``
     held = held if held is not None else contextlib.ExitStack()
     claim = stage.kind is not None
     if claim and stage.claims_output_first:

@@ -67,7 +67,7 @@ def restore(run: TrainRun, checkpoint: Checkpoint | None) -> TrainState:
     load_checkpoint(acc, path, run.loss_module, run.optimizer, run.scheduler)
     _apply_changes(changed, run.params, run.optimizer, run.scheduler, run.total_steps, saved["step"])
     if changed and acc.is_main_process:
-        print(_describe_changes(changed), flush=True)
+        print(_describe_changes(changed, now.resolved_auto or {}), flush=True)
     sampler = run.planner.sampler
     run.planner.load_state_dict(_with_shares(saved["planner"], saved.get("data_weights")))
     if sampler.changed_from is not None and acc.is_main_process:
@@ -175,8 +175,12 @@ def _apply_changes(changed: dict, params: TrainingParams, optimizer, scheduler, 
     scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
 
-def _describe_changes(changed: dict) -> str:
-    return "changed on resume: " + ", ".join(f"{k} {_show(a)} -> {_show(b)}" for k, (a, b) in changed.items())
+def _describe_changes(changed: dict, auto: dict) -> str:
+    """The announcement of the applied changes; a switch left at auto that resolves otherwise on this machine says
+    why (``start.resolve_auto``)."""
+    return "changed on resume: " + ", ".join(
+        f"{k} {_show(a)} -> {_show(b)}" + (f" (auto: {auto[k]['why']})" if k in auto else "")
+        for k, (a, b) in changed.items())
 
 
 def _show(value) -> str:

@@ -86,7 +86,7 @@ def build_run(start: RunStart, model, data: TrainData, params: TrainingParams, *
     else:
         optimizer, scheduler = build_optimizer(loss_module, params, total_steps)
         loss_module, optimizer = accelerator.prepare(loss_module, optimizer)
-    _describe(plan, planned, world, total_steps, steps_from, model, accelerator.device)
+    _describe(plan, planned, world, total_steps, steps_from, model, accelerator.device, start.resolved_auto)
     plan.add("micro-batch split", f"{split.factor} configured micro-batch(es) per device pass", split.why)
     kind = "fused" if optimizer.defaults.get("fused") else "foreach" if optimizer.defaults.get("foreach") else "for-loop"
     plan.add("optimizer", f"AdamW, {kind}", "fused where torch has it for every trainable tensor")
@@ -100,14 +100,15 @@ def build_run(start: RunStart, model, data: TrainData, params: TrainingParams, *
                  "training_params.bf16 on the CUDA path" if gather else "training_params (bf16 gathers: CUDA path)")
         plan.add("checkpoints", "full state dicts keyed by name (resume on any world size)", "this trainer")
     return TrainRun(accelerator, loss_module, optimizer, scheduler, planner, data.stores, data.val_stores, params,
-                    total_steps, output_dir, replace(record, plan=plan.as_dict(), micro_batch_split=split.record),
+                    total_steps, output_dir, replace(record, plan=plan.as_dict(), micro_batch_split=split.record,
+                                                                  resolved_auto=start.resolved_auto or None),
                     start_time=time.perf_counter(),
                     label=label, on_eval=on_eval, sharded=sharded,
                     pin_memory=params.dataloader_pin_memory and accelerator.device.type == "cuda")
 
 
 def _describe(plan: RunPlan, params: TrainingParams, world: int, total_steps: int, steps_from: str, model,
-              device: torch.device) -> None:
+              device: torch.device, auto: dict) -> None:
     accum = params.gradient_accumulation_steps
     plan.add("world size", world, "accelerate")
     if params.micro_batch_tokens:
@@ -136,16 +137,23 @@ def _describe(plan: RunPlan, params: TrainingParams, world: int, total_steps: in
     verdict = check_model(model)
     plan.add("packed == alone", verdict.describe(), "start-up check (utils/model/packing_check.py)")
     plan.add("total parameters", total, "model")
-    plan.add("precision", "bf16" if params.bf16 else "fp16" if params.fp16 else "fp32", "training_params")
+    plan.add("precision", "bf16" if params.bf16 else "fp16" if params.fp16 else "fp32", _source("bf16", auto))
     plan.add("attention", describe_attention(device, bool(params.bf16 and params.attention_fp32),
                                              _attention_dtype(params, model), head_dim(model.config),
                                              attention_dropout(model.config), verdict.slow_features()),
-             f"packed rows on {device.type} (training_params.attention_fp32)")
+             f"packed rows on {device.type} ({_source('attention_fp32', auto)})")
     plan.add("torch.compile", "every decoder layer (inductor), packed attention eager" if params.compile else "off",
              "training_params.compile")
     if params.dataloader_pin_memory:
         plan.add("pinned batches", "yes" if device.type == "cuda" else "no: nothing is copied to a device on the CPU",
                  "training_params.dataloader_pin_memory" + ("" if device.type == "cuda" else " (ignored here)"))
+
+
+def _source(name: str, auto: dict) -> str:
+    """Where a switch's value came from: the config, or its auto as resolved for this machine (and why)."""
+    if name in auto:
+        return f"training_params.{name} auto: {'on' if auto[name]['value'] else 'off'}, {auto[name]['why']}"
+    return f"training_params.{name}"
 
 
 def _attention_dtype(params: TrainingParams, model) -> torch.dtype:

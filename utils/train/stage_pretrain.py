@@ -89,7 +89,8 @@ class PretrainStage(Stage):
                          max([cfg.data.sequence_length] + [int(d.manifest["sequence_length"]) for d in dirs]))
 
     def model(self, start: RunStart):
-        cfg, inputs, corpora = self.cfg, self.inputs, self.corpora
+        cfg = dataclasses.replace(self.cfg, training_params=self.params)  # its auto switches resolved
+        inputs, corpora = self.inputs, self.corpora
         model, base_sha256, lora = _model(cfg, inputs, start)
         self.cfg = cfg = dataclasses.replace(cfg, lora_config=lora)  # with the layers it adapts, as recorded
         return model, StageRecord(

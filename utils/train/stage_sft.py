@@ -72,7 +72,7 @@ class SFTStage(Stage):
         return TrainData([d.train for d in corpora.dirs], corpora.weights, corpora.val_stores, corpora.longest)
 
     def model(self, start: RunStart):
-        cfg, inputs = self.cfg, self.inputs
+        cfg, inputs = dataclasses.replace(self.cfg, training_params=self.params), self.inputs  # auto resolved
         model = load_base(inputs.model_path, to_dict(cfg.quantization) if cfg.quantization else None,
                           inputs.trust_remote_code)
         check_vocab_fits(model, start.tokenizer, inputs.model_path, inputs.tokenizer_path)

@@ -1,8 +1,9 @@
-"""How both training stages begin: the accelerator, the seed and the tokenizer; then the model made ready to train
-(architecture checked, LoRA wrapped, packed attention, gradient checkpointing)."""
+"""How both training stages begin: the ``auto`` switches resolved for this machine, the accelerator, the seed and
+the tokenizer; then the model made ready to train (architecture checked, LoRA wrapped, packed attention, gradient
+checkpointing)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -14,9 +15,10 @@ from utils.data.fingerprint import tokenizer_fingerprint
 from utils.data.tokenizer import hf_dir_for, load_tokenizer
 from utils.model.architectures import check_model, default_lora_targets
 from utils.model.attention import use_packed_attention
+from utils.model.kernels import cuda_path
 from utils.model.compiled import compile_layers
 from utils.monitor.trackers import make_trackers
-from utils.parallel.accelerator import make_accelerator
+from utils.parallel.accelerator import bf16_support, make_accelerator
 from utils.parallel.fsdp import decoder_layers
 from utils.parallel.lora import LoraSettings, apply_lora
 from utils.train.cli import RunInputs
@@ -37,10 +39,16 @@ class RunStart:
     sharding_from: str = "--sharding"
     reshard_after_forward: bool = True
     """FSDP2: free each layer's gathered weights after its forward (gathered again for backward)."""
+    params: TrainingParams | None = None
+    """training_params with their auto switches resolved (``resolve_auto``); what the run trains with."""
+    resolved_auto: dict = field(default_factory=dict)
+    """{field: {"value", "why"}} of the switches that were auto (recorded in the run record, shown in the plan)."""
 
 
 def start_run(params: TrainingParams, inputs: RunInputs) -> RunStart:
-    """The accelerator (with the trackers of report_to), the sharding, the seed, the tokenizer and its fingerprint."""
+    """The auto switches resolved, the accelerator (with the trackers of report_to), the sharding, the seed, the
+    tokenizer and its fingerprint."""
+    params, resolved = resolve_auto(params, run_device())
     output_dir = Path(inputs.output_dir)
     trackers = make_trackers(params.report_to, output_dir, output_dir.name)
     accelerator = make_accelerator(params.mixed_precision(), trackers)
@@ -48,7 +56,32 @@ def start_run(params: TrainingParams, inputs: RunInputs) -> RunStart:
     set_seed(params.seed)
     tokenizer = load_tokenizer(inputs.tokenizer_path)
     return RunStart(accelerator, tokenizer, tokenizer_fingerprint(hf_dir_for(inputs.tokenizer_path)),
-                    sharding, sharding_from, reshard)
+                    sharding, sharding_from, reshard, params=params, resolved_auto=resolved)
+
+
+def run_device() -> torch.device:
+    """The device a training process computes on: its GPU where there is one (``make_accelerator``), else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_auto(params: TrainingParams, device: torch.device) -> tuple[TrainingParams, dict]:
+    """``params`` with the hardware-dependent auto switches (``config.HARDWARE_AUTO``) resolved for ``device``, and
+    {field: {"value", "why"}} of each one that was auto. bf16: on where bf16 matmul is fast (``bf16_support``) and
+    fp16 is off; attention_fp32: on for bf16 off the CUDA path (PyTorch's float32 CPU attention kernels are the
+    faster ones). Explicit values are kept as given."""
+    resolved = {}
+    bf16 = params.bf16
+    if bf16 == "auto":
+        fast, why = bf16_support(device)
+        bf16 = fast and not params.fp16
+        resolved["bf16"] = {"value": bf16, "why": "fp16 is on" if params.fp16 else why}
+    fp32 = params.attention_fp32
+    if fp32 == "auto":
+        fp32 = bool(bf16) and not cuda_path(device)
+        why = ("bf16 off" if not bf16 else "the CUDA path (bf16 attention kernels)" if cuda_path(device)
+               else "bf16 on the CPU, where float32 attention kernels are faster")
+        resolved["attention_fp32"] = {"value": fp32, "why": why}
+    return replace(params, bf16=bf16, attention_fp32=fp32), resolved
 
 
 def _sharding(accelerator: Accelerator, asked: str) -> tuple[str, str, bool]:
