@@ -7,6 +7,7 @@ import torch
 
 import utils.train.fold as fold
 from train_helpers import run_training, tiny_llama
+from utils.checkpoint.record import TrainingState
 from utils.common.errors import UserError
 from utils.train.config import TrainingParams
 
@@ -60,15 +61,21 @@ def test_what_cannot_fold_says_why(monkeypatch):
     assert examples.factor == 1 and examples.micro_batch_tokens is None and "needs micro_batch_tokens" in examples.why
 
 
+def checkpointed(record: dict) -> TrainingState:
+    """A checkpoint's training state at step 3 holding ``record``."""
+    return TrainingState(step=3, tokens_seen=0, supervised_seen=0, loss_history=[], planner={}, record=record)
+
+
 def test_a_resume_keeps_the_checkpoints_split_or_refuses_in_one_line(monkeypatch):
     model, params = tiny_llama(), _params()
     _free_for(monkeypatch, model, params, 10 ** 6)  # room for all 8: the checkpoint's split wins anyway
-    saved = {"micro_batch_split": {"micro_batch_tokens": 1024, "micro_batches_per_step": 4, "factor": 2}}
+    saved = checkpointed({"micro_batch_split": {"micro_batch_tokens": 1024, "micro_batches_per_step": 4, "factor": 2}})
     kept = fold.choose_split(params, model, CPU, 2, 1, saved, True)
     assert (kept.micro_batch_tokens, kept.gradient_accumulation_steps) == (1024, 2) and "kept" in kept.why
-    old = fold.choose_split(params, model, CPU, 1, 1, {}, True)  # a checkpoint from before the split was recorded
+    old = fold.choose_split(params, model, CPU, 1, 1, checkpointed({}), True)  # a checkpoint from before the split was recorded
     assert (old.factor, old.micro_batch_tokens) == (1, 256) and "records no folded split" in old.why
-    unfolded = {"micro_batch_split": {"micro_batch_tokens": 256, "micro_batches_per_step": 8, "factor": 1}}
+    unfolded = checkpointed({"micro_batch_split": {"micro_batch_tokens": 256, "micro_batches_per_step": 8,
+                                                   "factor": 1}})
     assert fold.choose_split(params, model, CPU, 1, 1, unfolded, True).factor == 1  # not folded now either
     with pytest.raises(UserError) as refused:
         fold.choose_split(params, model, CPU, 3, 1, saved, True)

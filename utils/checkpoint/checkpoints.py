@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from utils.checkpoint.record import TrainingState
 from utils.common.errors import UserError, one_line
 from utils.common.hashing import sha256_file
 from utils.common.publish import fsync_tree, publish_dir, write_failure
@@ -156,7 +157,7 @@ def verify_checkpoint(ckpt: Path) -> str | None:
 
 
 def save_checkpoint(accelerator, output_dir: Path, step: int, model, optimizer, scheduler,
-                    state: dict, save_total_limit: int | None, keep: int | None = None) -> Path:
+                    state: TrainingState, save_total_limit: int | None, keep: int | None = None) -> Path:
     """Write checkpoint-<step> atomically on the main process (RNG from every rank). Every rank must call it: the
     weights and optimizer state are gathered first.
 
@@ -238,12 +239,12 @@ def _agree(accelerator, failure: str | None) -> str | None:
     return failure
 
 
-def _write_main_files(lm, tmp: Path, weights: dict, optim: dict, scheduler, state: dict) -> None:
+def _write_main_files(lm, tmp: Path, weights: dict, optim: dict, scheduler, state: TrainingState) -> None:
     if not (tmp / SHARDED).is_dir():
         lm.save_pretrained(str(tmp), safe_serialization=True, state_dict=weights)
         torch.save(optim, tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    (tmp / "training_state.json").write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
+    (tmp / "training_state.json").write_text(json.dumps(state.to_json(), indent=2, sort_keys=True) + "\n")
     _record_checksums(tmp)
     (tmp / COMPLETE).write_text("ok\n")
 
@@ -269,10 +270,11 @@ def _rotate(output_dir: Path, limit: int | None, keep: int | None = None) -> Non
         shutil.rmtree(stale, ignore_errors=True)
 
 
-def load_training_state(path: Path) -> dict:
+def load_training_state(path: Path) -> TrainingState:
+    """The checkpoint's training_state.json; unreadable or not a training state is a UserError naming it."""
     try:
-        return json.loads((path / "training_state.json").read_text())
-    except (OSError, ValueError, RecursionError) as err:
+        return TrainingState.from_json(json.loads((path / "training_state.json").read_text()))
+    except (OSError, ValueError, RecursionError, TypeError, AttributeError) as err:
         raise UserError(f"{path}/training_state.json: unreadable ({one_line(err)[:200]}); "
                         "pick another checkpoint") from None
 
@@ -285,7 +287,7 @@ def load_checkpoint_weights(accelerator, path: Path, model) -> None:
         load_weights_into(unwrap_lm(accelerator, model), path)
 
 
-def load_checkpoint(accelerator, path: Path, model, optimizer, scheduler) -> dict:
+def load_checkpoint(accelerator, path: Path, model, optimizer, scheduler) -> TrainingState:
     """Restore weights, optimizer, scheduler and this rank's RNG; return training_state.
 
     A missing or unreadable file, or weights of another shape, is a UserError naming the checkpoint.

@@ -1,5 +1,6 @@
-"""The run's record: what every checkpoint's training_state.json (beside the loop's state) and final/'s
-training_summary.json say about the run, and what a resume checks the checkpoint against.
+"""The checkpoint contract: a checkpoint's training_state.json (``TrainingState``: where the loop stood, and the
+run's record beside it), and the run's record, which final/'s training_summary.json holds too and a resume checks
+the checkpoint against.
 
 Three kinds, by what a run knows of itself:
 
@@ -80,3 +81,43 @@ class SFTRecord(StageRecord):
     """The sampling weight of each data dir."""
     template: dict
     """The first data dir's template (name, stop token ids): samples and final/ use it."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainingState:
+    """A checkpoint's training_state.json: where the loop stood after ``step`` (``loop.TrainState.checkpointed``)
+    and, in the same JSON object, the run's record. The record's keys are kept as written (``record``) and read as
+    the record type of the run that resumes it (``run_record``); a checkpoint from before a field existed reads
+    as that field's default."""
+
+    step: int
+    tokens_seen: int
+    supervised_seen: int
+    loss_history: list[float]
+    planner: dict
+    """The step planner's state after ``step`` (sampler position per source)."""
+    last_eval: dict = field(default_factory=dict)
+    best_step: int = 0
+    """load_best_model_at_end: the saved step with the lowest eval/loss (0: none)."""
+    best_eval_loss: float | None = None
+    total_steps: int | None = None
+    world_size: int | None = None
+    """Processes of the run that wrote it (a resume keeps accumulation x processes)."""
+    record: dict = field(default_factory=dict)
+    """The run's record (``RunRecord.to_json`` of the run's record type)."""
+
+    def run_record(self, kind: type[RunRecord]) -> RunRecord:
+        """The run's record read as ``kind`` (the record type of the run resuming it)."""
+        return kind.from_json(self.record)
+
+    def to_json(self) -> dict:
+        """The file's JSON object: the loop's keys and the record's, sorted."""
+        loop = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "record"}
+        return dict(sorted({**loop, **self.record}.items()))
+
+    @classmethod
+    def from_json(cls, data: dict) -> TrainingState:
+        """The state a training_state.json holds; every key that is not the loop's is the record's."""
+        loop = {f.name for f in dataclasses.fields(cls)} - {"record"}
+        return cls(**{k: v for k, v in data.items() if k in loop},
+                   record={k: v for k, v in data.items() if k not in loop})

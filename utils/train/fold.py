@@ -21,6 +21,7 @@ import os
 
 import torch
 
+from utils.checkpoint.record import TrainingState
 from utils.common.errors import UserError
 from utils.train.config import TrainingParams
 
@@ -72,7 +73,7 @@ class Split:
 
 
 def choose_split(params: TrainingParams, model, device: torch.device, world: int, shards: int,
-                 resumed: dict | None, on_cuda_path: bool) -> Split:
+                 resumed: TrainingState | None, on_cuda_path: bool) -> Split:
     """The split of this run: the one of the checkpoint it resumes (``resumed``: its training state), else folded
     as far as the free memory allows where folding is on, else as configured."""
     split = _choose(params, model, device, world, shards, resumed, on_cuda_path)
@@ -85,10 +86,10 @@ def choose_split(params: TrainingParams, model, device: torch.device, world: int
 
 
 def _choose(params: TrainingParams, model, device: torch.device, world: int, shards: int,
-            resumed: dict | None, on_cuda_path: bool) -> Split:
+            resumed: TrainingState | None, on_cuda_path: bool) -> Split:
     tokens, accum = params.micro_batch_tokens, params.gradient_accumulation_steps
     if resumed is not None:
-        saved = resumed.get("micro_batch_split")
+        saved = resumed.record.get("micro_batch_split")
         if saved is None or saved["factor"] == 1:  # drawn as configured (or recorded before splits were): resume's
             return Split(tokens, accum, 1, "as configured: the checkpoint records no folded split")  # own checks
         return _kept(saved, world)

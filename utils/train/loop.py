@@ -22,6 +22,7 @@ from torch.distributed.tensor import DTensor
 from tqdm import tqdm
 
 from utils.checkpoint.checkpoints import load_checkpoint_weights, save_checkpoint
+from utils.checkpoint.record import TrainingState
 from utils.common.errors import Stopped, UserError
 from utils.common.labels import perplexity
 from utils.model.compiled import CompileStats
@@ -39,7 +40,7 @@ from utils.train.run import TrainRun
 
 @dataclass
 class TrainState:
-    """Where the run is: what a checkpoint saves (``to_record``) and a resume reads back (``from_record``)."""
+    """Where the run is: what a checkpoint saves (``checkpointed``) and a resume reads back (``resumed``)."""
 
     step: int = 0
     tokens_seen: int = 0
@@ -54,20 +55,20 @@ class TrainState:
     planner_state: dict | None = None
     """The step planner's state after this state's step was drawn (None: the planner's own, nothing drawn ahead)."""
 
-    def to_record(self, run: TrainRun) -> dict:
-        """training_state.json of a checkpoint: this state, the sampler position and the run's record."""
-        return {"step": self.step, "tokens_seen": self.tokens_seen, "supervised_seen": self.supervised_seen,
-                "loss_history": self.loss_history, "planner": self.planner_state or run.planner.state_dict(),
-                "last_eval": self.last_eval,
-                "best_step": self.best_step, "best_eval_loss": self.best_eval_loss,
-                "total_steps": run.total_steps, "world_size": run.accelerator.num_processes, **run.record.to_json()}
+    def checkpointed(self, run: TrainRun) -> TrainingState:
+        """What a checkpoint's training_state.json holds: this state, the sampler position and the run's record."""
+        return TrainingState(step=self.step, tokens_seen=self.tokens_seen, supervised_seen=self.supervised_seen,
+                             loss_history=self.loss_history, planner=self.planner_state or run.planner.state_dict(),
+                             last_eval=self.last_eval, best_step=self.best_step, best_eval_loss=self.best_eval_loss,
+                             total_steps=run.total_steps, world_size=run.accelerator.num_processes,
+                             record=run.record.to_json())
 
     @classmethod
-    def from_record(cls, saved: dict) -> TrainState:
-        """The state ``to_record`` saved (checkpoints from before best-checkpoint tracking have none)."""
-        return cls(step=saved["step"], tokens_seen=saved["tokens_seen"], supervised_seen=saved["supervised_seen"],
-                   loss_history=saved["loss_history"], last_eval=saved.get("last_eval", {}),
-                   best_step=saved.get("best_step", 0), best_eval_loss=saved.get("best_eval_loss"))
+    def resumed(cls, saved: TrainingState) -> TrainState:
+        """The state a checkpoint saved (``checkpointed``)."""
+        return cls(step=saved.step, tokens_seen=saved.tokens_seen, supervised_seen=saved.supervised_seen,
+                   loss_history=saved.loss_history, last_eval=saved.last_eval, best_step=saved.best_step,
+                   best_eval_loss=saved.best_eval_loss)
 
 
 def train_step(run: TrainRun, batches: StepBatches, packed: Iterable[PackedBatch] | None = None) -> torch.Tensor:
@@ -234,7 +235,7 @@ def _save(run: TrainRun, state: TrainState, evaluated: bool) -> None:
     if run.params.load_best_model_at_end and evaluated:
         _track_best(state)
     save_checkpoint(run.accelerator, run.output_dir, state.step, run.loss_module, run.optimizer,
-                    run.scheduler, state.to_record(run), run.params.save_total_limit,
+                    run.scheduler, state.checkpointed(run), run.params.save_total_limit,
                     keep=state.best_step or None)
 
 

@@ -1,7 +1,7 @@
 """Resume: find the checkpoint to continue from, check it fits this run, restore the whole run state from it.
 
 A checkpoint (utils/checkpoint/checkpoints.py) holds weights, optimizer, scheduler, every rank's RNG and
-training_state.json (``loop.TrainState.to_record``: step, tokens, losses, sampler position, the run's record).
+training_state.json (``record.TrainingState``: step, tokens, losses, sampler position, the run's record).
 ``restore`` puts all of it back, so a resumed run continues bit-identically.
 
 A checkpoint also restores the optimizer and scheduler state, which carry the learning rate, weight decay and
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from utils.checkpoint.checkpoints import load_checkpoint, load_training_state, resolve_resume
-from utils.checkpoint.record import RunRecord, SFTRecord, StageRecord
+from utils.checkpoint.record import RunRecord, SFTRecord, StageRecord, TrainingState
 from utils.common.errors import UserError
 from utils.train.config import TrainingParams
 from utils.train.loop import TrainState
@@ -34,12 +34,8 @@ class Checkpoint:
     """The checkpoint a run continues from."""
 
     path: Path
-    saved: dict
-    """Its training_state.json: the loop's state (``TrainState.to_record``) and the run's record."""
-
-    def record(self, kind: type[RunRecord]) -> RunRecord:
-        """The run's record it holds, read as ``kind`` (the record type of the run resuming it)."""
-        return kind.from_json(self.saved)
+    saved: TrainingState
+    """Its training_state.json: the loop's state and the run's record."""
 
 
 def find_checkpoint(spec: str | None, output_dir: Path, main: bool) -> Checkpoint | None:
@@ -55,7 +51,7 @@ def restore(run: TrainRun, checkpoint: Checkpoint | None) -> TrainState:
     if checkpoint is None:
         return TrainState()
     acc, path, saved = run.accelerator, checkpoint.path, checkpoint.saved
-    before, now = checkpoint.record(type(run.record)), run.record
+    before, now = saved.run_record(type(run.record)), run.record
     for key in ("tokenizer_sha256", "data_hashes"):
         if getattr(before, key) != getattr(now, key):
             raise UserError(
@@ -65,17 +61,17 @@ def restore(run: TrainRun, checkpoint: Checkpoint | None) -> TrainState:
     changed = _check_changes(path, saved, now.config or {}, run.params, acc.num_processes)
     _check_base(path, before, now)  # after the quantization check: a 4-bit base differs in its weights
     load_checkpoint(acc, path, run.loss_module, run.optimizer, run.scheduler)
-    _apply_changes(changed, run.params, run.optimizer, run.scheduler, run.total_steps, saved["step"])
+    _apply_changes(changed, run.params, run.optimizer, run.scheduler, run.total_steps, saved.step)
     if changed and acc.is_main_process:
         print(_describe_changes(changed, now.resolved_auto or {}), flush=True)
     sampler = run.planner.sampler
-    run.planner.load_state_dict(_with_shares(saved["planner"], saved.get("data_weights")))
+    run.planner.load_state_dict(_with_shares(saved.planner, saved.record.get("data_weights")))
     if sampler.changed_from is not None and acc.is_main_process:
         names = [Path(d).name for d in now.data_dirs or []] if isinstance(now, SFTRecord) else []
-        print(_describe_weights(sampler.changed_from, sampler.shares, names, saved["step"]), flush=True)
+        print(_describe_weights(sampler.changed_from, sampler.shares, names, saved.step), flush=True)
     if acc.is_main_process:
-        print(f"resuming from {path.name} (step {saved['step']} of {run.total_steps})", flush=True)
-    return TrainState.from_record(saved)
+        print(f"resuming from {path.name} (step {saved.step} of {run.total_steps})", flush=True)
+    return TrainState.resumed(saved)
 
 
 def _check_base(path: Path, before: RunRecord, now: RunRecord) -> None:
@@ -128,27 +124,28 @@ assert set(APPLIED) | set(REFUSED) | {"gradient_accumulation_steps"} == {
     f.name for f in dataclasses.fields(TrainingParams)}, "every training parameter needs a resume policy"
 
 
-def _check_changes(path: Path, saved: dict, config: dict, params: TrainingParams, world: int) -> dict:
+def _check_changes(path: Path, saved: TrainingState, config: dict, params: TrainingParams, world: int) -> dict:
     """Refuse what may not change; return {field: (saved, now)} of what changed and is applied."""
-    before = (saved.get("config") or {}).get("training_params") or {}
+    saved_config = saved.record.get("config") or {}
+    before = saved_config.get("training_params") or {}
     now = json.loads(json.dumps(dataclasses.asdict(params)))  # as the checkpoint holds it (lists, not tuples)
     config = json.loads(json.dumps(config))
     for name, why in REFUSED.items():
         if name in before and before[name] != now[name]:
             raise UserError(f"{path}: training_params.{name} is {before[name]} in the checkpoint and {now[name]} now; "
                             f"it cannot change on resume ({why}) — put it back, or start a new --output_dir")
-    if "gradient_accumulation_steps" in before and "world_size" in saved:
-        was = before["gradient_accumulation_steps"] * saved["world_size"]
+    if "gradient_accumulation_steps" in before and saved.world_size is not None:
+        was = before["gradient_accumulation_steps"] * saved.world_size
         if was != params.gradient_accumulation_steps * world:
             raise UserError(f"{path}: gradient_accumulation_steps x processes is {was} in the checkpoint and "
                             f"{params.gradient_accumulation_steps * world} now; the micro-batches per step cannot "
                             "change on resume — keep their product, or start a new --output_dir")
-    lora_before = (saved.get("config") or {}).get("lora_config", "absent")
+    lora_before = saved_config.get("lora_config", "absent")
     if lora_before != "absent" and lora_before != config.get("lora_config"):
         raise UserError(f"{path}: lora_config differs from the checkpoint's ({lora_before} then, "
                         f"{config.get('lora_config')} now); it cannot change on resume — put it back, "
                         "or start a new --output_dir")
-    quant_before = (saved.get("config") or {}).get("quantization")  # checkpoints before QLoRA: none
+    quant_before = saved_config.get("quantization")  # checkpoints before QLoRA: none
     if quant_before != config.get("quantization"):
         raise UserError(f"{path}: quantization differs from the checkpoint's ({quant_before} then, "
                         f"{config.get('quantization')} now); the base weights' precision cannot change on resume "

@@ -11,7 +11,7 @@ import torch
 from accelerate import Accelerator
 
 from utils.checkpoint.final_model import save_final
-from utils.checkpoint.record import RunRecord
+from utils.checkpoint.record import RunRecord, TrainingState
 from utils.model.attention import attention_dropout, describe as describe_attention, head_dim
 from utils.model.architectures import check_model, frozen_experts
 from utils.model.kernels import cuda_path
@@ -66,7 +66,7 @@ class TrainRun:
 
 def build_run(start: RunStart, model, data: TrainData, params: TrainingParams, *, output_dir: Path,
               record: RunRecord, plan: RunPlan, label: str = "training", on_eval=None,
-              resumed: dict | None = None) -> TrainRun:
+              resumed: TrainingState | None = None) -> TrainRun:
     """Split each step for the device (``fold.choose_split``; ``resumed``: the training state of the checkpoint the
     run continues, whose split it keeps), plan the steps, build optimizer and schedule, prepare them with the model
     (FSDP2 over every rank when the run is sharded, else accelerate: DDP or one process); the derived numbers go

@@ -65,7 +65,7 @@ class SFTStage(Stage):
         held.enter_context(reading(inputs.data_dirs))  # 02 --force cannot replace a corpus this run reads
         corpora = load_corpora(inputs.data_dirs, start.fingerprint, start.accelerator, inputs.data_weights,
                                self.cfg.data_weights)
-        recorded = (SFTRecord.from_json(checkpoint.saved).data_dirs or []) if checkpoint else None
+        recorded = (checkpoint.saved.run_record(SFTRecord).data_dirs or []) if checkpoint else None
         self.corpora = corpora = matched_to_checkpoint(corpora, recorded, start.accelerator.is_main_process)
         self.template = corpora.dirs[0].manifest["template"]
         self.generation = get_template(self.template["name"], start.tokenizer)
