@@ -59,14 +59,14 @@ def synthetic_stage(out_dir: Path, *, batch: int | None = None, tokens: int | No
     from accelerate.utils import set_seed
 
     from utils.checkpoint.record import RunRecord
-    from utils.parallel.accelerator import make_accelerator
+    from utils.parallel.accelerator import make_accelerator, run_device
     from utils.parallel.lora import LoraSettings
     from utils.monitor.trackers import make_trackers
     from utils.train.cli import RunInputs
     from utils.train.config import TrainingParams
     from utils.train.recipe import Stage
     from utils.train.run import TrainData
-    from utils.train.start import RunStart, ready_to_train, resolve_auto, run_device
+    from utils.train.start import RunStart, ready_to_train, resolve_auto
 
     settings = dict(learning_rate=lr, max_steps=steps, per_device_train_batch_size=batch,
                     micro_batch_tokens=tokens, gradient_accumulation_steps=accum, warmup_steps=1,

@@ -26,9 +26,14 @@ def make_accelerator(mixed_precision: str, log_with: list | None = None) -> Acce
     return Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available(), log_with=log_with)
 
 
+def run_device() -> torch.device:
+    """The device a training process computes on: its GPU where there is one (``make_accelerator``), else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def fast_bf16_available() -> bool:
     """bf16 autocast pays off on GPUs that support it and CPUs with bf16 matmul instructions."""
-    return bf16_support(torch.device("cuda" if torch.cuda.is_available() else "cpu"))[0]
+    return bf16_support(run_device())[0]
 
 
 def bf16_support(device: torch.device) -> tuple[bool, str]:

@@ -118,14 +118,13 @@ class TrainingParams:
             raise ValueError("load_best_model_at_end needs eval_steps > 0 and save_steps a multiple of "
                              f"eval_steps (got eval_steps {self.eval_steps}, save_steps {self.save_steps})")
 
-    def check_resolved(self) -> TrainingParams:
-        """Itself, once no hardware-dependent switch is left at auto (``start.resolve_auto`` resolves them at run
-        start); code that trains is handed resolved params only."""
+    def check_resolved(self) -> None:
+        """Fail while a hardware-dependent switch is left at auto (``start.resolve_auto`` resolves them at run
+        start): code that trains is handed resolved params only."""
         unresolved = [name for name in HARDWARE_AUTO if getattr(self, name) == "auto"]
         if unresolved:
             raise ValueError(f"training_params {', '.join(unresolved)} still auto: resolve them at run start "
                              "(utils/train/start.resolve_auto)")
-        return self
 
     def mixed_precision(self) -> str:
         """accelerate's name for the precision: "bf16", "fp16" or "no"."""

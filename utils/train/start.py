@@ -15,10 +15,10 @@ from utils.data.fingerprint import tokenizer_fingerprint
 from utils.data.tokenizer import hf_dir_for, load_tokenizer
 from utils.model.architectures import check_model, default_lora_targets
 from utils.model.attention import use_packed_attention
-from utils.model.kernels import cuda_path
 from utils.model.compiled import compile_layers
+from utils.model.kernels import cuda_path
 from utils.monitor.trackers import make_trackers
-from utils.parallel.accelerator import bf16_support, make_accelerator
+from utils.parallel.accelerator import bf16_support, make_accelerator, run_device
 from utils.parallel.fsdp import decoder_layers
 from utils.parallel.lora import LoraSettings, apply_lora
 from utils.train.cli import RunInputs
@@ -59,11 +59,6 @@ def start_run(params: TrainingParams, inputs: RunInputs) -> RunStart:
                     sharding, sharding_from, reshard, params=params, resolved_auto=resolved)
 
 
-def run_device() -> torch.device:
-    """The device a training process computes on: its GPU where there is one (``make_accelerator``), else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def resolve_auto(params: TrainingParams, device: torch.device) -> tuple[TrainingParams, dict]:
     """``params`` with the hardware-dependent auto switches (``config.HARDWARE_AUTO``) resolved for ``device``, and
     {field: {"value", "why"}} of each one that was auto. bf16: on where bf16 matmul is fast (``bf16_support``) and
@@ -77,8 +72,9 @@ def resolve_auto(params: TrainingParams, device: torch.device) -> tuple[Training
         resolved["bf16"] = {"value": bf16, "why": "fp16 is on" if params.fp16 else why}
     fp32 = params.attention_fp32
     if fp32 == "auto":
-        fp32 = bool(bf16) and not cuda_path(device)
-        why = ("bf16 off" if not bf16 else "the CUDA path (bf16 attention kernels)" if cuda_path(device)
+        on_cuda_path = cuda_path(device)
+        fp32 = bool(bf16) and not on_cuda_path
+        why = ("bf16 off" if not bf16 else "the CUDA path (bf16 attention kernels)" if on_cuda_path
                else "bf16 on the CPU, where float32 attention kernels are faster")
         resolved["attention_fp32"] = {"value": fp32, "why": why}
     return replace(params, bf16=bf16, attention_fp32=fp32), resolved
